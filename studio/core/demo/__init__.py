@@ -1,0 +1,1 @@
+"""The built-in demo: a small CNN trained on real handwritten digits, shipped with the app."""

@@ -1,0 +1,1 @@
+"""Loading models from files, and the example inputs that trace them."""

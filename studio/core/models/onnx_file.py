@@ -1,0 +1,82 @@
+"""Load an ONNX file, with its external data only from inside the model's own folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx.external_data_helper import uses_external_data
+
+from studio.core.errors import ModelLoadError
+from studio.core.models.inputs import InputSpec
+from studio.core.models.loaded import LoadedModel
+
+_ONNX_TO_DTYPE = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.BFLOAT16: "bfloat16",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.BOOL: "bool",
+}
+
+
+def _external_locations(model: onnx.ModelProto) -> set[str]:
+    locations = set()
+    for tensor in model.graph.initializer:
+        if uses_external_data(tensor):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    locations.add(entry.value)
+    return locations
+
+
+def _check_external_data(path: Path, model: onnx.ModelProto) -> None:
+    folder = path.parent.resolve()
+    for location in sorted(_external_locations(model)):
+        target = (folder / location).resolve()
+        if not target.is_relative_to(folder):
+            raise ModelLoadError(
+                f"{path}: refers to external data {location!r} outside its own folder; "
+                "refusing to read it"
+            )
+        if not target.is_file():
+            raise ModelLoadError(
+                f"{path}: its weights are stored in {location!r}, which is missing; "
+                "keep the data file next to the model"
+            )
+
+
+def example_from_graph(model: onnx.ModelProto) -> InputSpec | None:
+    """First graph input that is not an initializer; symbolic dims become 1."""
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor_type = value.type.tensor_type
+        dtype = _ONNX_TO_DTYPE.get(tensor_type.elem_type)
+        if dtype is None:
+            return None
+        dims = tuple(d.dim_value if d.dim_value > 0 else 1 for d in tensor_type.shape.dim)
+        return InputSpec(dims, dtype) if dims else None
+    return None
+
+
+def load_onnx(path: Path) -> LoadedModel:
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError, OSError) as error:
+        raise ModelLoadError(
+            f"{path}: not a readable ONNX file (truncated or corrupt?): {error}"
+        ) from error
+    if not model.graph.node:
+        raise ModelLoadError(f"{path}: parsed as ONNX but holds no graph nodes; is it ONNX?")
+    _check_external_data(path, model)
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"{path}: could not read its external data: {error}") from error
+    name = model.graph.name or path.stem
+    return LoadedModel(name=name if name != "main_graph" else path.stem, path=path,
+                       format="onnx", onnx_model=model, example=example_from_graph(model))
