@@ -1,0 +1,181 @@
+"""Recipe files: the model, its example input and the plan, as YAML with a ``schema_version``.
+
+Parsing reports every problem at once with its line number; layer names are checked against the
+model's tree separately (the tree is only known once the model is open), and unknown names come
+with the nearest names that do exist.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from studio.core.errors import Problem, RecipeError
+from studio.core.graph.tree import LayerTree
+from studio.core.models.inputs import DTYPES, InputSpec
+from studio.core.plan.plan import ROOT, Plan
+from studio.core.plan.spec import LayerSpec
+
+SCHEMA_VERSION = 1
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Section):
+    path: str = Field(description="model file, relative to the recipe's folder, or 'demo'")
+    architecture: str | None = Field(default=None, description="package.module:factory")
+
+
+class InputSection(_Section):
+    shape: list[int] = Field(min_length=1)
+    dtype: str = "float32"
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, shape: list[int]) -> list[int]:
+        if any(d < 1 for d in shape):
+            raise ValueError("every dimension must be a positive integer, batch first")
+        return shape
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, dtype: str) -> str:
+        if dtype not in DTYPES:
+            raise ValueError(f"use one of {', '.join(DTYPES)}")
+        return dtype
+
+    def to_spec(self) -> InputSpec:
+        return InputSpec(tuple(self.shape), self.dtype)
+
+
+class PlanSection(_Section):
+    defaults: LayerSpec = Field(default_factory=LayerSpec)
+    layers: dict[str, LayerSpec] = Field(default_factory=dict)
+
+
+class Recipe(_Section):
+    schema_version: int
+    model: ModelSection | None = None
+    example_input: InputSection | None = None
+    plan: PlanSection = Field(default_factory=PlanSection)
+    _lines: dict[str, int] = PrivateAttr(default_factory=dict)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _supported(cls, version: int) -> int:
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"this version of the studio reads schema_version {SCHEMA_VERSION}")
+        return version
+
+    def to_plan(self) -> Plan:
+        specs = {ROOT: self.plan.defaults, **self.plan.layers}
+        return Plan(specs)
+
+    @classmethod
+    def build(cls, plan: Plan, model: ModelSection | None = None,
+              example: InputSpec | None = None) -> Recipe:
+        return cls(
+            schema_version=SCHEMA_VERSION,
+            model=model,
+            example_input=InputSection(shape=list(example.shape), dtype=example.dtype)
+            if example else None,
+            plan=PlanSection(defaults=plan.spec(ROOT),
+                             layers={k: v for k, v in plan.specs.items() if k != ROOT}),
+        )
+
+    def layer_line(self, name: str) -> int | None:
+        return self._lines.get(name)
+
+
+def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
+    """The YAML node at a pydantic error location, or the deepest one that exists."""
+    node = root
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if k.value == str(key)), None)
+            if match is None:
+                key_node = next((k for k, _ in node.value if k.value == str(key)), None)
+                return key_node or node
+            node = match
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) \
+                and key < len(node.value):
+            node = node.value[key]
+        else:
+            break
+    return node
+
+
+def _layer_lines(root: yaml.Node | None) -> dict[str, int]:
+    plan = _node_at(root, ("plan", "layers"))
+    if not isinstance(plan, yaml.MappingNode):
+        return {}
+    return {key.value: key.start_mark.line + 1 for key, _ in plan.value}
+
+
+def parse_recipe(text: str, source: str = "recipe") -> Recipe:
+    """Validate ``text``; raise :class:`RecipeError` listing each problem with its line."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        problem = getattr(error, "problem", None) or str(error)
+        raise RecipeError(source, [Problem("", f"not valid YAML: {problem}", line)]) from None
+    if not isinstance(data, dict):
+        raise RecipeError(source, [Problem("", "expected a mapping with schema_version, model, "
+                                               "example_input and plan")])
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            loc = tuple(item["loc"])
+            node = _node_at(root, loc)
+            line = node.start_mark.line + 1 if node is not None else None
+            message = item["msg"].removeprefix("Value error, ")
+            if item["type"] == "extra_forbidden":
+                message = "unknown key"
+            problems.append(Problem(".".join(str(p) for p in loc), message, line))
+        raise RecipeError(source, problems) from None
+    recipe._lines = _layer_lines(root)
+    return recipe
+
+
+def read_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise RecipeError(str(path), [Problem("", f"cannot read the file: {error}")]) from None
+    return parse_recipe(text, str(path))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    data = recipe.model_dump(mode="json", exclude_none=True)
+    if not data["plan"]["defaults"]:
+        del data["plan"]["defaults"]
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+
+
+def check_layer_names(recipe: Recipe, tree: LayerTree, source: str = "recipe") -> None:
+    """Every layer the plan names must exist in ``tree``; suggest the nearest names if not."""
+    names = tree.names()
+    problems = []
+    for name in recipe.plan.layers:
+        if name == ROOT:
+            problems.append(Problem(f"plan.layers.{name!r}", "use plan.defaults for the whole "
+                                    "model", recipe.layer_line(name)))
+        elif name not in tree:
+            near = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+            hint = f"; nearest: {', '.join(near)}" if near else ""
+            problems.append(Problem(f"plan.layers.{name}", f"no layer named {name!r} in "
+                                    f"{tree.model_name}{hint}", recipe.layer_line(name)))
+    if problems:
+        raise RecipeError(source, problems)

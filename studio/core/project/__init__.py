@@ -1,0 +1,1 @@
+"""The project folder: model reference, example input and plan (experiments join later)."""

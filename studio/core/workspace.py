@@ -1,0 +1,85 @@
+"""An open model with its layer tree and plan: what the GUI edits and the CLI inspects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from studio.core.graph.onnx_tree import build_onnx_tree
+from studio.core.graph.torch_tree import build_torch_tree
+from studio.core.graph.tree import LayerTree
+from studio.core.models.inputs import InputSpec
+from studio.core.models.loaded import DEMO, LoadedModel
+from studio.core.models.loader import open_model
+from studio.core.plan.plan import Plan
+from studio.core.plan.recipe import ModelSection, Recipe, check_layer_names
+
+
+def build_tree(loaded: LoadedModel, example: InputSpec | None) -> LayerTree:
+    """Layer tree of a loaded model; torch models are traced on ``example`` when given."""
+    if loaded.onnx_model is not None:
+        return build_onnx_tree(loaded.onnx_model, loaded.name)
+    assert loaded.module is not None
+    return build_torch_tree(loaded.module, example, loaded.name, loaded.type_names)
+
+
+def portable_path(path: str, base: Path | None) -> str:
+    """``path`` relative to ``base`` when it lies inside it, so a project folder can move."""
+    if path == DEMO or base is None:
+        return path
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(base.resolve())) if resolved.is_relative_to(
+        base.resolve()) else str(resolved)
+
+
+def resolve_path(path: str, base: Path | None) -> str:
+    """Inverse of :func:`portable_path`: relative paths are read from ``base``."""
+    if path == DEMO or base is None or Path(path).expanduser().is_absolute():
+        return str(Path(path).expanduser()) if path != DEMO else path
+    return str((base / path).resolve())
+
+
+@dataclass
+class Workspace:
+    loaded: LoadedModel
+    tree: LayerTree
+    example: InputSpec | None
+    model_path: str
+    """As the user named it: a file path or ``demo``."""
+    plan: Plan = field(default_factory=Plan)
+
+    @property
+    def architecture(self) -> str | None:
+        return self.loaded.architecture
+
+    def to_recipe(self, base: Path | None = None) -> Recipe:
+        """This workspace as a recipe whose model path is relative to ``base``."""
+        model = ModelSection(path=portable_path(self.model_path, base),
+                             architecture=self.architecture)
+        return Recipe.build(self.plan, model, self.example)
+
+    def apply_recipe_plan(self, recipe: Recipe, source: str = "recipe") -> None:
+        """Replace the plan by the recipe's, once its layer names are checked against the tree."""
+        check_layer_names(recipe, self.tree, source)
+        self.plan = recipe.to_plan()
+
+
+def open_workspace(path: str, architecture: str | None = None, trust: bool = False,
+                   example: InputSpec | None = None) -> Workspace:
+    """Load ``path`` and build its tree; ``example`` overrides the file's own example input."""
+    loaded = open_model(path, architecture, trust)
+    chosen = example or loaded.example
+    return Workspace(loaded, build_tree(loaded, chosen), chosen, path)
+
+
+def open_recipe_workspace(recipe: Recipe, base: Path | None, trust: bool = False,
+                          source: str = "recipe") -> Workspace:
+    """Open the model a recipe (or project) names, with its example input and plan."""
+    if recipe.model is None:
+        raise ValueError("recipe has no model section")
+    example = recipe.example_input.to_spec() if recipe.example_input else None
+    workspace = open_workspace(resolve_path(recipe.model.path, base), recipe.model.architecture,
+                               trust, example)
+    workspace.model_path = resolve_path(recipe.model.path, base)
+    workspace.apply_recipe_plan(recipe, source)
+    return workspace
