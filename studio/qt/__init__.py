@@ -1,0 +1,1 @@
+"""The Qt face: thin adapters (item models, panels, workers) over ``studio.core``."""

@@ -1,0 +1,74 @@
+"""The layer tree's columns: what each shows for a node, and the value it sorts by."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from studio.core.graph.tree import LayerNode
+from studio.core.plan import ResolvedSpec
+from studio.core.plan.spec import parse_nm
+from studio.core.units import format_bytes, format_count, format_percent, format_shape
+
+
+@dataclass(frozen=True)
+class Column:
+    title: str
+    text: Callable[[LayerNode, ResolvedSpec], str]
+    sort_key: Callable[[LayerNode, ResolvedSpec], object]
+    tooltip: str
+    numeric: bool = False
+    plan_fields: tuple[str, ...] = ()
+    """Plan fields this column shows; empty for the model's own figures."""
+
+
+def _bits_text(node: LayerNode, _spec: ResolvedSpec) -> str:
+    if node.weight_bits is None:
+        return ""
+    return {32: "fp32", 16: "16-bit", 8: "int8"}.get(node.weight_bits, f"{node.weight_bits}-bit")
+
+
+def plan_sparsity_text(node: LayerNode, spec: ResolvedSpec) -> str:
+    if spec.exclude:
+        return "excluded"
+    if parse_nm(spec.granularity):
+        return spec.granularity
+    if spec.sparsity == 0:
+        return "–"
+    suffix = " ch" if spec.granularity == "channels" else ""
+    return f"{spec.sparsity * 100:.0f}%{suffix}"
+
+
+def plan_bits_text(node: LayerNode, spec: ResolvedSpec) -> str:
+    if spec.exclude:
+        return "excluded"
+    weights = spec.weight_bits or "as stored"
+    return f"{weights} · act {spec.act_bits}" if spec.act_bits else weights
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("Layer", lambda n, s: n.label, lambda n, s: n.label.lower(),
+           "Module name (ONNX: name scope or node)"),
+    Column("Type", lambda n, s: n.op_type, lambda n, s: n.op_type.lower(), "Module class or op"),
+    Column("Output", lambda n, s: format_shape(n.output_shape),
+           lambda n, s: str(n.output_shape or ""), "Output shape on the example input"),
+    Column("Params", lambda n, s: format_count(n.total_params), lambda n, s: n.total_params,
+           "Parameters in this subtree", numeric=True),
+    Column("MACs", lambda n, s: format_count(n.total_macs), lambda n, s: n.total_macs,
+           "Multiply-accumulates for one example input", numeric=True),
+    Column("Bytes", lambda n, s: format_bytes(n.total_nbytes), lambda n, s: n.total_nbytes,
+           "Bytes of parameters and buffers as stored", numeric=True),
+    Column("Sparsity", lambda n, s: format_percent(n.sparsity) if n.total_params else "",
+           lambda n, s: n.sparsity, "Fraction of parameters that are exactly zero now",
+           numeric=True),
+    Column("Bits", _bits_text, lambda n, s: n.weight_bits or 0, "Bits per weight as stored",
+           numeric=True),
+    Column("Plan: sparsity", plan_sparsity_text,
+           lambda n, s: -1.0 if s.exclude else s.effective_sparsity,
+           "Planned sparsity and granularity (grey italics: inherited)",
+           plan_fields=("sparsity", "granularity", "exclude")),
+    Column("Plan: bits", plan_bits_text, lambda n, s: s.weight_bits or "",
+           "Planned weight and activation bits (grey italics: inherited)",
+           plan_fields=("weight_bits", "act_bits", "exclude")),
+)
+PLAN_COLUMNS = tuple(i for i, column in enumerate(COLUMNS) if column.plan_fields)

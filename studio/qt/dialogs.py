@@ -1,0 +1,96 @@
+"""The few questions the studio must ask: trust a pickle, name an architecture, give a shape."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from PySide6.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from studio.core.errors import StudioError
+from studio.core.models.inputs import InputSpec
+
+
+def ask_trust(parent: QWidget, path: Path) -> bool:
+    """Consent before unpickling: it runs code from the file."""
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Warning)
+    box.setWindowTitle("Run code from this file?")
+    box.setText(f"<b>{path.name}</b> is a pickled Python object, not just weights.")
+    box.setInformativeText(
+        "Unpickling it runs code stored in the file, with your permissions. Open it only if you "
+        "trust where it came from. Weights-only formats (.safetensors, state dicts, .pt2, "
+        ".onnx) never need this.")
+    trust = box.addButton("Trust and Open", QMessageBox.ButtonRole.AcceptRole)
+    box.addButton(QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+    box.exec()
+    return box.clickedButton() is trust
+
+
+@dataclass(frozen=True)
+class ModelDetails:
+    architecture: str | None
+    example: InputSpec | None
+
+
+class ModelDetailsDialog(QDialog):
+    """Asks for what the file cannot tell: its architecture and/or its example input."""
+
+    def __init__(self, parent: QWidget | None, path: str, reason: str,
+                 architecture: str | None, example: InputSpec | None,
+                 need_architecture: bool) -> None:
+        super().__init__(parent)
+        self.setWindowTitle(f"Open {Path(path).name}")
+        layout = QVBoxLayout(self)
+        message = QLabel(reason)
+        message.setWordWrap(True)
+        layout.addWidget(message)
+        form = QFormLayout()
+        layout.addLayout(form)
+        self.architecture = QLineEdit(architecture or "")
+        self.architecture.setPlaceholderText("package.module:factory")
+        self.architecture.setToolTip("The function that builds the module the weights belong to")
+        if need_architecture:
+            form.addRow("Architecture", self.architecture)
+        self.shape = QLineEdit(str(example) if example else "")
+        self.shape.setPlaceholderText("e.g. 1,3,224,224 or 1,128:int64")
+        form.addRow("Example input", self.shape)
+        self.error = QLabel()
+        self.error.setStyleSheet("color: #b00020;")
+        layout.addWidget(self.error)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Open
+                                   | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self._accept)
+        buttons.rejected.connect(self.reject)
+        layout.addWidget(buttons)
+        self.need_architecture = need_architecture
+        self.details: ModelDetails | None = None
+
+    def _accept(self) -> None:
+        try:
+            example = InputSpec.parse(self.shape.text()) if self.shape.text().strip() else None
+        except StudioError as error:
+            self.error.setText(str(error))
+            return
+        architecture = self.architecture.text().strip() or None
+        if self.need_architecture and not architecture:
+            self.error.setText("Name the architecture as package.module:factory.")
+            return
+        self.details = ModelDetails(architecture, example)
+        self.accept()
+
+
+def ask_model_details(parent: QWidget, path: str, reason: str, architecture: str | None,
+                      example: InputSpec | None, need_architecture: bool) -> ModelDetails | None:
+    dialog = ModelDetailsDialog(parent, path, reason, architecture, example, need_architecture)
+    return dialog.details if dialog.exec() == QDialog.DialogCode.Accepted else None

@@ -1,0 +1,221 @@
+"""Edit the plan of the selected layers: sparsity, granularity, bits, exclusion.
+
+Shows the settings in force (inherited ones in grey, with where they come from); each field has
+a reset button that clears the layer's own value so it inherits again. All edits go through the
+:class:`PlanController`, so they are undoable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QSlider,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from studio.core.errors import StudioError
+from studio.core.graph.tree import LayerNode
+from studio.core.plan.spec import ACT_BITS, GRANULARITIES, MAX_SPARSITY, WEIGHT_BITS
+from studio.qt.plan_controller import PlanController
+
+_GRANULARITY_LABELS = {"unstructured": "unstructured (weights)",
+                       "channels": "output channels (structured)"}
+
+
+class _FieldRow(QWidget):
+    """An editor, a hint saying where the value comes from, and a reset-to-inherited button."""
+
+    def __init__(self, editor: QWidget, on_reset: Callable[[], None]) -> None:
+        super().__init__()
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(1)
+        row = QHBoxLayout()
+        row.addWidget(editor, 1)
+        self.reset = QToolButton()
+        self.reset.setText("↺")
+        self.reset.setToolTip("Clear this layer's value so it inherits from its parent")
+        self.reset.clicked.connect(on_reset)
+        row.addWidget(self.reset)
+        layout.addLayout(row)
+        self.hint = QLabel()
+        self.hint.setStyleSheet("color: gray; font-size: 11px;")
+        layout.addWidget(self.hint)
+
+    def show_origin(self, explicit: bool, origin: str, mixed: bool) -> None:
+        self.reset.setEnabled(explicit)
+        if mixed:
+            self.hint.setText("mixed values across the selection")
+        elif explicit:
+            self.hint.setText("set here")
+        else:
+            self.hint.setText(f"inherited from {origin}")
+
+
+class InspectorPanel(QGroupBox):
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("Plan", parent)
+        self.controller: PlanController | None = None
+        self.nodes: list[LayerNode] = []
+        self._updating = False
+        self._drag_token: int | None = None
+
+        layout = QVBoxLayout(self)
+        self.title = QLabel("Select layers in the tree to plan their compression.")
+        self.title.setWordWrap(True)
+        self.title.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.title)
+        form = QFormLayout()
+        layout.addLayout(form)
+        layout.addStretch(1)
+
+        self.sparsity_slider = QSlider(Qt.Orientation.Horizontal)
+        self.sparsity_slider.setRange(0, round(MAX_SPARSITY * 100))
+        self.sparsity_slider.sliderPressed.connect(self._begin_drag)
+        self.sparsity_slider.sliderReleased.connect(self._end_drag)
+        self.sparsity_slider.valueChanged.connect(self._slider_moved)
+        self.sparsity = QDoubleSpinBox()
+        self.sparsity.setRange(0.0, MAX_SPARSITY * 100)
+        self.sparsity.setDecimals(1)
+        self.sparsity.setSuffix(" %")
+        self.sparsity.setKeyboardTracking(False)
+        self.sparsity.valueChanged.connect(
+            lambda value: self._edit("sparsity", round(value / 100, 4)))
+        sparsity_box = QWidget()
+        sparsity_layout = QHBoxLayout(sparsity_box)
+        sparsity_layout.setContentsMargins(0, 0, 0, 0)
+        sparsity_layout.addWidget(self.sparsity_slider, 1)
+        sparsity_layout.addWidget(self.sparsity)
+
+        self.granularity = QComboBox()
+        for value in GRANULARITIES:
+            label = _GRANULARITY_LABELS.get(value, f"{value} semi-structured (N:M)")
+            self.granularity.addItem(label, value)
+        self.granularity.activated.connect(
+            lambda _i: self._edit("granularity", self.granularity.currentData()))
+        self.weight_bits = QComboBox()
+        for value in WEIGHT_BITS:
+            self.weight_bits.addItem(value, value)
+        self.weight_bits.activated.connect(
+            lambda _i: self._edit("weight_bits", self.weight_bits.currentData()))
+        self.act_bits = QComboBox()
+        for value in ACT_BITS:
+            self.act_bits.addItem(value, value)
+        self.act_bits.activated.connect(
+            lambda _i: self._edit("act_bits", self.act_bits.currentData()))
+        self.exclude = QCheckBox("leave uncompressed")
+        self.exclude.clicked.connect(lambda checked: self._edit("exclude", checked))
+
+        self.rows = {
+            "sparsity": _FieldRow(sparsity_box, lambda: self._edit("sparsity", None)),
+            "granularity": _FieldRow(self.granularity, lambda: self._edit("granularity", None)),
+            "weight_bits": _FieldRow(self.weight_bits, lambda: self._edit("weight_bits", None)),
+            "act_bits": _FieldRow(self.act_bits, lambda: self._edit("act_bits", None)),
+            "exclude": _FieldRow(self.exclude, lambda: self._edit("exclude", None)),
+        }
+        form.addRow("Sparsity", self.rows["sparsity"])
+        form.addRow("Granularity", self.rows["granularity"])
+        form.addRow("Weight bits", self.rows["weight_bits"])
+        form.addRow("Activation bits", self.rows["act_bits"])
+        form.addRow("Exclude", self.rows["exclude"])
+        self.error = QLabel()
+        self.error.setStyleSheet("color: #b00020;")
+        self.error.setWordWrap(True)
+        layout.insertWidget(2, self.error)
+        self.set_selection(None, [])
+
+    # --- wiring ----------------------------------------------------------------------------
+    def set_selection(self, controller: PlanController | None, nodes: list[LayerNode]) -> None:
+        self.controller = controller
+        self.nodes = nodes
+        self.error.clear()
+        self.refresh()
+
+    @property
+    def names(self) -> list[str]:
+        return [node.name for node in self.nodes]
+
+    def refresh(self) -> None:
+        """Show the settings in force on the selection."""
+        enabled = self.controller is not None and bool(self.nodes)
+        for row in self.rows.values():
+            row.setEnabled(enabled)
+        if not enabled:
+            self.title.setText("Select layers in the tree to plan their compression.")
+            for row in self.rows.values():
+                row.hint.clear()
+            return
+        assert self.controller is not None
+        tree = self.controller.workspace.tree
+        first = self.nodes[0]
+        if len(self.nodes) == 1:
+            name = first.name or tree.model_name
+            scope = "the whole model" if first.parent is None else first.op_type
+            self.title.setText(f"<b>{name}</b> — {scope}")
+        else:
+            self.title.setText(f"<b>{len(self.nodes)} layers</b> selected")
+        specs = [self.controller.resolved[node.id] for node in self.nodes]
+        spec = specs[0]
+        self._updating = True
+        try:
+            self.sparsity.setValue(spec.sparsity * 100)
+            self.sparsity_slider.setValue(round(spec.sparsity * 100))
+            self._select(self.granularity, spec.granularity)
+            stored = {8: "int8", 16: "fp16"}.get(first.weight_bits or 32, "fp32")
+            self._select(self.weight_bits, spec.weight_bits or stored)
+            self._select(self.act_bits, spec.act_bits or "fp32")
+            self.exclude.setChecked(spec.exclude)
+        finally:
+            self._updating = False
+        nm = spec.granularity not in ("unstructured", "channels")
+        self.sparsity.setEnabled(not nm)
+        self.sparsity_slider.setEnabled(not nm)
+        for field, row in self.rows.items():
+            explicit = any(not s.inherited(field, n.name) for s, n in zip(specs, self.nodes,
+                                                                           strict=True))
+            mixed = len({getattr(s, field) for s in specs}) > 1
+            origin = spec.sources[field]
+            origin_text = "the defaults" if origin is None else (origin or tree.model_name)
+            row.show_origin(explicit, origin_text, mixed)
+
+    @staticmethod
+    def _select(combo: QComboBox, value: str) -> None:
+        index = combo.findData(value)
+        if index < 0:  # e.g. an N:M pattern from a recipe that the list does not offer
+            combo.addItem(f"{value} semi-structured (N:M)", value)
+            index = combo.count() - 1
+        combo.setCurrentIndex(index)
+
+    # --- edits -----------------------------------------------------------------------------
+    def _begin_drag(self) -> None:
+        if self.controller is not None:
+            self._drag_token = self.controller.new_merge_token()
+
+    def _end_drag(self) -> None:
+        self._drag_token = None
+
+    def _slider_moved(self, value: int) -> None:
+        if self._updating:
+            return
+        self._edit("sparsity", value / 100, self._drag_token)
+
+    def _edit(self, field: str, value: object, merge_token: int | None = None) -> None:
+        if self._updating or self.controller is None or not self.nodes:
+            return
+        try:
+            self.controller.set_field(self.names, field, value, merge_token)
+        except (StudioError, ValueError) as error:
+            self.error.setText(str(error))
+            return
+        self.error.clear()

@@ -1,0 +1,530 @@
+"""The studio's main window: layer tree, plan inspector and totals, with file handling.
+
+Models open in a worker thread so a large model never freezes the window; every failure shows up
+as a non-modal notice naming the file and the fix. The only modal questions are consent
+(unpickling runs code) and details the file cannot give (architecture, example input).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QSettings, Qt, QThreadPool, Signal
+from PySide6.QtGui import (
+    QAction,
+    QCloseEvent,
+    QDragEnterEvent,
+    QDropEvent,
+    QKeySequence,
+    QUndoGroup,
+)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QInputDialog,
+    QLineEdit,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QSplitter,
+    QStackedWidget,
+    QStyle,
+    QTreeView,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt.utils import create_worker
+
+from studio.core.atomic import write_text_atomic
+from studio.core.errors import ArchitectureRequired, InputError, StudioError, TrustRequired
+from studio.core.models.inputs import InputSpec
+from studio.core.models.loaded import DEMO
+from studio.core.plan.estimate import estimate
+from studio.core.plan.recipe import dump_recipe, read_recipe
+from studio.core.project.project import PROJECT_FILE, load_project, project_file, save_project
+from studio.core.workspace import Workspace, build_tree, open_recipe_workspace, open_workspace
+from studio.qt import dialogs
+from studio.qt.inspector import InspectorPanel
+from studio.qt.notices import NoticeBar
+from studio.qt.plan_controller import PlanController
+from studio.qt.recent import RecentFiles
+from studio.qt.totals import TotalsPanel
+from studio.qt.tree_filter import LayerFilterProxy
+from studio.qt.tree_model import NODE_ID_ROLE, LayerTreeModel
+from studio.qt.welcome import WelcomePage
+
+log = logging.getLogger(__name__)
+MODEL_FILTER = "Models and projects (*.pt *.pth *.pt2 *.safetensors *.onnx project.yaml);;All (*)"
+
+
+def is_project(path: str) -> bool:
+    candidate = Path(path).expanduser()
+    return candidate.is_dir() or candidate.name == PROJECT_FILE
+
+
+class MainWindow(QMainWindow):
+    workspaceOpened = Signal()
+    openFailed = Signal(str)
+
+    def __init__(self, settings: QSettings | None = None) -> None:
+        super().__init__()
+        self.settings = settings or QSettings()
+        self.recent = RecentFiles(self.settings)
+        self.workspace: Workspace | None = None
+        self.controller: PlanController | None = None
+        self.project_path: Path | None = None
+        self._workers: set[Any] = set()
+        self.undo_group = QUndoGroup(self)
+        self.undo_group.cleanChanged.connect(lambda _clean: self._update_title())
+
+        self.tree_model = LayerTreeModel(parent=self)
+        self.proxy = LayerFilterProxy(self)
+        self.proxy.setSourceModel(self.tree_model)
+        self._build_ui()
+        self._build_actions()
+        self.setAcceptDrops(True)
+        self.resize(1280, 760)
+        self._update_title()
+        self.welcome.set_recent(self.recent.paths())
+
+    # --- layout ----------------------------------------------------------------------------
+    def _build_ui(self) -> None:
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(6, 6, 6, 6)
+        self.notices = NoticeBar()
+        layout.addWidget(self.notices)
+        self.pages = QStackedWidget()
+        layout.addWidget(self.pages, 1)
+        self.setCentralWidget(central)
+
+        self.welcome = WelcomePage()
+        self.welcome.openRequested.connect(self.choose_and_open)
+        self.welcome.demoRequested.connect(lambda: self.open_path(DEMO))
+        self.welcome.recentRequested.connect(self.open_path)
+        self.pages.addWidget(self.welcome)
+
+        editor = QSplitter(Qt.Orientation.Horizontal)
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(0, 0, 0, 0)
+        self.filter_edit = QLineEdit()
+        self.filter_edit.setPlaceholderText("Filter layers by name or type…")
+        self.filter_edit.setClearButtonEnabled(True)
+        self.filter_edit.textChanged.connect(self._filter_changed)
+        left_layout.addWidget(self.filter_edit)
+        self.view = QTreeView()
+        self.view.setModel(self.proxy)
+        self.view.setUniformRowHeights(True)
+        self.view.setAlternatingRowColors(True)
+        self.view.setSortingEnabled(True)
+        self.view.sortByColumn(-1, Qt.SortOrder.AscendingOrder)  # model order until a click
+        self.view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.view.selectionModel().selectionChanged.connect(self._selection_changed)
+        header = self.view.header()
+        header.setStretchLastSection(False)
+        for column, width in enumerate((190, 120, 96, 58, 58, 68, 60, 42, 92, 110)):
+            self.view.setColumnWidth(column, width)
+        left_layout.addWidget(self.view)
+        editor.addWidget(left)
+
+        right = QWidget()
+        right_layout = QVBoxLayout(right)
+        right_layout.setContentsMargins(0, 0, 0, 0)
+        self.inspector = InspectorPanel()
+        self.totals = TotalsPanel()
+        right_layout.addWidget(self.inspector, 1)
+        right_layout.addWidget(self.totals)
+        editor.addWidget(right)
+        editor.setStretchFactor(0, 3)
+        editor.setStretchFactor(1, 1)
+        editor.setSizes([900, 360])
+        self.pages.addWidget(editor)
+        self.editor = editor
+
+        self.busy = QProgressBar()
+        self.busy.setRange(0, 0)
+        self.busy.setMaximumWidth(160)
+        self.busy.hide()
+        self.statusBar().addPermanentWidget(self.busy)
+
+    def _action(self, text: str, slot: Callable[[], object], shortcut: Any = None,
+                icon: QStyle.StandardPixmap | None = None) -> QAction:
+        action = QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(QKeySequence(shortcut))
+        if icon is not None:
+            action.setIcon(self.style().standardIcon(icon))
+        action.triggered.connect(lambda _checked=False: slot())
+        return action
+
+    def _build_actions(self) -> None:
+        pixmap = QStyle.StandardPixmap
+        self.open_action = self._action("&Open Model or Project…", self.choose_and_open,
+                                        QKeySequence.StandardKey.Open, pixmap.SP_DialogOpenButton)
+        self.demo_action = self._action("Open &Demo", lambda: self.open_path(DEMO))
+        self.save_action = self._action("&Save Project", self.save, QKeySequence.StandardKey.Save,
+                                        pixmap.SP_DialogSaveButton)
+        self.save_as_action = self._action("Save Project &As…", self.save_as,
+                                           QKeySequence.StandardKey.SaveAs)
+        self.import_action = self._action("&Import Recipe…", self.choose_recipe_to_import)
+        self.export_action = self._action("&Export Recipe…", self.choose_recipe_to_export)
+        self.example_action = self._action("Set &Example Input…", self.choose_example_input)
+        quit_action = self._action("&Quit", self.close, QKeySequence.StandardKey.Quit)
+        self.undo_action = self.undo_group.createUndoAction(self, "&Undo")
+        self.undo_action.setShortcut(QKeySequence.StandardKey.Undo)
+        self.undo_action.setIcon(self.style().standardIcon(pixmap.SP_ArrowBack))
+        self.redo_action = self.undo_group.createRedoAction(self, "&Redo")
+        self.redo_action.setShortcut(QKeySequence.StandardKey.Redo)
+        self.redo_action.setIcon(self.style().standardIcon(pixmap.SP_ArrowForward))
+        expand = self._action("E&xpand All", self.view.expandAll)
+        collapse = self._action("&Collapse All", self.view.collapseAll)
+        find = self._action("&Find Layer", self.filter_edit.setFocus, QKeySequence.StandardKey.Find)
+
+        menu = self.menuBar().addMenu("&File")
+        menu.addActions([self.open_action, self.demo_action])
+        self.recent_menu = menu.addMenu("Open &Recent")
+        self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
+        menu.addSeparator()
+        menu.addActions([self.save_action, self.save_as_action])
+        menu.addSeparator()
+        menu.addActions([self.import_action, self.export_action])
+        menu.addSeparator()
+        menu.addAction(quit_action)
+        edit = self.menuBar().addMenu("&Edit")
+        edit.addActions([self.undo_action, self.redo_action, find])
+        model = self.menuBar().addMenu("&Model")
+        model.addAction(self.example_action)
+        view = self.menuBar().addMenu("&View")
+        view.addActions([expand, collapse])
+
+        toolbar = self.addToolBar("Main")
+        toolbar.setObjectName("main-toolbar")
+        toolbar.setMovable(False)
+        toolbar.addActions([self.open_action, self.save_action])
+        toolbar.addSeparator()
+        toolbar.addActions([self.undo_action, self.redo_action])
+        self._set_model_actions_enabled(False)
+
+    def _set_model_actions_enabled(self, enabled: bool) -> None:
+        for action in (self.save_action, self.save_as_action, self.export_action,
+                       self.example_action):
+            action.setEnabled(enabled)
+
+    def _fill_recent_menu(self) -> None:
+        self.recent_menu.clear()
+        for path in self.recent.paths():
+            self.recent_menu.addAction(path, lambda p=path: self.open_path(p))
+        if self.recent_menu.isEmpty():
+            self.recent_menu.addAction("(none)").setEnabled(False)
+
+    # --- questions (methods so tests can answer them) --------------------------------------
+    def confirm_trust(self, path: Path) -> bool:
+        return dialogs.ask_trust(self, path)
+
+    def ask_details(self, path: str, reason: str, architecture: str | None,
+                    example: InputSpec | None, need_architecture: bool
+                    ) -> dialogs.ModelDetails | None:
+        return dialogs.ask_model_details(self, path, reason, architecture, example,
+                                         need_architecture)
+
+    def ask_save_changes(self) -> QMessageBox.StandardButton:
+        buttons = (QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+                   | QMessageBox.StandardButton.Cancel)
+        return QMessageBox.question(self, "Unsaved plan", "Save the changes to the plan first?",
+                                    buttons, QMessageBox.StandardButton.Save)
+
+    def ask_path(self, kind: str, caption: str, file_filter: str = "") -> str | None:
+        chooser = QFileDialog.getSaveFileName if kind == "save" else QFileDialog.getOpenFileName
+        path, _ = chooser(self, caption, "", file_filter)
+        return path or None
+
+    # --- notices ---------------------------------------------------------------------------
+    def show_error(self, message: str) -> None:
+        self.notices.show_notice("error", message)
+        self.statusBar().showMessage("Error — see the notice above", 5000)
+
+    def show_info(self, message: str) -> None:
+        self.notices.show_notice("info", message)
+
+    # --- background work -------------------------------------------------------------------
+    def run_in_background(self, task: Callable[[], Any], done: Callable[[Any], None],
+                          failed: Callable[[BaseException], None], message: str) -> None:
+        """Run ``task`` in a worker thread; ``done``/``failed`` run back in the GUI thread."""
+        worker = create_worker(task, _start_thread=False)
+        self._workers.add(worker)
+        worker.returned.connect(done)
+        worker.errored.connect(failed)
+
+        def finished() -> None:
+            self._workers.discard(worker)
+            if not self._workers:
+                self.busy.hide()
+                self.statusBar().clearMessage()
+
+        worker.finished.connect(finished)
+        self.busy.show()
+        self.statusBar().showMessage(message)
+        worker.start()
+
+    @property
+    def busy_working(self) -> bool:
+        return bool(self._workers)
+
+    # --- opening ---------------------------------------------------------------------------
+    def choose_and_open(self) -> None:
+        path = self.ask_path("open", "Open Model or Project", MODEL_FILTER)
+        if path:
+            self.open_path(path)
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if any(url.isLocalFile() for url in event.mimeData().urls()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        files = [url.toLocalFile() for url in event.mimeData().urls() if url.isLocalFile()]
+        if files:
+            event.acceptProposedAction()
+            self.open_path(files[0])
+
+    def open_path(self, path: str, architecture: str | None = None, trust: bool = False,
+                  example: InputSpec | None = None) -> None:
+        """Open a model file, a project folder or ``demo``, in the background."""
+        if not self.maybe_save():
+            return
+        if is_project(path):
+            manifest = project_file(path)
+            self.run_in_background(
+                lambda: load_project(manifest, trust),
+                lambda workspace: self._install(workspace, manifest, str(manifest)),
+                lambda error: self._open_failed(error, str(manifest), architecture, trust,
+                                                example),
+                f"Opening project {manifest.parent.name}…")
+            return
+        self.run_in_background(
+            lambda: open_workspace(path, architecture, trust, example),
+            lambda workspace: self._install(workspace, None, path),
+            lambda error: self._open_failed(error, path, architecture, trust, example),
+            f"Opening {Path(path).name}…")
+
+    def _open_failed(self, error: BaseException, path: str, architecture: str | None,
+                     trust: bool, example: InputSpec | None) -> None:
+        project = is_project(path)
+        if isinstance(error, TrustRequired):
+            if self.confirm_trust(error.path):
+                self.open_path(path, architecture, True, example)
+                return
+            self.show_info(f"{Path(path).name} was not opened: it needs your trust to unpickle.")
+        elif isinstance(error, (ArchitectureRequired, InputError)) and not project:
+            need_architecture = isinstance(error, ArchitectureRequired)
+            suggestion = error.suggestion if isinstance(error, ArchitectureRequired) \
+                else architecture
+            details = self.ask_details(path, str(error), suggestion, example, need_architecture)
+            if details is not None:
+                self.open_path(path, details.architecture or architecture, trust,
+                               details.example or example)
+                return
+            self.show_error(str(error))
+        elif isinstance(error, StudioError):
+            self.show_error(str(error))
+        else:
+            log.error("unexpected error opening %s", path, exc_info=error)
+            self.show_error(f"Could not open {path}: unexpected {type(error).__name__}: {error}. "
+                            "This is a bug in the studio; the details are in its log.")
+        self.openFailed.emit(str(error))
+
+    def _install(self, workspace: Workspace, project: Path | None, opened: str) -> None:
+        if self.controller is not None:
+            self.undo_group.removeStack(self.controller.undo_stack)
+            self.controller.deleteLater()
+        self.workspace = workspace
+        self.project_path = project
+        self.controller = PlanController(workspace, self)
+        self.undo_group.addStack(self.controller.undo_stack)
+        self.undo_group.setActiveStack(self.controller.undo_stack)
+        self.controller.planChanged.connect(self._plan_changed)
+        self.filter_edit.clear()
+        self.tree_model.set_tree(workspace.tree, self.controller.resolved)
+        self.pages.setCurrentWidget(self.editor)
+        root = self.proxy.index(0, 0)
+        self.view.expand(root)
+        self.view.setCurrentIndex(root)
+        self._set_model_actions_enabled(True)
+        self._update_totals()
+        self._update_title()
+        self._update_status()
+        if opened != DEMO:
+            self.recent.add(opened)
+            self.welcome.set_recent(self.recent.paths())
+        if workspace.example is None and workspace.loaded.module is not None:
+            self.show_info("No example input is known for this model, so shapes and MACs are "
+                           "empty. Set one with Model ▸ Set Example Input…")
+        self.workspaceOpened.emit()
+
+    # --- plan and selection ----------------------------------------------------------------
+    def selected_node_ids(self) -> list[int]:
+        rows = self.view.selectionModel().selectedRows(0)
+        return sorted({self.proxy.data(index, NODE_ID_ROLE) for index in rows})
+
+    def _selection_changed(self, *_args: object) -> None:
+        if self.workspace is None:
+            return
+        nodes = [self.workspace.tree.nodes[i] for i in self.selected_node_ids()]
+        self.inspector.set_selection(self.controller, nodes)
+
+    def _plan_changed(self, names: list[str]) -> None:
+        assert self.controller is not None
+        self.tree_model.plan_changed(self.controller.resolved, names)
+        self.inspector.refresh()
+        self._update_totals()
+
+    def _update_totals(self) -> None:
+        if self.workspace is None or self.controller is None:
+            self.totals.show_estimate(None)
+            return
+        self.totals.show_estimate(estimate(self.workspace.tree, self.controller.resolved))
+
+    def _filter_changed(self, text: str) -> None:
+        self.proxy.set_filter_text(text)
+        if text.strip():
+            self.view.expandAll()
+
+    # --- example input ---------------------------------------------------------------------
+    def choose_example_input(self) -> None:
+        if self.workspace is None:
+            return
+        current = str(self.workspace.example) if self.workspace.example else ""
+        text, ok = QInputDialog.getText(self, "Example input",
+                                        "Shape, batch first (append :int64 for token ids):",
+                                        QLineEdit.EchoMode.Normal, current)
+        if ok and text.strip():
+            try:
+                self.set_example_input(InputSpec.parse(text))
+            except StudioError as error:
+                self.show_error(str(error))
+
+    def set_example_input(self, example: InputSpec) -> None:
+        """Re-trace the model on a new example input, keeping the plan."""
+        workspace = self.workspace
+        if workspace is None:
+            return
+
+        def done(tree: Any) -> None:
+            workspace.tree = tree
+            workspace.example = example
+            self._install(workspace, self.project_path, workspace.model_path)
+
+        self.run_in_background(lambda: build_tree(workspace.loaded, example), done,
+                               lambda error: self.show_error(str(error)),
+                               f"Tracing on {example}…")
+
+    # --- saving ----------------------------------------------------------------------------
+    @property
+    def dirty(self) -> bool:
+        return self.controller is not None and not self.controller.undo_stack.isClean()
+
+    def maybe_save(self) -> bool:
+        """False if the user cancels; saves or discards unsaved plan edits otherwise."""
+        if not self.dirty:
+            return True
+        answer = self.ask_save_changes()
+        if answer == QMessageBox.StandardButton.Save:
+            return self.save()
+        return answer == QMessageBox.StandardButton.Discard
+
+    def save(self) -> bool:
+        if self.project_path is None:
+            return self.save_as()
+        return self.save_project_to(self.project_path)
+
+    def save_as(self) -> bool:
+        path = self.ask_path("save", "Save Project (a folder is created)", "")
+        return bool(path) and self.save_project_to(Path(path))
+
+    def save_project_to(self, path: Path) -> bool:
+        if self.workspace is None or self.controller is None:
+            return False
+        try:
+            manifest = save_project(self.workspace, path)
+        except StudioError as error:
+            self.show_error(str(error))
+            return False
+        self.project_path = manifest
+        self.controller.undo_stack.setClean()
+        self.recent.add(str(manifest))
+        self.welcome.set_recent(self.recent.paths())
+        self._update_title()
+        self.statusBar().showMessage(f"Saved {manifest}", 5000)
+        return True
+
+    # --- recipes ---------------------------------------------------------------------------
+    def choose_recipe_to_import(self) -> None:
+        path = self.ask_path("open", "Import Recipe", "Recipes (*.yaml *.yml);;All (*)")
+        if path:
+            self.import_recipe(Path(path))
+
+    def import_recipe(self, path: Path) -> None:
+        """Apply a recipe's plan to the open model (undoable), or open the model it names."""
+        try:
+            recipe = read_recipe(path)
+            if self.workspace is None or self.controller is None:
+                if recipe.model is None:
+                    raise StudioError(f"{path}: names no model; open a model first")
+                self.run_in_background(
+                    lambda: open_recipe_workspace(recipe, path.parent, False, str(path)),
+                    lambda workspace: self._install(workspace, None, workspace.model_path),
+                    lambda error: self._open_failed(error, str(path), None, False, None),
+                    f"Opening the model of {path.name}…")
+                return
+            from studio.core.plan.recipe import check_layer_names
+
+            check_layer_names(recipe, self.workspace.tree, str(path))
+        except StudioError as error:
+            self.show_error(str(error))
+            return
+        self.controller.replace_plan(recipe.to_plan(), f"Import recipe {path.name}")
+        self.show_info(f"Applied the plan from {path.name} (Undo restores the previous plan).")
+
+    def choose_recipe_to_export(self) -> None:
+        path = self.ask_path("save", "Export Recipe", "Recipes (*.yaml *.yml)")
+        if path:
+            self.export_recipe(Path(path).with_suffix(Path(path).suffix or ".yaml"))
+
+    def export_recipe(self, path: Path) -> None:
+        if self.workspace is None:
+            return
+        try:
+            write_text_atomic(path, dump_recipe(self.workspace.to_recipe(base=path.parent)))
+        except StudioError as error:
+            self.show_error(str(error))
+            return
+        self.statusBar().showMessage(f"Exported recipe {path}", 5000)
+
+    # --- window ----------------------------------------------------------------------------
+    def _update_title(self) -> None:
+        parts = ["Compression Studio"]
+        if self.workspace is not None:
+            name = self.project_path.parent.name if self.project_path else \
+                self.workspace.tree.model_name
+            parts.append(f"{name}{' *' if self.dirty else ''}")
+        self.setWindowTitle(" — ".join(parts))
+
+    def _update_status(self) -> None:
+        if self.workspace is None:
+            return
+        tree = self.workspace.tree
+        example = f"input {self.workspace.example}" if self.workspace.example else "no input"
+        self.statusBar().showMessage(
+            f"{tree.model_name} · {self.workspace.loaded.format} · {example} · "
+            f"{len(tree) - 1} layers", 10000)
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if not self.maybe_save():
+            event.ignore()
+            return
+        QThreadPool.globalInstance().waitForDone(30_000)
+        event.accept()

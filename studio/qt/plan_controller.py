@@ -1,0 +1,94 @@
+"""Every plan edit goes through here, as an undoable command, so the GUI has one source of truth.
+
+The controller owns the workspace's plan and its resolved (inherited) view; views listen to
+``planChanged`` and never edit the plan themselves.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QUndoCommand, QUndoStack
+
+from studio.core.plan import LayerSpec, Plan, ResolvedSpec
+from studio.core.workspace import Workspace
+
+
+class SetSpecsCommand(QUndoCommand):
+    """Replace the specs of some layers; undo puts the previous specs back."""
+
+    def __init__(self, controller: PlanController, before: dict[str, LayerSpec],
+                 after: dict[str, LayerSpec], text: str, merge_token: int | None = None) -> None:
+        super().__init__(text)
+        self.controller = controller
+        self.before = before
+        self.after = after
+        self.merge_token = merge_token
+
+    def id(self) -> int:
+        return 1 if self.merge_token is not None else -1
+
+    def mergeWith(self, other: QUndoCommand) -> bool:
+        """Slider drags arrive as many small edits; fold them into one undo step."""
+        if not isinstance(other, SetSpecsCommand) or other.merge_token != self.merge_token \
+                or other.after.keys() != self.after.keys():
+            return False
+        self.after = other.after
+        return True
+
+    def redo(self) -> None:
+        self.controller.apply_specs(self.after)
+
+    def undo(self) -> None:
+        self.controller.apply_specs(self.before)
+
+
+class PlanController(QObject):
+    planChanged = Signal(list)
+    """Names of the layers whose own spec changed (descendants may inherit the change)."""
+
+    def __init__(self, workspace: Workspace, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.workspace = workspace
+        self.undo_stack = QUndoStack(self)
+        self.resolved: list[ResolvedSpec] = workspace.plan.resolve(workspace.tree)
+        self._merge_token = 0
+
+    @property
+    def plan(self) -> Plan:
+        return self.workspace.plan
+
+    def new_merge_token(self) -> int:
+        """Start a run of edits (a slider drag) that undo treats as one."""
+        self._merge_token += 1
+        return self._merge_token
+
+    def set_field(self, names: list[str], field: str, value: object,
+                  merge_token: int | None = None) -> None:
+        """Set ``field`` on every named layer (``None`` clears it, so it inherits again)."""
+        before = {name: self.plan.spec(name) for name in names}
+        after = {}
+        for name, spec in before.items():
+            values = spec.model_dump()
+            values[field] = value
+            after[name] = LayerSpec.model_validate(values)
+        if after == before:
+            return
+        label = field.replace("_", " ")
+        target = names[0] or self.workspace.tree.model_name if len(names) == 1 \
+            else f"{len(names)} layers"
+        shown = "inherited" if value is None else value
+        self.undo_stack.push(SetSpecsCommand(self, before, after,
+                                             f"Set {label} of {target} to {shown}", merge_token))
+
+    def replace_plan(self, plan: Plan, text: str) -> None:
+        """Swap in a whole plan (an imported recipe) as one undoable step."""
+        names = set(self.plan.specs) | set(plan.specs)
+        before = {name: self.plan.spec(name) for name in names}
+        after = {name: plan.spec(name) for name in names}
+        self.undo_stack.push(SetSpecsCommand(self, before, after, text))
+
+    def apply_specs(self, specs: dict[str, LayerSpec]) -> None:
+        for name, spec in specs.items():
+            self.plan.set_spec(name, spec)
+        self.resolved = self.plan.resolve(self.workspace.tree)
+        self.planChanged.emit(list(specs))

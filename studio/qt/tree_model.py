@@ -1,0 +1,175 @@
+"""``QAbstractItemModel`` over the core :class:`LayerTree`: no copy, rows made on demand.
+
+Indexes carry the node id as their internal id, so ``index``/``parent``/``data`` are list lookups
+and a 10k-module model costs nothing until rows are shown.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QAbstractItemModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtGui import QColor, QFont
+
+from studio.core.graph.tree import LayerNode, LayerTree
+from studio.core.plan import ResolvedSpec
+from studio.qt.columns import COLUMNS, PLAN_COLUMNS
+
+SORT_ROLE = Qt.ItemDataRole.UserRole + 1
+FILTER_ROLE = Qt.ItemDataRole.UserRole + 2
+NODE_ID_ROLE = Qt.ItemDataRole.UserRole + 3
+INHERITED_ROLE = Qt.ItemDataRole.UserRole + 4
+
+_INHERITED_COLOUR = QColor(130, 130, 130)
+_ALIGN_NUMBER = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+_Index = QModelIndex | QPersistentModelIndex
+_TOP = QModelIndex()
+
+
+class LayerTreeModel(QAbstractItemModel):
+    def __init__(self, tree: LayerTree | None = None,
+                 resolved: list[ResolvedSpec] | None = None, parent=None) -> None:
+        super().__init__(parent)
+        self._tree = tree
+        self._resolved = resolved or []
+        self._italic = QFont()
+        self._italic.setItalic(True)
+        self._bold = QFont()
+        self._bold.setBold(True)
+
+    @property
+    def tree(self) -> LayerTree | None:
+        return self._tree
+
+    def set_tree(self, tree: LayerTree | None, resolved: list[ResolvedSpec]) -> None:
+        self.beginResetModel()
+        self._tree = tree
+        self._resolved = resolved
+        self.endResetModel()
+
+    def node(self, index: _Index) -> LayerNode | None:
+        if not index.isValid() or self._tree is None:
+            return None
+        return self._tree.nodes[index.internalId()]
+
+    def index_of(self, node_id: int, column: int = 0) -> QModelIndex:
+        if self._tree is None:
+            return QModelIndex()
+        node = self._tree.nodes[node_id]
+        return self.createIndex(node.row if node.parent is not None else 0, column, node.id)
+
+    # --- structure -------------------------------------------------------------------------
+    def index(self, row: int, column: int, parent: _Index = _TOP) -> QModelIndex:
+        if self._tree is None or not 0 <= column < len(COLUMNS) or row < 0:
+            return QModelIndex()
+        if not parent.isValid():
+            return self.createIndex(0, column, 0) if row == 0 else QModelIndex()
+        children = self._tree.nodes[parent.internalId()].children
+        if row >= len(children):
+            return QModelIndex()
+        return self.createIndex(row, column, children[row])
+
+    def parent(self, index: _Index | None = None):  # type: ignore[override]
+        if index is None:  # QObject.parent()
+            return super().parent()
+        node = self.node(index)
+        if node is None or node.parent is None:
+            return QModelIndex()
+        return self.index_of(node.parent)
+
+    def rowCount(self, parent: _Index = _TOP) -> int:
+        if self._tree is None:
+            return 0
+        if not parent.isValid():
+            return 1
+        if parent.column() > 0:
+            return 0
+        return len(self._tree.nodes[parent.internalId()].children)
+
+    def columnCount(self, parent: _Index = _TOP) -> int:
+        return len(COLUMNS)
+
+    def hasChildren(self, parent: _Index = _TOP) -> bool:
+        return self.rowCount(parent) > 0
+
+    # --- content ---------------------------------------------------------------------------
+    def headerData(self, section: int, orientation: Qt.Orientation,
+                   role: int = Qt.ItemDataRole.DisplayRole) -> object:
+        if orientation != Qt.Orientation.Horizontal or not 0 <= section < len(COLUMNS):
+            return None
+        if role == Qt.ItemDataRole.DisplayRole:
+            return COLUMNS[section].title
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return COLUMNS[section].tooltip
+        return None
+
+    def _inherited(self, node: LayerNode, column: int) -> bool:
+        spec = self._resolved[node.id]
+        return all(spec.inherited(field, node.name) for field in COLUMNS[column].plan_fields)
+
+    def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> object:
+        node = self.node(index)
+        if node is None:
+            return None
+        column = COLUMNS[index.column()]
+        spec = self._resolved[node.id]
+        if role == Qt.ItemDataRole.DisplayRole:
+            if node.parent is None and index.column() == 0:
+                return self._tree.model_name if self._tree else ""
+            return column.text(node, spec)
+        if role == SORT_ROLE:
+            return column.sort_key(node, spec)
+        if role == FILTER_ROLE:
+            return f"{node.name} {node.op_type}"
+        if role == NODE_ID_ROLE:
+            return node.id
+        if role == Qt.ItemDataRole.TextAlignmentRole and column.numeric:
+            return _ALIGN_NUMBER
+        if index.column() in PLAN_COLUMNS:
+            return self._plan_style(node, index.column(), role)
+        if role == Qt.ItemDataRole.FontRole and node.parent is None:
+            return self._bold
+        if role == Qt.ItemDataRole.ToolTipRole and index.column() == 0:
+            return node.name or self._tree.model_name if self._tree else None
+        return None
+
+    def _plan_style(self, node: LayerNode, column: int, role: int) -> object:
+        inherited = self._inherited(node, column)
+        if role == INHERITED_ROLE:
+            return inherited
+        if role == Qt.ItemDataRole.FontRole:
+            return self._italic if inherited else self._bold
+        if role == Qt.ItemDataRole.ForegroundRole and inherited:
+            return _INHERITED_COLOUR
+        if role == Qt.ItemDataRole.ToolTipRole:
+            spec = self._resolved[node.id]
+            origins = {spec.sources[f] for f in COLUMNS[column].plan_fields}
+            if not inherited:
+                return "set on this layer"
+            named = sorted(o or "default" for o in origins)
+            return "inherited from " + ", ".join(n or self._tree.model_name for n in named)
+        return None
+
+    # --- plan updates ----------------------------------------------------------------------
+    def plan_changed(self, resolved: list[ResolvedSpec], names: list[str]) -> None:
+        """Refresh the plan columns of the changed layers and everything below them."""
+        self._resolved = resolved
+        tree = self._tree
+        if tree is None:
+            return
+        parents: set[int] = set()
+        roots = [tree.get(name) for name in names if name in tree]
+        for root in roots:
+            if root.parent is None:
+                self._emit_rows(QModelIndex(), 0, 0)
+            else:
+                parents.add(root.parent)
+            for node in tree.subtree(root):
+                if node.children:
+                    parents.add(node.id)
+        for parent_id in parents:
+            count = len(tree.nodes[parent_id].children)
+            self._emit_rows(self.index_of(parent_id), 0, count - 1)
+
+    def _emit_rows(self, parent: QModelIndex, first: int, last: int) -> None:
+        top = self.index(first, PLAN_COLUMNS[0], parent)
+        bottom = self.index(last, PLAN_COLUMNS[-1], parent)
+        self.dataChanged.emit(top, bottom)
