@@ -92,6 +92,12 @@ class Recipe(_Section):
     def layer_line(self, name: str) -> int | None:
         return self._lines.get(name)
 
+    def __eq__(self, other: object) -> bool:
+        """Equal content; where each layer was written in a file (``_lines``) is not content."""
+        if not isinstance(other, Recipe):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()
+
 
 def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
     """The YAML node at a pydantic error location, or the deepest one that exists."""
@@ -111,11 +117,23 @@ def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
     return node
 
 
+def _key_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
+    """The key node named by the last part of ``loc``, if it is there."""
+    parent = _node_at(root, loc[:-1]) if loc else None
+    if not isinstance(parent, yaml.MappingNode):
+        return None
+    return next((k for k, _ in parent.value if k.value == str(loc[-1])), None)
+
+
 def _layer_lines(root: yaml.Node | None) -> dict[str, int]:
-    plan = _node_at(root, ("plan", "layers"))
-    if not isinstance(plan, yaml.MappingNode):
+    layers = root
+    for key in ("plan", "layers"):  # exactly plan.layers, not the deepest node that exists
+        if not isinstance(layers, yaml.MappingNode):
+            return {}
+        layers = next((v for k, v in layers.value if k.value == key), None)
+    if not isinstance(layers, yaml.MappingNode):
         return {}
-    return {key.value: key.start_mark.line + 1 for key, _ in plan.value}
+    return {key.value: key.start_mark.line + 1 for key, _ in layers.value}
 
 
 def parse_recipe(text: str, source: str = "recipe") -> Recipe:
@@ -138,10 +156,11 @@ def parse_recipe(text: str, source: str = "recipe") -> Recipe:
         for item in error.errors():
             loc = tuple(item["loc"])
             node = _node_at(root, loc)
-            line = node.start_mark.line + 1 if node is not None else None
             message = item["msg"].removeprefix("Value error, ")
             if item["type"] == "extra_forbidden":
                 message = "unknown key"
+                node = _key_at(root, loc) or node  # the key's line, not its block value's
+            line = node.start_mark.line + 1 if node is not None else None
             problems.append(Problem(".".join(str(p) for p in loc), message, line))
         raise RecipeError(source, problems) from None
     recipe._lines = _layer_lines(root)
