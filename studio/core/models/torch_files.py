@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import pickle
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -83,16 +84,28 @@ def _as_state_dict(obj: object) -> dict[str, torch.Tensor] | None:
     return None
 
 
+def _looks_like_torch_save(path: Path) -> bool:
+    """A zip archive (torch.save since 1.6) or a pickle of protocol 2+ (the legacy format)."""
+    with path.open("rb") as handle:
+        first = handle.read(1)
+    return first == b"\x80" or zipfile.is_zipfile(path)
+
+
 def load_torch_file(path: Path, architecture: str | None, trust: bool) -> LoadedModel:
     """A ``torch.save`` file: a state dict (safe), or a whole pickled module (needs trust)."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if not _looks_like_torch_save(path):
+            raise ModelLoadError(
+                f"{path}: not a torch file (neither a torch.save archive nor a pickle); "
+                "truncated or corrupt?"
+            ) from error
         if not trust:
             raise TrustRequired(path, "it holds a pickled Python object, not only weights") \
                 from error
         return _load_pickled_module(path)
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    except Exception as error:  # the weights-only unpickler raises many types on corrupt input
         raise ModelLoadError(
             f"{path}: not a readable torch file ({type(error).__name__}: {error})"
         ) from error
