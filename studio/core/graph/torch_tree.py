@@ -63,6 +63,8 @@ def build_torch_tree(
         op_type = (type_names or {}).get(name) or module_type_name(sub)
         node = tree.add(name, label, op_type, parent)
         ids[id(sub)] = node.id
+        weight = getattr(sub, "weight", None)
+        tied = isinstance(weight, torch.Tensor) and id(weight) in seen_tensors
         for _, param in sub.named_parameters(recurse=False):
             if id(param) in seen_tensors:
                 continue
@@ -74,8 +76,7 @@ def build_torch_tree(
             if buffer is not None and id(buffer) not in seen_tensors:
                 seen_tensors.add(id(buffer))
                 node.nbytes += buffer.numel() * buffer.element_size()
-        weight = getattr(sub, "weight", None)
-        if isinstance(weight, torch.Tensor) and weight.dim() >= 2:
+        if isinstance(weight, torch.Tensor) and weight.dim() >= 2 and not tied:
             node.weight_params = weight.numel()
             node.weight_bits = weight.element_size() * 8
             node.out_channels = int(weight.shape[0])
