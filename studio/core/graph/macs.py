@@ -50,11 +50,11 @@ def _sdpa(args: tuple, kwargs: dict, out: Any) -> int:
 
 
 def _multi_head_attention(args: tuple, kwargs: dict, out: Any) -> int:
-    query, key = args[0], args[1]
+    query, key = args[0], args[1]  # (L, N, E) or unbatched (L, E): sequence first, always
     width = query.shape[-1]
     tokens_q, tokens_k = _numel(query.shape[:-1]), _numel(key.shape[:-1])
-    batch = query.shape[0] if query.dim() == 3 else 1
-    length_q, length_k = tokens_q // batch, tokens_k // batch
+    batch = query.shape[1] if query.dim() == 3 else 1
+    length_q, length_k = query.shape[0], key.shape[0]
     projections = (tokens_q + 2 * tokens_k) * width * width + tokens_q * width * width
     return projections + 2 * batch * length_q * length_k * width
 
