@@ -19,7 +19,9 @@ def _gui(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    # SUPPRESS: a subcommand's own default must not undo "--debug" given before the subcommand.
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks for errors")
     parser = argparse.ArgumentParser(
         prog="compression-studio", parents=[common],
         description="Make neural networks smaller and faster without losing their accuracy. "
@@ -44,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except StudioError as error:
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         print(f"compression-studio: error: {error}", file=sys.stderr)
         return 2
