@@ -1,0 +1,62 @@
+"""Fixtures shared by every test; nothing here imports Qt (tests/qt/conftest.py does that)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # the Qt tests run without a display
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from studio.core.demo.model import DEMO_INPUT_SHAPE, DemoCNN
+from studio.core.models.loader import open_model
+from studio.core.workspace import Workspace, open_workspace
+
+
+@pytest.fixture
+def demo_workspace() -> Workspace:
+    """The built-in demo, opened and traced as the GUI and the CLI open it (a fresh one each
+    time, so a test may edit its plan)."""
+    return open_workspace("demo")
+
+
+@pytest.fixture
+def demo_module() -> DemoCNN:
+    """A fresh copy of the trained demo CNN, in eval mode."""
+    module = open_model("demo").module
+    assert isinstance(module, DemoCNN)
+    return module
+
+
+@pytest.fixture
+def demo_input() -> torch.Tensor:
+    """A batch of two digits-shaped inputs, to compare outputs of two models."""
+    return torch.randn((2, *DEMO_INPUT_SHAPE[1:]), generator=torch.Generator().manual_seed(1))
+
+
+def _export_onnx_legacy(module: torch.nn.Module, path: Path,
+                        shape: tuple[int, ...] = DEMO_INPUT_SHAPE) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter announces its deprecation
+        torch.onnx.export(module, (torch.randn(shape),), str(path), dynamo=False,
+                          input_names=["input"], output_names=["logits"])
+    return path
+
+
+@pytest.fixture(scope="session")
+def export_onnx() -> Callable[..., Path]:
+    """``export_onnx(module, path, shape=(1, 1, 28, 28))``: the TorchScript exporter (fast, and
+    it names nodes by module scope: ``/res/conv1/conv1.0/Conv``)."""
+    return _export_onnx_legacy
+
+
+@pytest.fixture(scope="session")
+def demo_onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo exported once per session to ONNX; copy it before changing it."""
+    folder = tmp_path_factory.mktemp("onnx")
+    return _export_onnx_legacy(open_model("demo").module, folder / "demo.onnx")
