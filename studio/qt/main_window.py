@@ -255,10 +255,10 @@ class MainWindow(QMainWindow):
     def run_in_background(self, task: Callable[[], Any], done: Callable[[Any], None],
                           failed: Callable[[BaseException], None], message: str) -> None:
         """Run ``task`` in a worker thread; ``done``/``failed`` run back in the GUI thread."""
-        worker = create_worker(task, _start_thread=False)
+        # Naming the "errored" handler stops superqt from re-raising the error in the GUI thread.
+        worker = create_worker(task, _start_thread=False,
+                               _connect={"returned": done, "errored": failed})
         self._workers.add(worker)
-        worker.returned.connect(done)
-        worker.errored.connect(failed)
 
         def finished() -> None:
             self._workers.discard(worker)

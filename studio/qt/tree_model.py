@@ -10,7 +10,7 @@ from PySide6.QtCore import QAbstractItemModel, QModelIndex, QPersistentModelInde
 from PySide6.QtGui import QColor, QFont
 
 from studio.core.graph.tree import LayerNode, LayerTree
-from studio.core.plan import ResolvedSpec
+from studio.core.plan import Plan, ResolvedSpec
 from studio.qt.columns import COLUMNS, PLAN_COLUMNS
 
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -29,7 +29,7 @@ class LayerTreeModel(QAbstractItemModel):
                  resolved: list[ResolvedSpec] | None = None, parent=None) -> None:
         super().__init__(parent)
         self._tree = tree
-        self._resolved = resolved or []
+        self._resolved = resolved or (Plan().resolve(tree) if tree is not None else [])
         self._italic = QFont()
         self._italic.setItalic(True)
         self._bold = QFont()
@@ -140,12 +140,14 @@ class LayerTreeModel(QAbstractItemModel):
         if role == Qt.ItemDataRole.ForegroundRole and inherited:
             return _INHERITED_COLOUR
         if role == Qt.ItemDataRole.ToolTipRole:
-            spec = self._resolved[node.id]
-            origins = {spec.sources[f] for f in COLUMNS[column].plan_fields}
             if not inherited:
                 return "set on this layer"
-            named = sorted(o or "default" for o in origins)
-            return "inherited from " + ", ".join(n or self._tree.model_name for n in named)
+            spec = self._resolved[node.id]
+            origins = {spec.sources[f] for f in COLUMNS[column].plan_fields} - {None}
+            if not origins:
+                return "default: nothing set here or above"
+            model_name = self._tree.model_name if self._tree else ""
+            return "inherited from " + ", ".join(sorted(o or model_name for o in origins))
         return None
 
     # --- plan updates ----------------------------------------------------------------------
