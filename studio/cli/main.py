@@ -48,8 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StudioError as error:
         if getattr(args, "debug", False):
             raise
-        print(f"compression-studio: error: {error}", file=sys.stderr)
+        one_line = " ".join(str(error).split())  # torch messages can span several lines
+        print(f"compression-studio: error: {one_line}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ def application() -> QApplication:
     app.setOrganizationName("CompressionStudio")
     app.setApplicationName("Compression Studio")
     app.setApplicationVersion(__version__)
+    app.setDesktopFileName("compression-studio")  # Wayland matches the .desktop file by it
     icon = resource_path("icons", "compression-studio.svg")
     if icon.is_file():
         app.setWindowIcon(QIcon(str(icon)))
