@@ -1,0 +1,1 @@
+"""Datasets and batches for calibration, fine-tuning and evaluation."""

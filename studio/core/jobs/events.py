@@ -1,0 +1,55 @@
+"""What a job reports while it runs: plain data, JSON-ready, so it can cross a process boundary."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Metric:
+    stage: str
+    name: str
+    value: float
+    step: int
+
+
+@dataclass(frozen=True)
+class Log:
+    message: str
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    kind: str
+    path: str
+
+
+@dataclass(frozen=True)
+class Result:
+    """A finished experiment: its report (see ``studio.core.engine.report``)."""
+
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+Event = Progress | Metric | Log | Artifact | Result
+_TYPES: dict[str, type] = {cls.__name__.lower(): cls
+                           for cls in (Progress, Metric, Log, Artifact, Result)}
+
+
+def event_to_json(event: Event) -> dict[str, Any]:
+    return {"event": type(event).__name__.lower(), **asdict(event)}
+
+
+def event_from_json(data: dict[str, Any]) -> Event:
+    values = dict(data)
+    kind = values.pop("event")
+    return _TYPES[kind](**values)

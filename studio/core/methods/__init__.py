@@ -1,0 +1,1 @@
+"""Compression methods: pruning, quantization, distillation; each module does one job."""

@@ -1,0 +1,1 @@
+"""Fine-tuning and evaluation loops that report events and honour cancel at every batch."""

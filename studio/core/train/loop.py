@@ -1,0 +1,98 @@
+"""The one training loop every recovery stage uses (plain fine-tuning, KD, QAT).
+
+The loss is a callable, so distillation and quantization-aware training plug in without their own
+loops; ``after_step`` lets pruning schedules re-apply masks or step sparsity between batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import TensorDataset
+
+from studio.core.data.task import batches
+from studio.core.jobs import CancelToken, Event, Metric, Progress
+
+LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+"""(model, inputs, labels) -> scalar loss."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 1
+    lr: float = 1e-3
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "cpu"
+
+
+def resolve_device(choice: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without it is a clear error."""
+    from studio.core.errors import StudioError
+
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice.startswith("cuda") and not torch.cuda.is_available():
+        raise StudioError(f"device {choice!r}: no CUDA GPU is available here; use cpu or auto")
+    return torch.device(choice)
+
+
+def cross_entropy(model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
+    return nn.functional.cross_entropy(model(inputs), labels)
+
+
+def train(model: nn.Module, data: TensorDataset, config: TrainConfig, token: CancelToken,
+          loss_fn: LossFn = cross_entropy, stage: str = "fine-tune",
+          after_step: Callable[[int], None] | None = None,
+          parameters: list[nn.Parameter] | None = None) -> Iterator[Event]:
+    """Train ``model`` in place on ``data`` (already on the right device); yields events."""
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    params = parameters if parameters is not None else [
+        p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    loader_steps = (len(data) + config.batch_size - 1) // config.batch_size
+    total = config.epochs * loader_steps
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, total))
+    step = 0
+    model.train()
+    for epoch in range(config.epochs):
+        for inputs, labels in batches(data, config.batch_size, shuffle=True,
+                                      seed=config.seed + epoch):
+            token.check()
+            inputs, labels = inputs.to(device), labels.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model, inputs, labels)
+            if not torch.isfinite(loss):
+                from studio.core.errors import StudioError
+
+                raise StudioError(f"{stage}: the loss became {loss.item()} at step {step}; "
+                                  "lower the learning rate")
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+            if after_step is not None:
+                after_step(step)
+            if step % 10 == 0 or step == total:
+                yield Metric(stage, "loss", float(loss.detach()), step)
+            yield Progress(stage, step, total)
+    model.eval()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TensorDataset, token: CancelToken | None = None,
+             device: str = "cpu", batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` on ``data``."""
+    model.eval()
+    target = resolve_device(device)
+    correct = 0
+    for inputs, labels in batches(data, batch_size):
+        if token is not None:
+            token.check()
+        correct += int((model(inputs.to(target)).argmax(1).cpu() == labels).sum())
+    return correct / len(data)
