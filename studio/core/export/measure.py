@@ -1,0 +1,199 @@
+"""Measurements of exported ONNX files: bytes, compressed bytes, latency, parity and accuracy.
+
+Everything is measured on the file itself in onnxruntime (not on the torch model it came from),
+because the file is what users ship: a pruned or quantized model only counts as smaller and
+faster when its ONNX file is.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import Tensor, nn
+from torch.utils.data import TensorDataset
+
+from studio.core.export.onnx_export import external_data_files
+
+DEFAULT_THREADS = 2
+"""Fixed so that timings taken on different days or machines compare like with like."""
+INTEGER_OPS = frozenset({
+    "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd",
+    "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "MatMulNBits",
+    "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
+})
+"""Op types that show a file holds quantized weights or runs integer kernels."""
+
+Feed = np.ndarray | Tensor | Mapping[str, np.ndarray | Tensor]
+
+
+def ort_session(path: str | Path, threads: int = DEFAULT_THREADS,
+                optimized_path: str | Path | None = None) -> ort.InferenceSession:
+    """A CPU session with a fixed thread count (and, if asked, the optimized graph saved)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _feed(session: ort.InferenceSession, inputs: Feed) -> dict[str, np.ndarray]:
+    if isinstance(inputs, Mapping):
+        return {name: _numpy(value) for name, value in inputs.items()}
+    return {session.get_inputs()[0].name: _numpy(inputs)}
+
+
+def _numpy(value: np.ndarray | Tensor) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, Tensor) else np.asarray(value)
+
+
+def _files(path: str | Path) -> list[Path]:
+    return [Path(path), *external_data_files(path)]
+
+
+def zip_bytes(path: str | Path, level: int = 9) -> int:
+    """Bytes of the model file(s) after deflate (as in a .zip): what unstructured zeros buy.
+
+    Dense ONNX stores pruned zeros like any other number, so ``onnx_bytes`` does not move; a
+    compressed download or archive does shrink, which is the only size benefit they give.
+    """
+    total = 0
+    for file in _files(path):
+        compressor = zlib.compressobj(level)
+        with file.open("rb") as stream:
+            while chunk := stream.read(1 << 20):
+                total += len(compressor.compress(chunk))
+        total += len(compressor.flush())
+    return total
+
+
+def inputs_for_batches(samples: Tensor | TensorDataset, batches: tuple[int, ...] = (1, 64)
+                       ) -> dict[int, np.ndarray]:
+    """One input array per batch size, cut from ``samples`` (repeated if there are too few)."""
+    data = samples.tensors[0] if isinstance(samples, TensorDataset) else samples
+    array = _numpy(data)
+    result = {}
+    for batch in batches:
+        repeats = -(-batch // len(array))
+        result[batch] = np.ascontiguousarray(np.concatenate([array] * repeats)[:batch])
+    return result
+
+
+def latency_ms(sessions: Mapping[str, str | Path], inputs_by_batch: Mapping[int, Feed],
+               repeats: int = 20, warmup: int = 3, threads: int = DEFAULT_THREADS
+               ) -> dict[str, dict[int, float]]:
+    """Median milliseconds per run of each model at each batch size, timed side by side.
+
+    All sessions live in this one process and are run interleaved (the order rotates every
+    round), so machine noise — other processes, CPU frequency — hits every model alike; the
+    same model can time 2x apart in two separate processes, so compare ratios from one call.
+    """
+    opened = {name: ort_session(path, threads) for name, path in sessions.items()}
+    names = list(opened)
+    result: dict[str, dict[int, float]] = {name: {} for name in names}
+    for batch, inputs in inputs_by_batch.items():
+        feeds = {name: _feed(session, inputs) for name, session in opened.items()}
+        for name in names:
+            for _ in range(warmup):
+                opened[name].run(None, feeds[name])
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for round_ in range(repeats):
+            shift = round_ % len(names)
+            for name in names[shift:] + names[:shift]:
+                start = time.perf_counter()
+                opened[name].run(None, feeds[name])
+                times[name].append((time.perf_counter() - start) * 1e3)
+        for name in names:
+            result[name][batch] = statistics.median(times[name])
+    return result
+
+
+def _chunks(inputs: Tensor, size: int) -> Iterator[Tensor]:
+    for start in range(0, len(inputs), size):
+        yield inputs[start:start + size]
+
+
+def run_onnx(path: str | Path, inputs: Tensor | np.ndarray, batch_size: int = 256,
+             threads: int = DEFAULT_THREADS) -> np.ndarray:
+    """First output of the ONNX model on ``inputs``, run in chunks of ``batch_size``."""
+    session = ort_session(path, threads)
+    name = session.get_inputs()[0].name
+    array = _numpy(inputs)
+    return np.concatenate([session.run(None, {name: array[i:i + batch_size]})[0]
+                           for i in range(0, len(array), batch_size)])
+
+
+@torch.no_grad()
+def parity(torch_model: nn.Module, onnx_path: str | Path, inputs: Tensor,
+           batch_size: int = 256) -> dict[str, float | None]:
+    """How closely the exported file reproduces the torch model on ``inputs``.
+
+    ``max_abs_diff`` over all outputs, and ``top1_agreement``: the fraction of samples whose
+    arg-max class is the same (None when the output is not a score per class).
+    """
+    was_training = torch_model.training
+    torch_model.eval()
+    try:
+        device = next(torch_model.parameters(), torch.empty(0)).device
+        expected = torch.cat([torch_model(chunk.to(device)).float().cpu()
+                              for chunk in _chunks(inputs, batch_size)]).numpy()
+    finally:
+        torch_model.train(was_training)
+    actual = run_onnx(onnx_path, inputs, batch_size).astype(np.float32)
+    if actual.shape != expected.shape:
+        raise ValueError(f"output shapes differ: torch {expected.shape}, onnx {actual.shape}")
+    agreement = None
+    if expected.ndim >= 2 and expected.shape[-1] > 1:
+        agreement = float((expected.argmax(-1) == actual.argmax(-1)).mean())
+    return {"max_abs_diff": float(np.abs(expected - actual).max()) if expected.size else 0.0,
+            "top1_agreement": agreement}
+
+
+def onnx_accuracy(onnx_path: str | Path, dataset: TensorDataset, batch_size: int = 256,
+                  threads: int = DEFAULT_THREADS) -> float:
+    """Top-1 accuracy of the exported model itself, run in onnxruntime."""
+    images, labels = dataset.tensors[0], dataset.tensors[1]
+    scores = run_onnx(onnx_path, images, batch_size, threads)
+    return float((scores.argmax(-1) == _numpy(labels)).mean())
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attribute.g)
+            elif attribute.type == onnx.AttributeProto.GRAPHS:
+                for sub in attribute.graphs:
+                    yield from _graphs(sub)
+
+
+def count_ops(onnx_path: str | Path | onnx.ModelProto) -> dict[str, int]:
+    """Op-type histogram (subgraphs included), most frequent first."""
+    model = onnx_path if isinstance(onnx_path, onnx.ModelProto) else onnx.load(
+        str(onnx_path), load_external_data=False)
+    counts = Counter(node.op_type for graph in _graphs(model.graph) for node in graph.node)
+    return dict(counts.most_common())
+
+
+def initializer_bytes(onnx_path: str | Path | onnx.ModelProto) -> dict[str, int]:
+    """Bytes of the stored tensors by element type (``int8``, ``float32``...): where size goes."""
+    model = onnx_path if isinstance(onnx_path, onnx.ModelProto) else onnx.load(str(onnx_path))
+    totals: Counter[str] = Counter()
+    for graph in _graphs(model.graph):
+        for tensor in graph.initializer:
+            name = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).name
+            stored = len(tensor.raw_data) or onnx.numpy_helper.to_array(tensor).nbytes
+            totals[name] += int(stored)  # raw bytes: packed int4 counts half a byte each
+    return dict(totals.most_common())
