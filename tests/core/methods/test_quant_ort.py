@@ -74,7 +74,7 @@ def _weight_source(model: onnx.ModelProto, node_name: str) -> str:
 def test_static_int8_is_small_accurate_and_really_int8(demo_fp32: Path, demo_int8: Path,
                                                         task: TaskData,
                                                         fp32_accuracy: float) -> None:
-    assert onnx_file_bytes(demo_int8) <= 0.3 * onnx_file_bytes(demo_fp32)
+    assert onnx_file_bytes(demo_int8) <= 0.28 * onnx_file_bytes(demo_fp32)  # 0.27 measured
     assert onnx_accuracy(demo_int8, task.test) >= fp32_accuracy - 0.005
     ops = count_ops(demo_int8)
     assert ops["QuantizeLinear"] >= 6 and ops["DequantizeLinear"] >= 12

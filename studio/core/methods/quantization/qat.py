@@ -30,6 +30,7 @@ from torch.nn import functional as F
 
 from studio.core.errors import StudioError
 from studio.core.export.onnx_export import export_onnx, save_onnx
+from studio.core.methods.quantization.ort import drop_unused_initializers, used_names
 from studio.core.plan.plan import ResolvedSpec
 
 MIN_BITS, MAX_BITS = 2, 8
@@ -358,15 +359,13 @@ def fold_weight_quantizers(model: onnx.ModelProto) -> list[str]:
 def _drop_unused(model: onnx.ModelProto) -> None:
     graph = model.graph
     while True:
-        used = {n for node in graph.node for n in node.input} | {o.name for o in graph.output}
+        used = used_names(graph)
         dead = [node for node in graph.node if not any(o in used for o in node.output)]
         if not dead:
             break
         for node in dead:
             graph.node.remove(node)
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    drop_unused_initializers(graph)
 
 
 def convert_qat_to_qdq_onnx(model: nn.Module, example: Tensor | Sequence[Tensor],
