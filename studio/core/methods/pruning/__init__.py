@@ -1,0 +1,164 @@
+"""Pruning: turn a plan's per-layer sparsity into a smaller model.
+
+:func:`apply_plan_pruning` is the one entry point the engine calls. It splits the plan by
+granularity — ``channels`` (structured, shapes shrink), ``unstructured`` and ``N:M`` (masks,
+shapes stay) — and applies structured pruning first, because it changes the shapes the masks
+are drawn on. Layer names never change, but shapes do: **rebuild the layer tree**
+(``build_torch_tree``) after calling it. It works in place; callers pass a copy of the model.
+
+Keep the returned masks applied while fine-tuning (``after_step=result.masks.hook(model)``),
+or the optimizer moves the pruned weights off zero.
+
+Modules: ``unstructured`` and ``nm`` (masks), ``schedule`` (gradual AGP pruning), ``structured``
+(dependency-aware channel pruning), ``transformer`` (heads, FFN width, block dropping),
+``importance`` (magnitude and Taylor scores), ``masks`` (:class:`MaskSet`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from studio.core.graph.tree import LayerTree
+from studio.core.methods.pruning.importance import check_importance, weight_scores
+from studio.core.methods.pruning.masks import MaskSet, layer_weight
+from studio.core.methods.pruning.measure import measure
+from studio.core.methods.pruning.nm import dense_tail, nm_masks
+from studio.core.methods.pruning.structured import (
+    StructuredReport,
+    dependency_groups,
+    prune_channels,
+)
+from studio.core.methods.pruning.unstructured import (
+    DEFAULT_LAYER_CAP,
+    global_masks,
+    layer_masks,
+)
+from studio.core.plan.plan import ResolvedSpec
+from studio.core.plan.spec import parse_nm
+from studio.core.train.loop import LossFn, cross_entropy
+
+DENSE_ZEROS_NOTE = (
+    "Unstructured and N:M zeros are stored densely: they make neither the ONNX file smaller nor "
+    "onnxruntime on CPU faster. They pay off when the file is compressed, and N:M 2:4 on GPUs "
+    "with sparse tensor cores.")
+RETRACE_NOTE = "Channels were removed: rebuild the layer tree (names are unchanged, shapes not)."
+
+
+@dataclass(frozen=True)
+class PlanPartition:
+    """The plan's prunable layers sorted by what will happen to them."""
+
+    channels: dict[str, float] = field(default_factory=dict)
+    unstructured: dict[str, float] = field(default_factory=dict)
+    nm: dict[str, tuple[int, int]] = field(default_factory=dict)
+    excluded: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PruningResult:
+    masks: MaskSet
+    """Re-apply after every optimizer step while fine-tuning (``masks.hook(model)``)."""
+    report: dict[str, Any]
+    """JSON-ready: what was cut, per layer, with params/MACs before and after."""
+    structured: StructuredReport | None = None
+
+
+def partition_plan(tree: LayerTree, resolved: list[ResolvedSpec]) -> PlanPartition:
+    """Split the resolved plan by granularity; layers with nothing to remove are left out."""
+    partition = PlanPartition()
+    for node in tree.nodes:
+        if not node.prunable:
+            continue
+        spec = resolved[node.id]
+        if spec.exclude:
+            partition.excluded.append(node.name)
+            continue
+        sparsity = spec.effective_sparsity
+        if sparsity <= 0.0:
+            continue
+        nm = parse_nm(spec.granularity)
+        if nm is not None:
+            partition.nm[node.name] = nm
+        elif spec.granularity == "channels":
+            partition.channels[node.name] = sparsity
+        else:
+            partition.unstructured[node.name] = sparsity
+    return partition
+
+
+def _achieved(model: nn.Module, name: str) -> float:
+    weight = layer_weight(model, name).detach()
+    return 1.0 - int(torch.count_nonzero(weight)) / weight.numel()
+
+
+def apply_plan_pruning(model: nn.Module, tree: LayerTree, resolved: list[ResolvedSpec],
+                       example_inputs: Any, data: TensorDataset | None = None,
+                       importance: str = "magnitude", global_unstructured: bool = False,
+                       loss_fn: LossFn = cross_entropy,
+                       layer_cap: float = DEFAULT_LAYER_CAP) -> PruningResult:
+    """Prune ``model`` in place as the plan says; ``tree`` must describe ``model`` as it is now.
+
+    ``resolved`` comes from ``Plan.resolve(tree)``. ``importance``: ``magnitude`` (``l1``,
+    ``l2`` for channels) or ``taylor`` (needs ``data``: a few labelled batches, such as the
+    task's calibration split). ``global_unstructured`` draws one magnitude threshold across all
+    unstructured layers (the same total count removed), each capped at ``layer_cap``.
+    """
+    check_importance(importance, data)
+    partition = partition_plan(tree, resolved)
+    before = measure(model, example_inputs)
+    structured = None
+    if partition.channels:
+        structured = prune_channels(model, example_inputs, partition.channels, importance, data,
+                                    protect=partition.excluded, loss_fn=loss_fn)
+    mask_layers = [*partition.unstructured, *partition.nm]
+    scores = weight_scores(model, mask_layers, importance, data, loss_fn) if mask_layers else {}
+    masks = MaskSet()
+    if partition.unstructured:
+        chosen = {name: scores[name] for name in partition.unstructured}
+        if global_unstructured:
+            total = sum(score.numel() for score in chosen.values())
+            overall = sum(chosen[name].numel() * s
+                          for name, s in partition.unstructured.items()) / total
+            masks = global_masks(chosen, overall, layer_cap)
+        else:
+            masks = layer_masks(chosen, partition.unstructured)
+    if partition.nm:
+        masks = masks.merged(nm_masks(scores, partition.nm))
+    masks.apply(model)
+    after = measure(model, example_inputs)
+    notes = []
+    if structured is not None:
+        notes.append(RETRACE_NOTE)
+        if structured.skipped:
+            notes.append(f"{len(structured.skipped)} channel group(s) were left whole; "
+                         "see structured.skipped for why.")
+    if mask_layers:
+        notes.append(DENSE_ZEROS_NOTE)
+    report = {
+        "importance": importance,
+        "excluded": partition.excluded,
+        "structured": structured.to_dict() if structured is not None else None,
+        "unstructured": {
+            "mode": "global" if global_unstructured else "per-layer",
+            "layers": {name: {"asked": s, "sparsity": _achieved(model, name)}
+                       for name, s in partition.unstructured.items()},
+        },
+        "nm": {
+            "layers": {name: {"pattern": f"{n}:{m}", "sparsity": _achieved(model, name),
+                              "dense_tail": dense_tail(layer_weight(model, name).shape, m)}
+                       for name, (n, m) in partition.nm.items()},
+        },
+        "before": asdict(before),
+        "after": asdict(after),
+        "notes": notes,
+    }
+    return PruningResult(masks, report, structured)
+
+
+__all__ = ["MaskSet", "PlanPartition", "PruningResult", "StructuredReport",
+           "apply_plan_pruning", "dependency_groups", "partition_plan", "prune_channels"]
