@@ -16,7 +16,13 @@ from torch.utils.data import TensorDataset
 from studio.core.data.task import TaskData, demo_task
 from studio.core.demo.model import DemoCNN
 from studio.core.errors import StudioError
-from studio.core.export.measure import count_ops, initializer_bytes, onnx_accuracy, parity
+from studio.core.export.measure import (
+    count_ops,
+    initializer_bytes,
+    onnx_accuracy,
+    ort_session,
+    parity,
+)
 from studio.core.graph.torch_tree import build_torch_tree
 from studio.core.jobs import CancelToken
 from studio.core.methods.quantization.ort_plan import resolved_by_name
@@ -28,6 +34,7 @@ from studio.core.methods.quantization.qat import (
     qat_bits_from_plan,
     qat_layers,
 )
+from studio.core.methods.quantization.qat_ort import convert_qat_to_ort_static
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loader import open_model
 from studio.core.plan import LayerSpec, Plan
@@ -106,6 +113,27 @@ def test_export_stores_int8_weights_and_agrees_with_torch(
     images = task.test.tensors[0][:256]
     assert parity(model, path, images)["top1_agreement"] >= 0.98
     assert onnx_accuracy(path, task.test) > 0.95
+
+
+def _int8_weights(path: Path) -> list[np.ndarray]:
+    proto = onnx.load(str(path))
+    return [w for w in (numpy_helper.to_array(t) for t in proto.graph.initializer)
+            if w.dtype == np.int8 and w.ndim >= 2]
+
+
+def test_export_through_ort_static_runs_integer_kernels(
+        trained_qat: tuple[nn.Module, float, float], task: TaskData, tmp_path: Path) -> None:
+    model = trained_qat[0]
+    path = convert_qat_to_ort_static(model, torch.zeros(1, 1, 28, 28), tmp_path / "qat.onnx",
+                                     task.calibration)
+    assert [p.name for p in tmp_path.iterdir()] == ["qat.onnx"]
+    weights = _int8_weights(path)
+    assert len(weights) == 6 and all(np.abs(w).max() <= 7 for w in weights)  # QAT's 4-bit grid
+    ort_session(path, optimized_path=tmp_path / "optimized.onnx")
+    fused = count_ops(tmp_path / "optimized.onnx")
+    assert fused["QLinearConv"] == 5 and "Conv" not in fused  # every convolution is integer
+    images = task.test.tensors[0][:256]
+    assert parity(model, path, images)["top1_agreement"] >= 0.98
 
 
 def test_low_bit_inputs_export_with_a_clip(task: TaskData, tmp_path: Path) -> None:

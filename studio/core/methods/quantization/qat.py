@@ -12,6 +12,11 @@ exporter). ONNX QuantizeLinear only knows 8 bits, so every weight is exported as
 2-7 bit layers the stored values lie on the low-bit grid (at most 2^b - 1 distinct values per
 channel) but take a full byte each, and onnxruntime runs them with int8 kernels. Low-bit QAT
 buys accuracy at a given grid, not a smaller file or a faster kernel than int8.
+
+That file holds Q/DQ only where training put them, so onnxruntime fuses an integer kernel
+only where a layer's output also meets a QuantizeLinear (on the demo 3 of 5 convolutions,
+about fp32 speed). For deployment speed use :mod:`.qat_ort`, which hands the QAT grids to
+ORT's static quantizer.
 """
 
 from __future__ import annotations
