@@ -134,19 +134,24 @@ def run_onnx(path: str | Path, inputs: Tensor | np.ndarray, batch_size: int = 25
                            for i in range(0, len(array), batch_size)])
 
 
+def _first(output: Tensor | tuple | list) -> Tensor:
+    """The first output, as the ONNX file's first output is compared."""
+    return output[0] if isinstance(output, tuple | list) else output
+
+
 @torch.no_grad()
 def parity(torch_model: nn.Module, onnx_path: str | Path, inputs: Tensor,
            batch_size: int = 256) -> dict[str, float | None]:
     """How closely the exported file reproduces the torch model on ``inputs``.
 
-    ``max_abs_diff`` over all outputs, and ``top1_agreement``: the fraction of samples whose
+    ``max_abs_diff`` over the first output, and ``top1_agreement``: the fraction of samples whose
     arg-max class is the same (None when the output is not a score per class).
     """
     was_training = torch_model.training
     torch_model.eval()
     try:
         device = next(torch_model.parameters(), torch.empty(0)).device
-        expected = torch.cat([torch_model(chunk.to(device)).float().cpu()
+        expected = torch.cat([_first(torch_model(chunk.to(device))).float().cpu()
                               for chunk in _chunks(inputs, batch_size)]).numpy()
     finally:
         torch_model.train(was_training)

@@ -143,7 +143,7 @@ def test_dynamic_int8_on_an_mlp(tmp_path: Path) -> None:
 
 def test_int4_weight_only_matmul_on_an_mlp(tmp_path: Path) -> None:
     path, images = _mlp(tmp_path)
-    quantized = quantize_onnx(path, tmp_path / "int4.onnx", "nbits", bits=4, block_size=32)
+    quantized = quantize_onnx(path, tmp_path / "int4.onnx", "int4", block_size=32)
     ops = count_ops(quantized)
     assert ops["MatMulNBits"] == 3 and "Gemm" not in ops and "MatMul" not in ops
     assert onnx_file_bytes(quantized) < 0.2 * onnx_file_bytes(path)
@@ -241,3 +241,12 @@ def test_dynamic_body_with_int4_head(demo_fp32: Path, tmp_path: Path) -> None:
     images = demo_task().test.tensors[0][:64]
     agree = run_onnx(path, images).argmax(1) == run_onnx(demo_fp32, images).argmax(1)
     assert agree.mean() >= 0.95
+
+
+def test_int2_weight_only_matmul_runs(tmp_path: Path) -> None:
+    path, images = _mlp(tmp_path)
+    quantized = quantize_onnx(path, tmp_path / "int2.onnx", "nbits", bits=2, block_size=32,
+                              nodes=["/3/Gemm"])
+    ops = count_ops(quantized)
+    assert ops["MatMulNBits"] == 1 and ops["Gemm"] == 2
+    assert run_onnx(quantized, images).shape == (64, 10)

@@ -32,8 +32,9 @@ from torch.utils.data import TensorDataset
 from studio.core.errors import StudioError
 from studio.core.export.onnx_export import save_onnx
 
-Mode = Literal["static", "dynamic", "fp16", "nbits"]
-MODES: tuple[str, ...] = ("static", "dynamic", "fp16", "nbits")
+Mode = Literal["static", "dynamic", "fp16", "nbits", "int4", "int2"]
+MODES: tuple[str, ...] = ("static", "dynamic", "fp16", "nbits", "int4", "int2")
+_NBITS_ALIASES = {"int4": 4, "int2": 2}
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                        "percentile": CalibrationMethod.Percentile}
 
@@ -332,12 +333,15 @@ def quantize_onnx(src: str | Path, dst: str | Path, mode: Mode,
       the file; ORT CPU has few fp16 kernels, so it is for GPU targets.
     - ``nbits``: ``bits``-bit (2, 4, 8) block-wise weight-only MatMul (``MatMulNBits``,
       ``block_size`` weights share a scale); Gemm nodes are rewritten as MatMul first.
+      ``int4`` and ``int2`` are ``nbits`` at 4 and 2 bits.
 
     ``exclude_nodes`` stay float; ``nodes``, when given, limits the pass to those nodes.
     """
     src, dst = Path(src), Path(dst)
     if mode not in MODES:
         raise StudioError(f"quantization mode {mode!r}: use one of {', '.join(MODES)}")
+    if mode in _NBITS_ALIASES:
+        mode, bits = "nbits", _NBITS_ALIASES[mode]
     if not src.is_file():
         raise StudioError(f"{src}: no such ONNX file")
     exclude = list(exclude_nodes)
