@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from studio import __version__
 from studio.cli.inspect import add_inspect_command
+from studio.cli.run import add_run_command
 from studio.core.errors import StudioError
 
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     gui.add_argument("--input-shape", help="example input, e.g. 1,3,224,224")
     gui.set_defaults(handler=_gui)
     add_inspect_command(commands, common)
+    add_run_command(commands, common)
     return parser
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from studio.core.graph.onnx_tree import build_onnx_tree
 from studio.core.graph.torch_tree import build_torch_tree
@@ -47,6 +48,8 @@ class Workspace:
     model_path: str
     """As the user named it: a file path or ``demo``."""
     plan: Plan = field(default_factory=Plan)
+    stages: dict[str, Any] = field(default_factory=dict)
+    """Job sections of the recipe or project this came from, kept when it is saved again."""
 
     @property
     def architecture(self) -> str | None:
@@ -56,7 +59,7 @@ class Workspace:
         """This workspace as a recipe whose model path is relative to ``base``."""
         model = ModelSection(path=portable_path(self.model_path, base),
                              architecture=self.architecture)
-        return Recipe.build(self.plan, model, self.example)
+        return Recipe.build(self.plan, model, self.example, self.stages)
 
     def apply_recipe_plan(self, recipe: Recipe, source: str = "recipe") -> None:
         """Replace the plan by the recipe's, once its layer names are checked against the tree."""
@@ -82,4 +85,5 @@ def open_recipe_workspace(recipe: Recipe, base: Path | None, trust: bool = False
                                trust, example)
     workspace.model_path = resolve_path(recipe.model.path, base)
     workspace.apply_recipe_plan(recipe, source)
+    workspace.stages = recipe.stages()
     return workspace

@@ -19,8 +19,17 @@ from studio.core.graph.tree import LayerTree
 from studio.core.models.inputs import DTYPES, InputSpec
 from studio.core.plan.plan import ROOT, Plan
 from studio.core.plan.spec import LayerSpec
+from studio.core.plan.stages import (
+    DataSection,
+    DistillSection,
+    ExportSection,
+    PruneSection,
+    QuantizeSection,
+    TrainSection,
+)
 
 SCHEMA_VERSION = 1
+STAGE_KEYS = ("data", "train", "prune", "distill", "quantize", "export")
 
 
 class _Section(BaseModel):
@@ -64,6 +73,12 @@ class Recipe(_Section):
     model: ModelSection | None = None
     example_input: InputSection | None = None
     plan: PlanSection = Field(default_factory=PlanSection)
+    data: DataSection | None = None
+    train: TrainSection | None = None
+    prune: PruneSection | None = None
+    distill: DistillSection | None = None
+    quantize: QuantizeSection | None = None
+    export: ExportSection | None = None
     _lines: dict[str, int] = PrivateAttr(default_factory=dict)
 
     @field_validator("schema_version")
@@ -79,7 +94,8 @@ class Recipe(_Section):
 
     @classmethod
     def build(cls, plan: Plan, model: ModelSection | None = None,
-              example: InputSpec | None = None) -> Recipe:
+              example: InputSpec | None = None, stages: dict[str, Any] | None = None) -> Recipe:
+        """A recipe of ``plan``; ``stages`` carries the job sections (see :meth:`stages`)."""
         return cls(
             schema_version=SCHEMA_VERSION,
             model=model,
@@ -87,7 +103,12 @@ class Recipe(_Section):
             if example else None,
             plan=PlanSection(defaults=plan.spec(ROOT),
                              layers={k: v for k, v in plan.specs.items() if k != ROOT}),
+            **(stages or {}),
         )
+
+    def stages(self) -> dict[str, Any]:
+        """The job sections that are set (data, train, prune, distill, quantize, export)."""
+        return {key: getattr(self, key) for key in STAGE_KEYS if getattr(self, key) is not None}
 
     def layer_line(self, name: str) -> int | None:
         return self._lines.get(name)

@@ -1,0 +1,260 @@
+"""Carry out a recipe: baseline → prune → recover (fine-tune, KD, QAT) → export → quantize →
+measure, as a job that yields events and stops within one batch when cancelled.
+
+The job works on a copy of the model, so the original (and the user's file) is never touched;
+outputs are written atomically, the report last, so a cancelled or failed run never leaves a
+report describing files that are not there.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from studio.core.atomic import write_text_atomic
+from studio.core.data.task import TaskData, demo_task
+from studio.core.engine.figures import model_figures
+from studio.core.engine.notes import honesty_notes
+from studio.core.errors import StudioError
+from studio.core.export.measure import inputs_for_batches, latency_ms
+from studio.core.export.onnx_export import export_onnx
+from studio.core.graph.onnx_tree import build_onnx_tree
+from studio.core.jobs import Artifact, CancelToken, Event, Log, Metric, Result
+from studio.core.methods.distill import FeaturePair, KDConfig, default_teacher, make_kd_loss
+from studio.core.methods.distill.distiller import training_parameters
+from studio.core.methods.pruning import apply_plan_pruning, partition_plan
+from studio.core.methods.pruning.schedule import GradualPruner
+from studio.core.methods.quantization.ort_plan import apply_quant_plan, plan_to_ort
+from studio.core.methods.quantization.qat import prepare_qat, qat_bits_from_plan
+from studio.core.methods.quantization.qat_ort import convert_qat_to_ort_static
+from studio.core.plan.plan import ResolvedSpec
+from studio.core.plan.recipe import Recipe, read_recipe
+from studio.core.plan.stages import (
+    DataSection,
+    ExportSection,
+    PruneSection,
+    QuantizeSection,
+    TrainSection,
+)
+from studio.core.train.loop import TrainConfig, cross_entropy, evaluate, resolve_device, train
+from studio.core.workspace import Workspace, open_recipe_workspace
+
+MODEL_FILE = "model.onnx"
+BASELINE_FILE = "baseline.onnx"
+REPORT_FILE = "report.json"
+
+
+def _load_data(section: DataSection) -> TaskData:
+    return demo_task(section.calibration_samples)
+
+
+def _without_unstructured(tree: Any, resolved: list[ResolvedSpec],
+                          names: set[str]) -> list[ResolvedSpec]:
+    """The plan minus the unstructured layers an AGP schedule will prune during training."""
+    return [dataclasses.replace(spec, sparsity=0.0) if node.name in names else spec
+            for node, spec in zip(tree.nodes, resolved, strict=True)]
+
+
+def run_recipe_file(path: Path, out_dir: Path, token: CancelToken, trust: bool = False,
+                    device: str | None = None) -> Iterator[Event]:
+    path = Path(path)
+    recipe = read_recipe(path)
+    yield from run_recipe(recipe, path.parent, Path(out_dir), token, trust, device, str(path))
+
+
+def run_recipe(recipe: Recipe, base_dir: Path | None, out_dir: Path, token: CancelToken,
+               trust: bool = False, device: str | None = None,
+               source: str = "recipe") -> Iterator[Event]:
+    """The whole job; the last event is a :class:`Result` holding the report."""
+    started = time.perf_counter()
+    if recipe.model is None:
+        raise StudioError(f"{source}: the recipe names no model (add model: {{path: ...}})")
+    workspace = open_recipe_workspace(recipe, base_dir, trust, source)
+    if workspace.loaded.module is None:
+        raise StudioError(f"{source}: {workspace.loaded.path} is an ONNX file; running recipes "
+                          "on ONNX-only models is not supported yet (open the torch model)")
+    if workspace.example is None:
+        raise StudioError(f"{source}: no example input is known for this model; add "
+                          "example_input: {shape: [...]} to the recipe")
+    train_section = recipe.train or TrainSection()
+    if device:
+        train_section = train_section.model_copy(update={"device": device})
+    resolve_device(train_section.device)  # a missing GPU fails before any work
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(train_section.seed)
+    data = _load_data(recipe.data or DataSection())
+    token.check()
+
+    yield Log(f"Baseline: exporting {workspace.tree.model_name} and measuring it")
+    original = workspace.loaded.module
+    example = workspace.example.make_tensor()
+    export_section = recipe.export or ExportSection()
+    baseline_path = export_onnx(original, example, out_dir / BASELINE_FILE,
+                                opset=export_section.opset)
+    baseline = model_figures(original, baseline_path, workspace.example, data.test)
+    yield Metric("baseline", "accuracy", baseline["metric"]["value"], 0)
+    token.check()
+
+    model = copy.deepcopy(original).cpu().eval()
+    stages: dict[str, Any] = {}
+    masks_hook, pruning_report, sparse_layers = yield from _prune(
+        workspace, model, example, data, recipe.prune or PruneSection(), train_section, token)
+    stages["prune"] = pruning_report
+    sparse_layers = sparse_layers
+
+    quantize = recipe.quantize or QuantizeSection()
+    resolved = {node.name: spec for node, spec in
+                zip(workspace.tree.nodes, workspace.plan.resolve(workspace.tree), strict=True)}
+    qat_notes: list[str] = []
+    if quantize.qat:
+        bits, acts, qat_notes = qat_bits_from_plan(model, resolved)
+        if bits:
+            prepare_qat(model, bits, acts)
+            yield Log(f"QAT: fake-quantizing {len(bits)} layers during recovery")
+    yield from _recover(workspace, original, model, data, recipe, train_section, masks_hook,
+                        token, stages)
+    model = model.cpu().eval()
+    token.check()
+
+    yield Log("Exporting the compressed model")
+    model_path = out_dir / MODEL_FILE
+    quant_notes = yield from _export_compressed(model, example, data, resolved, quantize,
+                                                export_section, out_dir, model_path, stages)
+    compressed = model_figures(model, model_path, workspace.example, data.test)
+    yield Metric("compressed", "accuracy", compressed["metric"]["value"], 0)
+    token.check()
+
+    yield Log("Timing both models side by side in onnxruntime")
+    batches = (1, export_section.latency_batch)
+    timings = latency_ms({"baseline": baseline_path, "compressed": model_path},
+                         inputs_for_batches(data.test, batches), export_section.latency_repeats)
+    baseline["latency_ms"] = {f"batch_{b}": timings["baseline"][b] for b in batches}
+    compressed["latency_ms"] = {f"batch_{b}": timings["compressed"][b] for b in batches}
+    quantized = bool(stages.get("quantize", {}).get("mode")) or quantize.qat
+    report = {
+        "recipe": source,
+        "model": workspace.tree.model_name,
+        "data": data.name,
+        "device": train_section.device,
+        "seed": train_section.seed,
+        "baseline": baseline,
+        "compressed": compressed,
+        "stages": stages,
+        "notes": [*pruning_report.get("notes", []), *qat_notes, *quant_notes,
+                  *honesty_notes(baseline, compressed, sparse_layers, quantized)],
+        "paths": {"model": str(model_path), "baseline": str(baseline_path),
+                  "report": str(out_dir / REPORT_FILE)},
+        "elapsed_s": round(time.perf_counter() - started, 2),
+    }
+    write_text_atomic(out_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    yield Artifact("onnx", str(model_path))
+    yield Artifact("report", str(out_dir / REPORT_FILE))
+    yield Result(report)
+
+
+def _prune(workspace: Workspace, model: nn.Module, example: torch.Tensor, data: TaskData,
+           section: PruneSection, train_section: TrainSection, token: CancelToken
+           ) -> Iterator[Event]:
+    """Returns (after_step hook, report, count of layers holding dense zeros)."""
+    tree = workspace.tree
+    resolved = workspace.plan.resolve(tree)
+    partition = partition_plan(tree, resolved)
+    gradual = section.schedule == "agp" and partition.unstructured and train_section.epochs > 0
+    if gradual:
+        resolved = _without_unstructured(tree, resolved, set(partition.unstructured))
+    if not (partition.channels or partition.unstructured or partition.nm):
+        return None, {"notes": []}, 0
+    yield Log(f"Pruning: {len(partition.channels)} layers by channels, "
+              f"{len(partition.unstructured)} unstructured"
+              f"{' (gradual, AGP)' if gradual else ''}, {len(partition.nm)} N:M")
+    token.check()
+    result = apply_plan_pruning(model, tree, resolved, example,
+                                data.calibration if section.importance == "taylor" else None,
+                                section.importance, section.global_unstructured)
+    hook = result.masks.hook(model) if result.masks.masks else None
+    if gradual:
+        steps = train_section.epochs * -(-len(data.train) // train_section.batch_size)
+        pruner = GradualPruner(model, partition.unstructured, ramp_steps=max(1, steps * 3 // 4),
+                               every=max(1, steps // (4 * section.agp_steps)),
+                               base=result.masks)
+        hook = pruner
+        result.report["unstructured"]["schedule"] = {"kind": "agp", "ramp_steps": steps * 3 // 4}
+    sparse = len(partition.unstructured) + len(partition.nm)
+    return hook, result.report, sparse
+
+
+def _recover(workspace: Workspace, original: nn.Module, model: nn.Module, data: TaskData,
+             recipe: Recipe, section: TrainSection, after_step: Any, token: CancelToken,
+             stages: dict[str, Any]) -> Iterator[Event]:
+    if section.epochs == 0:
+        return
+    device = resolve_device(section.device)
+    model.to(device)
+    config = TrainConfig(epochs=section.epochs, lr=section.lr, batch_size=section.batch_size,
+                         weight_decay=section.weight_decay, seed=section.seed,
+                         device=str(device))
+    loss_fn, parameters, close = cross_entropy, None, None
+    stage = "fine-tune"
+    if recipe.distill is not None:
+        kd = KDConfig(temperature=recipe.distill.temperature, alpha=recipe.distill.alpha,
+                      feature_pairs=tuple(FeaturePair(p.student, p.teacher, p.weight)
+                                          for p in recipe.distill.features),
+                      relation_weight=recipe.distill.relation_weight)
+        teacher = default_teacher(original)
+        example = workspace.example.make_tensor().to(device)
+        setup = make_kd_loss(model, teacher, kd, example)
+        loss_fn, close = setup.loss_fn, setup.close
+        parameters = training_parameters(model, setup.extra_parameters)
+        stage = "distill"
+    yield Log(f"Recovering accuracy: {section.epochs} epoch(s) of {stage} on {device}")
+    try:
+        yield from train(model, data.train, config, token, loss_fn, stage, after_step,
+                         parameters)
+    finally:
+        if close is not None:
+            close()
+    accuracy = evaluate(model, data.test, token, str(device))
+    stages["recover"] = {"kind": stage, "epochs": section.epochs, "torch_accuracy": accuracy}
+    yield Metric(stage, "accuracy", accuracy, section.epochs)
+
+
+def _export_compressed(model: nn.Module, example: torch.Tensor, data: TaskData,
+                       resolved: dict[str, ResolvedSpec], quantize: QuantizeSection,
+                       export_section: ExportSection, out_dir: Path, model_path: Path,
+                       stages: dict[str, Any]) -> Iterator[Event]:
+    """Write ``model_path``; returns the quantization notes."""
+    if quantize.qat and any(True for _ in _qat_modules(model)):
+        convert_qat_to_ort_static(model, example, model_path, data.calibration,
+                                  quantize.calibration, export_section.opset)
+        stages["quantize"] = {"mode": "qat-static"}
+        return []
+    float_path = out_dir / "compressed-float.onnx"
+    export_onnx(model, example, float_path, opset=export_section.opset)
+    plan = plan_to_ort(build_onnx_tree(onnx.load(str(float_path)), "compressed"), resolved)
+    if plan.mode is None and not plan.matmul_nbits:
+        float_path.replace(model_path)
+        stages["quantize"] = {"mode": None}
+        return plan.notes
+    yield Log(f"Quantizing with onnxruntime: {plan.mode or 'weight-only'}")
+    apply_quant_plan(float_path, model_path, plan, data.calibration, quantize.per_channel,
+                     quantize.calibration)
+    float_path.unlink(missing_ok=True)
+    stages["quantize"] = {"mode": plan.mode, "excluded_nodes": list(plan.exclude_nodes),
+                          "matmul_nbits": plan.matmul_nbits, "decisions": plan.decisions}
+    return plan.notes
+
+
+def _qat_modules(model: nn.Module) -> Iterator[nn.Module]:
+    from studio.core.methods.quantization.qat import qat_layers
+
+    yield from qat_layers(model).values()
