@@ -97,7 +97,9 @@ def convert_qat_to_ort_static(model: nn.Module, example: Tensor | Sequence[Tenso
 
     Ranges QAT did not learn (layer outputs, the residual add) are calibrated on
     ``calibration``; layers that were not fake-quantized stay float. 2-7 bit weights are
-    stored as int8 values on their grid; 2-7 bit inputs run at 8 bits.
+    stored as int8 values on their grid; 2-7 bit inputs run at 8 bits. A QAT layer trained
+    with float inputs gets calibrated 8-bit inputs here too, because ORT's integer kernels
+    need both sides quantized; :func:`convert_qat_to_qdq_onnx` keeps such inputs float.
     """
     path = Path(path)
     if not qat_layers(model):
