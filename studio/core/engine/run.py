@@ -19,6 +19,7 @@ from typing import Any
 import onnx
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from studio.core.atomic import write_text_atomic
 from studio.core.data.task import TaskData, demo_task
@@ -31,7 +32,7 @@ from studio.core.graph.onnx_tree import build_onnx_tree
 from studio.core.jobs import Artifact, CancelToken, Event, Log, Metric, Result
 from studio.core.methods.distill import FeaturePair, KDConfig, default_teacher, make_kd_loss
 from studio.core.methods.distill.distiller import training_parameters
-from studio.core.methods.pruning import apply_plan_pruning, partition_plan
+from studio.core.methods.pruning import RETRACE_NOTE, apply_plan_pruning, partition_plan
 from studio.core.methods.pruning.schedule import GradualPruner
 from studio.core.methods.quantization.ort_plan import apply_quant_plan, plan_to_ort
 from studio.core.methods.quantization.qat import prepare_qat, qat_bits_from_plan
@@ -54,7 +55,12 @@ REPORT_FILE = "report.json"
 
 
 def _load_data(section: DataSection) -> TaskData:
-    return demo_task(section.calibration_samples)
+    task = demo_task(section.calibration_samples)
+    if section.train_samples is None or section.train_samples >= len(task.train):
+        return task
+    images, labels = task.train.tensors
+    subset = TensorDataset(images[:section.train_samples], labels[:section.train_samples])
+    return dataclasses.replace(task, train=subset)
 
 
 def _without_unstructured(tree: Any, resolved: list[ResolvedSpec],
@@ -74,11 +80,18 @@ def run_recipe_file(path: Path, out_dir: Path, token: CancelToken, trust: bool =
 def run_recipe(recipe: Recipe, base_dir: Path | None, out_dir: Path, token: CancelToken,
                trust: bool = False, device: str | None = None,
                source: str = "recipe") -> Iterator[Event]:
-    """The whole job; the last event is a :class:`Result` holding the report."""
-    started = time.perf_counter()
+    """Open the model the recipe names, then :func:`run_workspace`."""
     if recipe.model is None:
         raise StudioError(f"{source}: the recipe names no model (add model: {{path: ...}})")
     workspace = open_recipe_workspace(recipe, base_dir, trust, source)
+    yield from run_workspace(workspace, recipe, out_dir, token, device, source)
+
+
+def run_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, token: CancelToken,
+                  device: str | None = None, source: str = "recipe") -> Iterator[Event]:
+    """The whole job on an open model and its plan (the recipe gives the job sections); the
+    model itself is never changed. The last event is a :class:`Result` holding the report."""
+    started = time.perf_counter()
     if workspace.loaded.module is None:
         raise StudioError(f"{source}: {workspace.loaded.path} is an ONNX file; running recipes "
                           "on ONNX-only models is not supported yet (open the torch model)")
@@ -110,7 +123,6 @@ def run_recipe(recipe: Recipe, base_dir: Path | None, out_dir: Path, token: Canc
     masks_hook, pruning_report, sparse_layers = yield from _prune(
         workspace, model, example, data, recipe.prune or PruneSection(), train_section, token)
     stages["prune"] = pruning_report
-    sparse_layers = sparse_layers
 
     quantize = recipe.quantize or QuantizeSection()
     resolved = {node.name: spec for node, spec in
@@ -150,7 +162,8 @@ def run_recipe(recipe: Recipe, base_dir: Path | None, out_dir: Path, token: Canc
         "baseline": baseline,
         "compressed": compressed,
         "stages": stages,
-        "notes": [*pruning_report.get("notes", []), *qat_notes, *quant_notes,
+        "notes": [*(n for n in pruning_report.get("notes", []) if n != RETRACE_NOTE),
+                  *qat_notes, *quant_notes,
                   *honesty_notes(baseline, compressed, sparse_layers, quantized)],
         "paths": {"model": str(model_path), "baseline": str(baseline_path),
                   "report": str(out_dir / REPORT_FILE)},

@@ -15,6 +15,8 @@ class _Section(BaseModel):
 class DataSection(_Section):
     source: Literal["demo"] = "demo"
     calibration_samples: int = Field(default=256, ge=1, le=100_000)
+    train_samples: int | None = Field(default=None, ge=1,
+                                      description="fine-tune on the first N training samples")
 
 
 class TrainSection(_Section):
