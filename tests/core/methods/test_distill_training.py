@@ -14,7 +14,6 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from studio.core.data.task import TaskData, demo_task
 from studio.core.demo.model import DemoCNN
 from studio.core.errors import StudioError
 from studio.core.jobs import CancelToken, JobCancelled, Metric
@@ -30,11 +29,6 @@ from studio.core.methods.distill import (
 )
 from studio.core.train.loop import TrainConfig, train
 from studio.core.workspace import open_workspace
-
-
-@pytest.fixture(scope="module")
-def task() -> TaskData:
-    return demo_task()
 
 
 @pytest.fixture(scope="module")

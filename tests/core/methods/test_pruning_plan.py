@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from studio.core.data.task import TaskData, demo_task
+from studio.core.data.task import TaskData
 from studio.core.graph.torch_tree import build_torch_tree
 from studio.core.jobs import CancelToken
 from studio.core.methods.pruning import apply_plan_pruning, partition_plan
@@ -19,19 +19,11 @@ from studio.core.methods.pruning.nm import follows_nm
 from studio.core.models.inputs import InputSpec
 from studio.core.plan import LayerSpec, Plan
 from studio.core.train.loop import TrainConfig, train
-from studio.core.workspace import Workspace, open_workspace
+from studio.core.workspace import Workspace
 
 EXAMPLE = torch.zeros(1, 1, 28, 28)
 
 
-@pytest.fixture(scope="module")
-def demo() -> Workspace:
-    return open_workspace("demo")
-
-
-@pytest.fixture(scope="module")
-def task() -> TaskData:
-    return demo_task()
 
 
 def _mixed_plan() -> Plan:

@@ -9,25 +9,17 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from studio.core.data.task import TaskData, demo_task
+from studio.core.data.task import TaskData
 from studio.core.jobs import CancelToken
 from studio.core.methods.pruning.importance import magnitude_scores, taylor_scores
 from studio.core.methods.pruning.masks import MaskSet, layer_weight
 from studio.core.methods.pruning.unstructured import global_masks, prune_unstructured
 from studio.core.train.loop import TrainConfig, train
-from studio.core.workspace import Workspace, open_workspace
+from studio.core.workspace import Workspace
 
 CONVS = ["stem.0", "block1.0", "block2.0", "res.conv1.0", "res.conv2"]
 
 
-@pytest.fixture(scope="module")
-def demo() -> Workspace:
-    return open_workspace("demo")
-
-
-@pytest.fixture(scope="module")
-def task() -> TaskData:
-    return demo_task()
 
 
 def _zeros(model: torch.nn.Module, name: str) -> int:

@@ -32,11 +32,6 @@ INT8 = LayerSpec(weight_bits="int8", act_bits="int8")
 
 
 @pytest.fixture(scope="module")
-def task() -> TaskData:
-    return demo_task(calibration_samples=256)
-
-
-@pytest.fixture(scope="module")
 def demo_fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("quant")
     return export_onnx(open_model("demo").module, torch.zeros(1, 1, 28, 28),

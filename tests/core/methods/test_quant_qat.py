@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from studio.core.data.task import TaskData, demo_task
+from studio.core.data.task import TaskData
 from studio.core.demo.model import DemoCNN
 from studio.core.errors import StudioError
 from studio.core.export.measure import (
@@ -42,10 +42,6 @@ from studio.core.train.loop import TrainConfig, train
 
 LAYERS = ("stem.0", "block1.0", "block2.0", "res.conv1.0", "res.conv2", "head.2")
 
-
-@pytest.fixture(scope="module")
-def task() -> TaskData:
-    return demo_task()
 
 
 def _demo() -> DemoCNN:
