@@ -66,6 +66,13 @@ STRUCTURED_RECIPE = "demo-structured-kd.yaml"
 """The plain pruning baseline fine-tunes with this recipe's epochs, lr and batch size."""
 BATCHES = (1, 64)
 LATENCY_REPEATS = 30
+LATENCY_THREADS = 1
+"""onnxruntime threads per session while timing. With more than one, every session keeps its own
+intra-op pool whose idle workers spin after each run; with 8 sessions interleaved on 2 cores the
+spinning pools of the models just run starve the one being timed, so a model's latency depends on
+which model precedes it (1.5-2x apart for two identical graphs, everything ~3x slower than with
+spinning off). One thread has no pool and times every row fairly; use ``--threads 2`` once
+``ort_session`` turns spinning off (``session.intra_op.allow_spinning=0``)."""
 QUICK_EPOCHS = 1
 QUICK_REPEATS = 10
 EXAMPLE = InputSpec(DEMO_INPUT_SHAPE)
@@ -204,7 +211,8 @@ def _plain_rows(out: Path, data: TaskData, fp32_path: Path, quick: bool
     return rows
 
 
-def _measure(rows: dict[str, dict[str, Any]], data: TaskData, repeats: int) -> None:
+def _measure(rows: dict[str, dict[str, Any]], data: TaskData, repeats: int,
+             threads: int = LATENCY_THREADS) -> None:
     """Accuracy and bytes per file, then one interleaved latency call over every file.
 
     ``top1_agreement_vs_fp32`` (share of test digits where a row predicts what the fp32 file
@@ -219,10 +227,10 @@ def _measure(rows: dict[str, dict[str, Any]], data: TaskData, repeats: int) -> N
                                                == reference).mean())
         row["onnx_bytes"] = onnx_file_bytes(path)
         row["zip_bytes"] = zip_bytes(path)
-    print(f"[latency] {len(rows)} files side by side, batches {BATCHES}, {repeats} repeats",
-          flush=True)
+    print(f"[latency] {len(rows)} files side by side, batches {BATCHES}, {repeats} repeats, "
+          f"{threads} thread(s)", flush=True)
     timings = latency_ms({name: row["onnx_path"] for name, row in rows.items()},
-                         inputs_for_batches(data.test, BATCHES), repeats)
+                         inputs_for_batches(data.test, BATCHES), repeats, threads=threads)
     for name, row in rows.items():
         row["latency_ms"] = {f"batch_{b}": timings[name][b] for b in BATCHES}
 
@@ -275,7 +283,7 @@ def evaluate_goals(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]
     return goals
 
 
-def run(out: Path, quick: bool = False) -> dict[str, Any]:
+def run(out: Path, quick: bool = False, threads: int = LATENCY_THREADS) -> dict[str, Any]:
     """Every row, measured side by side, with goals; a dict ready for JSON."""
     started = time.perf_counter()
     torch.manual_seed(0)
@@ -284,12 +292,13 @@ def run(out: Path, quick: bool = False) -> dict[str, Any]:
     plain = _plain_rows(out, data, Path(fp32["onnx_path"]), quick)
     rows = {"fp32": fp32, **engine, **plain}
     repeats = QUICK_REPEATS if quick else LATENCY_REPEATS
-    _measure(rows, data, repeats)
+    _measure(rows, data, repeats, threads)
     _ratios(rows)
     result: dict[str, Any] = dict(rows)
     result.update(
         row_order=list(rows), goals=evaluate_goals(rows), machine=machine_info(),
         settings={"quick": quick, "batches": list(BATCHES), "latency_repeats": repeats,
+                  "latency_threads": threads,
                   "test_samples": len(data.test), "calibration_samples": len(data.calibration),
                   "data": data.name, "out_dir": str(out)},
         total_s=round(time.perf_counter() - started, 1),
@@ -302,7 +311,9 @@ def print_table(result: dict[str, Any]) -> None:
     machine = result["machine"]
     print(f"\nmachine: {machine['cpu_count']} CPUs, {machine['torch_threads']} torch threads, "
           f"torch {machine['torch_version']}, onnxruntime {machine['onnxruntime_version']}, "
-          f"torch-pruning {machine['torch_pruning_version']}")
+          f"torch-pruning {machine['torch_pruning_version']}; latency: "
+          f"{result['settings']['latency_threads']} onnxruntime thread(s) per session, "
+          f"median of {result['settings']['latency_repeats']} interleaved runs")
     print(f"test set: {result['settings']['test_samples']} digits (0.1 point = 1 digit); "
           "agree = % of test digits predicted as the fp32 file predicts them; "
           "x = ratio to fp32")
@@ -340,13 +351,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_EPOCHS} training epoch and {QUICK_REPEATS} latency repeats "
                              "(a smoke run; the goals are not meaningful)")
+    parser.add_argument("--threads", type=int, default=LATENCY_THREADS,
+                        help="onnxruntime threads per session while timing (default "
+                             f"{LATENCY_THREADS}: see LATENCY_THREADS for why)")
     args = parser.parse_args(argv)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        result = run(args.out, args.quick)
+        result = run(args.out, args.quick, args.threads)
     else:
         with tempfile.TemporaryDirectory(prefix="pareto-") as scratch:
-            result = run(Path(scratch), args.quick)
+            result = run(Path(scratch), args.quick, args.threads)
         result["settings"]["out_dir"] = None  # the onnx_path figures name removed files
     print_table(result)
     if args.json:
