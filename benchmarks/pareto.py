@@ -66,13 +66,11 @@ STRUCTURED_RECIPE = "demo-structured-kd.yaml"
 """The plain pruning baseline fine-tunes with this recipe's epochs, lr and batch size."""
 BATCHES = (1, 64)
 LATENCY_REPEATS = 30
-LATENCY_THREADS = 1
-"""onnxruntime threads per session while timing. With more than one, every session keeps its own
-intra-op pool whose idle workers spin after each run; with 8 sessions interleaved on 2 cores the
-spinning pools of the models just run starve the one being timed, so a model's latency depends on
-which model precedes it (1.5-2x apart for two identical graphs, everything ~3x slower than with
-spinning off). One thread has no pool and times every row fairly; use ``--threads 2`` once
-``ort_session`` turns spinning off (``session.intra_op.allow_spinning=0``)."""
+LATENCY_THREADS = 2
+"""onnxruntime threads per session while timing, as the engine times its reports. Sessions are
+made by ``studio.core.export.measure.ort_session``, whose idle workers do not spin: with spinning
+on, the pools of the models just run starved the one being timed on 2 cores, so a model's latency
+depended on which model ran before it."""
 QUICK_EPOCHS = 1
 QUICK_REPEATS = 10
 EXAMPLE = InputSpec(DEMO_INPUT_SHAPE)

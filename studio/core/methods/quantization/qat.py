@@ -279,9 +279,10 @@ def qat_bits_from_plan(model: nn.Module, resolved: Mapping[str, ResolvedSpec]
                      "opset 17; their inputs stay float.")
     low = sorted(name for name, b in bits.items() if b < 8)
     if low:
+        widths = "/".join(str(b) for b in sorted({bits[name] for name in low}))
         notes.append(f"{', '.join(low[:6])}{' ...' if len(low) > 6 else ''}: trained on a "
-                     "2-7 bit grid but stored and run as int8 by onnxruntime (same file size "
-                     "and speed as int8).")
+                     f"{widths}-bit grid but stored and run as int8 by onnxruntime (same file "
+                     "size and speed as int8; the file compresses better).")
     return bits, acts, notes
 
 
