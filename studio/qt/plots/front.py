@@ -1,0 +1,68 @@
+"""The Pareto front of experiments, as a pure function so it can be tested without a window.
+
+Minimise the x quantity (size, latency or MACs) and maximise accuracy: an experiment is on the
+front when no other experiment is at least as good on both and strictly better on one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One quantity the x axis can show: the point's key, its label and the scale to display."""
+
+    key: str
+    label: str
+    scale: float
+
+    def value(self, point: Mapping[str, object]) -> float:
+        return float(point[self.key]) * self.scale  # type: ignore[arg-type]
+
+
+AXES: dict[str, Axis] = {
+    "onnx_bytes": Axis("onnx_bytes", "Size (MB)", 1e-6),
+    "latency_ms": Axis("latency_ms", "Latency (ms)", 1.0),
+    "macs": Axis("macs", "MACs (M)", 1e-6),
+}
+"""The x axes the Pareto plot offers, in combo order."""
+
+
+def pareto_front(points: Sequence[Mapping[str, object]], x_key: str,
+                 y_key: str = "accuracy") -> list[str]:
+    """Ids of the non-dominated points (minimise ``x_key``, maximise ``y_key``), by rising x.
+
+    Points missing either value (e.g. a run that has no latency yet) are left out, not guessed.
+    Two identical points are both on the front: neither beats the other.
+    """
+    usable = [p for p in points if p.get(x_key) is not None and p.get(y_key) is not None]
+    front: list[tuple[float, float, str]] = []
+    for p in usable:
+        x, y = float(p[x_key]), float(p[y_key])  # type: ignore[arg-type]
+        dominated = False
+        for q in usable:
+            if q is p:
+                continue
+            qx, qy = float(q[x_key]), float(q[y_key])  # type: ignore[arg-type]
+            if qx <= x and qy >= y and (qx < x or qy > y):
+                dominated = True
+                break
+        if not dominated:
+            front.append((x, -y, str(p["id"])))
+    return [pid for _, _, pid in sorted(front)]
+
+
+def step_line(xy: Sequence[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """Corners of the front as a staircase: the best accuracy reachable holds until the next
+    point, so the line runs flat, then rises at each front point's x."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for i, (x, y) in enumerate(xy):
+        if i:
+            xs.append(x)
+            ys.append(ys[-1])
+        xs.append(x)
+        ys.append(y)
+    return xs, ys
