@@ -1,0 +1,163 @@
+"""Jobs in the GUI: real jobs in a child process or a thread finish, fail readably and cancel fast,
+and the jobs panel shows them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from studio.core.engine.run import REPORT_FILE
+from studio.core.jobs import CancelToken, Event, Log, Metric, Progress
+from studio.core.plan.recipe import parse_recipe, read_recipe
+from studio.core.plan.stages import ExportSection
+from studio.core.resources import resource_path
+from studio.qt.jobs import CANCELLED, FAILED, FINISHED, JobHandle, ProcessJob, ThreadJob
+
+TRAINING = """\
+schema_version: 1
+model: {path: demo}
+plan:
+  defaults: {sparsity: 0.5, granularity: channels}
+  layers:
+    head: {exclude: true}
+data: {source: demo, train_samples: 512}
+train: {epochs: 3, lr: 0.002, batch_size: 64, seed: 3}
+distill: {temperature: 4.0, alpha: 0.7}
+export: {latency_repeats: 2, latency_batch: 8}
+"""
+
+
+def _spec(recipe: Any, out_dir: Path, base_dir: Path | None = None) -> dict[str, Any]:
+    return {"kind": "run", "recipe": recipe.model_dump(mode="json"),
+            "base_dir": str(base_dir) if base_dir else None, "out_dir": str(out_dir),
+            "device": "cpu", "options": {}}
+
+
+def _int8_spec(out_dir: Path) -> dict[str, Any]:
+    path = resource_path("recipes", "demo-int8.yaml")
+    recipe = read_recipe(path)
+    recipe = recipe.model_copy(update={"export": ExportSection(latency_repeats=2)})
+    return _spec(recipe, out_dir, path.parent)
+
+
+class Recorder:
+    """Collects a handle's events and its one end."""
+
+    def __init__(self, handle: JobHandle) -> None:
+        self.events: list[Event] = []
+        self.ends: list[tuple[str, Any, str]] = []
+        self.threads: set[bool] = set()
+        handle.event.connect(self._event)
+        handle.finished.connect(lambda *args: self.ends.append(args))
+
+    def _event(self, event: Event) -> None:
+        self.threads.add(threading.current_thread() is threading.main_thread())
+        self.events.append(event)
+
+    def first(self, kind: type) -> bool:
+        return any(isinstance(e, kind) for e in self.events)
+
+
+def test_process_job_runs_the_int8_recipe(qtbot, tmp_path: Path) -> None:
+    job = ProcessJob(_int8_spec(tmp_path))
+    seen = Recorder(job)
+    with qtbot.waitSignal(job.finished, timeout=60_000):
+        job.start()
+    status, report, error = seen.ends[0]
+    assert (status, error) == (FINISHED, "")
+    assert report["compressed"]["onnx_bytes"] < report["baseline"]["onnx_bytes"]
+    # Post-training int8 has no training steps: its live events are logs and metrics.
+    assert seen.first(Log) and seen.first(Metric)
+    assert (tmp_path / REPORT_FILE).exists()
+    assert seen.threads == {True}
+
+
+def test_cancel_a_training_process_is_quick_and_leaves_no_report(qtbot, tmp_path: Path) -> None:
+    job = ProcessJob(_spec(parse_recipe(TRAINING), tmp_path))
+    seen = Recorder(job)
+    job.start()
+    qtbot.waitUntil(lambda: seen.first(Progress), timeout=30_000)
+    asked = time.monotonic()
+    with qtbot.waitSignal(job.finished, timeout=5_000):
+        job.cancel()
+    gone = time.monotonic() - asked
+    assert seen.ends == [(CANCELLED, None, "")]
+    assert gone < 3.0, gone
+    assert job.process.state() == job.process.ProcessState.NotRunning
+    assert not (tmp_path / REPORT_FILE).exists()
+    print(f"process cancel-to-gone: {gone:.3f} s")
+
+
+def test_a_killed_process_fails_readably(qtbot, tmp_path: Path) -> None:
+    job = ProcessJob(_spec(parse_recipe(TRAINING), tmp_path))
+    seen = Recorder(job)
+    job.start()
+    qtbot.waitUntil(lambda: bool(seen.events), timeout=30_000)
+    with qtbot.waitSignal(job.finished, timeout=5_000):
+        job.process.kill()
+    status, report, error = seen.ends[0]
+    assert status == FAILED and report is None
+    assert "ended unexpectedly" in error and "untouched" in error
+    assert "Traceback" not in error
+    assert not (tmp_path / REPORT_FILE).exists()
+
+
+def test_a_bad_recipe_fails_with_the_studio_error(qtbot, tmp_path: Path) -> None:
+    recipe = parse_recipe(TRAINING.replace("{path: demo}", "{path: no/such/model.pt}"))
+    job = ProcessJob(_spec(recipe, tmp_path / "out", tmp_path))
+    seen = Recorder(job)
+    with qtbot.waitSignal(job.finished, timeout=30_000):
+        job.start()
+    status, report, error = seen.ends[0]
+    assert status == FAILED and report is None
+    assert "model.pt" in error and "unexpected" not in error and "Traceback" not in error
+
+
+def _counting(steps: int, delay: float = 0.01) -> Any:
+    def job(token: CancelToken) -> Iterator[Event]:
+        yield Log("counting")
+        for step in range(1, steps + 1):
+            token.check()
+            time.sleep(delay)
+            yield Progress("count", step, steps)
+    return job
+
+
+def test_thread_job_forwards_events_to_the_gui_thread(qtbot) -> None:
+    job = ThreadJob(_counting(20, 0.001))
+    seen = Recorder(job)
+    with qtbot.waitSignal(job.finished, timeout=5_000):
+        job.start()
+    assert seen.ends == [(FINISHED, None, "")]
+    assert [e.done for e in seen.events if isinstance(e, Progress)] == list(range(1, 21))
+    assert seen.threads == {True}
+    assert job.wait(1000)
+
+
+def test_thread_job_cancels(qtbot) -> None:
+    job = ThreadJob(_counting(10_000))
+    seen = Recorder(job)
+    job.start()
+    qtbot.waitUntil(lambda: seen.first(Progress), timeout=5_000)
+    asked = time.monotonic()
+    with qtbot.waitSignal(job.finished, timeout=5_000):
+        job.cancel()
+    assert time.monotonic() - asked < 1.0
+    assert seen.ends == [(CANCELLED, None, "")]
+    assert job.wait(1000)
+
+
+def test_thread_job_reports_a_failure_as_text(qtbot) -> None:
+    def broken(token: CancelToken) -> Iterator[Event]:
+        yield Progress("x", 0, 1)
+        raise ValueError("boom")
+
+    job = ThreadJob(broken)
+    seen = Recorder(job)
+    with qtbot.waitSignal(job.finished, timeout=5_000):
+        job.start()
+    assert seen.ends == [(FAILED, None, "unexpected ValueError: boom")]
+    job.wait(1000)
