@@ -1,0 +1,207 @@
+"""The experiment history of a project: every finished job saved as it finishes.
+
+Layout: ``<project>/experiments/<id>/experiment.json`` plus the artifact files beside it. Artifacts
+are copied first and ``experiment.json`` is written atomically last, so a job killed mid-save
+leaves a folder without ``experiment.json``, which :func:`load_experiments` ignores: the history
+never holds an entry describing files that are not there. A corrupt entry is skipped and
+reported, never allowed to hide the rest of the history.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from studio.core.atomic import write_text_atomic
+from studio.core.errors import StudioError
+
+EXPERIMENTS_DIR = "experiments"
+EXPERIMENT_FILE = "experiment.json"
+STATUSES = ("finished", "failed", "cancelled")
+LATENCY_BATCH = 64
+
+
+@dataclass
+class Experiment:
+    id: str
+    name: str
+    created: str
+    """ISO 8601 time in UTC; ids sort the same way."""
+    status: str = "finished"
+    plan: dict[str, Any] = field(default_factory=dict)
+    """The recipe's plan section (``{"defaults": {...}, "layers": {...}}``)."""
+    report: dict[str, Any] | None = None
+    error: str | None = None
+    artifacts: dict[str, str] = field(default_factory=dict)
+    """Kind -> path relative to the experiment's folder."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Experiment:
+        if not isinstance(data, Mapping):
+            raise ValueError("not a JSON object")
+        known = {key: data[key] for key in cls.__dataclass_fields__ if key in data}
+        missing = {"id", "name", "created"} - set(known)
+        if missing:
+            raise ValueError(f"missing {', '.join(sorted(missing))}")
+        experiment = cls(**known)
+        if experiment.status not in STATUSES:
+            raise ValueError(f"unknown status {experiment.status!r}")
+        return experiment
+
+
+@dataclass(frozen=True)
+class LoadedHistory:
+    """What :func:`load_experiments_report` found: the good entries and the skipped ones."""
+
+    experiments: list[Experiment]
+    problems: list[str]
+    """One line per skipped entry: its folder and why."""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def new_experiment_id() -> str:
+    """Sortable (UTC time first, to the microsecond) and unique (a random tail)."""
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f") + "-" + uuid.uuid4().hex[:6]
+
+
+def new_experiment(name: str, plan: Mapping[str, Any] | None = None,
+                   report: dict[str, Any] | None = None, status: str = "finished",
+                   error: str | None = None) -> Experiment:
+    """An experiment stamped now, with a fresh id."""
+    return Experiment(new_experiment_id(), name, now_iso(), status, dict(plan or {}), report,
+                      error)
+
+
+def experiments_dir(project_dir: str | Path) -> Path:
+    return Path(project_dir) / EXPERIMENTS_DIR
+
+
+def experiment_dir(project_dir: str | Path, experiment_id: str) -> Path:
+    return experiments_dir(project_dir) / experiment_id
+
+
+def save_experiment(project_dir: str | Path, experiment: Experiment,
+                    files: Mapping[str, str | Path] | None = None) -> Path:
+    """Copy ``files`` (kind -> path) into the experiment's folder, then write
+    ``experiment.json`` last and atomically. Returns the folder."""
+    if experiment.status not in STATUSES:
+        raise ValueError(f"status {experiment.status!r}: use one of {', '.join(STATUSES)}")
+    folder = experiment_dir(project_dir, experiment.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    artifacts = dict(experiment.artifacts)
+    used: set[str] = set()
+    for kind, source in (files or {}).items():
+        source = Path(source)
+        target = folder / (source.name if source.name not in used else f"{kind}-{source.name}")
+        used.add(target.name)
+        try:
+            if source.resolve() != target.resolve():
+                temporary = target.with_name(f".{target.name}.tmp")
+                shutil.copyfile(source, temporary)
+                os.replace(temporary, target)
+        except OSError as error:
+            raise StudioError(f"cannot copy {source} into {folder}: "
+                              f"{error.strerror or error}") from error
+        artifacts[kind] = target.name
+    experiment.artifacts = artifacts
+    write_text_atomic(folder / EXPERIMENT_FILE,
+                      json.dumps(experiment.to_json(), indent=2, default=str) + "\n")
+    return folder
+
+
+def load_experiments_report(project_dir: str | Path) -> LoadedHistory:
+    """Every readable experiment, oldest first, and a line for each one skipped."""
+    root = experiments_dir(project_dir)
+    found: list[Experiment] = []
+    problems: list[str] = []
+    if not root.is_dir():
+        return LoadedHistory(found, problems)
+    for folder in sorted(root.iterdir()):
+        manifest = folder / EXPERIMENT_FILE
+        if not folder.is_dir() or not manifest.is_file():
+            continue  # killed before the manifest was written: nothing was promised
+        try:
+            found.append(Experiment.from_json(json.loads(manifest.read_text(encoding="utf-8"))))
+        except (OSError, ValueError, TypeError) as error:
+            problems.append(f"{manifest}: skipped ({error})")
+    found.sort(key=lambda experiment: (experiment.created, experiment.id))
+    return LoadedHistory(found, problems)
+
+
+def load_experiments(project_dir: str | Path) -> list[Experiment]:
+    """Every readable experiment, oldest first; corrupt entries are skipped (see
+    :func:`load_experiments_report` for why each was)."""
+    return load_experiments_report(project_dir).experiments
+
+
+def artifact_path(project_dir: str | Path, experiment: Experiment, kind: str) -> Path | None:
+    relative = experiment.artifacts.get(kind)
+    return experiment_dir(project_dir, experiment.id) / relative if relative else None
+
+
+def _latency(figures: Mapping[str, Any]) -> float | None:
+    latency = figures.get("latency_ms") or {}
+    if not isinstance(latency, Mapping) or not latency:
+        return None
+    wanted = f"batch_{LATENCY_BATCH}"
+    if wanted in latency:
+        return float(latency[wanted])
+    batches = {int(key.split("_", 1)[1]): value for key, value in latency.items()
+               if key.startswith("batch_") and key.split("_", 1)[1].isdigit()}
+    return float(batches[max(batches)]) if batches else None
+
+
+def _figures_point(figures: Mapping[str, Any]) -> dict[str, float | None]:
+    metric = figures.get("metric") or {}
+    value = metric.get("value") if isinstance(metric, Mapping) else None
+    onnx_bytes = figures.get("onnx_bytes")
+    macs = figures.get("macs")
+    return {"accuracy": None if value is None else float(value),
+            "onnx_bytes": None if onnx_bytes is None else float(onnx_bytes),
+            "macs": None if macs is None else float(macs),
+            "latency_ms": _latency(figures)}
+
+
+def experiment_point(experiment: Experiment, which: str = "compressed"
+                     ) -> dict[str, float | None]:
+    """The plot's numbers for one experiment: accuracy, onnx_bytes, macs, latency_ms (batch
+    64, or the largest batch timed); ``None`` where the report lacks one. ``which`` picks the
+    run report's ``compressed`` or ``baseline`` figures."""
+    report = experiment.report or {}
+    figures = report.get(which)
+    if not isinstance(figures, Mapping):
+        return {"accuracy": None, "onnx_bytes": None, "macs": None, "latency_ms": None}
+    return _figures_point(figures)
+
+
+def pareto_front(points: Sequence[Mapping[str, Any]], x_key: str,
+                 y_key: str = "accuracy") -> list[int]:
+    """Indices of the points no other point beats (smaller or equal x and larger or equal y,
+    strictly better in one), sorted by x. Points missing either value are left out."""
+    usable = [(float(p[x_key]), float(p[y_key]), i) for i, p in enumerate(points)
+              if p.get(x_key) is not None and p.get(y_key) is not None]
+    usable.sort(key=lambda item: (item[0], -item[1], item[2]))
+    front: list[int] = []
+    best_y = -float("inf")
+    last: tuple[float, float] | None = None
+    for x, y, index in usable:
+        if y > best_y:
+            front.append(index)
+            best_y = y
+            last = (x, y)
+        elif last is not None and (x, y) == last:
+            front.append(index)  # an exact duplicate of a front point is on the front too
+    return front

@@ -1,0 +1,87 @@
+"""The experiment history: saved as each experiment finishes, read back whatever happened."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from studio.core.project.experiments import (
+    EXPERIMENT_FILE,
+    Experiment,
+    artifact_path,
+    experiment_dir,
+    experiment_point,
+    load_experiments,
+    load_experiments_report,
+    new_experiment,
+    new_experiment_id,
+    pareto_front,
+    save_experiment,
+)
+
+PLAN = {"defaults": {"weight_bits": "int8"}, "layers": {"res.conv2": {"sparsity": 0.5}}}
+REPORT = {"compressed": {"metric": {"name": "accuracy", "value": 0.97}, "onnx_bytes": 120_000,
+                         "macs": 20_000_000,
+                         "latency_ms": {"batch_1": 0.4, "batch_64": 9.5}}}
+
+
+def test_round_trip_copies_artifacts(tmp_path: Path) -> None:
+    model = tmp_path / "out" / "model.onnx"
+    model.parent.mkdir()
+    model.write_bytes(b"onnx bytes")
+    experiment = new_experiment("int8 + 50%", PLAN, REPORT)
+    folder = save_experiment(tmp_path / "project", experiment, {"onnx": model})
+    assert folder == experiment_dir(tmp_path / "project", experiment.id)
+    [loaded] = load_experiments(tmp_path / "project")
+    assert loaded == experiment
+    assert loaded.plan == PLAN and loaded.status == "finished"
+    copied = artifact_path(tmp_path / "project", loaded, "onnx")
+    assert copied is not None and copied.read_bytes() == b"onnx bytes"
+    assert copied.parent == folder
+    assert experiment_point(loaded) == {"accuracy": 0.97, "onnx_bytes": 120_000.0,
+                                        "macs": 20_000_000.0, "latency_ms": 9.5}
+
+
+def test_corrupt_and_half_written_entries_are_skipped(tmp_path: Path) -> None:
+    first = new_experiment("a", PLAN, REPORT)
+    save_experiment(tmp_path, first)
+    broken = new_experiment("b", PLAN, None, status="failed", error="out of memory")
+    save_experiment(tmp_path, broken)
+    (experiment_dir(tmp_path, broken.id) / EXPERIMENT_FILE).write_text('{"id": "x", "na')
+    killed = experiment_dir(tmp_path, new_experiment_id())
+    killed.mkdir(parents=True)
+    (killed / "model.onnx").write_bytes(b"half")  # artifacts copied, manifest never written
+    last = new_experiment("c", {}, None, status="cancelled")
+    save_experiment(tmp_path, last)
+    history = load_experiments_report(tmp_path)
+    assert [e.name for e in history.experiments] == ["a", "c"]
+    assert len(history.problems) == 1 and broken.id in history.problems[0]
+    assert experiment_point(history.experiments[1])["accuracy"] is None
+
+
+def test_ids_sort_by_time_and_are_unique() -> None:
+    ids = [new_experiment_id() for _ in range(50)]
+    assert len(set(ids)) == 50
+    assert [i[:22] for i in ids] == sorted(i[:22] for i in ids)
+
+
+def test_unknown_fields_and_largest_batch() -> None:
+    data = {"id": "1", "name": "n", "created": "2024-01-01T00:00:00+00:00", "extra": 1,
+            "report": {"compressed": {"metric": {"value": 0.5},
+                                      "latency_ms": {"batch_1": 1.0, "batch_32": 7.0}}}}
+    experiment = Experiment.from_json(json.loads(json.dumps(data)))
+    assert experiment_point(experiment)["latency_ms"] == 7.0
+
+
+def test_pareto_front_minimises_x_and_maximises_y() -> None:
+    points = [
+        {"size": 10, "accuracy": 0.90},   # 0: front (smallest)
+        {"size": 20, "accuracy": 0.95},   # 1: front
+        {"size": 25, "accuracy": 0.94},   # 2: dominated by 1
+        {"size": 30, "accuracy": 0.99},   # 3: front
+        {"size": 40, "accuracy": 0.99},   # 4: dominated by 3 (same y, larger x)
+        {"size": 5, "accuracy": None},    # 5: no value, left out
+        {"size": 12, "accuracy": 0.89},   # 6: dominated by 0
+    ]
+    assert pareto_front(points, "size") == [0, 1, 3]
+    assert pareto_front([], "size") == []
