@@ -113,7 +113,7 @@ class ParetoPlot(QWidget):
     # --- data ------------------------------------------------------------------------------
 
     def set_points(self, points: Iterable[Mapping[str, object]]) -> None:
-        """Replace every point (e.g. when a project opens); selection is kept where it still fits."""
+        """Replace every point (a project opened); the selection keeps the ids still present."""
         self._points = {str(p["id"]): dict(p) for p in points}
         self._selected = [pid for pid in self._selected if pid in self._points]
         self._refresh()

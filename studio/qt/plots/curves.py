@@ -1,0 +1,156 @@
+"""Live training curves: samples are only buffered as they arrive; a timer redraws at ~15 Hz.
+
+A job can report many metrics a second; one ``setData`` per sample would starve the event
+loop (DESIGN: "Plots redraw on a timer ... never once per training step").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QVBoxLayout, QWidget
+
+from studio.qt.plots.export import export_png, style_plot, write_csv
+
+REDRAW_MS = 66
+"""About 15 redraws a second: smooth to the eye, cheap for the event loop."""
+
+Key = tuple[str, str]
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf")
+"""Matplotlib's tab10: distinct hues that stay readable on white."""
+
+
+def is_loss(name: str) -> bool:
+    """Losses go in the upper plot and metrics in the lower one: their scales differ."""
+    return "loss" in name.lower()
+
+
+class _Series:
+    """Growable numpy buffer of (step, value) for one stage/name, amortised O(1) appends."""
+
+    def __init__(self) -> None:
+        self.data = np.empty((64, 2), dtype=float)
+        self.size = 0
+
+    def append(self, step: float, value: float) -> None:
+        if self.size == len(self.data):
+            self.data = np.concatenate([self.data, np.empty_like(self.data)])
+        self.data[self.size] = (step, value)
+        self.size += 1
+
+    def view(self) -> np.ndarray:
+        return self.data[: self.size]
+
+
+class CurvesPlot(QWidget):
+    """Loss (top) and validation metrics (bottom), one line per (stage, name).
+
+    :meth:`append` may be called thousands of times a second from a signal carrying plain
+    numbers; it never touches a plot item. :attr:`redraws` counts timer redraws, so a test
+    can prove the batching.
+    """
+
+    def __init__(self, parent: QWidget | None = None, redraw_ms: int = REDRAW_MS) -> None:
+        super().__init__(parent)
+        self._series: dict[Key, _Series] = {}
+        self._curves: dict[Key, pg.PlotDataItem] = {}
+        self._dirty: set[Key] = set()
+        self.redraws = 0
+
+        self.layout_widget = pg.GraphicsLayoutWidget()
+        self.layout_widget.setBackground("w")
+        self.loss_plot = self.layout_widget.addPlot(row=0, col=0)
+        self.metric_plot = self.layout_widget.addPlot(row=1, col=0)
+        self.metric_plot.setXLink(self.loss_plot)
+        for plot, label in ((self.loss_plot, "Loss"), (self.metric_plot, "Metric")):
+            style_plot(plot)
+            plot.showGrid(x=True, y=True, alpha=0.25)
+            plot.setLabel("left", label)
+            plot.setMenuEnabled(False)
+            plot.addLegend(offset=(-10, 10), labelTextColor="k")
+        self.metric_plot.setLabel("bottom", "Step")
+
+        self._timer = QTimer(self)
+        self._timer.setInterval(redraw_ms)
+        self._timer.timeout.connect(self._redraw)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.layout_widget)
+
+    def append(self, stage: str, name: str, step: float, value: float) -> None:
+        """Buffer one sample; the next timer tick draws it. Cheap enough to call per batch."""
+        key = (str(stage), str(name))
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series()
+        series.append(float(step), float(value))
+        self._dirty.add(key)
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def clear(self) -> None:
+        """Forget every line (a new job starts)."""
+        self._timer.stop()
+        for key, curve in self._curves.items():
+            plot = self.loss_plot if is_loss(key[1]) else self.metric_plot
+            plot.removeItem(curve)
+            if plot.legend is not None:
+                plot.legend.removeItem(curve)
+        self._series.clear()
+        self._curves.clear()
+        self._dirty.clear()
+
+    def keys(self) -> list[Key]:
+        return list(self._series)
+
+    def line_data(self, stage: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """What the line for (stage, name) shows now (after the last redraw)."""
+        curve = self._curves.get((stage, name))
+        if curve is None:
+            return np.empty(0), np.empty(0)
+        x, y = curve.getData()
+        return (np.empty(0), np.empty(0)) if x is None else (x, y)
+
+    def flush(self) -> None:
+        """Draw what is buffered now (before an export, or at the end of a job)."""
+        self._redraw()
+
+    def _redraw(self) -> None:
+        if not self._dirty:
+            self._timer.stop()  # idle: no ticks until the next append
+            return
+        for key in self._dirty:
+            data = self._series[key].view()
+            curve = self._curves.get(key)
+            if curve is None:
+                curve = self._new_curve(key)
+            curve.setData(data[:, 0].copy(), data[:, 1].copy())
+        self._dirty.clear()
+        self.redraws += 1
+
+    def _new_curve(self, key: Key) -> pg.PlotDataItem:
+        stage, name = key
+        plot = self.loss_plot if is_loss(name) else self.metric_plot
+        color = PALETTE[len(self._curves) % len(PALETTE)]
+        curve = plot.plot(pen=pg.mkPen(color, width=2), name=f"{stage} · {name}")
+        # Long runs: draw what fits on screen, not every sample.
+        curve.setDownsampling(auto=True, method="peak")
+        curve.setClipToView(True)
+        self._curves[key] = curve
+        return curve
+
+    def export_png(self, path: str | Path) -> Path:
+        self.flush()
+        return export_png(self.layout_widget.ci, self.layout_widget, path)
+
+    def export_csv(self, path: str | Path) -> Path:
+        """Every buffered sample, long format: stage, name, step, value."""
+        rows = [(stage, name, step, value)
+                for (stage, name), series in self._series.items()
+                for step, value in series.view().tolist()]
+        return write_csv(path, ("stage", "name", "step", "value"), rows)
