@@ -9,12 +9,25 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from PySide6.QtCore import Qt
+
 from studio.core.engine.run import REPORT_FILE
+from studio.core.errors import StudioError
 from studio.core.jobs import CancelToken, Event, Log, Metric, Progress
 from studio.core.plan.recipe import parse_recipe, read_recipe
 from studio.core.plan.stages import ExportSection
 from studio.core.resources import resource_path
-from studio.qt.jobs import CANCELLED, FAILED, FINISHED, JobHandle, ProcessJob, ThreadJob
+from studio.qt.jobs import (
+    CANCELLED,
+    FAILED,
+    FINISHED,
+    JobHandle,
+    JobsModel,
+    JobsPanel,
+    ProcessJob,
+    ThreadJob,
+)
+from studio.qt.jobs.model import ELAPSED, LEFT, NAME, PROGRESS, STATUS, FractionRole
 
 TRAINING = """\
 schema_version: 1
@@ -161,3 +174,69 @@ def test_thread_job_reports_a_failure_as_text(qtbot) -> None:
         job.start()
     assert seen.ends == [(FAILED, None, "unexpected ValueError: boom")]
     job.wait(1000)
+
+
+def test_jobs_model_passes_the_model_tester(qtbot, qtmodeltester) -> None:
+    model = JobsModel()
+    job = ThreadJob(_counting(5, 0.001))
+    with qtbot.waitSignal(job.finished, timeout=5_000):
+        model.add_job("count", job)
+    qtmodeltester.check(model)
+
+
+def test_progress_reaches_the_view_throttled(qtbot) -> None:
+    model = JobsModel()
+    job = ThreadJob(_counting(2_000, 0.0))
+    with qtbot.waitSignal(model.jobFinished, timeout=10_000):
+        model.add_job("fast", job)
+    # 2,000 progress events, but the view heard of them a handful of times.
+    assert model.view_updates < 200
+    assert model.rows[0].fraction == 1.0
+    job.wait(1000)
+
+
+def test_jobs_panel_shows_progress_and_cancels(qtbot, tmp_path: Path) -> None:
+    panel = JobsPanel()
+    qtbot.addWidget(panel)
+    panel.resize(820, 380)
+    panel.show()
+    assert panel.device() == "cpu" and panel.device_combo.count() >= 1
+    done = ThreadJob(_counting(30, 0.001))
+    with qtbot.waitSignal(panel.jobFinished, timeout=10_000):
+        panel.submit("PTQ int8 (thread)", done)
+    job = ProcessJob(_spec(parse_recipe(TRAINING), tmp_path))
+    panel.submit("Prune 50% channels + KD", job)
+    model = panel.model
+    assert model.rowCount() == 2
+    assert model.index(1, NAME).data() == "Prune 50% channels + KD"
+    qtbot.waitUntil(lambda: (model.index(1, PROGRESS).data(FractionRole) or 0) > 0.1,
+                    timeout=30_000)
+    assert "%" in model.index(1, PROGRESS).data()
+    assert model.index(1, STATUS).data() == "running"
+    assert panel.cancel_button.isEnabled()
+    qtbot.wait(1100)  # let the 1 Hz tick show elapsed and time left
+    assert model.index(1, ELAPSED).data() and model.index(1, LEFT).data()
+    assert "Recovering accuracy" in panel.log_view.toPlainText()
+    panel.grab().save("/tmp/jobs-panel.png")
+    with qtbot.waitSignal(panel.jobFinished, timeout=5_000) as finished:
+        qtbot.mouseClick(panel.cancel_button, Qt.MouseButton.LeftButton)
+    assert finished.args[:2] == ["Prune 50% channels + KD", CANCELLED]
+    assert model.index(1, STATUS).data() == CANCELLED
+    assert not panel.cancel_button.isEnabled()
+    assert "cancelled" in panel.log_view.toPlainText()
+    panel.table.selectRow(0)
+    assert "counting" in panel.log_view.toPlainText()
+
+
+def test_jobs_panel_shows_a_failure_as_text(qtbot) -> None:
+    def broken(token: CancelToken) -> Iterator[Event]:
+        raise StudioError("the model file no/such.pt does not exist")
+        yield
+
+    panel = JobsPanel()
+    qtbot.addWidget(panel)
+    with qtbot.waitSignal(panel.jobFinished, timeout=5_000):
+        panel.submit("broken", ThreadJob(broken))
+    assert panel.model.index(0, STATUS).data() == FAILED
+    assert "no/such.pt does not exist" in panel.log_view.toPlainText()
+    assert "no/such.pt does not exist" in panel.status_label.text()
