@@ -57,6 +57,7 @@ class JobRow:
     done: int = 0
     total: int = 0
     stage_started: float | None = None
+    stage_first_done: int = 0
     metric: str = ""
     log: list[str] = field(default_factory=list)
     error: str = ""
@@ -74,13 +75,14 @@ class JobRow:
         return (self.ended or now) - self.started
 
     def time_left(self, now: float) -> float | None:
-        """The current stage's time left, from its rate so far (stages differ too much to mix)."""
+        """The current stage's time left, from its rate since its first event (stages differ too
+        much to mix, and a stage's first step includes its set-up)."""
         if self.status not in ("running", "cancelling") or self.stage_started is None:
             return None
-        if self.done <= 0 or self.total <= 0:
+        steps = self.done - self.stage_first_done
+        if steps <= 0 or self.total <= 0:
             return None
-        spent = now - self.stage_started
-        return spent * (self.total - self.done) / self.done
+        return (now - self.stage_started) * max(0, self.total - self.done) / steps
 
 
 class JobsModel(QAbstractTableModel):
@@ -195,6 +197,7 @@ class JobsModel(QAbstractTableModel):
         if isinstance(event, Progress):
             if event.stage != row.stage:
                 row.stage, row.stage_started = event.stage, time.monotonic()
+                row.stage_first_done = event.done
             row.done, row.total = event.done, event.total
         elif isinstance(event, Metric):
             row.metric = f"{event.stage} {event.name} {event.value:.4g}"
