@@ -98,7 +98,6 @@ class ParetoPlot(QWidget):
             item.sigClicked.connect(self._on_scatter_clicked)
 
         self.status = QLabel()
-        self.status.setStyleSheet("color: palette(mid);")
         bar = QHBoxLayout()
         bar.addWidget(QLabel("x axis:"))
         bar.addWidget(self.axis_combo)

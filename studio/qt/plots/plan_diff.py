@@ -51,8 +51,10 @@ class PlanDiffView(QTableWidget):
         self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.verticalHeader().setVisible(False)
-        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.horizontalHeader().setStretchLastSection(True)
+        header = self.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        for column in (2, 3):  # the two values share the room, side by side
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.Stretch)
         self.setAlternatingRowColors(True)
 
     def set_plans(self, plan_a: Mapping[str, object], plan_b: Mapping[str, object],
