@@ -41,7 +41,8 @@ def job_events(spec: dict[str, Any], token: CancelToken) -> Iterator[Event]:
     elif kind == "sensitivity":
         from studio.core.engine.sensitivity import sensitivity_job
 
-        yield from sensitivity_job(recipe, base_dir, token, **spec.get("options", {}))
+        yield from sensitivity_job(recipe, base_dir, token, device=spec.get("device"),
+                                   **spec.get("options", {}))
     else:
         raise StudioError(f"unknown job kind {kind!r}")
 
