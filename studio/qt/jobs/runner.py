@@ -179,6 +179,10 @@ class ProcessJob(JobHandle):
         if isinstance(event, Result):
             self._result = event.report
         self.event.emit(event)
+        if self._cancel_asked and isinstance(event, Log) and event.message == "cancelled":
+            # The job has stopped and has nothing left to write; the interpreter's teardown
+            # (torch's takes ~0.6 s) need not keep the user waiting.
+            self._kill()
 
     def _on_finished(self, code: int, exit_status: QProcess.ExitStatus) -> None:
         self._kill_timer.stop()
