@@ -23,6 +23,7 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QDockWidget,
     QFileDialog,
     QInputDialog,
     QLineEdit,
@@ -39,6 +40,7 @@ from PySide6.QtWidgets import (
 from superqt.utils import create_worker
 
 from studio.core.atomic import write_text_atomic
+from studio.core.engine.allocate import Target
 from studio.core.errors import ArchitectureRequired, InputError, StudioError, TrustRequired
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import DEMO
@@ -47,9 +49,12 @@ from studio.core.plan.recipe import dump_recipe, read_recipe
 from studio.core.project.project import PROJECT_FILE, load_project, project_file, save_project
 from studio.core.workspace import Workspace, build_tree, open_recipe_workspace, open_workspace
 from studio.qt import dialogs
+from studio.qt.compress_controller import CompressController
 from studio.qt.inspector import InspectorPanel
+from studio.qt.jobs import JobsPanel
 from studio.qt.notices import NoticeBar
 from studio.qt.plan_controller import PlanController
+from studio.qt.plots import CurvesPlot, ParetoPlot, PlanDiffView, SensitivityHeatmap
 from studio.qt.recent import RecentFiles
 from studio.qt.totals import TotalsPanel
 from studio.qt.tree_filter import LayerFilterProxy
@@ -146,11 +151,46 @@ class MainWindow(QMainWindow):
         self.pages.addWidget(editor)
         self.editor = editor
 
+        self._build_docks()
+
         self.busy = QProgressBar()
         self.busy.setRange(0, 0)
         self.busy.setMaximumWidth(160)
         self.busy.hide()
         self.statusBar().addPermanentWidget(self.busy)
+
+    def _build_docks(self) -> None:
+        """Jobs, experiments (Pareto plot and plan diff), training curves and sensitivity."""
+        self.jobs = JobsPanel()
+        self.pareto = ParetoPlot()
+        self.plan_diff = PlanDiffView()
+        self.curves = CurvesPlot()
+        self.heatmap = SensitivityHeatmap()
+        self.heatmap.layerSelected.connect(self.select_layer)
+        experiments = QSplitter(Qt.Orientation.Horizontal)
+        experiments.addWidget(self.pareto)
+        experiments.addWidget(self.plan_diff)
+        experiments.setSizes([700, 300])
+        docks = []
+        for title, widget in (("Experiments", experiments), ("Jobs", self.jobs),
+                              ("Training", self.curves), ("Sensitivity", self.heatmap)):
+            dock = QDockWidget(title, self)
+            dock.setObjectName(f"dock-{title.lower()}")
+            dock.setWidget(widget)
+            self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, dock)
+            docks.append(dock)
+        for dock in docks[1:]:
+            self.tabifyDockWidget(docks[0], dock)
+        docks[0].raise_()
+        self.docks = docks
+        self.compress = CompressController(self, self.jobs, self.pareto, self.curves,
+                                           self.heatmap, self.plan_diff)
+
+    def select_layer(self, name: str) -> None:
+        if self.workspace is None or name not in self.workspace.tree:
+            return
+        source = self.tree_model.index_of(self.workspace.tree.get(name).id)
+        self.view.setCurrentIndex(self.proxy.mapFromSource(source))
 
     def _action(self, text: str, slot: Callable[[], object], shortcut: Any = None,
                 icon: QStyle.StandardPixmap | None = None) -> QAction:
@@ -199,8 +239,19 @@ class MainWindow(QMainWindow):
         edit.addActions([self.undo_action, self.redo_action, find])
         model = self.menuBar().addMenu("&Model")
         model.addAction(self.example_action)
+        compress = self.menuBar().addMenu("&Compress")
+        self.run_action = self._action("&Run Plan", self.compress.run_plan, "Ctrl+R",
+                                       pixmap.SP_MediaPlay)
+        self.sensitivity_action = self._action("&Sensitivity Analysis…", self.choose_sensitivity)
+        self.allocate_action = self._action("&Allocate to Target…", self.choose_target)
+        self.export_plot_action = self._action("E&xport Plot…", self.choose_plot_export)
+        compress.addActions([self.run_action, self.sensitivity_action, self.allocate_action])
+        compress.addSeparator()
+        compress.addAction(self.export_plot_action)
         view = self.menuBar().addMenu("&View")
         view.addActions([expand, collapse])
+        view.addSeparator()
+        view.addActions([dock.toggleViewAction() for dock in self.docks])
 
         toolbar = self.addToolBar("Main")
         toolbar.setObjectName("main-toolbar")
@@ -208,11 +259,14 @@ class MainWindow(QMainWindow):
         toolbar.addActions([self.open_action, self.save_action])
         toolbar.addSeparator()
         toolbar.addActions([self.undo_action, self.redo_action])
+        toolbar.addSeparator()
+        toolbar.addAction(self.run_action)
         self._set_model_actions_enabled(False)
 
     def _set_model_actions_enabled(self, enabled: bool) -> None:
         for action in (self.save_action, self.save_as_action, self.export_action,
-                       self.example_action):
+                       self.example_action, self.run_action, self.sensitivity_action,
+                       self.allocate_action):
             action.setEnabled(enabled)
 
     def _fill_recent_menu(self) -> None:
@@ -360,6 +414,7 @@ class MainWindow(QMainWindow):
         if opened != DEMO:
             self.recent.add(opened)
             self.welcome.set_recent(self.recent.paths())
+        self.compress.load_history()
         if workspace.example is None and workspace.loaded.module is not None:
             self.show_info("No example input is known for this model, so shapes and MACs are "
                            "empty. Set one with Model ▸ Set Example Input…")
@@ -453,8 +508,11 @@ class MainWindow(QMainWindow):
         except StudioError as error:
             self.show_error(str(error))
             return False
+        new_folder = self.project_path != manifest
         self.project_path = manifest
         self.controller.undo_stack.setClean()
+        if new_folder:
+            self.compress.load_history()
         self.recent.add(str(manifest))
         self.welcome.set_recent(self.recent.paths())
         self._update_title()
@@ -522,9 +580,59 @@ class MainWindow(QMainWindow):
             f"{tree.model_name} · {self.workspace.loaded.format} · {example} · "
             f"{len(tree) - 1} layers", 10000)
 
+    # --- compression ---------------------------------------------------------------------
+    def choose_sensitivity(self) -> None:
+        kinds = ["unstructured", "channels"]
+        kind, ok = QInputDialog.getItem(self, "Sensitivity analysis",
+                                        "Sweep each layer's sparsity (and bits) by:", kinds, 0,
+                                        False)
+        if ok:
+            self.compress.run_sensitivity(kind)
+
+    def choose_target(self) -> None:
+        targets = {"size (fraction of the original bytes)": ("size", 0.25),
+                   "MACs (fraction of the original)": ("macs", 0.5),
+                   "accuracy drop (points)": ("accuracy_drop", 0.5)}
+        label, ok = QInputDialog.getItem(self, "Allocate to a target", "Target:", list(targets),
+                                         0, False)
+        if not ok:
+            return
+        kind, default = targets[label]
+        value, ok = QInputDialog.getDouble(self, "Allocate to a target", label, default, 0.0,
+                                           100.0, 3)
+        if ok:
+            try:
+                self.compress.allocate_to(Target(kind, value))
+            except StudioError as error:
+                self.show_error(str(error))
+
+    def choose_plot_export(self) -> None:
+        path = self.ask_path("save", "Export the Pareto plot", "PNG image (*.png);;CSV (*.csv)")
+        if not path:
+            return
+        try:
+            if path.lower().endswith(".csv"):
+                self.pareto.export_csv(path)
+            else:
+                self.pareto.export_png(path if path.lower().endswith(".png") else f"{path}.png")
+        except OSError as error:
+            self.show_error(f"cannot write {path}: {error}")
+
+    def ask_stop_jobs(self) -> bool:
+        answer = QMessageBox.question(
+            self, "Jobs are running", "Stop the running jobs and close? Finished experiments "
+            "are already saved in the project.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+            QMessageBox.StandardButton.Cancel)
+        return answer == QMessageBox.StandardButton.Yes
+
     def closeEvent(self, event: QCloseEvent) -> None:
         if not self.maybe_save():
             event.ignore()
             return
+        if self.jobs.model.running_count() and not self.ask_stop_jobs():
+            event.ignore()
+            return
+        self.jobs.shutdown()
         QThreadPool.globalInstance().waitForDone(30_000)
         event.accept()

@@ -12,6 +12,7 @@ reported as one ``log`` event with level ``error`` and exit code 1; a traceback 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import traceback
@@ -74,4 +75,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything is written and flushed: skip the interpreter's shutdown, which takes 0.6-0.8 s
+    # with torch loaded and would hold up every finished or cancelled job.
+    os._exit(code)

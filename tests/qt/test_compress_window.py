@@ -1,0 +1,68 @@
+"""Compression from the window: experiments run out of process, land in the project and on the
+Pareto plot as they finish, survive reopening, and a killed job leaves the window usable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+
+from studio.core.plan.stages import ExportSection, TrainSection
+from studio.core.project.experiments import load_experiments
+from studio.qt.main_window import MainWindow
+
+
+def _fast_settings(win: MainWindow) -> None:
+    win.workspace.stages = {"train": TrainSection(epochs=0),
+                            "export": ExportSection(latency_repeats=2, latency_batch=8)}
+
+
+def test_two_experiments_make_points_and_a_front_and_come_back(
+        qtbot, demo_window: MainWindow, tmp_path: Path, settings, open_and_wait) -> None:
+    win = demo_window
+    _fast_settings(win)
+    assert win.save_project_to(tmp_path / "project")
+    win.controller.set_field([""], "weight_bits", "int8")
+    win.controller.set_field([""], "act_bits", "int8")
+    for _ in range(2):
+        job = win.compress.run_plan()
+        with qtbot.waitSignal(job.finished, timeout=120_000):
+            pass
+        win.controller.set_field(["res"], "weight_bits", "fp32")
+    points = win.pareto.points()
+    assert {p["id"] for p in points} >= {"baseline"} and len(points) == 3
+    assert "baseline" in win.pareto.front_ids()
+    saved = load_experiments(tmp_path / "project")
+    assert [e.status for e in saved] == ["finished", "finished"]
+    assert (tmp_path / "project" / "experiments" / saved[0].id / "model.onnx").is_file()
+
+    win.pareto._on_points_clicked([saved[0].id], Qt.KeyboardModifier.NoModifier)  # a click
+    assert win.workspace.plan.spec("").weight_bits == "int8"
+    assert win.workspace.plan.spec("res").weight_bits is None
+
+    other = MainWindow(settings)
+    qtbot.addWidget(other)
+    open_and_wait(other, str(tmp_path / "project"))
+    assert len(other.pareto.points()) == 3  # the history came back with the project
+
+
+def test_a_killed_job_keeps_the_window_and_the_project(qtbot, demo_window: MainWindow,
+                                                       tmp_path: Path) -> None:
+    win = demo_window
+    win.workspace.stages = {"train": TrainSection(epochs=3)}
+    win.controller.set_field([""], "sparsity", 0.5)
+    win.controller.set_field([""], "granularity", "channels")
+    win.controller.set_field(["head"], "exclude", True)
+    assert win.save_project_to(tmp_path / "project")
+    project_text = (tmp_path / "project" / "project.yaml").read_text()
+    job = win.compress.run_plan()
+    with qtbot.waitSignal(job.event, timeout=60_000):
+        pass
+    with qtbot.waitSignal(job.finished, timeout=30_000) as finished:
+        job.process.kill()
+    assert finished.args[0] == "failed"
+    assert win.notices.kind == "error"
+    assert (tmp_path / "project" / "project.yaml").read_text() == project_text
+    assert [e.status for e in load_experiments(tmp_path / "project")] == ["failed"]
+    win.controller.set_field(["stem.0"], "sparsity", 0.2)  # the window still works
+    assert win.workspace.plan.spec("stem.0").sparsity == 0.2
