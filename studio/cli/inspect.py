@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from studio.core.graph.tree import LayerNode, LayerTree
+from studio.core.models.checks import describe_non_finite, find_non_finite
 from studio.core.models.inputs import InputSpec
 from studio.core.units import format_bytes, format_count, format_percent, format_shape
 from studio.core.workspace import Workspace, open_workspace
@@ -32,6 +34,12 @@ def add_inspect_command(commands: Any, common: argparse.ArgumentParser) -> None:
 def run_inspect(args: argparse.Namespace) -> int:
     example = InputSpec.parse(args.input_shape) if args.input_shape else None
     workspace = open_workspace(args.model, args.arch, args.trust, example)
+    module = workspace.loaded.module
+    broken = find_non_finite(module) if module is not None else []
+    if broken:
+        print(f"compression-studio: warning: {args.model}: NaN or Inf weights in "
+              f"{describe_non_finite(broken)}; `run` refuses this model until they are fixed",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(inspect_json(workspace), indent=1))
     else:

@@ -19,10 +19,13 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     except OSError as error:
         raise StudioError(f"cannot write {path}: {error.strerror or error}") from error
     try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
+        try:
+            view = memoryview(data)
+            while view:  # os.write may write less than asked (and a full disk fails here)
+                view = view[os.write(handle, view):]
+            os.fsync(handle)
+        finally:
+            os.close(handle)
         os.replace(temporary, path)
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)

@@ -37,6 +37,7 @@ from studio.core.methods.pruning.schedule import GradualPruner
 from studio.core.methods.quantization.ort_plan import apply_quant_plan, plan_to_ort
 from studio.core.methods.quantization.qat import prepare_qat, qat_bits_from_plan
 from studio.core.methods.quantization.qat_ort import convert_qat_to_ort_static
+from studio.core.models.checks import describe_non_finite, find_non_finite
 from studio.core.plan.plan import ResolvedSpec
 from studio.core.plan.recipe import Recipe, read_recipe
 from studio.core.plan.stages import (
@@ -95,6 +96,11 @@ def run_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, token: Ca
     if workspace.loaded.module is None:
         raise StudioError(f"{source}: {workspace.loaded.path} is an ONNX file; running recipes "
                           "on ONNX-only models is not supported yet (open the torch model)")
+    broken = find_non_finite(workspace.loaded.module)
+    if broken:
+        raise StudioError(f"{source}: {workspace.loaded.path} holds NaN or Inf weights in "
+                          f"{describe_non_finite(broken)}; compressing it would spread them. "
+                          "Fix or re-export the model (inspect still opens it)")
     if workspace.example is None:
         raise StudioError(f"{source}: no example input is known for this model; add "
                           "example_input: {shape: [...]} to the recipe")

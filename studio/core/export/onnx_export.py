@@ -134,6 +134,9 @@ def export_onnx(model: nn.Module, example_inputs: Tensor | Sequence[Tensor], pat
                 torch.onnx.export(model, inputs, str(target), dynamo=False, opset_version=opset,
                                   input_names=names, output_names=[OUTPUT_NAME],
                                   dynamic_axes=axes, do_constant_folding=constant_folding)
+        except OSError as error:  # a full or read-only disk while the exporter writes
+            raise StudioError(f"cannot write {path}: {error.strerror or error}; "
+                              "the previous file is unchanged") from error
         except Exception as error:  # the exporter raises many types; all mean the same to a user
             message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             raise StudioError(

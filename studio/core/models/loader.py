@@ -5,7 +5,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from studio.core.errors import ModelLoadError
+from studio.core.errors import ArchitectureRequired, ModelLoadError, TrustRequired
 from studio.core.models.loaded import DEMO, LoadedModel
 from studio.core.models.onnx_file import load_onnx
 from studio.core.models.torch_files import load_safetensors, load_torch_export, load_torch_file
@@ -54,6 +54,19 @@ def open_model(path: str | Path, architecture: str | None = None,
     suffix = path.suffix.lower()
     if suffix not in MODEL_SUFFIXES:
         suffix = _sniff(path) or suffix
+    try:
+        return _load_as(path, suffix, architecture, trust)
+    except (TrustRequired, ArchitectureRequired):
+        raise
+    except ModelLoadError as error:
+        sniffed = _sniff(path)
+        if sniffed is None or sniffed == suffix or {sniffed, suffix} <= {".pt", ".pth"}:
+            raise
+        raise ModelLoadError(f"{error}; its content looks like a {sniffed} file: rename it to "
+                             f"{path.stem}{sniffed}") from error
+
+
+def _load_as(path: Path, suffix: str, architecture: str | None, trust: bool) -> LoadedModel:
     if suffix == ".onnx":
         return load_onnx(path)
     if suffix == ".safetensors":
