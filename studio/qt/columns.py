@@ -71,4 +71,9 @@ COLUMNS: tuple[Column, ...] = (
            "Planned weight and activation bits (grey italics: inherited)",
            plan_fields=("weight_bits", "act_bits", "exclude")),
 )
+SENSITIVITY_COLUMN = len(COLUMNS)
+"""Filled from a sensitivity report by the model (see ``LayerTreeModel.set_sensitivity``)."""
+COLUMNS = (*COLUMNS, Column("Sensitivity", lambda n, s: "", lambda n, s: 0.0,
+                            "Accuracy drop (points) when this layer alone is pruned to 50%",
+                            numeric=True))
 PLAN_COLUMNS = tuple(i for i, column in enumerate(COLUMNS) if column.plan_fields)

@@ -67,6 +67,8 @@ class CompressController(QObject):
     def load_history(self) -> None:
         """Bring back the plot and the sensitivity heatmap of the open project."""
         self.experiments.clear()
+        self.sensitivity = None
+        self.window.tree_model.set_sensitivity(None)
         points: list[dict[str, Any]] = []
         folder = self.project_dir
         if folder is not None:
@@ -84,6 +86,7 @@ class CompressController(QObject):
                 try:
                     self.sensitivity = json.loads(saved.read_text(encoding="utf-8"))
                     self.heatmap.set_report(self.sensitivity)
+                    self.window.tree_model.set_sensitivity(self.sensitivity)
                 except (OSError, ValueError) as error:
                     self.window.show_info(f"{saved}: could not be read ({error})")
         self.pareto.set_points(points)
@@ -188,6 +191,7 @@ class CompressController(QObject):
         except StudioError as failure:
             self.window.show_error(str(failure))
         self.heatmap.set_report(report)
+        self.window.tree_model.set_sensitivity(report)
         self.window.show_info("Sensitivity analysis finished: see the Sensitivity tab; "
                               "Compress ▸ Allocate to Target uses it.")
 

@@ -11,7 +11,7 @@ from PySide6.QtGui import QColor, QFont
 
 from studio.core.graph.tree import LayerNode, LayerTree
 from studio.core.plan import Plan, ResolvedSpec
-from studio.qt.columns import COLUMNS, PLAN_COLUMNS
+from studio.qt.columns import COLUMNS, PLAN_COLUMNS, SENSITIVITY_COLUMN
 
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 FILTER_ROLE = Qt.ItemDataRole.UserRole + 2
@@ -30,6 +30,7 @@ class LayerTreeModel(QAbstractItemModel):
         super().__init__(parent)
         self._tree = tree
         self._resolved = resolved or (Plan().resolve(tree) if tree is not None else [])
+        self._sensitivity: dict[str, tuple[float, str]] = {}
         self._italic = QFont()
         self._italic.setItalic(True)
         self._bold = QFont()
@@ -44,6 +45,21 @@ class LayerTreeModel(QAbstractItemModel):
         self._tree = tree
         self._resolved = resolved
         self.endResetModel()
+
+    def set_sensitivity(self, report: dict | None) -> None:
+        """Show each layer's accuracy drop at 50% sparsity (or the nearest level swept)."""
+        self._sensitivity.clear()
+        sweep = (report or {}).get("sparsity") or {}
+        levels = sweep.get("levels") or []
+        if levels:
+            column = min(range(len(levels)), key=lambda i: abs(levels[i] - 0.5))
+            for name, row in zip(report["layers"], sweep.get("drop", []), strict=False):
+                if row and row[column] is not None:
+                    detail = ", ".join(f"{level:.0%}: {drop * 100:+.2f} pt" for level, drop
+                                       in zip(levels, row, strict=False) if drop is not None)
+                    self._sensitivity[name] = (row[column], detail)
+        if self._tree is not None and len(self._tree):
+            self._emit_columns(self._tree.nodes, SENSITIVITY_COLUMN, SENSITIVITY_COLUMN)
 
     def node(self, index: _Index) -> LayerNode | None:
         if not index.isValid() or self._tree is None:
@@ -111,6 +127,8 @@ class LayerTreeModel(QAbstractItemModel):
             return None
         column = COLUMNS[index.column()]
         spec = self._resolved[node.id]
+        if index.column() == SENSITIVITY_COLUMN:
+            return self._sensitivity_data(node, role)
         if role == Qt.ItemDataRole.DisplayRole:
             if node.parent is None and index.column() == 0:
                 return self._tree.model_name if self._tree else ""
@@ -129,6 +147,20 @@ class LayerTreeModel(QAbstractItemModel):
             return self._bold
         if role == Qt.ItemDataRole.ToolTipRole and index.column() == 0:
             return node.name or self._tree.model_name if self._tree else None
+        return None
+
+    def _sensitivity_data(self, node: LayerNode, role: int) -> object:
+        value = self._sensitivity.get(node.name)
+        if role == Qt.ItemDataRole.DisplayRole:
+            return "" if value is None else f"{value[0] * 100:.2f} pt"
+        if role == SORT_ROLE:
+            return -1.0 if value is None else value[0]
+        if role == Qt.ItemDataRole.ToolTipRole and value is not None:
+            return f"accuracy drop with this layer alone pruned: {value[1]}"
+        if role == Qt.ItemDataRole.TextAlignmentRole:
+            return _ALIGN_NUMBER
+        if role in (FILTER_ROLE, NODE_ID_ROLE):
+            return f"{node.name} {node.op_type}" if role == FILTER_ROLE else node.id
         return None
 
     def _plan_style(self, node: LayerNode, column: int, role: int) -> object:
@@ -157,21 +189,18 @@ class LayerTreeModel(QAbstractItemModel):
         tree = self._tree
         if tree is None:
             return
-        parents: set[int] = set()
-        roots = [tree.get(name) for name in names if name in tree]
-        for root in roots:
-            if root.parent is None:
-                self._emit_rows(QModelIndex(), 0, 0)
-            else:
-                parents.add(root.parent)
-            for node in tree.subtree(root):
-                if node.children:
-                    parents.add(node.id)
-        for parent_id in parents:
-            count = len(tree.nodes[parent_id].children)
-            self._emit_rows(self.index_of(parent_id), 0, count - 1)
+        nodes = [node for name in names if name in tree for node in tree.subtree(tree.get(name))]
+        self._emit_columns(nodes, PLAN_COLUMNS[0], PLAN_COLUMNS[-1])
 
-    def _emit_rows(self, parent: QModelIndex, first: int, last: int) -> None:
-        top = self.index(first, PLAN_COLUMNS[0], parent)
-        bottom = self.index(last, PLAN_COLUMNS[-1], parent)
-        self.dataChanged.emit(top, bottom)
+    def _emit_columns(self, nodes: list[LayerNode], first: int, last: int) -> None:
+        """``dataChanged`` for columns ``first..last`` of ``nodes``, one signal per parent."""
+        assert self._tree is not None
+        parents = {node.parent for node in nodes}
+        if None in parents:
+            self.dataChanged.emit(self.index(0, first), self.index(0, last))
+            parents.discard(None)
+        for parent_id in parents:
+            count = len(self._tree.nodes[parent_id].children)
+            parent = self.index_of(parent_id)
+            self.dataChanged.emit(self.index(0, first, parent),
+                                  self.index(count - 1, last, parent))

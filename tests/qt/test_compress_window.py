@@ -66,3 +66,30 @@ def test_a_killed_job_keeps_the_window_and_the_project(qtbot, demo_window: MainW
     assert [e.status for e in load_experiments(tmp_path / "project")] == ["failed"]
     win.controller.set_field(["stem.0"], "sparsity", 0.2)  # the window still works
     assert win.workspace.plan.spec("stem.0").sparsity == 0.2
+
+
+def test_sensitivity_fills_the_heatmap_and_the_tree_then_allocates(
+        qtbot, demo_window: MainWindow, tmp_path: Path) -> None:
+    from studio.core.engine.allocate import Target
+    from studio.qt.columns import SENSITIVITY_COLUMN
+
+    win = demo_window
+    assert win.save_project_to(tmp_path / "project")
+    job = win.compress.run_sensitivity("unstructured", subset=100)
+    with qtbot.waitSignal(job.finished, timeout=120_000) as finished:
+        pass
+    assert finished.args[0] == "finished"
+    report = win.compress.sensitivity
+    values = win.heatmap.values()
+    assert values.shape == (len(report["layers"]), len(report["sparsity"]["levels"]))
+    assert (tmp_path / "project" / "sensitivity.json").is_file()
+    cell = win.tree_model.index_of(win.workspace.tree.get("res.conv2").id, SENSITIVITY_COLUMN)
+    assert win.tree_model.data(cell).endswith("pt")
+
+    win.controller.set_field(["stem.0"], "exclude", True)  # set by the user: pinned
+    win.compress.allocate_to(Target("size", 0.4))
+    assert win.workspace.plan.spec("stem.0").exclude is True
+    assert any(spec.weight_bits or spec.sparsity for name, spec
+               in win.workspace.plan.specs.items() if name != "stem.0")
+    win.undo_action.trigger()  # the proposal is one undoable edit
+    assert set(win.workspace.plan.specs) == {"stem.0"}

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from studio.core.project.experiments import pareto_front as core_pareto_front
+
 
 @dataclass(frozen=True)
 class Axis:
@@ -32,26 +34,9 @@ AXES: dict[str, Axis] = {
 
 def pareto_front(points: Sequence[Mapping[str, object]], x_key: str,
                  y_key: str = "accuracy") -> list[str]:
-    """Ids of the non-dominated points (minimise ``x_key``, maximise ``y_key``), by rising x.
-
-    Points missing either value (e.g. a run that has no latency yet) are left out, not guessed.
-    Two identical points are both on the front: neither beats the other.
-    """
-    usable = [p for p in points if p.get(x_key) is not None and p.get(y_key) is not None]
-    front: list[tuple[float, float, str]] = []
-    for p in usable:
-        x, y = float(p[x_key]), float(p[y_key])  # type: ignore[arg-type]
-        dominated = False
-        for q in usable:
-            if q is p:
-                continue
-            qx, qy = float(q[x_key]), float(q[y_key])  # type: ignore[arg-type]
-            if qx <= x and qy >= y and (qx < x or qy > y):
-                dominated = True
-                break
-        if not dominated:
-            front.append((x, -y, str(p["id"])))
-    return [pid for _, _, pid in sorted(front)]
+    """Ids of the non-dominated points (minimise ``x_key``, maximise ``y_key``), by rising x;
+    the core's :func:`studio.core.project.experiments.pareto_front` decides."""
+    return [str(points[index]["id"]) for index in core_pareto_front(points, x_key, y_key)]
 
 
 def step_line(xy: Sequence[tuple[float, float]]) -> tuple[list[float], list[float]]:
