@@ -60,3 +60,26 @@ def demo_onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo exported once per session to ONNX; copy it before changing it."""
     folder = tmp_path_factory.mktemp("onnx")
     return _export_onnx_legacy(open_model("demo").module, folder / "demo.onnx")
+
+
+@pytest.fixture(scope="session")
+def valid_model_files(tmp_path_factory: pytest.TempPathFactory,
+                      demo_onnx_path: Path) -> dict[str, Path]:
+    """The demo saved once per session in every format, keyed by suffix: ``.pt`` (state dict),
+    ``.pt2`` (torch.export), ``.safetensors`` (with its architecture) and ``.onnx``. Read them;
+    copy before changing."""
+    from safetensors.torch import save_file
+
+    from studio.core.demo.model import DEMO_ARCHITECTURE
+
+    folder = tmp_path_factory.mktemp("valid-models")
+    module = open_model("demo").module
+    torch.save(module.state_dict(), folder / "demo.pt")
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()},
+              str(folder / "demo.safetensors"), metadata={"architecture": DEMO_ARCHITECTURE})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(module, (torch.randn(DEMO_INPUT_SHAPE),))
+        torch.export.save(program, folder / "demo.pt2")
+    (folder / "demo.onnx").write_bytes(demo_onnx_path.read_bytes())
+    return {path.suffix: path for path in folder.iterdir()}

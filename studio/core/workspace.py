@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from studio.core.errors import InputError
 from studio.core.graph.onnx_tree import build_onnx_tree
 from studio.core.graph.torch_tree import build_torch_tree
 from studio.core.graph.tree import LayerTree
@@ -81,8 +82,13 @@ def open_recipe_workspace(recipe: Recipe, base: Path | None, trust: bool = False
     if recipe.model is None:
         raise ValueError("recipe has no model section")
     example = recipe.example_input.to_spec() if recipe.example_input else None
-    workspace = open_workspace(resolve_path(recipe.model.path, base), recipe.model.architecture,
-                               trust, example)
+    try:
+        workspace = open_workspace(resolve_path(recipe.model.path, base),
+                                   recipe.model.architecture, trust, example)
+    except InputError as error:
+        if example is None:
+            raise
+        raise InputError(f"{source}: example_input: {error}") from error
     workspace.model_path = resolve_path(recipe.model.path, base)
     workspace.apply_recipe_plan(recipe, source)
     workspace.stages = recipe.stages()
