@@ -176,8 +176,12 @@ class SensitivityHeatmap(QWidget):
         else:
             self.image.setVisible(False)
         self.color_bar.setLevels((-bound, bound))
-        self.plot_item.getAxis("left").setTicks(
-            [[(r + 0.5, name) for r, name in enumerate(self._layers)], []])
+        left = self.plot_item.getAxis("left")
+        left.setTicks([[(r + 0.5, name) for r, name in enumerate(self._layers)], []])
+        # Size the axis for the longest name now: pyqtgraph only widens it when it is drawn, and
+        # a report that arrives while the tab is hidden would otherwise show no names at all.
+        longest = max((len(name) for name in self._layers), default=0)
+        left.setWidth(12 + longest * self.fontMetrics().averageCharWidth())
         self.plot_item.getAxis("bottom").setTicks(
             [[(c + 0.5, level_label(level)) for c, level in enumerate(self._levels)], []])
         self.curve_plot.getAxis("bottom").setTicks(
