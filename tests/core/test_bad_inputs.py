@@ -127,6 +127,28 @@ def test_unknown_extension_is_opened_by_content(tmp_path, valid_model_files):
     assert open_model(path).format == "torch_export"
 
 
+def test_a_damaged_pickle_is_not_taken_for_a_module_needing_trust(tmp_path):
+    """Found by fuzzing: an unknown opcode made the loader ask for trust."""
+    path = tmp_path / "damaged.pt"
+    path.write_bytes(b"\x80\x02\xff\x00\x00")
+    with pytest.raises(ModelLoadError, match="damaged torch file") as raised:
+        open_model(path, architecture=DEMO_ARCHITECTURE)
+    assert not isinstance(raised.value, TrustRequired)
+    assert str(path) in str(raised.value)
+
+
+def test_onnx_weight_whose_bytes_do_not_fit_its_shape(tmp_path, demo_onnx_path):
+    """Found by fuzzing: the file parsed, then building the tree raised a numpy ValueError."""
+    model = onnx.load(str(demo_onnx_path))
+    weight = next(t for t in model.graph.initializer if len(t.dims) == 4)
+    weight.dims[0] += 1
+    path = tmp_path / "damaged.onnx"
+    onnx.save_model(model, str(path))
+    with pytest.raises(ModelLoadError, match="is damaged") as raised:
+        open_model(path)
+    assert str(path) in str(raised.value) and weight.name in str(raised.value)
+
+
 # --- ONNX external data --------------------------------------------------------------------------
 
 def _with_external_data(source: Path, target: Path, location: str) -> None:

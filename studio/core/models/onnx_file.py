@@ -6,6 +6,7 @@ from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
+from onnx import numpy_helper
 from onnx.external_data_helper import uses_external_data
 
 from studio.core.errors import ModelLoadError
@@ -63,6 +64,18 @@ def example_from_graph(model: onnx.ModelProto) -> InputSpec | None:
     return None
 
 
+def _check_initializers(path: Path, model: onnx.ModelProto) -> None:
+    """Every weight must decode to its declared shape (a damaged file can parse as protobuf)."""
+    for tensor in model.graph.initializer:
+        try:
+            numpy_helper.to_array(tensor)  # a view of raw_data: cheap
+        except Exception as error:  # onnx/numpy raise several types on inconsistent tensors
+            raise ModelLoadError(
+                f"{path}: weight {tensor.name!r} is damaged ({type(error).__name__}: {error}); "
+                "the file is corrupt, export it again"
+            ) from error
+
+
 def load_onnx(path: Path) -> LoadedModel:
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -77,6 +90,7 @@ def load_onnx(path: Path) -> LoadedModel:
         onnx.load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"{path}: could not read its external data: {error}") from error
+    _check_initializers(path, model)
     name = model.graph.name or path.stem
     return LoadedModel(name=name if name != "main_graph" else path.stem, path=path,
                        format="onnx", onnx_model=model, example=example_from_graph(model))

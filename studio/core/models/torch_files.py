@@ -101,6 +101,14 @@ def load_torch_file(path: Path, architecture: str | None, trust: bool) -> Loaded
                 f"{path}: not a torch file (neither a torch.save archive nor a pickle); "
                 "truncated or corrupt?"
             ) from error
+        # Only a rejected GLOBAL (a class or function the file names) means a pickled object
+        # that trust could load; other rejections (unknown opcodes...) mean a damaged file.
+        if "GLOBAL" not in str(error):
+            reason = next((line.strip() for line in str(error).splitlines()
+                           if line.strip().startswith(("Unsupported", "Can only", "String"))),
+                          "the pickle inside is malformed")
+            raise ModelLoadError(f"{path}: a damaged torch file ({reason}); truncated or "
+                                 "corrupt?") from error
         if not trust:
             raise TrustRequired(path, "it holds a pickled Python object, not only weights") \
                 from error
