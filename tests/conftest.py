@@ -83,3 +83,23 @@ def valid_model_files(tmp_path_factory: pytest.TempPathFactory,
         torch.export.save(program, folder / "demo.pt2")
     (folder / "demo.onnx").write_bytes(demo_onnx_path.read_bytes())
     return {path.suffix: path for path in folder.iterdir()}
+
+
+TRAINING_RECIPE = """\
+schema_version: 1
+model: {path: demo}
+plan:
+  defaults: {sparsity: 0.5, granularity: channels}
+  layers:
+    head: {exclude: true}
+data: {source: demo, train_samples: 512}
+train: {epochs: 1, lr: 0.002, batch_size: 64, seed: 3}
+distill: {temperature: 4.0, alpha: 0.7}
+export: {latency_repeats: 2, latency_batch: 8}
+"""
+
+
+@pytest.fixture
+def training_recipe() -> str:
+    """A small recipe that trains: 50% channels, then one epoch of KD on 512 digits."""
+    return TRAINING_RECIPE

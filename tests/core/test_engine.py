@@ -18,19 +18,6 @@ from studio.core.plan.recipe import parse_recipe
 from studio.core.resources import resource_path
 from studio.core.workspace import open_recipe_workspace
 
-STRUCTURED_KD = """\
-schema_version: 1
-model: {path: demo}
-plan:
-  defaults: {sparsity: 0.5, granularity: channels}
-  layers:
-    head: {exclude: true}
-data: {source: demo, train_samples: 512}
-train: {epochs: 1, lr: 0.002, batch_size: 64, seed: 3}
-distill: {temperature: 4.0, alpha: 0.7}
-export: {latency_repeats: 2, latency_batch: 8}
-"""
-
 
 def _report(events: list) -> dict:
     results = [e for e in events if isinstance(e, Result)]
@@ -56,8 +43,9 @@ def test_int8_recipe_from_the_cli_writes_a_smaller_integer_model(tmp_path: Path,
     assert all(v > 0 for v in comp["latency_ms"].values())
 
 
-def test_structured_kd_is_reproducible_and_shrinks_macs(tmp_path: Path) -> None:
-    recipe = parse_recipe(STRUCTURED_KD)
+def test_structured_kd_is_reproducible_and_shrinks_macs(tmp_path: Path,
+                                                        training_recipe: str) -> None:
+    recipe = parse_recipe(training_recipe)
     reports, digests = [], []
     for run in ("a", "b"):
         out = tmp_path / run
@@ -73,8 +61,9 @@ def test_structured_kd_is_reproducible_and_shrinks_macs(tmp_path: Path) -> None:
     assert first["compressed"]["parity"]["max_abs_diff"] < 1e-3
 
 
-def test_cancel_stops_within_one_batch_and_keeps_the_original(tmp_path: Path) -> None:
-    recipe = parse_recipe(STRUCTURED_KD)
+def test_cancel_stops_within_one_batch_and_keeps_the_original(tmp_path: Path,
+                                                              training_recipe: str) -> None:
+    recipe = parse_recipe(training_recipe)
     workspace = open_recipe_workspace(recipe, None)
     before = {k: v.clone() for k, v in workspace.loaded.module.state_dict().items()}
     token = CancelToken()

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from PySide6.QtCore import Qt
 
 from studio.core.engine.run import REPORT_FILE
@@ -29,18 +30,11 @@ from studio.qt.jobs import (
 )
 from studio.qt.jobs.model import ELAPSED, LEFT, NAME, PROGRESS, STATUS, FractionRole
 
-TRAINING = """\
-schema_version: 1
-model: {path: demo}
-plan:
-  defaults: {sparsity: 0.5, granularity: channels}
-  layers:
-    head: {exclude: true}
-data: {source: demo, train_samples: 512}
-train: {epochs: 3, lr: 0.002, batch_size: 64, seed: 3}
-distill: {temperature: 4.0, alpha: 0.7}
-export: {latency_repeats: 2, latency_batch: 8}
-"""
+
+@pytest.fixture
+def training(training_recipe: str) -> str:
+    """The shared training recipe, run for long enough to be cancelled mid-way."""
+    return training_recipe.replace("epochs: 1", "epochs: 3")
 
 
 def _spec(recipe: Any, out_dir: Path, base_dir: Path | None = None) -> dict[str, Any]:
@@ -88,8 +82,9 @@ def test_process_job_runs_the_int8_recipe(qtbot, tmp_path: Path) -> None:
     assert seen.threads == {True}
 
 
-def test_cancel_a_training_process_is_quick_and_leaves_no_report(qtbot, tmp_path: Path) -> None:
-    job = ProcessJob(_spec(parse_recipe(TRAINING), tmp_path))
+def test_cancel_a_training_process_is_quick_and_leaves_no_report(qtbot, tmp_path: Path,
+                                                                training: str) -> None:
+    job = ProcessJob(_spec(parse_recipe(training), tmp_path))
     seen = Recorder(job)
     job.start()
     qtbot.waitUntil(lambda: seen.first(Progress), timeout=30_000)
@@ -104,8 +99,8 @@ def test_cancel_a_training_process_is_quick_and_leaves_no_report(qtbot, tmp_path
     print(f"process cancel-to-gone: {gone:.3f} s")
 
 
-def test_a_killed_process_fails_readably(qtbot, tmp_path: Path) -> None:
-    job = ProcessJob(_spec(parse_recipe(TRAINING), tmp_path))
+def test_a_killed_process_fails_readably(qtbot, tmp_path: Path, training: str) -> None:
+    job = ProcessJob(_spec(parse_recipe(training), tmp_path))
     seen = Recorder(job)
     job.start()
     qtbot.waitUntil(lambda: bool(seen.events), timeout=30_000)
@@ -118,8 +113,8 @@ def test_a_killed_process_fails_readably(qtbot, tmp_path: Path) -> None:
     assert not (tmp_path / REPORT_FILE).exists()
 
 
-def test_a_bad_recipe_fails_with_the_studio_error(qtbot, tmp_path: Path) -> None:
-    recipe = parse_recipe(TRAINING.replace("{path: demo}", "{path: no/such/model.pt}"))
+def test_a_bad_recipe_fails_with_the_studio_error(qtbot, tmp_path: Path, training: str) -> None:
+    recipe = parse_recipe(training.replace("{path: demo}", "{path: no/such/model.pt}"))
     job = ProcessJob(_spec(recipe, tmp_path / "out", tmp_path))
     seen = Recorder(job)
     with qtbot.waitSignal(job.finished, timeout=30_000):
@@ -195,7 +190,7 @@ def test_progress_reaches_the_view_throttled(qtbot) -> None:
     job.wait(1000)
 
 
-def test_jobs_panel_shows_progress_and_cancels(qtbot, tmp_path: Path) -> None:
+def test_jobs_panel_shows_progress_and_cancels(qtbot, tmp_path: Path, training: str) -> None:
     panel = JobsPanel()
     qtbot.addWidget(panel)
     panel.resize(820, 380)
@@ -204,7 +199,7 @@ def test_jobs_panel_shows_progress_and_cancels(qtbot, tmp_path: Path) -> None:
     done = ThreadJob(_counting(30, 0.001))
     with qtbot.waitSignal(panel.jobFinished, timeout=10_000):
         panel.submit("PTQ int8 (thread)", done)
-    longer = TRAINING.replace("train_samples: 512", "train_samples: 2048")
+    longer = training.replace("train_samples: 512", "train_samples: 2048")
     job = ProcessJob(_spec(parse_recipe(longer), tmp_path))
     panel.submit("Prune 50% channels + KD", job)
     model = panel.model

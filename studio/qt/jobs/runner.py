@@ -66,6 +66,15 @@ class JobHandle(QObject):
         raise NotImplementedError
 
     def cancel(self) -> None:
+        """Stop the job: a job not started yet ends at once, a running one is asked to stop."""
+        if self._done:
+            return
+        if not self._started:
+            self._finish(CANCELLED, None, "")
+            return
+        self._stop()
+
+    def _stop(self) -> None:
         raise NotImplementedError
 
     def wait(self, msecs: int = 5000) -> bool:
@@ -131,13 +140,8 @@ class ProcessJob(JobHandle):
         # started with a "--job SPEC" switch that calls studio.core.jobs.child.main.
         self.process.start(sys.executable, ["-m", "studio.core.jobs.child", self._spec_path])
 
-    def cancel(self) -> None:
+    def _stop(self) -> None:
         """Ask the child to stop at its next batch (SIGTERM); kill it if it has not in 0.5 s."""
-        if self._done:
-            return
-        if not self._started:
-            self._finish(CANCELLED, None, "")
-            return
         self._cancel_asked = True
         self.status = "cancelling"
         if self.process.state() == QProcess.ProcessState.NotRunning:
@@ -285,12 +289,7 @@ class ThreadJob(JobHandle):
         self.status = "running"
         self._thread.start()
 
-    def cancel(self) -> None:
-        if self._done:
-            return
-        if not self._started:
-            self._finish(CANCELLED, None, "")
-            return
+    def _stop(self) -> None:
         self.cancel_time = time.monotonic()
         self.status = "cancelling"
         self.token.cancel()
