@@ -1,0 +1,176 @@
+"""Every kind of bad input reaches a CLI user as one line on stderr and exit code 2; ``--debug``
+shows the traceback instead."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from studio.cli.main import main
+from studio.core.demo.model import DEMO_ARCHITECTURE
+from studio.core.errors import StudioError
+
+PREFIX = "compression-studio: error:"
+FORMATS = (".pt", ".pt2", ".safetensors", ".onnx")
+
+
+def _empty(folder: Path, files: dict[str, Path], suffix: str) -> Path:
+    path = folder / f"empty{suffix}"
+    path.write_bytes(b"")
+    return path
+
+
+def _truncated(folder: Path, files: dict[str, Path], suffix: str) -> Path:
+    path = folder / f"truncated{suffix}"
+    data = files[suffix].read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    return path
+
+
+def _garbage(folder: Path, files: dict[str, Path], suffix: str) -> Path:
+    path = folder / f"garbage{suffix}"
+    path.write_bytes(bytes(random.Random(suffix).randrange(256) for _ in range(4096)))
+    return path
+
+
+def _wrong_extension(folder: Path, files: dict[str, Path], suffix: str) -> Path:
+    other = FORMATS[(FORMATS.index(suffix) + 1) % len(FORMATS)]
+    path = folder / f"mislabelled{other}"
+    shutil.copy(files[suffix], path)
+    return path
+
+
+DAMAGE: dict[str, Callable[[Path, dict[str, Path], str], Path]] = {
+    "empty": _empty, "truncated": _truncated, "garbage": _garbage,
+    "wrong extension": _wrong_extension,
+}
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _assert_one_error_line(err: str, *names: object) -> str:
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(PREFIX), err
+    for name in names:
+        assert str(name) in lines[0], err
+    return lines[0]
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_inspect_damaged_model_file(capsys, tmp_path, valid_model_files, damage, suffix):
+    path = DAMAGE[damage](tmp_path, valid_model_files, suffix)
+    code, out, err = _run(capsys, "inspect", str(path), "--arch", DEMO_ARCHITECTURE)
+    assert code == 2 and out == ""
+    _assert_one_error_line(err, path)
+    with pytest.raises(StudioError):
+        main(["inspect", str(path), "--arch", DEMO_ARCHITECTURE, "--debug"])
+
+
+def _external(tmp_path: Path, demo_onnx_path: Path, location: str) -> Path:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    target = folder / "model.onnx"
+    onnx.save_model(onnx.load(str(demo_onnx_path)), str(target), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    model = onnx.load(str(target), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save_model(model, str(target))
+    return target
+
+
+@pytest.mark.parametrize("location, says", [
+    ("gone.bin", "missing"), ("../../outside.bin", "outside its own folder")])
+def test_inspect_onnx_with_bad_external_data(capsys, tmp_path, demo_onnx_path, location, says):
+    path = _external(tmp_path, demo_onnx_path, location)
+    code, _, err = _run(capsys, "inspect", str(path))
+    assert code == 2
+    assert says in _assert_one_error_line(err, path, location)
+
+
+def test_inspect_unknown_format_and_missing_file(capsys, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    for path in (notes, tmp_path / "nowhere.pt"):
+        code, _, err = _run(capsys, "inspect", str(path))
+        assert code == 2
+        _assert_one_error_line(err, path)
+
+
+def test_inspect_wrong_input_shape(capsys):
+    code, _, err = _run(capsys, "inspect", "demo", "--input-shape", "1,3,32,32")
+    assert code == 2
+    _assert_one_error_line(err, "[1, 3, 32, 32]")
+
+
+def _nan_model(tmp_path: Path, demo_module: torch.nn.Module) -> Path:
+    state = {k: v.clone().contiguous() for k, v in demo_module.state_dict().items()}
+    name = next(k for k in state if k.endswith("weight"))
+    state[name].view(-1)[0] = float("nan")
+    path = tmp_path / "nan.safetensors"
+    save_file(state, str(path), metadata={"architecture": DEMO_ARCHITECTURE})
+    return path
+
+
+def test_inspect_nan_weights_works_and_warns(capsys, tmp_path, demo_module):
+    path = _nan_model(tmp_path, demo_module)
+    code, out, err = _run(capsys, "inspect", str(path), "--input-shape", "1,1,28,28")
+    assert code == 0 and out
+    (line,) = err.splitlines()
+    assert line.startswith("compression-studio: warning:") and str(path) in line
+    assert "NaN or Inf" in line
+
+
+def _recipe(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(textwrap.dedent(body).lstrip())
+    return path
+
+
+@pytest.mark.parametrize("body, field", [
+    ("schema_version: 1\nplan: [unclosed\n", "not valid YAML"),
+    ("schema_version: 1\nplan:\n  defaults:\n    sparsty: 0.5\n", "plan.defaults.sparsty"),
+    ("schema_version: 1\nplan:\n  defaults:\n    sparsity: 1.5\n", "plan.defaults.sparsity"),
+    ("schema_version: 1\nplan:\n  defaults:\n    weight_bits: int3\n",
+     "plan.defaults.weight_bits"),
+    ("schema_version: 1\nmodel: {path: demo}\nplan:\n  layers:\n    res.conv9: {sparsity: 0.5}\n",
+     "res.conv9"),
+    ("schema_version: 1\nmodel: {path: demo}\nexample_input: {shape: [1, 3, 32, 32]}\n",
+     "example_input"),
+    ("schema_version: 1\nmodel: {path: missing.onnx}\n", "missing.onnx"),
+])
+def test_run_bad_recipe(capsys, tmp_path, body, field):
+    path = _recipe(tmp_path, body)
+    out_dir = tmp_path / "out"
+    code, _, err = _run(capsys, "run", str(path), "--out", str(out_dir))
+    assert code == 2
+    model_error = field == "missing.onnx"  # names the model file rather than the recipe
+    _assert_one_error_line(err, field, *([] if model_error else [path]))
+    assert not out_dir.exists()
+    with pytest.raises(StudioError):
+        main(["--debug", "run", str(path), "--out", str(out_dir)])
+
+
+def test_run_refuses_nan_weights(capsys, tmp_path, demo_module):
+    _nan_model(tmp_path, demo_module)
+    path = _recipe(tmp_path, "schema_version: 1\nmodel: {path: nan.safetensors}\n"
+                             "example_input: {shape: [1, 1, 28, 28]}\n")
+    code, _, err = _run(capsys, "run", str(path), "--out", str(tmp_path / "out"))
+    assert code == 2
+    _assert_one_error_line(err, path, tmp_path / "nan.safetensors", "NaN or Inf")
