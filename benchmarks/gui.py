@@ -42,7 +42,8 @@ def measure(mode: str, epochs: int) -> dict[str, Any]:
 
     application()
     folder = Path(tempfile.mkdtemp(prefix=f"gui-bench-{mode}-"))
-    window = MainWindow(QSettings(str(folder / "settings.ini"), QSettings.Format.IniFormat))
+    window = MainWindow(QSettings(str(folder / "settings.ini"), QSettings.Format.IniFormat),
+                        folder / "recovery")
     window.show()
     loop = QEventLoop()
     window.workspaceOpened.connect(loop.quit)

@@ -49,7 +49,7 @@ def main() -> int:
 
     app = application()
     settings = QSettings(str(OUT / ".settings.ini"), QSettings.Format.IniFormat)
-    window = MainWindow(settings)
+    window = MainWindow(settings, Path(tempfile.mkdtemp()) / "recovery")
     window.show()
     window.welcome.set_recent(["~/models/resnet18-cifar.pt2", "~/models/minilm/model.onnx"])
     app.processEvents()

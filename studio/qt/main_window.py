@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSettings, Qt, QThreadPool, Signal
+from PySide6.QtCore import QSettings, QStandardPaths, Qt, QThreadPool, QTimer, Signal
 from PySide6.QtGui import (
     QAction,
     QCloseEvent,
@@ -46,7 +46,13 @@ from studio.core.errors import ArchitectureRequired, InputError, StudioError, Tr
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import DEMO
 from studio.core.plan.estimate import estimate
-from studio.core.plan.recipe import dump_recipe, read_recipe
+from studio.core.plan.recipe import check_layer_names, dump_recipe, read_recipe
+from studio.core.project.autosave import (
+    autosave_path,
+    clear_autosave,
+    pending_autosave,
+    write_autosave,
+)
 from studio.core.project.project import PROJECT_FILE, load_project, project_file, save_project
 from studio.core.workspace import Workspace, build_tree, open_recipe_workspace, open_workspace
 from studio.qt import dialogs
@@ -63,6 +69,8 @@ from studio.qt.tree_model import NODE_ID_ROLE, LayerTreeModel
 from studio.qt.welcome import WelcomePage
 
 log = logging.getLogger(__name__)
+AUTOSAVE_DELAY_MS = 2000
+"""Plan edits are autosaved this long after the last one."""
 MODEL_FILTER = "Models and projects (*.pt *.pth *.pt2 *.safetensors *.onnx project.yaml);;All (*)"
 
 
@@ -75,9 +83,16 @@ class MainWindow(QMainWindow):
     workspaceOpened = Signal()
     openFailed = Signal(str)
 
-    def __init__(self, settings: QSettings | None = None) -> None:
+    def __init__(self, settings: QSettings | None = None,
+                 recovery_dir: Path | None = None) -> None:
         super().__init__()
         self.settings = settings or QSettings()
+        self.recovery_dir = recovery_dir or Path(QStandardPaths.writableLocation(
+            QStandardPaths.StandardLocation.AppDataLocation)) / "recovery"
+        self.autosave_timer = QTimer(self)
+        self.autosave_timer.setSingleShot(True)
+        self.autosave_timer.setInterval(AUTOSAVE_DELAY_MS)
+        self.autosave_timer.timeout.connect(self.autosave_now)
         self.recent = RecentFiles(self.settings)
         self.workspace: Workspace | None = None
         self.controller: PlanController | None = None
@@ -416,6 +431,7 @@ class MainWindow(QMainWindow):
             self.recent.add(opened)
             self.welcome.set_recent(self.recent.paths())
         self.compress.load_history()
+        self._restore_autosave()
         if workspace.example is None and workspace.loaded.module is not None:
             self.show_info("No example input is known for this model, so shapes and MACs are "
                            "empty. Set one with Model ▸ Set Example Input…")
@@ -434,6 +450,7 @@ class MainWindow(QMainWindow):
 
     def _plan_changed(self, names: list[str]) -> None:
         assert self.controller is not None
+        self.autosave_timer.start()
         self.tree_model.plan_changed(self.controller.resolved, names)
         self.inspector.refresh()
         self._update_totals()
@@ -478,6 +495,30 @@ class MainWindow(QMainWindow):
                                lambda error: self.show_error(str(error)),
                                f"Tracing on {example}…")
 
+    # --- autosave --------------------------------------------------------------------------
+    def autosave_now(self) -> None:
+        """Write the plan beside the project (or to the recovery folder) if it has edits."""
+        if self.workspace is None or not self.dirty:
+            return
+        try:
+            write_autosave(self.workspace, autosave_path(self.workspace, self.project_path,
+                                                         self.recovery_dir))
+        except StudioError as error:
+            self.statusBar().showMessage(f"Autosave failed: {error}", 10000)
+
+    def _restore_autosave(self) -> None:
+        assert self.workspace is not None and self.controller is not None
+        recipe = pending_autosave(self.workspace, self.project_path, self.recovery_dir)
+        if recipe is None or recipe.to_plan() == self.workspace.plan:
+            return
+        try:
+            check_layer_names(recipe, self.workspace.tree, "autosave")
+        except StudioError:
+            return
+        self.controller.replace_plan(recipe.to_plan(), "Restore autosaved plan")
+        self.show_info("Restored plan edits that were not saved (autosave). Edit ▸ Undo "
+                       "discards them.")
+
     # --- saving ----------------------------------------------------------------------------
     @property
     def dirty(self) -> bool:
@@ -490,7 +531,10 @@ class MainWindow(QMainWindow):
         answer = self.ask_save_changes()
         if answer == QMessageBox.StandardButton.Save:
             return self.save()
-        return answer == QMessageBox.StandardButton.Discard
+        if answer == QMessageBox.StandardButton.Discard and self.workspace is not None:
+            clear_autosave(self.workspace, self.project_path, self.recovery_dir)
+            return True
+        return False
 
     def save(self) -> bool:
         if self.project_path is None:
@@ -510,6 +554,7 @@ class MainWindow(QMainWindow):
             self.show_error(str(error))
             return False
         new_folder = self.project_path != manifest
+        clear_autosave(self.workspace, self.project_path, self.recovery_dir)
         self.project_path = manifest
         self.controller.undo_stack.setClean()
         if new_folder:
@@ -539,8 +584,6 @@ class MainWindow(QMainWindow):
                     lambda error: self._open_failed(error, str(path), None, False, None),
                     f"Opening the model of {path.name}…")
                 return
-            from studio.core.plan.recipe import check_layer_names
-
             check_layer_names(recipe, self.workspace.tree, str(path))
         except StudioError as error:
             self.show_error(str(error))

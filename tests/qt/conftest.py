@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,14 +18,36 @@ def settings(tmp_path: Path) -> QSettings:
 
 
 @pytest.fixture
-def window(qtbot, settings: QSettings, monkeypatch) -> MainWindow:
-    win = MainWindow(settings)
-    # Closing a window with edits asks to save; a test that ends (or fails) just discards them.
-    monkeypatch.setattr(win, "ask_save_changes", lambda: QMessageBox.StandardButton.Discard)
-    qtbot.addWidget(win)
-    win.show()
-    yield win
-    qtbot.waitUntil(lambda: not win.busy_working, timeout=30_000)
+def recovery_dir(tmp_path: Path) -> Path:
+    """Where unsaved plans are autosaved: per test, never the user's own folder."""
+    return tmp_path / "recovery"
+
+
+@pytest.fixture
+def make_window(qtbot, settings: QSettings, monkeypatch,
+                recovery_dir: Path) -> Iterator[Callable[[], MainWindow]]:
+    """New main windows sharing the test's settings and recovery folder."""
+    made: list[MainWindow] = []
+
+    def make() -> MainWindow:
+        win = MainWindow(settings, recovery_dir)
+        # Closing a window with edits asks to save; a test that ends (or fails) keeps the
+        # autosave for the next window instead of blocking on the question.
+        monkeypatch.setattr(win, "ask_save_changes", lambda: QMessageBox.StandardButton.Cancel)
+        monkeypatch.setattr(win, "maybe_save", lambda: True)
+        qtbot.addWidget(win)
+        win.show()
+        made.append(win)
+        return win
+
+    yield make
+    for win in made:
+        qtbot.waitUntil(lambda w=win: not w.busy_working, timeout=30_000)
+
+
+@pytest.fixture
+def window(make_window: Callable[[], MainWindow]) -> MainWindow:
+    return make_window()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ def _fast_settings(win: MainWindow) -> None:
 
 
 def test_two_experiments_make_points_and_a_front_and_come_back(
-        qtbot, demo_window: MainWindow, tmp_path: Path, settings, open_and_wait) -> None:
+        qtbot, demo_window: MainWindow, tmp_path: Path, make_window, open_and_wait) -> None:
     win = demo_window
     _fast_settings(win)
     assert win.save_project_to(tmp_path / "project")
@@ -40,8 +40,7 @@ def test_two_experiments_make_points_and_a_front_and_come_back(
     assert win.workspace.plan.spec("").weight_bits == "int8"
     assert win.workspace.plan.spec("res").weight_bits is None
 
-    other = MainWindow(settings)
-    qtbot.addWidget(other)
+    other = make_window()
     open_and_wait(other, str(tmp_path / "project"))
     assert len(other.pareto.points()) == 3  # the history came back with the project
 

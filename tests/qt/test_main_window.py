@@ -135,7 +135,7 @@ def test_slider_drag_is_one_undo_step(qtbot, demo_window: MainWindow) -> None:
     assert win.workspace.plan.spec("block2.0").sparsity is None
 
 
-def test_save_and_reopen_project(qtbot, demo_window: MainWindow, settings, tmp_path: Path,
+def test_save_and_reopen_project(qtbot, demo_window: MainWindow, tmp_path: Path, make_window,
                                  open_and_wait) -> None:
     win = demo_window
     select(win, "res")
@@ -147,8 +147,7 @@ def test_save_and_reopen_project(qtbot, demo_window: MainWindow, settings, tmp_p
     assert (folder / "project.yaml").is_file()
     plan = win.workspace.plan.copy()
 
-    other = MainWindow(settings)
-    qtbot.addWidget(other)
+    other = make_window()
     open_and_wait(other, str(folder))
     assert other.workspace.plan == plan
     assert other.workspace.example == win.workspace.example
@@ -259,3 +258,31 @@ def test_filter_box_filters_and_expands(qtbot, demo_window: MainWindow) -> None:
         stack.extend(win.proxy.index(r, 0, index) for r in range(win.proxy.rowCount(index)))
     assert "BatchNorm2d" in shown and "Linear" not in shown and "MaxPool2d" not in shown
     assert win.view.isExpanded(win.proxy.index(0, 0, root))
+
+
+def test_unsaved_edits_come_back_after_a_crash(demo_window: MainWindow, recovery_dir: Path,
+                                               tmp_path: Path, make_window,
+                                               open_and_wait) -> None:
+    win = demo_window
+    win.controller.set_field(["res"], "sparsity", 0.3)
+    win.autosave_now()  # what the 2 s timer does after an edit
+    plan = win.workspace.plan.copy()
+    win.controller.undo_stack.setClean()  # the "crash": the window goes without saving
+
+    other = make_window()
+    open_and_wait(other, "demo")
+    assert other.workspace.plan == plan
+    assert other.dirty and "autosave" in other.notices.text.text()
+    other.undo_action.trigger()  # the user can discard what was restored
+    assert other.workspace.plan.specs == {}
+
+    assert other.save_project_to(tmp_path / "project")  # saving removes the autosave
+    assert not any(recovery_dir.glob("*.yaml"))
+    other.controller.set_field(["stem.0"], "exclude", True)
+    other.autosave_now()
+    assert (tmp_path / "project" / "project.autosave.yaml").is_file()
+    other.controller.undo_stack.setClean()
+
+    third = make_window()
+    open_and_wait(third, str(tmp_path / "project"))
+    assert third.workspace.plan.spec("stem.0").exclude is True
