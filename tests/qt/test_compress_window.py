@@ -92,3 +92,22 @@ def test_sensitivity_fills_the_heatmap_and_the_tree_then_allocates(
                in win.workspace.plan.specs.items() if name != "stem.0")
     win.undo_action.trigger()  # the proposal is one undoable edit
     assert set(win.workspace.plan.specs) == {"stem.0"}
+
+
+def test_closing_while_a_job_runs_asks_then_stops_it(qtbot, demo_window: MainWindow,
+                                                     tmp_path: Path, monkeypatch) -> None:
+    win = demo_window
+    win.workspace.stages = {"train": TrainSection(epochs=5)}
+    win.controller.set_field([""], "sparsity", 0.5)
+    win.controller.set_field([""], "granularity", "channels")
+    win.controller.set_field(["head"], "exclude", True)
+    assert win.save_project_to(tmp_path / "project")
+    job = win.compress.run_plan()
+    with qtbot.waitSignal(job.event, timeout=60_000):
+        pass
+    answers = [False, True]
+    monkeypatch.setattr(win, "ask_stop_jobs", lambda: answers.pop(0))
+    win.close()
+    assert win.isVisible() and job.running  # "Cancel": nothing stops
+    win.close()
+    assert not win.isVisible() and job.done and job.status == "cancelled"
