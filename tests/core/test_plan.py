@@ -168,9 +168,11 @@ def test_channel_pruning_halves_one_conv(tree):
     plan = Plan({"res.conv2": LayerSpec(sparsity=0.5, granularity="channels")})
     result = estimate(tree, plan.resolve(tree))
     assert kept_channels(64, 0.5) == 32
+    norm = tree.get("res.bn2")  # normalises res.conv2's channels: it loses half of them too
+    assert norm.input_from == conv.id
     assert result.before.macs - result.after.macs == conv.macs // 2
-    assert result.before.params - result.after.params == conv.params // 2
-    assert result.before.nbytes - result.after.nbytes == conv.nbytes // 2
+    assert result.before.params - result.after.params == conv.params // 2 + norm.params // 2
+    assert result.before.nbytes - result.after.nbytes == conv.nbytes // 2 + norm.nbytes // 2
     assert result.after.nonzero_params == result.after.params
 
 
@@ -197,18 +199,48 @@ def test_excluded_layers_are_left_alone(tree):
     some.set_field("res", "exclude", True)
     full = estimate(tree, everything.resolve(tree))
     partial = estimate(tree, some.resolve(tree))
-    # The excluded subtree keeps its figures: the difference is exactly what compressing
-    # "res" alone saves.
+    # Excluded layers keep their output channels and bits: each loses at most the inputs its
+    # producer lost, so the excluded subtree saves less than it would compressed.
+    res_nodes = [node for node in tree.subtree(tree.get("res")) if node.prunable]
+    for node in res_nodes:
+        assert some.resolve(tree)[node.id].exclude
     saved_in_res = estimate(tree, Plan({"res": everything.spec(ROOT)}).resolve(tree))
     assert saved_in_res.after.macs < saved_in_res.before.macs
-    assert partial.after.macs - full.after.macs == saved_in_res.before.macs - \
-        saved_in_res.after.macs
-    assert partial.after.nbytes - full.after.nbytes == saved_in_res.before.nbytes - \
-        saved_in_res.after.nbytes
-    assert partial.after.params - full.after.params == saved_in_res.before.params - \
-        saved_in_res.after.params
+    assert partial.after.macs > full.after.macs
+    assert partial.after.nbytes > full.after.nbytes
+    # res.conv1.0 is excluded but reads block2.0's outputs, which are still cut in half.
+    only_block2 = estimate(tree, Plan({"block2.0": everything.spec(ROOT)}).resolve(tree))
+    conv = tree.get("res.conv1.0")
+    assert only_block2.before.macs - only_block2.after.macs == \
+        tree.get("block2.0").macs // 2 + conv.macs // 2
     # And with everything excluded, nothing changes at all.
     none = everything.copy()
     none.set_field(ROOT, "exclude", True)
     untouched = estimate(tree, none.resolve(tree))
     assert untouched.after == untouched.before
+
+
+def test_channel_estimate_counts_the_consumers_and_matches_the_real_cut() -> None:
+    """Cutting a conv's outputs also shrinks the norm after it and the next conv's inputs; the
+    estimate should land near what torch-pruning really removes on the demo."""
+    import copy
+
+    from studio.core.methods.pruning import apply_plan_pruning
+    from studio.core.plan.estimate import estimate
+    from studio.core.workspace import open_workspace
+
+    workspace = open_workspace("demo")
+    tree = workspace.tree
+    assert tree.nodes[tree.get("block1.0").input_from].name == "stem.0"
+    assert tree.nodes[tree.get("res.bn2").input_from].name == "res.conv2"
+    assert tree.get("head.2").input_from is None  # after the residual add: unknown
+    plan = workspace.plan
+    plan.set_field("", "sparsity", 0.5)
+    plan.set_field("", "granularity", "channels")
+    plan.set_field("head", "exclude", True)
+    predicted = estimate(tree, plan.resolve(tree))
+    model = copy.deepcopy(workspace.loaded.module)
+    real = apply_plan_pruning(model, tree, plan.resolve(tree), workspace.example.make_tensor())
+    real_macs = real.report["after"]["macs"] / real.report["before"]["macs"]
+    assert abs(predicted.ratio("macs") - real_macs) < 0.03
+    assert predicted.ratio("macs") < 0.3

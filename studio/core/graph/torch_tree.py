@@ -92,11 +92,24 @@ def _trace(module: nn.Module, example: InputSpec, tree: LayerTree, ids: dict[int
     def enter(sub: nn.Module, _inputs: Any) -> None:
         stack.append(ids.get(id(sub), stack[-1]))
 
-    def leave(sub: nn.Module, _inputs: Any, output: Any) -> None:
+    channel_source: dict[int, int] = {}  # id(tensor) -> weighted layer that made its channels
+    alive: list[Any] = []  # keeps traced tensors alive so their ids are not reused
+
+    def leave(sub: nn.Module, inputs: Any, output: Any) -> None:
         node = tree.nodes[stack.pop()]
         tensor = _first_tensor(output)
         if node.output_shape is None and tensor is not None:
             node.output_shape = tuple(tensor.shape)
+        if node.children or tensor is None:
+            return
+        given = _first_tensor(inputs)
+        source = channel_source.get(id(given)) if given is not None else None
+        if node.input_from is None:
+            node.input_from = source
+        made = node.id if node.prunable else source
+        if made is not None:
+            channel_source[id(tensor)] = made
+        alive.extend((given, tensor))
 
     for sub in module.modules():
         handles.append(sub.register_forward_pre_hook(enter))

@@ -37,6 +37,9 @@ class LayerNode:
     weight_params: int = 0
     """Elements of the prunable weight (conv/linear kernels); 0 where nothing can be pruned."""
     out_channels: int = 0
+    input_from: int | None = None
+    """Id of the weighted layer whose output channels this leaf consumes (traced through
+    norms, activations and pooling; unknown after functional ops such as a residual add)."""
     total_params: int = 0
     total_zeros: int = 0
     total_nbytes: int = 0
