@@ -103,3 +103,27 @@ export: {latency_repeats: 2, latency_batch: 8}
 def training_recipe() -> str:
     """A small recipe that trains: 50% channels, then one epoch of KD on 512 digits."""
     return TRAINING_RECIPE
+
+
+def _save_with_external_data(source: Path, target: Path, data_file: str = "weights.bin",
+                             location: str | None = None) -> Path:
+    import onnx
+
+    onnx.save_model(onnx.load(str(source)), str(target), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location=data_file, size_threshold=0)
+    if location is not None:  # point the weights somewhere else (the data stays where it is)
+        model = onnx.load(str(target), load_external_data=False)
+        for tensor in model.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = location
+        onnx.save_model(model, str(target))
+    return target
+
+
+@pytest.fixture(scope="session")
+def save_with_external_data() -> Callable[..., Path]:
+    """``save_with_external_data(source, target, data_file="weights.bin", location=None)``:
+    ``source`` saved as ``target`` with its weights in ``data_file``; ``location`` then rewrites
+    where the file says they are."""
+    return _save_with_external_data

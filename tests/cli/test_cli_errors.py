@@ -9,7 +9,6 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-import onnx
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -80,25 +79,15 @@ def test_inspect_damaged_model_file(capsys, tmp_path, valid_model_files, damage,
         main(["inspect", str(path), "--arch", DEMO_ARCHITECTURE, "--debug"])
 
 
-def _external(tmp_path: Path, demo_onnx_path: Path, location: str) -> Path:
-    folder = tmp_path / "model"
-    folder.mkdir()
-    target = folder / "model.onnx"
-    onnx.save_model(onnx.load(str(demo_onnx_path)), str(target), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
-    model = onnx.load(str(target), load_external_data=False)
-    for tensor in model.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = location
-    onnx.save_model(model, str(target))
-    return target
 
 
 @pytest.mark.parametrize("location, says", [
     ("gone.bin", "missing"), ("../../outside.bin", "outside its own folder")])
-def test_inspect_onnx_with_bad_external_data(capsys, tmp_path, demo_onnx_path, location, says):
-    path = _external(tmp_path, demo_onnx_path, location)
+def test_inspect_onnx_with_bad_external_data(capsys, tmp_path, demo_onnx_path, location, says,
+                                             save_with_external_data):
+    (tmp_path / "model").mkdir()
+    path = save_with_external_data(demo_onnx_path, tmp_path / "model" / "model.onnx",
+                                   location=location)
     code, _, err = _run(capsys, "inspect", str(path))
     assert code == 2
     assert says in _assert_one_error_line(err, path, location)

@@ -151,35 +151,26 @@ def test_onnx_weight_whose_bytes_do_not_fit_its_shape(tmp_path, demo_onnx_path):
 
 # --- ONNX external data --------------------------------------------------------------------------
 
-def _with_external_data(source: Path, target: Path, location: str) -> None:
-    model = onnx.load(str(source))
-    onnx.save_model(model, str(target), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
-    model = onnx.load(str(target), load_external_data=False)
-    for tensor in model.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = location
-    onnx.save_model(model, str(target))
 
 
-def test_onnx_external_data_at_an_absolute_path_is_refused(tmp_path, demo_onnx_path):
+def test_onnx_external_data_at_an_absolute_path_is_refused(tmp_path, demo_onnx_path,
+                                                           save_with_external_data):
     secret = tmp_path / "elsewhere" / "secret.bin"
     secret.parent.mkdir()
     secret.write_bytes(b"\0" * 64)
     folder = tmp_path / "model"
     folder.mkdir()
-    _with_external_data(demo_onnx_path, folder / "model.onnx", str(secret))
+    save_with_external_data(demo_onnx_path, folder / "model.onnx", location=str(secret))
     with pytest.raises(ModelLoadError, match="outside its own folder") as raised:
         open_model(folder / "model.onnx")
     assert str(folder / "model.onnx") in str(raised.value)
 
 
-def test_onnx_external_data_through_a_symlink_out_of_the_folder_is_refused(tmp_path,
-                                                                          demo_onnx_path):
+def test_onnx_external_data_through_a_symlink_out_of_the_folder_is_refused(
+        tmp_path, demo_onnx_path, save_with_external_data):
     folder = tmp_path / "model"
     folder.mkdir()
-    _with_external_data(demo_onnx_path, folder / "model.onnx", "weights.bin")
+    save_with_external_data(demo_onnx_path, folder / "model.onnx")
     outside = tmp_path / "weights.bin"
     (folder / "weights.bin").rename(outside)
     (folder / "weights.bin").symlink_to(outside)
@@ -187,10 +178,11 @@ def test_onnx_external_data_through_a_symlink_out_of_the_folder_is_refused(tmp_p
         open_model(folder / "model.onnx")
 
 
-def test_onnx_external_data_that_is_cut_short(tmp_path, demo_onnx_path):
+def test_onnx_external_data_that_is_cut_short(tmp_path, demo_onnx_path,
+                                              save_with_external_data):
     folder = tmp_path / "model"
     folder.mkdir()
-    _with_external_data(demo_onnx_path, folder / "model.onnx", "weights.bin")
+    save_with_external_data(demo_onnx_path, folder / "model.onnx")
     data = folder / "weights.bin"
     data.write_bytes(data.read_bytes()[:100])
     with pytest.raises(ModelLoadError) as raised:

@@ -234,15 +234,12 @@ def test_onnx_file_runs_like_the_torch_model(demo_onnx_path, demo_module, demo_i
                                rtol=1e-4, atol=1e-5)
 
 
-def _save_with_external_data(source: Path, target: Path, location: str) -> None:
-    model = onnx.load(str(source))
-    onnx.save_model(model, str(target), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location=location, size_threshold=0)
 
 
-def test_onnx_with_external_data(tmp_path, demo_onnx_path, demo_module, demo_input):
+def test_onnx_with_external_data(tmp_path, demo_onnx_path, demo_module, demo_input,
+                                 save_with_external_data):
     target = tmp_path / "model.onnx"
-    _save_with_external_data(demo_onnx_path, target, "model.weights")
+    save_with_external_data(demo_onnx_path, target, "model.weights")
     assert (tmp_path / "model.weights").stat().st_size > 4 * 100_000  # the weights went there
     assert target.stat().st_size < 20_000
 
@@ -252,17 +249,13 @@ def test_onnx_with_external_data(tmp_path, demo_onnx_path, demo_module, demo_inp
                                _outputs(demo_module, sample).numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_onnx_external_data_outside_its_folder_is_refused(tmp_path, demo_onnx_path):
+def test_onnx_external_data_outside_its_folder_is_refused(tmp_path, demo_onnx_path,
+                                                          save_with_external_data):
     folder = tmp_path / "model"
     folder.mkdir()
-    _save_with_external_data(demo_onnx_path, folder / "model.onnx", "model.weights")
     # A file that points at data one folder up: the data exists, so only the location is wrong.
-    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
-    for tensor in model.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = "../outside.bin"
-    onnx.save_model(model, str(folder / "evil.onnx"))
+    save_with_external_data(demo_onnx_path, folder / "evil.onnx", "model.weights",
+                            location="../outside.bin")
     shutil.copy(folder / "model.weights", tmp_path / "outside.bin")
 
     with pytest.raises(ModelLoadError) as raised:
@@ -272,9 +265,9 @@ def test_onnx_external_data_outside_its_folder_is_refused(tmp_path, demo_onnx_pa
     assert "../outside.bin" in message and "outside" in message.replace("../outside.bin", "")
 
 
-def test_onnx_missing_external_data(tmp_path, demo_onnx_path):
+def test_onnx_missing_external_data(tmp_path, demo_onnx_path, save_with_external_data):
     target = tmp_path / "model.onnx"
-    _save_with_external_data(demo_onnx_path, target, "model.weights")
+    save_with_external_data(demo_onnx_path, target, "model.weights")
     (tmp_path / "model.weights").unlink()
     with pytest.raises(ModelLoadError) as raised:
         open_model(target)

@@ -17,6 +17,15 @@ def _fast_settings(win: MainWindow) -> None:
                             "export": ExportSection(latency_repeats=2, latency_batch=8)}
 
 
+def _plan_training(win: MainWindow, tmp_path: Path, epochs: int) -> None:
+    """A plan whose run trains (50% channels, then fine-tuning), in a saved project."""
+    win.workspace.stages = {"train": TrainSection(epochs=epochs)}
+    win.controller.set_field([""], "sparsity", 0.5)
+    win.controller.set_field([""], "granularity", "channels")
+    win.controller.set_field(["head"], "exclude", True)
+    assert win.save_project_to(tmp_path / "project")
+
+
 def test_two_experiments_make_points_and_a_front_and_come_back(
         qtbot, demo_window: MainWindow, tmp_path: Path, make_window, open_and_wait) -> None:
     win = demo_window
@@ -48,11 +57,7 @@ def test_two_experiments_make_points_and_a_front_and_come_back(
 def test_a_killed_job_keeps_the_window_and_the_project(qtbot, demo_window: MainWindow,
                                                        tmp_path: Path) -> None:
     win = demo_window
-    win.workspace.stages = {"train": TrainSection(epochs=3)}
-    win.controller.set_field([""], "sparsity", 0.5)
-    win.controller.set_field([""], "granularity", "channels")
-    win.controller.set_field(["head"], "exclude", True)
-    assert win.save_project_to(tmp_path / "project")
+    _plan_training(win, tmp_path, epochs=3)
     project_text = (tmp_path / "project" / "project.yaml").read_text()
     job = win.compress.run_plan()
     with qtbot.waitSignal(job.event, timeout=60_000):
@@ -97,11 +102,7 @@ def test_sensitivity_fills_the_heatmap_and_the_tree_then_allocates(
 def test_closing_while_a_job_runs_asks_then_stops_it(qtbot, demo_window: MainWindow,
                                                      tmp_path: Path, monkeypatch) -> None:
     win = demo_window
-    win.workspace.stages = {"train": TrainSection(epochs=5)}
-    win.controller.set_field([""], "sparsity", 0.5)
-    win.controller.set_field([""], "granularity", "channels")
-    win.controller.set_field(["head"], "exclude", True)
-    assert win.save_project_to(tmp_path / "project")
+    _plan_training(win, tmp_path, epochs=5)
     job = win.compress.run_plan()
     with qtbot.waitSignal(job.event, timeout=60_000):
         pass
