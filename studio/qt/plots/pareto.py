@@ -187,6 +187,8 @@ class ParetoPlot(QWidget):
         self._draw_selection()
         missing = len(self._points) - len(usable)
         text = f"{len(usable)} experiments, {len(self._front)} on the front"
+        if not self._points:
+            text = "No experiments yet: plan some compression, then Compress ▸ Run Plan (Ctrl+R)"
         self.status.setText(text + (f" ({missing} without {axis.label})" if missing else ""))
 
     def _draw_selection(self) -> None:
