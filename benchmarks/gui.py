@@ -13,7 +13,6 @@ and ``cancel_s`` are those of the default (out-of-process) mode.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -21,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.common import write_json
 
 HEARTBEAT_MS = 5
 TRAIN_SECONDS = 6.0
@@ -130,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{row.get('stall_p99_ms', 0):>8.2f} {row.get('stall_max_ms', 0):>8.2f} "
               f"{row.get('cancel_s', 0):>9.3f}")
     if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, figures)
     return 0
 
 

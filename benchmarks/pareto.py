@@ -14,9 +14,6 @@ so only ratios from one call are compared). Ends with the issue's measured goals
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,6 +32,7 @@ from benchmarks.baselines import (
     ort_static_int8,
     torch_pruning_magnitude,
 )
+from benchmarks.common import machine_info, write_json
 from studio.core.data.task import TaskData, demo_task
 from studio.core.demo.model import DEMO_INPUT_SHAPE
 from studio.core.engine.run import run_recipe
@@ -80,20 +78,6 @@ EQUAL_SIZE_PAIRS = (
     ("engine-combined", "plain-torch-pruning+ort-int8"),
 )
 """(engine row, plain row) compressed to the same target: the engine must be at least as good."""
-
-
-def machine_info() -> dict[str, Any]:
-    """Enough to tell whether two runs of this benchmark can be compared."""
-    return {
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "onnxruntime_version": onnxruntime.__version__,
-        "torch_pruning_version": tp.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-    }
 
 
 def load_recipe(name: str, quick: bool) -> Recipe:
@@ -294,7 +278,9 @@ def run(out: Path, quick: bool = False, threads: int = LATENCY_THREADS) -> dict[
     _ratios(rows)
     result: dict[str, Any] = dict(rows)
     result.update(
-        row_order=list(rows), goals=evaluate_goals(rows), machine=machine_info(),
+        row_order=list(rows), goals=evaluate_goals(rows),
+        machine=machine_info(onnxruntime_version=onnxruntime.__version__,
+                             torch_pruning_version=tp.__version__),
         settings={"quick": quick, "batches": list(BATCHES), "latency_repeats": repeats,
                   "latency_threads": threads,
                   "test_samples": len(data.test), "calibration_samples": len(data.calibration),
@@ -362,11 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         result["settings"]["out_dir"] = None  # the onnx_path figures name removed files
     print_table(result)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        with args.json.open("w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
-            handle.write("\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, result)
     return 0
 
 

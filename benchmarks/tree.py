@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -22,9 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
+from benchmarks.common import machine_info, write_json
 from benchmarks.models import build_bert_base, count_modules, count_params
 from studio.core.graph.torch_tree import build_torch_tree
 from studio.core.graph.tree import LayerTree
@@ -160,17 +158,6 @@ def time_gui(tree: LayerTree, repeats: int = 3) -> dict[str, Any]:
     return result
 
 
-def machine_info() -> dict[str, Any]:
-    return {
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-    }
-
-
 def run(layers: int = 12, repeats: int = 3, gui: bool = True) -> dict[str, Any]:
     """All figures as one flat dict (trees left out), ready for JSON."""
     from studio.core.workspace import open_workspace
@@ -256,11 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = run(args.layers, args.repeats, gui=not args.skip_gui)
     print_table(figures)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        with args.json.open("w", encoding="utf-8") as handle:
-            json.dump(figures, handle, indent=2)
-            handle.write("\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, figures)
     return 0
 
 
