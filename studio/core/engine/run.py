@@ -35,7 +35,7 @@ from studio.core.methods.distill.distiller import training_parameters
 from studio.core.methods.pruning import RETRACE_NOTE, apply_plan_pruning, partition_plan
 from studio.core.methods.pruning.schedule import GradualPruner
 from studio.core.methods.quantization.ort_plan import apply_quant_plan, plan_to_ort
-from studio.core.methods.quantization.qat import prepare_qat, qat_bits_from_plan
+from studio.core.methods.quantization.qat import prepare_qat, qat_bits_from_plan, qat_layers
 from studio.core.methods.quantization.qat_ort import convert_qat_to_ort_static
 from studio.core.models.checks import describe_non_finite, find_non_finite
 from studio.core.plan.plan import ResolvedSpec
@@ -252,7 +252,7 @@ def _export_compressed(model: nn.Module, example: torch.Tensor, data: TaskData,
                        export_section: ExportSection, out_dir: Path, model_path: Path,
                        stages: dict[str, Any]) -> Iterator[Event]:
     """Write ``model_path``; returns the quantization notes."""
-    if quantize.qat and any(True for _ in _qat_modules(model)):
+    if quantize.qat and qat_layers(model):
         convert_qat_to_ort_static(model, example, model_path, data.calibration,
                                   quantize.calibration, export_section.opset)
         stages["quantize"] = {"mode": "qat-static"}
@@ -272,8 +272,3 @@ def _export_compressed(model: nn.Module, example: torch.Tensor, data: TaskData,
                           "matmul_nbits": plan.matmul_nbits, "decisions": plan.decisions}
     return plan.notes
 
-
-def _qat_modules(model: nn.Module) -> Iterator[nn.Module]:
-    from studio.core.methods.quantization.qat import qat_layers
-
-    yield from qat_layers(model).values()
