@@ -17,7 +17,7 @@ from studio.core.atomic import write_text_atomic
 from studio.core.engine.allocate import Target, allocate
 from studio.core.errors import StudioError
 from studio.core.jobs import Metric
-from studio.core.plan.plan import ROOT, Plan
+from studio.core.plan.plan import Plan
 from studio.core.plan.recipe import PlanSection
 from studio.core.project.experiments import (
     Experiment,
@@ -35,12 +35,6 @@ if TYPE_CHECKING:
     from studio.qt.main_window import MainWindow
 
 SENSITIVITY_FILE = "sensitivity.json"
-
-
-def plan_from_section(section: dict[str, Any]) -> Plan:
-    """A plan from an experiment's saved plan section (``defaults`` + ``layers``)."""
-    parsed = PlanSection.model_validate(section)
-    return Plan({ROOT: parsed.defaults, **parsed.layers})
 
 
 class CompressController(QObject):
@@ -223,8 +217,8 @@ class CompressController(QObject):
         controller = self.window.controller
         if controller is None:
             return
-        plan = Plan() if experiment_id == "baseline" else plan_from_section(
-            self.experiments[experiment_id].plan)
+        plan = Plan() if experiment_id == "baseline" else PlanSection.model_validate(
+            self.experiments[experiment_id].plan).to_plan()
         name = "the baseline" if experiment_id == "baseline" else \
             self.experiments[experiment_id].name
         controller.replace_plan(plan, f"Restore the plan of {name}")

@@ -67,6 +67,9 @@ class PlanSection(_Section):
     defaults: LayerSpec = Field(default_factory=LayerSpec)
     layers: dict[str, LayerSpec] = Field(default_factory=dict)
 
+    def to_plan(self) -> Plan:
+        return Plan({ROOT: self.defaults, **self.layers})
+
 
 class Recipe(_Section):
     schema_version: int
@@ -89,8 +92,7 @@ class Recipe(_Section):
         return version
 
     def to_plan(self) -> Plan:
-        specs = {ROOT: self.plan.defaults, **self.plan.layers}
-        return Plan(specs)
+        return self.plan.to_plan()
 
     @classmethod
     def build(cls, plan: Plan, model: ModelSection | None = None,
