@@ -5,18 +5,71 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ImageOptions(_Section):
+    """How an image folder becomes tensors: resize, colour mode, then (x - mean) / std."""
+
+    size: tuple[int, int] | None = Field(
+        default=None, description="(height, width) every image is resized to; None keeps the "
+        "size, which must then be the same for every image")
+    channels: Literal[1, 3] = 3
+    """1: greyscale, 3: RGB."""
+    mean: list[float] = Field(default_factory=lambda: [0.0])
+    """Per channel (or one value for all), applied to pixels scaled to 0..1."""
+    std: list[float] = Field(default_factory=lambda: [1.0])
+
+
 class DataSection(_Section):
-    source: Literal["demo"] = "demo"
+    """Where the task's data comes from and how it is split.
+
+    Sources: ``demo`` (built-in digits); ``images`` (a folder with one sub-folder per class, or
+    a flat folder of unlabelled images); ``arrays`` (.npz with inputs and optional labels, or a
+    .npy of inputs); ``csv`` (numeric feature columns, an optional label column); ``function``
+    (``package.module:function`` returning an iterable of batches; runs code, so only with the
+    user's consent). Paths are relative to the recipe's or project's folder.
+
+    Without labels the metric is agreement with the uncompressed model (cosine similarity of
+    outputs, top-1 agreement, MSE) instead of accuracy.
+    """
+
+    source: Literal["demo", "images", "arrays", "csv", "function"] = "demo"
+    path: str | None = None
+    """Folder (images), .npz/.npy (arrays) or .csv file; for ``function``: ``pkg.mod:fn``."""
+    test_path: str | None = None
+    """A separate evaluation set of the same kind; without it ``test_fraction`` is held out."""
+    inputs_key: str | None = None
+    """.npz array holding the inputs; default: the first of x, inputs, images, input_ids, data."""
+    labels_key: str | None = None
+    """.npz array holding the labels; default: the first of y, labels, targets if present."""
+    label_column: str | None = None
+    """CSV column holding integer class labels; without it a CSV is unlabelled."""
+    labelled: bool | None = None
+    """False ignores labels even when the data has them; None: use labels when present."""
+    metric: Literal["auto", "accuracy", "cosine", "top1_agreement", "mse"] = "auto"
+    """auto: accuracy with labels, cosine agreement with the uncompressed model without."""
+    image: ImageOptions = Field(default_factory=ImageOptions)
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    split_seed: int = 0
+    """Seed of the shuffle that draws the test and calibration splits."""
     calibration_samples: int = Field(default=256, ge=1, le=100_000)
+    """Drawn from the training split, never from the test split."""
     train_samples: int | None = Field(default=None, ge=1,
                                       description="fine-tune on the first N training samples")
+
+    @model_validator(mode="after")
+    def _needs_path(self) -> DataSection:
+        if self.source != "demo" and not self.path:
+            hint = "package.module:function" if self.source == "function" else "a file or folder"
+            raise ValueError(f"source {self.source!r} needs path: {hint}")
+        if self.source == "function" and ":" not in (self.path or ""):
+            raise ValueError("source 'function' needs path: package.module:function")
+        return self
 
 
 class TrainSection(_Section):
