@@ -1,35 +1,97 @@
-"""A task's data: explicit train / test / calibration splits of one labelled dataset."""
+"""A task's data: explicit train / test / calibration splits of one dataset, labelled or not.
+
+Labelled datasets are ``TensorDataset(inputs, labels)``; unlabelled ones hold the inputs only
+(``TensorDataset(inputs)``), and their metric is agreement with the uncompressed model.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from studio.core.demo.data import load_demo_digits
 
+SPLITS_FILE = "splits.json"
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Which samples went where, so an experiment can be repeated and audited.
+
+    ``indices`` maps ``train`` (the whole training split), ``fine_tune`` (what recovery trains
+    on: the first ``train_samples`` of ``train``), ``calibration`` (drawn from ``train`` only)
+    and ``test`` to sample numbers; ``refer_to`` says what each list counts (rows of a file,
+    images in sorted path order, ...).
+    """
+
+    source: str
+    seed: int
+    indices: dict[str, list[int]]
+    refer_to: dict[str, str]
+    path: str | None = None
+    test_path: str | None = None
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {name: len(values) for name, values in self.indices.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "path": self.path, "test_path": self.test_path,
+                "seed": self.seed, "sizes": self.sizes, "refer_to": self.refer_to,
+                "indices": self.indices}
+
 
 @dataclass(frozen=True)
 class TaskData:
     train: TensorDataset
+    """What recovery fine-tunes on (already cut to ``train_samples``)."""
     test: TensorDataset
     calibration: TensorDataset
     """Drawn from the training split, never from the test split."""
-    num_classes: int
+    num_classes: int | None
     name: str
+    labelled: bool = True
+    metric: str = "accuracy"
+    """accuracy, or cosine / top1_agreement / mse agreement with the uncompressed model."""
+    splits: Splits | None = field(default=None, compare=False)
+
+    def summary(self) -> dict[str, Any]:
+        """What a report says about the data (the indices go to ``splits.json``)."""
+        sizes = self.splits.sizes if self.splits is not None else {
+            "fine_tune": len(self.train), "calibration": len(self.calibration),
+            "test": len(self.test)}
+        return {"name": self.name, "source": self.splits.source if self.splits else None,
+                "labelled": self.labelled, "metric": self.metric,
+                "num_classes": self.num_classes, "sizes": sizes}
 
 
-def demo_task(calibration_samples: int = 256, seed: int = 0) -> TaskData:
+def demo_task(calibration_samples: int = 256, seed: int = 0,
+              train_samples: int | None = None) -> TaskData:
+    """The built-in digits with the split they ship with (4,000 train / 1,000 test)."""
     digits = load_demo_digits()
     generator = torch.Generator().manual_seed(seed)
-    chosen = torch.randperm(len(digits.train_labels), generator=generator)[:calibration_samples]
+    count = len(digits.train_labels)
+    chosen = torch.randperm(count, generator=generator)[:calibration_samples]
+    fine_tune = count if train_samples is None else min(train_samples, count)
+    splits = Splits(
+        source="demo", seed=seed,
+        indices={"train": list(range(count)), "fine_tune": list(range(fine_tune)),
+                 "calibration": chosen.tolist(),
+                 "test": list(range(len(digits.test_labels)))},
+        refer_to=dict.fromkeys(("train", "fine_tune", "calibration"),
+                               "samples of the demo's training split (train_index of "
+                               "mnist-5k.npz)") | {"test": "samples of the demo's test split "
+                                                           "(test_index of mnist-5k.npz)"})
     return TaskData(
-        train=TensorDataset(digits.train_images, digits.train_labels),
+        train=TensorDataset(digits.train_images[:fine_tune], digits.train_labels[:fine_tune]),
         test=TensorDataset(digits.test_images, digits.test_labels),
         calibration=TensorDataset(digits.train_images[chosen], digits.train_labels[chosen]),
         num_classes=10,
         name="demo digits (MNIST 4,000 / 1,000)",
+        splits=splits,
     )
 
 

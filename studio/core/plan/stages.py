@@ -61,6 +61,9 @@ class DataSection(_Section):
     """Drawn from the training split, never from the test split."""
     train_samples: int | None = Field(default=None, ge=1,
                                       description="fine-tune on the first N training samples")
+    max_samples: int = Field(default=50_000, ge=1, le=10_000_000)
+    """``function`` sources: stop reading after this many samples (an endless generator
+    cannot hang the job)."""
 
     @model_validator(mode="after")
     def _needs_path(self) -> DataSection:

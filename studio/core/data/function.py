@@ -1,0 +1,117 @@
+"""Data from the user's own code: ``package.module:function`` returning an iterable of batches.
+
+Importing and calling it runs that code, so it happens only with the user's consent (like
+unpickling a model); without it :class:`FunctionTrustRequired` names the function. Each batch is
+a tensor or array of inputs, or an ``(inputs, labels)`` pair. Reading stops after
+``max_samples``, so an endless generator cannot hang the job.
+"""
+
+from __future__ import annotations
+
+import pkgutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from studio.core.data.samples import Samples, as_inputs, as_labels
+from studio.core.errors import StudioError, TrustRequired
+
+
+class FunctionTrustRequired(TrustRequired):
+    """Reading this data source would run the named Python function."""
+
+    def __init__(self, target: str) -> None:
+        self.path = Path(target)
+        self.target = target
+        StudioError.__init__(
+            self, f"data source {target}: reading it imports and runs that Python function; "
+            "run it only if you trust its code (CLI: --trust; GUI: confirm the prompt).")
+
+
+def _resolve(target: str) -> Any:
+    try:
+        function = pkgutil.resolve_name(target)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise StudioError(f"data source {target}: cannot import it ({error}); install the "
+                          "package that defines it or fix the name") from None
+    except Exception as error:  # the user's module failed while importing
+        raise StudioError(f"data source {target}: importing it raised "
+                          f"{type(error).__name__}: {error}") from None
+    if not callable(function):
+        raise StudioError(f"data source {target}: is not a function")
+    return function
+
+
+def _split_batch(batch: Any, target: str, number: int) -> tuple[Tensor, Tensor | None]:
+    where = f"data source {target}: batch {number}"
+    if isinstance(batch, tuple | list):
+        if len(batch) not in (1, 2):
+            raise StudioError(f"{where}: a tuple of {len(batch)} items; give inputs or "
+                              "(inputs, labels)")
+        labels = as_labels(batch[1], where) if len(batch) == 2 else None
+        return as_inputs(_array(batch[0], where), where), labels
+    return as_inputs(_array(batch, where), where), None
+
+
+def _array(value: Any, where: str) -> Tensor | np.ndarray:
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise StudioError(f"{where}: a {type(value).__name__} of {array.dtype}, not a tensor or "
+                          "numeric array")
+    return array
+
+
+def read_function(target: str, trust: bool, max_samples: int) -> Samples:
+    """Call ``target`` and gather its batches (at most ``max_samples`` samples)."""
+    if not trust:
+        raise FunctionTrustRequired(target)
+    function = _resolve(target)
+    inputs: list[Tensor] = []
+    labels: list[Tensor] = []
+    count = 0
+    try:
+        produced = function()
+        if not isinstance(produced, Iterable):
+            raise StudioError(f"data source {target}: returned {type(produced).__name__}, not "
+                              "an iterable of batches")
+        iterator = iter(produced)
+        try:
+            for number, batch in enumerate(iterator):
+                batch_inputs, batch_labels = _split_batch(batch, target, number)
+                if batch_inputs.dim() == 0:
+                    raise StudioError(f"data source {target}: batch {number} is one number, "
+                                      "not a batch of samples")
+                if inputs and (batch_labels is None) != (not labels):
+                    raise StudioError(f"data source {target}: batch {number} "
+                                      f"{'has' if batch_labels is not None else 'lacks'} "
+                                      "labels where the first batch did not")
+                if inputs and batch_inputs.shape[1:] != inputs[0].shape[1:]:
+                    raise StudioError(f"data source {target}: batch {number} holds samples of "
+                                      f"shape {list(batch_inputs.shape[1:])} where batch 0 "
+                                      f"held {list(inputs[0].shape[1:])}")
+                keep = max_samples - count
+                inputs.append(batch_inputs[:keep])
+                if batch_labels is not None:
+                    labels.append(batch_labels[:keep])
+                count += len(inputs[-1])
+                if count >= max_samples:
+                    break
+        finally:
+            close = getattr(iterator, "close", None)
+            if callable(close):
+                close()
+    except StudioError:
+        raise
+    except Exception as error:  # the user's function failed
+        raise StudioError(f"data source {target}: raised {type(error).__name__}: {error}"
+                          ) from None
+    if not inputs:
+        raise StudioError(f"data source {target}: gave no batches")
+    return Samples(torch.cat(inputs), torch.cat(labels) if labels else None,
+                   f"samples in the order {target} gave them")

@@ -1,0 +1,130 @@
+"""How good a model's outputs are: accuracy against labels, or agreement with the uncompressed
+model's outputs when there are no labels (so a user can compress without labelling anything).
+
+Every metric is accumulated batch by batch (:class:`MetricTotals`), so a large test set is never
+held twice in memory; :func:`score` and :func:`agreement` are the one-shot forms. Sums are kept
+in float64 so the figure does not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from torch import Tensor
+
+from studio.core.errors import StudioError
+
+MetricName = Literal["accuracy", "cosine", "top1_agreement", "mse"]
+METRICS: tuple[str, ...] = ("accuracy", "cosine", "top1_agreement", "mse")
+AGREEMENT_METRICS: tuple[str, ...] = ("cosine", "top1_agreement", "mse")
+"""Compare outputs with a reference (the uncompressed model's outputs on the same inputs)."""
+
+
+def higher_is_better(metric: str) -> bool:
+    """False only for ``mse``: an error, where the others are scores."""
+    return metric != "mse"
+
+
+def drop(metric: str, baseline: float, value: float) -> float:
+    """How much worse ``value`` is than ``baseline``; positive means worse for every metric."""
+    return baseline - value if higher_is_better(metric) else value - baseline
+
+
+def _array(values: np.ndarray | Tensor) -> np.ndarray:
+    if isinstance(values, Tensor):
+        return values.detach().float().cpu().numpy() if values.is_floating_point() \
+            else values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise StudioError(f"metric {metric!r}: use one of {', '.join(METRICS)}")
+
+
+class MetricTotals:
+    """Running sums of one metric over batches: ``add(outputs, target)`` then ``value()``.
+
+    ``target`` is the labels for ``accuracy`` (class ids, the outputs' last dim is the class),
+    otherwise the reference outputs for the same samples, of the same shape as ``outputs``.
+    """
+
+    def __init__(self, metric: str) -> None:
+        _check_metric(metric)
+        self.metric = metric
+        self.total = 0.0
+        self.count = 0
+
+    def add(self, outputs: np.ndarray | Tensor, target: np.ndarray | Tensor) -> None:
+        out, ref = _array(outputs), _array(target)
+        if self.metric == "accuracy":
+            if out.shape[:-1] != ref.shape:
+                raise StudioError(f"accuracy: outputs of shape {list(out.shape)} do not give one "
+                                  f"score per class for labels of shape {list(ref.shape)}")
+            self.total += float((out.argmax(-1) == ref).sum())
+            self.count += ref.size
+            return
+        if out.shape != ref.shape:
+            raise StudioError(f"{self.metric}: outputs of shape {list(out.shape)} cannot be "
+                              f"compared with reference outputs of shape {list(ref.shape)}")
+        out64, ref64 = out.astype(np.float64), ref.astype(np.float64)
+        if self.metric == "cosine":
+            a, b = out64.reshape(len(out64), -1), ref64.reshape(len(ref64), -1)
+            norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+            cosines = (a * b).sum(1) / np.maximum(norms, 1e-12)
+            both_zero = (np.abs(a).sum(1) == 0) & (np.abs(b).sum(1) == 0)
+            self.total += float(np.where(both_zero, 1.0, cosines).sum())
+            self.count += len(a)
+        elif self.metric == "top1_agreement":
+            if out.ndim < 2 or out.shape[-1] < 2:
+                raise StudioError(f"top1_agreement: outputs of shape {list(out.shape)} hold no "
+                                  "scores per class to take the top one of; use cosine or mse")
+            self.total += float((out.argmax(-1) == ref.argmax(-1)).sum())
+            self.count += out[..., 0].size
+        else:
+            self.total += float(((out64 - ref64) ** 2).sum())
+            self.count += out.size
+
+    def value(self) -> float:
+        if self.count == 0:
+            raise StudioError(f"{self.metric}: no samples to measure")
+        return self.total / self.count
+
+
+def score(metric: str, outputs: np.ndarray | Tensor, target: np.ndarray | Tensor) -> float:
+    """``metric`` of ``outputs`` against labels (accuracy) or reference outputs (agreement)."""
+    totals = MetricTotals(metric)
+    totals.add(outputs, target)
+    return totals.value()
+
+
+def accuracy(outputs: np.ndarray | Tensor, labels: np.ndarray | Tensor) -> float:
+    """Fraction of samples whose arg-max over the last dim is the label."""
+    return score("accuracy", outputs, labels)
+
+
+def cosine(reference: np.ndarray | Tensor, outputs: np.ndarray | Tensor) -> float:
+    """Mean over samples of the cosine similarity of each sample's flattened outputs."""
+    return score("cosine", outputs, reference)
+
+
+def top1_agreement(reference: np.ndarray | Tensor, outputs: np.ndarray | Tensor) -> float:
+    """Fraction of rows (samples, or tokens for N x L x C outputs) with the same arg-max."""
+    return score("top1_agreement", outputs, reference)
+
+
+def mse(reference: np.ndarray | Tensor, outputs: np.ndarray | Tensor) -> float:
+    """Mean squared difference over every output element."""
+    return score("mse", outputs, reference)
+
+
+def agreement(reference: np.ndarray | Tensor, outputs: np.ndarray | Tensor
+              ) -> dict[str, float | None]:
+    """All three agreement figures; ``top1_agreement`` is None when the outputs hold no scores
+    per class (a last dim of 1, or one value per sample)."""
+    ref = _array(reference)
+    per_class = ref.ndim >= 2 and ref.shape[-1] > 1
+    return {"cosine": cosine(ref, outputs),
+            "top1_agreement": top1_agreement(ref, outputs) if per_class else None,
+            "mse": mse(ref, outputs)}
