@@ -1,7 +1,9 @@
-"""The figures a report gives for one model: accuracy of the exported file itself, sizes, MACs.
+"""The figures a report gives for one model: the task's metric on the exported file itself,
+agreement with the uncompressed model, sizes, MACs.
 
-Accuracy is measured on the ONNX file in onnxruntime, not on the torch model, so the figure is
-the one a deployment will see; parity then says how far the file is from the torch model.
+The metric is measured on the ONNX file in onnxruntime, not on the torch model, so the figure is
+the one a deployment will see; parity then says how far the file is from the torch model it
+came from, and ``agreement`` how far it is from the uncompressed torch model.
 """
 
 from __future__ import annotations
@@ -9,25 +11,44 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from studio.core.export.measure import onnx_accuracy, parity, zip_bytes
+from studio.core.data.metrics import agreement, higher_is_better, score
+from studio.core.errors import StudioError
+from studio.core.export.measure import parity, run_onnx, zip_bytes
 from studio.core.export.onnx_export import onnx_file_bytes
 from studio.core.methods.pruning.measure import measure
 from studio.core.models.inputs import InputSpec
 
 
 def model_figures(model: nn.Module, onnx_path: Path, example: InputSpec,
-                  test: TensorDataset, parity_samples: int = 256) -> dict[str, Any]:
+                  test: TensorDataset, parity_samples: int = 256, metric: str = "accuracy",
+                  reference: Tensor | None = None) -> dict[str, Any]:
+    """``reference``: the uncompressed torch model's outputs on ``test`` (computed once by the
+    caller); agreement metrics need it, and with it ``agreement`` reports all three."""
     size = measure(model, example.make_tensor())
-    inputs = test.tensors[0][:parity_samples]
-    return {
-        "metric": {"name": "accuracy", "value": onnx_accuracy(onnx_path, test)},
+    inputs = test.tensors[0]
+    outputs = run_onnx(onnx_path, inputs)
+    if metric == "accuracy":
+        if len(test.tensors) < 2:
+            raise StudioError("accuracy needs labels; this data has none")
+        value = score(metric, outputs, test.tensors[1])
+    elif reference is None:
+        raise StudioError(f"{metric} compares with the uncompressed model's outputs; pass them")
+    else:
+        value = score(metric, outputs, reference)
+    figures: dict[str, Any] = {
+        "metric": {"name": metric, "value": value,
+                   "higher_is_better": higher_is_better(metric)},
+    }
+    if reference is not None:
+        figures["agreement"] = agreement(reference, outputs)
+    return figures | {
         "params": size.params,
         "nonzero_params": size.nonzero_params,
         "macs": size.macs,
         "onnx_bytes": onnx_file_bytes(onnx_path),
         "zip_bytes": zip_bytes(onnx_path),
-        "parity": parity(model, onnx_path, inputs),
+        "parity": parity(model, onnx_path, inputs[:parity_samples]),
     }

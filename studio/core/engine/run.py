@@ -19,25 +19,34 @@ from typing import Any
 import onnx
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from studio.core.atomic import write_text_atomic
-from studio.core.data.task import TaskData, demo_task
+from studio.core.data.sources import load_task
+from studio.core.data.task import SPLITS_FILE, TaskData
 from studio.core.engine.figures import model_figures
 from studio.core.engine.notes import honesty_notes
-from studio.core.errors import StudioError
-from studio.core.export.measure import inputs_for_batches, latency_ms
+from studio.core.errors import InputError, StudioError
+from studio.core.export.measure import inputs_for_batches, latency_ms, torch_outputs
 from studio.core.export.onnx_export import export_onnx
 from studio.core.graph.onnx_tree import build_onnx_tree
 from studio.core.jobs import Artifact, CancelToken, Event, Log, Metric, Result
-from studio.core.methods.distill import FeaturePair, KDConfig, default_teacher, make_kd_loss
+from studio.core.methods.distill import (
+    FeaturePair,
+    KDConfig,
+    OutputMatchingLoss,
+    default_teacher,
+    make_kd_loss,
+    matching_kind,
+)
 from studio.core.methods.distill.distiller import training_parameters
+from studio.core.methods.distill.features import first_tensor
 from studio.core.methods.pruning import RETRACE_NOTE, apply_plan_pruning, partition_plan
 from studio.core.methods.pruning.schedule import GradualPruner
 from studio.core.methods.quantization.ort_plan import apply_quant_plan, plan_to_ort
 from studio.core.methods.quantization.qat import prepare_qat, qat_bits_from_plan, qat_layers
 from studio.core.methods.quantization.qat_ort import convert_qat_to_ort_static
 from studio.core.models.checks import describe_non_finite, find_non_finite
+from studio.core.models.inputs import InputSpec
 from studio.core.plan.plan import ResolvedSpec
 from studio.core.plan.recipe import Recipe, read_recipe
 from studio.core.plan.stages import (
@@ -55,13 +64,35 @@ BASELINE_FILE = "baseline.onnx"
 REPORT_FILE = "report.json"
 
 
-def _load_data(section: DataSection) -> TaskData:
-    task = demo_task(section.calibration_samples)
-    if section.train_samples is None or section.train_samples >= len(task.train):
-        return task
-    images, labels = task.train.tensors
-    subset = TensorDataset(images[:section.train_samples], labels[:section.train_samples])
-    return dataclasses.replace(task, train=subset)
+def _load_data(section: DataSection, base_dir: Path | None, trust: bool) -> TaskData:
+    """The recipe's data; a ``function`` source runs only with ``trust``."""
+    return load_task(section, base_dir, trust)
+
+
+@torch.no_grad()
+def _check_data_fits(model: nn.Module, data: TaskData, example: InputSpec) -> None:
+    """Run two test samples through the model before any work, so data of the wrong shape or
+    labels the model has no output for fail at once with a message naming both."""
+    inputs = data.test.tensors[0][:2]
+    shape = f"[N, {', '.join(str(d) for d in inputs.shape[1:])}] ({str(inputs.dtype)[6:]})"
+    expects = f"{list(example.shape)} ({example.dtype})"
+    was_training = model.training
+    model.eval()
+    try:
+        output = first_tensor(model(inputs))
+    except Exception as error:
+        raise InputError(f"data: the data gives inputs of shape {shape} but the model expects "
+                         f"{expects}: {type(error).__name__}: {error}") from None
+    finally:
+        model.train(was_training)
+    if output is None:
+        raise InputError("data: the model returned no tensor on the data's inputs")
+    classes = data.num_classes if data.metric == "accuracy" else None
+    if classes is not None and (output.dim() < 2 or output.shape[-1] < classes):
+        raise InputError(f"data: labels run up to {classes - 1} but the model gives outputs "
+                         f"of shape {list(output.shape)}, not a score for each of {classes} "
+                         "classes; check the labels, or set labelled: false to measure "
+                         "agreement instead")
 
 
 def _without_unstructured(tree: Any, resolved: list[ResolvedSpec],
@@ -85,13 +116,16 @@ def run_recipe(recipe: Recipe, base_dir: Path | None, out_dir: Path, token: Canc
     if recipe.model is None:
         raise StudioError(f"{source}: the recipe names no model (add model: {{path: ...}})")
     workspace = open_recipe_workspace(recipe, base_dir, trust, source)
-    yield from run_workspace(workspace, recipe, out_dir, token, device, source)
+    yield from run_workspace(workspace, recipe, out_dir, token, device, source, base_dir, trust)
 
 
 def run_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, token: CancelToken,
-                  device: str | None = None, source: str = "recipe") -> Iterator[Event]:
+                  device: str | None = None, source: str = "recipe",
+                  base_dir: Path | None = None, trust: bool = False) -> Iterator[Event]:
     """The whole job on an open model and its plan (the recipe gives the job sections); the
-    model itself is never changed. The last event is a :class:`Result` holding the report."""
+    model itself is never changed. The last event is a :class:`Result` holding the report.
+    ``base_dir`` is where the recipe's data paths start; ``trust`` lets a ``function`` data
+    source run."""
     started = time.perf_counter()
     if workspace.loaded.module is None:
         raise StudioError(f"{source}: {workspace.loaded.path} is an ONNX file; running recipes "
@@ -111,17 +145,22 @@ def run_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, token: Ca
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(train_section.seed)
-    data = _load_data(recipe.data or DataSection())
+    data = _load_data(recipe.data or DataSection(), base_dir, trust)
+    original = workspace.loaded.module
+    _check_data_fits(original, data, workspace.example)
+    yield Log(f"Data: {data.name}; {'labelled' if data.labelled else 'unlabelled'}, metric "
+              f"{data.metric}; {len(data.train)} to fine-tune on, {len(data.test)} to test")
+    reference = torch_outputs(original, data.test.tensors[0])
     token.check()
 
     yield Log(f"Baseline: exporting {workspace.tree.model_name} and measuring it")
-    original = workspace.loaded.module
     example = workspace.example.make_tensor()
     export_section = recipe.export or ExportSection()
     baseline_path = export_onnx(original, example, out_dir / BASELINE_FILE,
                                 opset=export_section.opset)
-    baseline = model_figures(original, baseline_path, workspace.example, data.test)
-    yield Metric("baseline", "accuracy", baseline["metric"]["value"], 0)
+    baseline = model_figures(original, baseline_path, workspace.example, data.test,
+                             metric=data.metric, reference=reference)
+    yield Metric("baseline", data.metric, baseline["metric"]["value"], 0)
     token.check()
 
     model = copy.deepcopy(original).cpu().eval()
@@ -140,7 +179,7 @@ def run_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, token: Ca
             prepare_qat(model, bits, acts)
             yield Log(f"QAT: fake-quantizing {len(bits)} layers during recovery")
     yield from _recover(workspace, original, model, data, recipe, train_section, masks_hook,
-                        token, stages)
+                        token, stages, reference)
     model = model.cpu().eval()
     token.check()
 
@@ -148,8 +187,9 @@ def run_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, token: Ca
     model_path = out_dir / MODEL_FILE
     quant_notes = yield from _export_compressed(model, example, data, resolved, quantize,
                                                 export_section, out_dir, model_path, stages)
-    compressed = model_figures(model, model_path, workspace.example, data.test)
-    yield Metric("compressed", "accuracy", compressed["metric"]["value"], 0)
+    compressed = model_figures(model, model_path, workspace.example, data.test,
+                               metric=data.metric, reference=reference)
+    yield Metric("compressed", data.metric, compressed["metric"]["value"], 0)
     token.check()
 
     yield Log("Timing both models side by side in onnxruntime")
@@ -162,7 +202,7 @@ def run_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, token: Ca
     report = {
         "recipe": source,
         "model": workspace.tree.model_name,
-        "data": data.name,
+        "data": data.summary(),
         "device": train_section.device,
         "seed": train_section.seed,
         "baseline": baseline,
@@ -172,9 +212,11 @@ def run_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, token: Ca
                   *qat_notes, *quant_notes,
                   *honesty_notes(baseline, compressed, sparse_layers, quantized)],
         "paths": {"model": str(model_path), "baseline": str(baseline_path),
-                  "report": str(out_dir / REPORT_FILE)},
+                  "splits": str(out_dir / SPLITS_FILE), "report": str(out_dir / REPORT_FILE)},
         "elapsed_s": round(time.perf_counter() - started, 2),
     }
+    if data.splits is not None:
+        write_text_atomic(out_dir / SPLITS_FILE, json.dumps(data.splits.to_json()) + "\n")
     write_text_atomic(out_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     yield Artifact("onnx", str(model_path))
     yield Artifact("report", str(out_dir / REPORT_FILE))
@@ -191,9 +233,14 @@ def _prune(workspace: Workspace, model: nn.Module, example: torch.Tensor, data: 
     gradual = section.schedule == "agp" and partition.unstructured and train_section.epochs > 0
     if gradual:
         resolved = _without_unstructured(tree, resolved, set(partition.unstructured))
-    if not (partition.channels or partition.unstructured or partition.nm):
+    if partition.is_empty:
         return None, {"notes": []}, 0
-    yield Log(f"Pruning: {len(partition.channels)} layers by channels, "
+    if section.importance == "taylor" and not data.labelled:
+        raise StudioError("prune.importance: taylor scores weights by the gradient of the "
+                          "task loss, which needs labels; this data has none, so use magnitude")
+    transformer = (f"{len(partition.heads)} attentions by heads, {len(partition.ffn)} FFNs by "
+                   "width, " if partition.heads or partition.ffn else "")
+    yield Log(f"Pruning: {transformer}{len(partition.channels)} layers by channels, "
               f"{len(partition.unstructured)} unstructured"
               f"{' (gradual, AGP)' if gradual else ''}, {len(partition.nm)} N:M")
     token.check()
@@ -214,7 +261,7 @@ def _prune(workspace: Workspace, model: nn.Module, example: torch.Tensor, data: 
 
 def _recover(workspace: Workspace, original: nn.Module, model: nn.Module, data: TaskData,
              recipe: Recipe, section: TrainSection, after_step: Any, token: CancelToken,
-             stages: dict[str, Any]) -> Iterator[Event]:
+             stages: dict[str, Any], reference: torch.Tensor) -> Iterator[Event]:
     if section.epochs == 0:
         return
     device = resolve_device(section.device)
@@ -222,9 +269,16 @@ def _recover(workspace: Workspace, original: nn.Module, model: nn.Module, data: 
     config = TrainConfig(epochs=section.epochs, lr=section.lr, batch_size=section.batch_size,
                          weight_decay=section.weight_decay, seed=section.seed,
                          device=str(device))
-    loss_fn, parameters, close = cross_entropy, None, None
+    loss_fn: Any = cross_entropy
+    parameters, close = None, None
     stage = "fine-tune"
-    if recipe.distill is not None:
+    if not data.labelled and recipe.distill is None:
+        kind = matching_kind(data.metric)
+        loss_fn = OutputMatchingLoss(default_teacher(original).to(device), kind)
+        stage = "match"
+        yield Log("No labels: recovering by matching the uncompressed model's outputs ("
+                  f"{'KL of softened scores' if kind == 'logits' else '1 - cosine + MSE'})")
+    elif recipe.distill is not None:
         kd = KDConfig(temperature=recipe.distill.temperature, alpha=recipe.distill.alpha,
                       feature_pairs=tuple(FeaturePair(p.student, p.teacher, p.weight)
                                           for p in recipe.distill.features),
@@ -235,6 +289,8 @@ def _recover(workspace: Workspace, original: nn.Module, model: nn.Module, data: 
         loss_fn, close = setup.loss_fn, setup.close
         parameters = training_parameters(model, setup.extra_parameters)
         stage = "distill"
+        if not data.labelled:
+            yield Log("No labels: distilling without the cross-entropy term")
     yield Log(f"Recovering accuracy: {section.epochs} epoch(s) of {stage} on {device}")
     try:
         yield from train(model, data.train, config, token, loss_fn, stage, after_step,
@@ -242,9 +298,11 @@ def _recover(workspace: Workspace, original: nn.Module, model: nn.Module, data: 
     finally:
         if close is not None:
             close()
-    accuracy = evaluate(model, data.test, token, str(device))
-    stages["recover"] = {"kind": stage, "epochs": section.epochs, "torch_accuracy": accuracy}
-    yield Metric(stage, "accuracy", accuracy, section.epochs)
+    value = evaluate(model, data.test, token, str(device), metric=data.metric,
+                     reference=reference)
+    stages["recover"] = {"kind": stage, "epochs": section.epochs,
+                         "torch_metric": {"name": data.metric, "value": value}}
+    yield Metric(stage, data.metric, value, section.epochs)
 
 
 def _export_compressed(model: nn.Module, example: torch.Tensor, data: TaskData,

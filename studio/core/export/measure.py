@@ -21,6 +21,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
+from studio.core.data.metrics import score
+from studio.core.errors import StudioError
 from studio.core.export.onnx_export import external_data_files
 
 DEFAULT_THREADS = 2
@@ -145,6 +147,19 @@ def _first(output: Tensor | tuple | list) -> Tensor:
 
 
 @torch.no_grad()
+def torch_outputs(torch_model: nn.Module, inputs: Tensor, batch_size: int = 256) -> Tensor:
+    """The model's first output on ``inputs`` (eval mode, in chunks), as float32 on the CPU:
+    the reference that agreement metrics and parity compare an exported file with."""
+    was_training = torch_model.training
+    torch_model.eval()
+    try:
+        device = next(torch_model.parameters(), torch.empty(0)).device
+        return torch.cat([_first(torch_model(chunk.to(device))).float().cpu()
+                          for chunk in _chunks(inputs, batch_size)])
+    finally:
+        torch_model.train(was_training)
+
+
 def parity(torch_model: nn.Module, onnx_path: str | Path, inputs: Tensor,
            batch_size: int = 256) -> dict[str, float | None]:
     """How closely the exported file reproduces the torch model on ``inputs``.
@@ -152,14 +167,7 @@ def parity(torch_model: nn.Module, onnx_path: str | Path, inputs: Tensor,
     ``max_abs_diff`` over the first output, and ``top1_agreement``: the fraction of samples whose
     arg-max class is the same (None when the output is not a score per class).
     """
-    was_training = torch_model.training
-    torch_model.eval()
-    try:
-        device = next(torch_model.parameters(), torch.empty(0)).device
-        expected = torch.cat([_first(torch_model(chunk.to(device))).float().cpu()
-                              for chunk in _chunks(inputs, batch_size)]).numpy()
-    finally:
-        torch_model.train(was_training)
+    expected = torch_outputs(torch_model, inputs, batch_size).numpy()
     actual = run_onnx(onnx_path, inputs, batch_size).astype(np.float32)
     if actual.shape != expected.shape:
         raise ValueError(f"output shapes differ: torch {expected.shape}, onnx {actual.shape}")
@@ -170,12 +178,26 @@ def parity(torch_model: nn.Module, onnx_path: str | Path, inputs: Tensor,
             "top1_agreement": agreement}
 
 
+def onnx_metric(onnx_path: str | Path, dataset: TensorDataset, metric: str = "accuracy",
+                reference: Tensor | np.ndarray | None = None, batch_size: int = 256,
+                threads: int = DEFAULT_THREADS) -> float:
+    """``metric`` of the exported model itself, run in onnxruntime: accuracy against the
+    dataset's labels, or agreement with ``reference`` (the uncompressed model's outputs on the
+    same samples; see :func:`torch_outputs`)."""
+    outputs = run_onnx(onnx_path, dataset.tensors[0], batch_size, threads)
+    if metric == "accuracy":
+        if len(dataset.tensors) < 2:
+            raise StudioError("accuracy needs labels; this data has none")
+        return score(metric, outputs, dataset.tensors[1])
+    if reference is None:
+        raise StudioError(f"{metric} compares with the uncompressed model's outputs; pass them")
+    return score(metric, outputs, reference)
+
+
 def onnx_accuracy(onnx_path: str | Path, dataset: TensorDataset, batch_size: int = 256,
                   threads: int = DEFAULT_THREADS) -> float:
     """Top-1 accuracy of the exported model itself, run in onnxruntime."""
-    images, labels = dataset.tensors[0], dataset.tensors[1]
-    scores = run_onnx(onnx_path, images, batch_size, threads)
-    return float((scores.argmax(-1) == _numpy(labels)).mean())
+    return onnx_metric(onnx_path, dataset, "accuracy", None, batch_size, threads)
 
 
 def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:

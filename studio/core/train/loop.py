@@ -16,8 +16,8 @@ from torch.utils.data import TensorDataset
 from studio.core.data.task import batches
 from studio.core.jobs import CancelToken, Event, Metric, Progress
 
-LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
-"""(model, inputs, labels) -> scalar loss."""
+LossFn = Callable[[nn.Module, Tensor, Tensor | None], Tensor]
+"""(model, inputs, labels) -> scalar loss; labels are None for unlabelled data."""
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,18 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-def cross_entropy(model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
+def cross_entropy(model: nn.Module, inputs: Tensor, labels: Tensor | None) -> Tensor:
+    if labels is None:
+        from studio.core.errors import StudioError
+
+        raise StudioError("fine-tuning with cross entropy needs labels; unlabelled data is "
+                          "trained by matching the uncompressed model's outputs")
     return nn.functional.cross_entropy(model(inputs), labels)
+
+
+def _split(batch: list[Tensor]) -> tuple[Tensor, Tensor | None]:
+    """(inputs, labels) of a labelled batch, (inputs, None) of an inputs-only one."""
+    return batch[0], (batch[1] if len(batch) > 1 else None)
 
 
 def train(model: nn.Module, data: TensorDataset, config: TrainConfig, token: CancelToken,
@@ -61,10 +71,11 @@ def train(model: nn.Module, data: TensorDataset, config: TrainConfig, token: Can
     step = 0
     model.train()
     for epoch in range(config.epochs):
-        for inputs, labels in batches(data, config.batch_size, shuffle=True,
-                                      seed=config.seed + epoch):
+        for batch in batches(data, config.batch_size, shuffle=True, seed=config.seed + epoch):
             token.check()
-            inputs, labels = inputs.to(device), labels.to(device)
+            inputs, labels = _split(batch)
+            inputs = inputs.to(device)
+            labels = labels.to(device) if labels is not None else None
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model, inputs, labels)
             if not torch.isfinite(loss):
@@ -86,13 +97,34 @@ def train(model: nn.Module, data: TensorDataset, config: TrainConfig, token: Can
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: TensorDataset, token: CancelToken | None = None,
-             device: str = "cpu", batch_size: int = 256) -> float:
-    """Top-1 accuracy of ``model`` on ``data``."""
+             device: str = "cpu", batch_size: int = 256, metric: str = "accuracy",
+             reference: Tensor | None = None) -> float:
+    """``metric`` of ``model`` on ``data``: top-1 accuracy against its labels, or agreement
+    (cosine, top1_agreement, mse) with ``reference``, the uncompressed model's outputs on the
+    same samples in order (see :func:`studio.core.engine.figures.reference_outputs`)."""
+    from studio.core.data.metrics import MetricTotals
+    from studio.core.errors import StudioError
+    from studio.core.methods.distill.features import first_tensor
+
+    if metric != "accuracy" and reference is None:
+        raise StudioError(f"evaluating {metric} needs the uncompressed model's outputs")
     model.eval()
     target = resolve_device(device)
-    correct = 0
-    for inputs, labels in batches(data, batch_size):
+    totals = MetricTotals(metric)
+    start = 0
+    for batch in batches(data, batch_size):
         if token is not None:
             token.check()
-        correct += int((model(inputs.to(target)).argmax(1).cpu() == labels).sum())
-    return correct / len(data)
+        inputs, labels = _split(batch)
+        outputs = first_tensor(model(inputs.to(target)))
+        assert outputs is not None, "the model returned no tensor"
+        if metric == "accuracy":
+            if labels is None:
+                raise StudioError("accuracy needs labels; this data has none")
+            totals.add(outputs, labels)
+        else:
+            assert reference is not None
+            totals.add(outputs, reference[start:start + len(inputs)])
+        start += len(inputs)
+    return totals.value()
+

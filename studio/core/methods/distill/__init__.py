@@ -1,7 +1,8 @@
 """Knowledge distillation as a loss for the shared training loop.
 
 Logit KD (temperature, alpha), feature KD between layer pairs with learned projections, relation
-KD (RKD), several teachers, and self-distillation from a frozen copy of the uncompressed model.
+KD (RKD), several teachers, self-distillation from a frozen copy of the uncompressed model, and
+output matching for recovery without labels.
 """
 
 from studio.core.methods.distill.distiller import (
@@ -25,6 +26,11 @@ from studio.core.methods.distill.losses import (
     rkd_distance_loss,
     soft_targets,
 )
+from studio.core.methods.distill.matching import (
+    OutputMatchingLoss,
+    matching_kind,
+    output_matching_loss,
+)
 from studio.core.methods.distill.projection import FeatureProjector
 from studio.core.methods.distill.stage import distill
 
@@ -35,6 +41,7 @@ __all__ = [
     "KDConfig",
     "KDLoss",
     "KDSetup",
+    "OutputMatchingLoss",
     "TeacherAgreement",
     "align_features",
     "default_teacher",
@@ -46,6 +53,8 @@ __all__ = [
     "freeze",
     "logit_kd_loss",
     "make_kd_loss",
+    "matching_kind",
+    "output_matching_loss",
     "rkd_angle_loss",
     "rkd_distance_loss",
     "soft_targets",
