@@ -36,7 +36,8 @@ steps the largest saving still goes first."""
 class Target:
     """``size``/``macs``: the most the result may keep, as a fraction of the original (0.25 is
     a quarter). ``accuracy_drop``: the most accuracy the plan may lose, in points (0.5 is half
-    a percent); the plan then saves as many bytes as that allows."""
+    a percent; with an agreement metric, 0.5 points is 0.005 of it); the plan then saves as
+    many bytes as that allows."""
 
     kind: TargetKind
     value: float
@@ -264,6 +265,11 @@ def allocate(tree: LayerTree, report: Mapping[str, Any], target: Target,
     notes = list(allocator.notes)
     notes.append("Predicted drop sums the single-layer drops of the sweep (a first-order "
                  "assumption); evaluate the plan to know the real one.")
+    metric = str(report.get("metric", "accuracy"))
+    if target.kind == "accuracy_drop" and metric != "accuracy":
+        notes.append(f"The sweep measured {metric} (agreement with the uncompressed model, no "
+                     f"labels), so the budget of {target.value:g} points allows a "
+                     f"{target.value / 100:g} drop in {metric}.")
     if allocator.granularity == "unstructured" and target.kind in ("size", "macs"):
         notes.append("Unstructured zeros do not shrink the dense file or its MACs, so only "
                      "bit-widths count toward this target; sweep by channels to cut them.")

@@ -1,4 +1,5 @@
-"""Per-layer sensitivity: how much accuracy each layer loses when it alone is pruned or quantized.
+"""Per-layer sensitivity: how much of the task's metric each layer loses when it alone is pruned
+or quantized.
 
 For every prunable layer and level the job changes that one layer (on a private copy of the
 model), evaluates a subset of the test split and puts the weights back, so the sweep costs one
@@ -7,8 +8,11 @@ Structured (``channels``) sweeps cut a whole dependency group at once (``prune_c
 deep copy), because cutting one of two coupled layers is not a model that runs; every layer of
 the group is then reported with the group's row, so a coupled layer is never shown as harmless.
 
-Drops are ``baseline - metric`` in accuracy points of a fraction (0.01 = one percent); positive
-means worse. Cells streamed as :class:`Metric` events are named by :func:`cell_name`.
+The metric is the task's: accuracy with labels, or agreement (cosine, top-1 agreement, MSE) with
+the unchanged model's outputs on the same samples, so a sweep needs no labels. Drops are
+``baseline - metric`` (``metric - baseline`` for MSE) in units of the metric (0.01 = one percent
+of accuracy); positive means worse. Cells streamed as :class:`Metric` events are named by
+:func:`cell_name`.
 """
 
 from __future__ import annotations
@@ -25,8 +29,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from studio.core.data.task import demo_task
+from studio.core.data.metrics import drop, higher_is_better
+from studio.core.data.sources import load_task
+from studio.core.data.task import TaskData, demo_task
 from studio.core.errors import StudioError
+from studio.core.export.measure import torch_outputs
 from studio.core.jobs import CancelToken, Event, Log, Metric, Progress, Result
 from studio.core.methods.pruning import dependency_groups, prune_channels
 from studio.core.methods.pruning.importance import magnitude_scores
@@ -34,6 +41,7 @@ from studio.core.methods.pruning.masks import layer_weight
 from studio.core.methods.pruning.unstructured import layer_masks
 from studio.core.plan.recipe import Recipe
 from studio.core.plan.spec import BITS_PER_ELEMENT
+from studio.core.plan.stages import DataSection
 from studio.core.train.loop import evaluate, resolve_device
 from studio.core.workspace import Workspace, open_recipe_workspace
 
@@ -54,10 +62,11 @@ def parse_cell_name(name: str) -> tuple[str, str, str]:
     return sweep, level, layer
 
 
-def evaluation_subset(subset: int) -> TensorDataset:
-    """The first ``subset`` samples of the demo test split (the same ones on every run)."""
-    images, labels = demo_task().test.tensors
-    return TensorDataset(images[:subset], labels[:subset])
+def evaluation_subset(subset: int, task: TaskData | None = None) -> TensorDataset:
+    """The first ``subset`` samples of the task's test split (the same ones on every run);
+    the demo digits when no task is given."""
+    tensors = (task or demo_task()).test.tensors
+    return TensorDataset(*(tensor[:subset] for tensor in tensors))
 
 
 def sweep_layers(workspace: Workspace, layers: Sequence[str] | None = None) -> list[str]:
@@ -108,13 +117,14 @@ def sensitivity_job(recipe: Recipe, base_dir: Path | None, token: CancelToken,
                     granularity: str = "unstructured", subset: int = 500,
                     layers: Sequence[str] | None = None, device: str | None = None,
                     trust: bool = False) -> Iterator[Event]:
-    """Open the model the recipe names, then :func:`sensitivity_workspace` (the child-process
-    entry calls this with the spec's ``options``)."""
+    """Open the model and the data the recipe names, then :func:`sensitivity_workspace` (the
+    child-process entry calls this with the spec's ``options``)."""
     if recipe.model is None:
         raise StudioError("sensitivity: the recipe names no model (add model: {path: ...})")
     workspace = open_recipe_workspace(recipe, base_dir, trust)
+    task = load_task(recipe.data or DataSection(), base_dir, trust)
     yield from sensitivity_workspace(workspace, token, sparsity_levels, bit_levels, granularity,
-                                     subset, layers, device)
+                                     subset, layers, device, task)
 
 
 @dataclass
@@ -127,13 +137,17 @@ class _Sweep:
     device: str
     baseline: float
     total: int
+    metric: str = "accuracy"
+    reference: Tensor | None = None
+    """The unchanged model's outputs on ``data``, for agreement metrics."""
     done: int = 0
 
     def evaluate(self, model: nn.Module | None = None) -> float:
         target = model if model is not None else self.model
-        accuracy = evaluate(target, self.data, self.token, self.device)
+        value = evaluate(target, self.data, self.token, self.device, metric=self.metric,
+                         reference=self.reference)
         self.done += 1
-        return accuracy
+        return value
 
 
 def sensitivity_workspace(workspace: Workspace, token: CancelToken,
@@ -141,9 +155,11 @@ def sensitivity_workspace(workspace: Workspace, token: CancelToken,
                           bit_levels: Sequence[str] = DEFAULT_BITS,
                           granularity: str = "unstructured", subset: int = 500,
                           layers: Sequence[str] | None = None,
-                          device: str | None = None) -> Iterator[Event]:
-    """The sweep on an open model; the workspace's model is never changed (the job works on a
-    copy and restores every weight it touched before the next cell). Last event: Result."""
+                          device: str | None = None,
+                          task: TaskData | None = None) -> Iterator[Event]:
+    """The sweep on an open model, scored on ``task``'s test split with its metric (the demo
+    digits when None); the workspace's model is never changed (the job works on a copy and
+    restores every weight it touched before the next cell). Last event: Result."""
     started = time.perf_counter()
     if workspace.loaded.module is None:
         raise StudioError("sensitivity: ONNX-only models are not supported yet; open the torch "
@@ -157,8 +173,10 @@ def sensitivity_workspace(workspace: Workspace, token: CancelToken,
     device = device or "cpu"
     target = resolve_device(device)
     names = sweep_layers(workspace, layers)
-    data = evaluation_subset(subset)
+    data = evaluation_subset(subset, task)
+    metric = task.metric if task is not None else "accuracy"
     model = copy.deepcopy(workspace.loaded.module).to(target).eval()
+    reference = None if metric == "accuracy" else torch_outputs(model, data.tensors[0])
     groups = {name: [name] for name in names}
     example = None
     if granularity == "channels":
@@ -170,7 +188,7 @@ def sensitivity_workspace(workspace: Workspace, token: CancelToken,
     total = 1 + len(units) * len(sparsity_levels) + len(names) * len(bit_levels)
     yield Log(f"Sensitivity: {len(names)} layers × {len(sparsity_levels)} sparsity levels "
               f"({granularity}) and {len(bit_levels)} bit-widths on {len(data)} test samples")
-    sweep = _Sweep(model, data, token, str(target), 0.0, total)
+    sweep = _Sweep(model, data, token, str(target), 0.0, total, metric, reference)
     sweep.baseline = sweep.evaluate()
     yield Metric(STAGE, "baseline", sweep.baseline, 0)
     yield Progress(STAGE, sweep.done, total)
@@ -181,32 +199,33 @@ def sensitivity_workspace(workspace: Workspace, token: CancelToken,
     for unit in units:
         for index, level in enumerate(sparsity_levels):
             if granularity == "channels":
-                accuracy, reason = _channels_cell(sweep, groups[unit[0]], level, example)
+                value, reason = _channels_cell(sweep, groups[unit[0]], level, example)
                 if reason is not None:
                     skipped.update(dict.fromkeys(unit, reason))
             else:
-                accuracy = _unstructured_cell(sweep, unit[0], level)
-            drop = None if accuracy is None else round(sweep.baseline - accuracy, 6)
+                value = _unstructured_cell(sweep, unit[0], level)
+            lost = None if value is None else round(drop(metric, sweep.baseline, value), 6)
             for name in unit:
-                sparsity[name][index] = drop
-                if drop is not None:
-                    yield Metric(STAGE, cell_name("sparsity", level, name), drop, sweep.done)
+                sparsity[name][index] = lost
+                if lost is not None:
+                    yield Metric(STAGE, cell_name("sparsity", level, name), lost, sweep.done)
             yield Progress(STAGE, sweep.done, total)
 
     bits: dict[str, list[float | None]] = {}
     for name in names:
         bits[name] = []
         for level in bit_levels:
-            drop = round(sweep.baseline - _bits_cell(sweep, name, level), 6)
-            bits[name].append(drop)
-            yield Metric(STAGE, cell_name("bits", level, name), drop, sweep.done)
+            lost = round(drop(metric, sweep.baseline, _bits_cell(sweep, name, level)), 6)
+            bits[name].append(lost)
+            yield Metric(STAGE, cell_name("bits", level, name), lost, sweep.done)
             yield Progress(STAGE, sweep.done, total)
 
     elapsed = time.perf_counter() - started
     report: dict[str, Any] = {
         "kind": "sensitivity",
         "model": workspace.tree.model_name,
-        "metric": "accuracy",
+        "metric": metric,
+        "higher_is_better": higher_is_better(metric),
         "baseline": sweep.baseline,
         "subset": len(data),
         "granularity": granularity,
@@ -316,14 +335,14 @@ def estimate_runtime_s(sweep: Workspace | SweepSize | tuple[int, int, int],
 
 
 def measure_seconds_per_eval(workspace: Workspace, subset: int = 500, device: str | None = None,
-                             repeats: int = 2) -> float:
+                             repeats: int = 2, task: TaskData | None = None) -> float:
     """Time of one evaluation on ``subset`` samples (best of ``repeats`` after a warm-up
     batch), so the GUI can show an estimate before the sweep starts. Runs on a copy."""
     if workspace.loaded.module is None:
         raise StudioError("sensitivity: ONNX-only models are not supported yet")
     target = resolve_device(device or "cpu")
     model = copy.deepcopy(workspace.loaded.module).to(target).eval()
-    data = evaluation_subset(subset)
+    data = evaluation_subset(subset, task)
     with torch.no_grad():
         model(data.tensors[0][:8].to(target))
     best = math.inf
