@@ -76,10 +76,10 @@ def main() -> int:
         tree = window.workspace.tree
         window.view.setCurrentIndex(window.proxy.mapFromSource(
             window.tree_model.index_of(tree.get("res").id)))
-        window.docks[0].raise_()
+        window.dock["Experiments"].raise_()
         app.processEvents()
         window.grab().save(str(OUT / "main-window.png"))
-        window.docks[3].raise_()
+        window.dock["Sensitivity"].raise_()
         app.processEvents()
         window.grab().save(str(OUT / "sensitivity.png"))
     (OUT / ".settings.ini").unlink(missing_ok=True)

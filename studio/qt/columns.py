@@ -74,6 +74,7 @@ COLUMNS: tuple[Column, ...] = (
 SENSITIVITY_COLUMN = len(COLUMNS)
 """Filled from a sensitivity report by the model (see ``LayerTreeModel.set_sensitivity``)."""
 COLUMNS = (*COLUMNS, Column("Sensitivity", lambda n, s: "", lambda n, s: 0.0,
-                            "Accuracy drop (points) when this layer alone is pruned to 50%",
+                            "Metric drop when this layer alone is pruned to 50% "
+                            "(accuracy: in points)",
                             numeric=True))
 PLAN_COLUMNS = tuple(i for i, column in enumerate(COLUMNS) if column.plan_fields)

@@ -29,6 +29,7 @@ from studio.core.project.experiments import (
 )
 from studio.qt.jobs import ProcessJob
 from studio.qt.plots import CurvesPlot, ParetoPlot, PlanDiffView, SensitivityHeatmap
+from studio.qt.plots.metric import metric_axis
 
 if TYPE_CHECKING:
     from studio.qt.jobs import JobsPanel
@@ -87,9 +88,12 @@ class CompressController(QObject):
 
     def _point(self, experiment: Experiment, which: str = "compressed") -> dict[str, Any]:
         baseline = which == "baseline"
+        figures = (experiment.report or {}).get(which) or {}
+        metric = figures.get("metric") if isinstance(figures, dict) else None
         return {"id": "baseline" if baseline else experiment.id,
                 "name": "baseline" if baseline else experiment.name,
                 "plan": {} if baseline else experiment.plan,
+                "metric": metric.get("name") if isinstance(metric, dict) else None,
                 **experiment_point(experiment, which)}
 
     def _require_project(self) -> Path | None:
@@ -101,18 +105,22 @@ class CompressController(QObject):
                 return None
         return self.project_dir
 
-    def _spec(self, kind: str, folder: Path, out_dir: Path,
+    def _spec(self, kind: str, folder: Path, out_dir: Path, trust: bool,
               options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The child's job: ``trust`` lets it run the data section's function (the user
+        consented to it by name)."""
         workspace = self.window.workspace
         assert workspace is not None
         recipe = workspace.to_recipe(base=folder)
         return {"kind": kind, "recipe": recipe.model_dump(mode="json"), "base_dir": str(folder),
-                "out_dir": str(out_dir), "device": self.jobs.device(), "options": options or {}}
+                "out_dir": str(out_dir), "device": self.jobs.device(), "trust": trust,
+                "options": options or {}}
 
     # --- jobs ------------------------------------------------------------------------------
     def run_plan(self) -> ProcessJob | None:
         """Run the current plan as an experiment; saved into the project when it ends."""
-        folder = self._require_project()
+        trust = self.window.data.job_trust()
+        folder = self._require_project() if trust is not None else None
         if folder is None:
             return None
         self.window.save()  # the job reads the plan from the project as it is now
@@ -122,7 +130,7 @@ class CompressController(QObject):
         experiment = new_experiment(f"experiment {len(self.experiments) + 1}", plan,
                                     status="cancelled")
         out_dir = experiment_dir(folder, experiment.id)
-        job = ProcessJob(self._spec("run", folder, out_dir))
+        job = ProcessJob(self._spec("run", folder, out_dir, trust))
         job.event.connect(self._on_event)
         job.finished.connect(lambda status, report, error: self._run_finished(
             folder, experiment, out_dir, status, report, error))
@@ -161,12 +169,13 @@ class CompressController(QObject):
 
     def run_sensitivity(self, granularity: str = "unstructured", subset: int = 500
                         ) -> ProcessJob | None:
-        folder = self._require_project()
+        trust = self.window.data.job_trust()
+        folder = self._require_project() if trust is not None else None
         if folder is None:
             return None
         self.window.save()
         out_dir = folder / ".sensitivity"
-        job = ProcessJob(self._spec("sensitivity", folder, out_dir,
+        job = ProcessJob(self._spec("sensitivity", folder, out_dir, trust,
                                     {"granularity": granularity, "subset": subset}))
         job.finished.connect(lambda status, report, error: self._sensitivity_finished(
             folder, status, report, error))
@@ -209,7 +218,8 @@ class CompressController(QObject):
         window.controller.replace_plan(result.plan, f"Allocate to {target.kind} {target.value}")
         verdict = "meets" if result.met else "does not meet"
         notes = " ".join(result.notes)
-        window.show_info(f"The proposed plan {verdict} the target (predicted drop "
+        metric = metric_axis(self.sensitivity.get("metric")).label.lower()
+        window.show_info(f"The proposed plan {verdict} the target (predicted {metric} drop "
                          f"{result.predicted_drop * 100:.2f} points). {notes}")
 
     def restore_plan(self, experiment_id: str) -> None:

@@ -1,4 +1,5 @@
-"""The few questions the studio must ask: trust a pickle, name an architecture, give a shape."""
+"""The few questions the studio must ask: trust a pickle or a data function, name an
+architecture, give a shape."""
 
 from __future__ import annotations
 
@@ -35,6 +36,23 @@ def ask_trust(parent: QWidget, path: Path) -> bool:
     box.setDefaultButton(QMessageBox.StandardButton.Cancel)
     box.exec()
     return box.clickedButton() is trust
+
+
+def ask_run_function(parent: QWidget, function: str) -> bool:
+    """Consent before importing a data source ``package.module:function``: it runs its code."""
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Warning)
+    box.setWindowTitle("Run code to load the data?")
+    box.setText(f"The data comes from the Python function <b>{function}</b>.")
+    box.setInformativeText(
+        "Loading it imports that module and runs the function, with your permissions, here "
+        "and in every job that uses this data. Allow it only if you trust the code. Files "
+        "(image folders, .npz/.npy, CSV) never need this.")
+    allow = box.addButton("Run the Function", QMessageBox.ButtonRole.AcceptRole)
+    box.addButton(QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+    box.exec()
+    return box.clickedButton() is allow
 
 
 @dataclass(frozen=True)

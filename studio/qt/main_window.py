@@ -57,11 +57,14 @@ from studio.core.project.project import PROJECT_FILE, load_project, project_file
 from studio.core.workspace import Workspace, build_tree, open_recipe_workspace, open_workspace
 from studio.qt import dialogs
 from studio.qt.compress_controller import CompressController
+from studio.qt.data_controller import DataController
+from studio.qt.data_panel import DataPanel
 from studio.qt.inspector import InspectorPanel
 from studio.qt.jobs import JobsPanel
 from studio.qt.notices import NoticeBar
 from studio.qt.plan_controller import PlanController
 from studio.qt.plots import CurvesPlot, ParetoPlot, PlanDiffView, SensitivityHeatmap
+from studio.qt.plots.metric import metric_axis
 from studio.qt.recent import RecentFiles
 from studio.qt.totals import TotalsPanel
 from studio.qt.tree_filter import LayerFilterProxy
@@ -75,8 +78,9 @@ MODEL_FILTER = "Models and projects (*.pt *.pth *.pt2 *.safetensors *.onnx proje
 
 
 def is_project(path: str) -> bool:
+    """A project's folder or manifest; any other folder is a model folder (Hugging Face)."""
     candidate = Path(path).expanduser()
-    return candidate.is_dir() or candidate.name == PROJECT_FILE
+    return candidate.name == PROJECT_FILE or (candidate / PROJECT_FILE).is_file()
 
 
 class MainWindow(QMainWindow):
@@ -176,7 +180,8 @@ class MainWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.busy)
 
     def _build_docks(self) -> None:
-        """Jobs, experiments (Pareto plot and plan diff), training curves and sensitivity."""
+        """Data, jobs, experiments (Pareto plot and plan diff), training curves, sensitivity."""
+        self.data_panel = DataPanel()
         self.jobs = JobsPanel()
         self.pareto = ParetoPlot()
         self.plan_diff = PlanDiffView()
@@ -188,8 +193,9 @@ class MainWindow(QMainWindow):
         experiments.addWidget(self.plan_diff)
         experiments.setSizes([700, 300])
         docks = []
-        for title, widget in (("Experiments", experiments), ("Jobs", self.jobs),
-                              ("Training", self.curves), ("Sensitivity", self.heatmap)):
+        for title, widget in (("Experiments", experiments), ("Data", self.data_panel),
+                              ("Jobs", self.jobs), ("Training", self.curves),
+                              ("Sensitivity", self.heatmap)):
             dock = QDockWidget(title, self)
             dock.setObjectName(f"dock-{title.lower()}")
             dock.setWidget(widget)
@@ -199,6 +205,8 @@ class MainWindow(QMainWindow):
             self.tabifyDockWidget(docks[0], dock)
         docks[0].raise_()
         self.docks = docks
+        self.dock = {dock.windowTitle(): dock for dock in docks}
+        self.data = DataController(self, self.data_panel)
         self.compress = CompressController(self, self.jobs, self.pareto, self.curves,
                                            self.heatmap, self.plan_diff)
 
@@ -222,6 +230,7 @@ class MainWindow(QMainWindow):
         pixmap = QStyle.StandardPixmap
         self.open_action = self._action("&Open Model or Project…", self.choose_and_open,
                                         QKeySequence.StandardKey.Open, pixmap.SP_DialogOpenButton)
+        self.open_folder_action = self._action("Open Model &Folder…", self.choose_and_open_folder)
         self.demo_action = self._action("Open &Demo", lambda: self.open_path(DEMO))
         self.save_action = self._action("&Save Project", self.save, QKeySequence.StandardKey.Save,
                                         pixmap.SP_DialogSaveButton)
@@ -242,7 +251,7 @@ class MainWindow(QMainWindow):
         find = self._action("&Find Layer", self.filter_edit.setFocus, QKeySequence.StandardKey.Find)
 
         menu = self.menuBar().addMenu("&File")
-        menu.addActions([self.open_action, self.demo_action])
+        menu.addActions([self.open_action, self.open_folder_action, self.demo_action])
         self.recent_menu = menu.addMenu("Open &Recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         menu.addSeparator()
@@ -261,7 +270,9 @@ class MainWindow(QMainWindow):
         self.sensitivity_action = self._action("&Sensitivity Analysis…", self.choose_sensitivity)
         self.allocate_action = self._action("&Allocate to Target…", self.choose_target)
         self.export_plot_action = self._action("E&xport Plot…", self.choose_plot_export)
-        compress.addActions([self.run_action, self.sensitivity_action, self.allocate_action])
+        self.data_action = self._action("&Data…", self.show_data_panel)
+        compress.addActions([self.data_action, self.run_action, self.sensitivity_action,
+                             self.allocate_action])
         compress.addSeparator()
         compress.addAction(self.export_plot_action)
         view = self.menuBar().addMenu("&View")
@@ -282,7 +293,7 @@ class MainWindow(QMainWindow):
     def _set_model_actions_enabled(self, enabled: bool) -> None:
         for action in (self.save_action, self.save_as_action, self.export_action,
                        self.example_action, self.run_action, self.sensitivity_action,
-                       self.allocate_action):
+                       self.allocate_action, self.data_action):
             action.setEnabled(enabled)
 
     def _fill_recent_menu(self) -> None:
@@ -295,6 +306,10 @@ class MainWindow(QMainWindow):
     # --- questions (methods so tests can answer them) --------------------------------------
     def confirm_trust(self, path: Path) -> bool:
         return dialogs.ask_trust(self, path)
+
+    def confirm_function(self, function: str) -> bool:
+        """Consent to import and run a data source function (``package.module:function``)."""
+        return dialogs.ask_run_function(self, function)
 
     def ask_details(self, path: str, reason: str, architecture: str | None,
                     example: InputSpec | None, need_architecture: bool
@@ -309,6 +324,9 @@ class MainWindow(QMainWindow):
                                     buttons, QMessageBox.StandardButton.Save)
 
     def ask_path(self, kind: str, caption: str, file_filter: str = "") -> str | None:
+        """A path from a file dialog: ``kind`` is "open", "save" or "folder"."""
+        if kind == "folder":
+            return QFileDialog.getExistingDirectory(self, caption) or None
         chooser = QFileDialog.getSaveFileName if kind == "save" else QFileDialog.getOpenFileName
         path, _ = chooser(self, caption, "", file_filter)
         return path or None
@@ -350,6 +368,17 @@ class MainWindow(QMainWindow):
         path = self.ask_path("open", "Open Model or Project", MODEL_FILTER)
         if path:
             self.open_path(path)
+
+    def choose_and_open_folder(self) -> None:
+        """A Hugging Face or sentence-transformers folder (config and safetensors), or a
+        project folder."""
+        path = self.ask_path("folder", "Open Model Folder")
+        if path:
+            self.open_path(path)
+
+    def show_data_panel(self) -> None:
+        self.dock["Data"].show()
+        self.dock["Data"].raise_()
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         if any(url.isLocalFile() for url in event.mimeData().urls()):
@@ -430,6 +459,8 @@ class MainWindow(QMainWindow):
         if opened != DEMO:
             self.recent.add(opened)
             self.welcome.set_recent(self.recent.paths())
+        self.controller.stagesChanged.connect(lambda _key: self.autosave_timer.start())
+        self.data.attach(self.controller)
         self.compress.load_history()
         self._restore_autosave()
         if workspace.example is None and workspace.loaded.module is not None:
@@ -640,9 +671,10 @@ class MainWindow(QMainWindow):
             self.compress.run_sensitivity(kind)
 
     def choose_target(self) -> None:
+        metric = metric_axis((self.compress.sensitivity or {}).get("metric"))
         targets = {"size (fraction of the original bytes)": ("size", 0.25),
                    "MACs (fraction of the original)": ("macs", 0.5),
-                   "accuracy drop (points)": ("accuracy_drop", 0.5)}
+                   f"{metric.label.lower()} drop (points: hundredths)": ("accuracy_drop", 0.5)}
         label, ok = QInputDialog.getItem(self, "Allocate to a target", "Target:", list(targets),
                                          0, False)
         if not ok:

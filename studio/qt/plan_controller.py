@@ -1,11 +1,13 @@
 """Every plan edit goes through here, as an undoable command, so the GUI has one source of truth.
 
-The controller owns the workspace's plan and its resolved (inherited) view; views listen to
-``planChanged`` and never edit the plan themselves.
+The controller owns the workspace's plan and its resolved (inherited) view, and the job sections
+saved with it (data, train, …); views listen to ``planChanged`` / ``stagesChanged`` and never
+edit either themselves.
 """
 
 from __future__ import annotations
 
+from pydantic import BaseModel
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QUndoCommand, QUndoStack
 
@@ -42,9 +44,47 @@ class SetSpecsCommand(QUndoCommand):
         self.controller.apply_specs(self.before)
 
 
+def _changed_fields(before: BaseModel | None, after: BaseModel | None) -> frozenset[str]:
+    old = before.model_dump() if before is not None else {}
+    new = after.model_dump() if after is not None else {}
+    return frozenset(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+
+
+class SetStageCommand(QUndoCommand):
+    """Replace one job section (``workspace.stages[key]``; ``None`` removes it)."""
+
+    def __init__(self, controller: PlanController, key: str, before: BaseModel | None,
+                 after: BaseModel | None) -> None:
+        super().__init__(f"Edit {key} settings")
+        self.controller = controller
+        self.key = key
+        self.before = before
+        self.after = after
+        self.fields = _changed_fields(before, after)
+
+    def id(self) -> int:
+        return 2
+
+    def mergeWith(self, other: QUndoCommand) -> bool:
+        """Typing in one field is one undo step; a different field starts a new one."""
+        if not isinstance(other, SetStageCommand) or other.key != self.key \
+                or other.fields != self.fields:
+            return False
+        self.after = other.after
+        return True
+
+    def redo(self) -> None:
+        self.controller.apply_stage(self.key, self.after)
+
+    def undo(self) -> None:
+        self.controller.apply_stage(self.key, self.before)
+
+
 class PlanController(QObject):
     planChanged = Signal(list)
     """Names of the layers whose own spec changed (descendants may inherit the change)."""
+    stagesChanged = Signal(str)
+    """The key of the job section that changed (``"data"``, ``"train"``, …)."""
 
     def __init__(self, workspace: Workspace, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -92,3 +132,17 @@ class PlanController(QObject):
             self.plan.set_spec(name, spec)
         self.resolved = self.plan.resolve(self.workspace.tree)
         self.planChanged.emit(list(specs))
+
+    def set_stage(self, key: str, section: BaseModel | None) -> None:
+        """Set a job section of the workspace (``None`` removes it) as an undoable edit."""
+        before = self.workspace.stages.get(key)
+        if before == section:
+            return
+        self.undo_stack.push(SetStageCommand(self, key, before, section))
+
+    def apply_stage(self, key: str, section: BaseModel | None) -> None:
+        if section is None:
+            self.workspace.stages.pop(key, None)
+        else:
+            self.workspace.stages[key] = section
+        self.stagesChanged.emit(key)

@@ -12,6 +12,7 @@ from PySide6.QtGui import QColor, QFont
 from studio.core.graph.tree import LayerNode, LayerTree
 from studio.core.plan import Plan, ResolvedSpec
 from studio.qt.columns import COLUMNS, PLAN_COLUMNS, SENSITIVITY_COLUMN
+from studio.qt.plots.metric import MetricAxis, metric_axis
 
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 FILTER_ROLE = Qt.ItemDataRole.UserRole + 2
@@ -31,6 +32,7 @@ class LayerTreeModel(QAbstractItemModel):
         self._tree = tree
         self._resolved = resolved or (Plan().resolve(tree) if tree is not None else [])
         self._sensitivity: dict[str, tuple[float, str]] = {}
+        self._sensitivity_metric: MetricAxis = metric_axis(None)
         self._italic = QFont()
         self._italic.setItalic(True)
         self._bold = QFont()
@@ -47,16 +49,18 @@ class LayerTreeModel(QAbstractItemModel):
         self.endResetModel()
 
     def set_sensitivity(self, report: dict | None) -> None:
-        """Show each layer's accuracy drop at 50% sparsity (or the nearest level swept)."""
+        """Show each layer's metric drop at 50% sparsity (or the nearest level swept)."""
         self._sensitivity.clear()
+        self._sensitivity_metric = metric_axis((report or {}).get("metric"))
         sweep = (report or {}).get("sparsity") or {}
         levels = sweep.get("levels") or []
         if levels:
             column = min(range(len(levels)), key=lambda i: abs(levels[i] - 0.5))
             for name, row in zip(report["layers"], sweep.get("drop", []), strict=False):
                 if row and row[column] is not None:
-                    detail = ", ".join(f"{level:.0%}: {drop * 100:+.2f} pt" for level, drop
-                                       in zip(levels, row, strict=False) if drop is not None)
+                    detail = ", ".join(f"{level:.0%}: {self._drop_text(drop, '+')}"
+                                       for level, drop in zip(levels, row, strict=False)
+                                       if drop is not None)
                     self._sensitivity[name] = (row[column], detail)
         if self._tree is not None and len(self._tree):
             self._emit_columns(self._tree.nodes, SENSITIVITY_COLUMN, SENSITIVITY_COLUMN)
@@ -149,14 +153,21 @@ class LayerTreeModel(QAbstractItemModel):
             return node.name or self._tree.model_name if self._tree else None
         return None
 
+    def _drop_text(self, drop: float, sign: str = "") -> str:
+        """Fractions (accuracy, top-1 agreement) in points; other metrics as they are."""
+        if self._sensitivity_metric.unit == "%":
+            return f"{drop * 100:{sign}.2f} pt"
+        return f"{drop:{sign}.3g}"
+
     def _sensitivity_data(self, node: LayerNode, role: int) -> object:
         value = self._sensitivity.get(node.name)
         if role == Qt.ItemDataRole.DisplayRole:
-            return "" if value is None else f"{value[0] * 100:.2f} pt"
+            return "" if value is None else self._drop_text(value[0])
         if role == SORT_ROLE:
             return -1.0 if value is None else value[0]
         if role == Qt.ItemDataRole.ToolTipRole and value is not None:
-            return f"accuracy drop with this layer alone pruned: {value[1]}"
+            label = self._sensitivity_metric.label.lower()
+            return f"{label} drop with this layer alone pruned: {value[1]}"
         if role == Qt.ItemDataRole.TextAlignmentRole:
             return _ALIGN_NUMBER
         if role in (FILTER_ROLE, NODE_ID_ROLE):

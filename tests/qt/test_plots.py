@@ -128,7 +128,8 @@ def test_pareto_exports(tmp_path: Path, pareto: ParetoPlot) -> None:
     assert [r["id"] for r in rows] == [p["id"] for p in POINTS]
     assert {r["id"]: r["on_front"] for r in rows} == {
         "baseline": "1", "a": "1", "b": "1", "c": "0", "d": "0"}
-    assert float(rows[1]["accuracy"]) == 0.975 and int(rows[1]["onnx_bytes"]) == 147_000
+    assert rows[1]["metric"] == "accuracy" and float(rows[1]["value"]) == 0.975
+    assert int(rows[1]["onnx_bytes"]) == 147_000
 
 
 def test_plan_diff_lists_exactly_the_differing_pairs(qtbot) -> None:

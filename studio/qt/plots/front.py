@@ -1,7 +1,8 @@
 """The Pareto front of experiments, as a pure function so it can be tested without a window.
 
-Minimise the x quantity (size, latency or MACs) and maximise accuracy: an experiment is on the
-front when no other experiment is at least as good on both and strictly better on one.
+Minimise the x quantity (size, latency or MACs) and maximise the metric (the Pareto plot negates
+one where lower is better): an experiment is on the front when no other experiment is at least as
+good on both and strictly better on one.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def pareto_front(points: Sequence[Mapping[str, object]], x_key: str,
 
 
 def step_line(xy: Sequence[tuple[float, float]]) -> tuple[list[float], list[float]]:
-    """Corners of the front as a staircase: the best accuracy reachable holds until the next
-    point, so the line runs flat, then rises at each front point's x."""
+    """Corners of the front as a staircase: the best metric reachable holds until the next
+    point, so the line runs flat, then steps at each front point's x."""
     xs: list[float] = []
     ys: list[float] = []
     for i, (x, y) in enumerate(xy):

@@ -16,6 +16,7 @@ from PySide6.QtCore import QPointF, Qt, Signal
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QSplitter, QVBoxLayout, QWidget
 
 from studio.qt.plots.export import export_png, style_plot, write_csv
+from studio.qt.plots.metric import metric_axis
 
 SWEEPS = {"sparsity": "Sparsity sweep", "bits": "Bit-width sweep"}
 MAX_CELL_LABELS = 400
@@ -102,11 +103,12 @@ class SensitivityHeatmap(QWidget):
         """Show ``report`` (the core's sensitivity dict); keeps the sweep choice if it exists."""
         self._report = dict(report)
         sweeps = [key for key in SWEEPS if isinstance(self._report.get(key), Mapping)]
-        metric = str(self._report.get("metric", "metric"))
-        # Accuracy is stored as a fraction; a drop reads best in percentage points.
-        self._scale, self._unit = (100.0, " pp") if metric == "accuracy" else (1.0, "")
-        self.color_bar.setLabel("left", f"{metric} drop{self._unit and ' (pp)'}", color="#222")
-        self.curve_plot.setLabel("left", f"drop{self._unit and ' (pp)'}", color="#222")
+        metric = metric_axis(self._report.get("metric"))  # type: ignore[arg-type]
+        # Accuracy and top-1 agreement are fractions; a drop reads best in percentage points.
+        self._scale, self._unit = (100.0, " pp") if metric.unit == "%" else (1.0, "")
+        drop = f"{metric.label} drop{self._unit and ' (pp)'}"
+        self.color_bar.setLabel("left", drop, color="#222")
+        self.curve_plot.setLabel("left", drop, color="#222")
         self.sweep_combo.blockSignals(True)
         self.sweep_combo.clear()
         for key in sweeps:

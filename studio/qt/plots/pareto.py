@@ -1,4 +1,6 @@
-"""Accuracy against size, latency or MACs: every experiment a point, the Pareto front a staircase.
+"""The task metric against size, latency or MACs: every experiment a point, the Pareto front a
+staircase. The metric is the experiments' own (accuracy, or agreement with the uncompressed model
+for unlabelled data); each point's ``accuracy`` key holds its value and ``metric`` its name.
 
 Experiments arrive one at a time as jobs finish (not a stream), so each change redraws at once.
 """
@@ -14,9 +16,11 @@ from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidg
 
 from studio.qt.plots.export import export_png, style_plot, write_csv
 from studio.qt.plots.front import AXES, pareto_front, step_line
+from studio.qt.plots.metric import MetricAxis, common_metric, metric_axis
 
 BASELINE_ID = "baseline"
-CSV_HEADER = ("id", "name", "accuracy", "onnx_bytes", "macs", "latency_ms", "on_front")
+CSV_HEADER = ("id", "name", "metric", "value", "onnx_bytes", "macs", "latency_ms", "on_front")
+MIXED = MetricAxis("mixed", "Metric (experiments use different metrics)", 1.0, "")
 COMPARE_MODIFIERS = (Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier
                      | Qt.KeyboardModifier.MetaModifier)
 """Any of these held while clicking adds the point to the comparison instead of opening it."""
@@ -34,9 +38,10 @@ def point_summary(point: Mapping[str, object]) -> str:
         value = point.get(key)
         return "—" if value is None else format(float(value) * scale, fmt)  # type: ignore[arg-type]
 
+    value = point.get("accuracy")
     return "\n".join([
         str(point.get("name") or point.get("id")),
-        f"accuracy {num('accuracy', 100.0, '.2f')} %",
+        metric_axis(point.get("metric")).text(None if value is None else float(value)),  # type: ignore[arg-type]
         f"size {num('onnx_bytes', 1e-6, '.3f')} MB",
         f"latency {num('latency_ms', 1.0, '.2f')} ms",
         f"MACs {num('macs', 1e-6, '.2f')} M",
@@ -44,7 +49,7 @@ def point_summary(point: Mapping[str, object]) -> str:
 
 
 class ParetoPlot(QWidget):
-    """Scatter of experiments with the front (minimise x, maximise accuracy) and the baseline.
+    """Scatter of experiments with the front (minimise x, best metric) and the baseline.
 
     A plain click emits :attr:`pointClicked` (open that experiment's plan); a click with Ctrl,
     Shift or Meta adds the point to a two-point selection and emits :attr:`compareRequested`
@@ -60,6 +65,7 @@ class ParetoPlot(QWidget):
         self._front: list[str] = []
         self._selected: list[str] = []
         self._x_key = next(iter(AXES))
+        self._metric = metric_axis(None)
 
         self.axis_combo = QComboBox()
         for key, axis in AXES.items():
@@ -70,7 +76,7 @@ class ParetoPlot(QWidget):
         self.plot_widget = pg.PlotWidget(background="w")
         self.plot_item = self.plot_widget.getPlotItem()
         self.plot_item.showGrid(x=True, y=True, alpha=0.25)
-        self.plot_item.setLabel("left", "Accuracy (%)")
+        self.plot_item.setLabel("left", self._metric.title)
         self.plot_item.setMenuEnabled(False)
         style_plot(self.plot_item)
         self.legend = self.plot_item.addLegend(offset=(-10, -10), labelTextColor="k")
@@ -158,13 +164,25 @@ class ParetoPlot(QWidget):
                 if p.get(self._x_key) is not None and p.get("accuracy") is not None]
 
     def _xy(self, point: Mapping[str, object]) -> tuple[float, float]:
-        return AXES[self._x_key].value(point), float(point["accuracy"]) * 100.0  # type: ignore[arg-type]
+        y = float(point["accuracy"]) * self._metric.scale  # type: ignore[arg-type]
+        return AXES[self._x_key].value(point), y
+
+    @property
+    def metric(self) -> MetricAxis:
+        """The y axis: the metric the experiments share."""
+        return self._metric
 
     def _refresh(self) -> None:
         axis = AXES[self._x_key]
         self.plot_item.setLabel("bottom", axis.label)
+        common = common_metric(p.get("metric") for p in self._points.values())  # type: ignore[misc]
+        self._metric = metric_axis(common) if common or not self._points else MIXED
+        self.plot_item.setLabel("left", self._metric.title)
         usable = self._usable()
-        self._front = pareto_front(usable, self._x_key)
+        # The front keeps the best metric: the lowest where lower is better (MSE).
+        sign = 1.0 if self._metric.higher_is_better else -1.0
+        self._front = pareto_front([{**p, "score": sign * float(p["accuracy"])} for p in usable],
+                                   self._x_key, "score")
         on_front = set(self._front)
 
         spots = [{"pos": self._xy(p), "data": pid,
@@ -236,7 +254,8 @@ class ParetoPlot(QWidget):
     def export_csv(self, path: str | Path) -> Path:
         """One row per experiment; ``on_front`` is for the x axis shown now."""
         on_front = set(self._front)
-        rows = [[p.get("id"), p.get("name"), p.get("accuracy"), p.get("onnx_bytes"),
+        rows = [[p.get("id"), p.get("name"), p.get("metric") or "accuracy", p.get("accuracy"),
+                 p.get("onnx_bytes"),
                  p.get("macs"), p.get("latency_ms"), int(str(p["id"]) in on_front)]
                 for p in self._points.values()]
         return write_csv(path, CSV_HEADER, rows)

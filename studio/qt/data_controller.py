@@ -1,0 +1,186 @@
+"""Connects the Data tab to the open workspace: stores its section (undoably), browses for
+paths, checks the data in the background and asks consent before a data function runs.
+
+The section lives in ``workspace.stages["data"]``, so it is saved in ``project.yaml``, exported
+with recipes and read by every job, which runs from the project.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from pydantic import ValidationError
+from PySide6.QtCore import QObject
+
+from studio.core.data.sources import load_task
+from studio.core.data.task import TaskData
+from studio.core.models.inputs import InputSpec
+from studio.core.plan.stages import DataSection
+from studio.core.workspace import portable_path
+from studio.qt.data_panel import DataPanel
+from studio.qt.plots.metric import metric_axis
+
+if TYPE_CHECKING:
+    from studio.qt.main_window import MainWindow
+    from studio.qt.plan_controller import PlanController
+
+FILE_FILTERS = {
+    "arrays": "Arrays (*.npz *.npy);;All (*)",
+    "csv": "CSV (*.csv *.tsv *.txt);;All (*)",
+}
+
+
+class DataController(QObject):
+    def __init__(self, window: MainWindow, panel: DataPanel) -> None:
+        super().__init__(window)
+        self.window = window
+        self.panel = panel
+        self.controller: PlanController | None = None
+        self.trusted: set[str] = set()
+        """Functions the user allowed to run in this session."""
+        panel.edited.connect(self._edited)
+        panel.browseRequested.connect(self.browse)
+        panel.checkRequested.connect(self.check)
+
+    @property
+    def section(self) -> DataSection | None:
+        workspace = self.window.workspace
+        return workspace.stages.get("data") if workspace is not None else None
+
+    def base_dir(self) -> Path | None:
+        """Relative data paths are read from the project's folder."""
+        return self.window.project_path.parent if self.window.project_path else None
+
+    def attach(self, controller: PlanController) -> None:
+        """A workspace was opened: show its section and follow its undo stack."""
+        self.controller = controller
+        controller.stagesChanged.connect(self._stage_changed)
+        self.panel.setEnabled(True)
+        self.panel.set_section(self.section)
+        self.panel.show_check("Check the data to see its splits and shapes.")
+
+    # --- edits -----------------------------------------------------------------------------
+    def _edited(self, section: DataSection | None) -> None:
+        if self.controller is not None:
+            self.controller.set_stage("data", section)
+
+    def _stage_changed(self, key: str) -> None:
+        """Undo/redo (or a restored plan) changed the section: show it, unless the form
+        already holds it (the change came from the form, mid-typing)."""
+        if key != "data":
+            return
+        try:
+            shown = self.panel.section()
+        except ValidationError:
+            shown = False  # never equal to a stored section
+        if shown != self.section:
+            self.panel.set_section(self.section)
+
+    def browse(self, which: str) -> None:
+        """A folder dialog for image folders, a file dialog for arrays and CSV."""
+        source = self.panel.source.currentData()
+        caption = "Test data" if which == "test_path" else "Data"
+        if source == "images":
+            path = self.window.ask_path("folder", f"{caption}: image folder")
+        else:
+            path = self.window.ask_path("open", f"{caption} file",
+                                        FILE_FILTERS.get(source, "All (*)"))
+        if path:
+            self.panel.set_path(which, portable_path(path, self.base_dir()))
+
+    # --- consent ---------------------------------------------------------------------------
+    def consent(self, section: DataSection | None) -> bool:
+        """True when ``section`` runs no code, or the user allows its function (asked once a
+        session per function)."""
+        if section is None or section.source != "function":
+            return True
+        function = str(section.path)
+        if function in self.trusted:
+            return True
+        if not self.window.confirm_function(function):
+            self.window.show_info(f"The data function {function} was not run: it needs your "
+                                  "consent.")
+            return False
+        self.trusted.add(function)
+        return True
+
+    def job_trust(self) -> bool | None:
+        """For a job about to start: whether it may run the data function; ``None`` when the
+        user refused (the job must not start)."""
+        section = self.section
+        if not self.consent(section):
+            return None
+        return section is not None and section.source == "function"
+
+    # --- check -----------------------------------------------------------------------------
+    def check(self) -> None:
+        """Load the data in a worker thread and show its splits, labels, metric and shapes."""
+        workspace = self.window.workspace
+        if workspace is None:
+            return
+        try:
+            section = self.panel.section() or DataSection()
+        except ValidationError:
+            return  # the form already says what is wrong
+        if not self.consent(section):
+            self.panel.show_check("Not loaded: the function needs your consent.", ok=False)
+            return
+        trust = section.source == "function"
+        base = self.base_dir()
+        example = workspace.example
+        self.panel.show_check("Loading…")
+        self.panel.check_button.setEnabled(False)
+
+        def done(task: TaskData) -> None:
+            self.panel.check_button.setEnabled(True)
+            self.panel.show_check(describe_task(task, example))
+
+        def failed(error: BaseException) -> None:
+            self.panel.check_button.setEnabled(True)
+            self.panel.show_check(str(error), ok=False)
+
+        self.window.run_in_background(lambda: load_task(section, base, trust=trust), done,
+                                      failed, "Loading the data…")
+
+
+SPLIT_NAMES = {"train": "training split", "fine_tune": "fine-tuning", "calibration":
+               "calibration", "test": "test (evaluation)"}
+
+
+def _shape(shape: tuple[int, ...] | torch.Size) -> str:
+    return "×".join(str(d) for d in shape) or "scalar"
+
+
+def input_mismatch(task: TaskData, example: InputSpec | None) -> str | None:
+    """Why the data's samples do not fit the model's example input, or ``None`` if they do."""
+    if example is None:
+        return None
+    sample = tuple(task.test.tensors[0].shape[1:])
+    expected = tuple(example.shape[1:])
+    if sample == expected:
+        return None
+    return (f"the model's example input is {_shape(example.shape)}, so it expects samples of "
+            f"{_shape(expected)}; the data's samples are {_shape(sample)}. Change the data "
+            "(image size, colour) or the example input (Model ▸ Set Example Input…).")
+
+
+def describe_task(task: TaskData, example: InputSpec | None) -> str:
+    """Sizes per split, labels, metric and the sample shape against the model's input (HTML)."""
+    summary = task.summary()
+    rows = [(SPLIT_NAMES.get(name, name), f"{count:,}")
+            for name, count in summary["sizes"].items()]
+    labels = f"yes, {task.num_classes} classes" if task.labelled and task.num_classes else \
+        "yes" if task.labelled else "no: scored by agreement with the uncompressed model"
+    inputs = task.test.tensors[0]
+    rows += [("labelled", labels), ("metric", metric_axis(task.metric).label.lower()),
+             ("sample", f"{_shape(inputs.shape[1:])} {str(inputs.dtype).removeprefix('torch.')}")]
+    table = "".join(f"<tr><td>{html.escape(key)}&nbsp;&nbsp;</td><td><b>{html.escape(value)}"
+                    "</b></td></tr>" for key, value in rows)
+    problem = input_mismatch(task, example)
+    verdict = f"<p style='color:#b00020'>✗ Shape mismatch: {html.escape(problem)}</p>" \
+        if problem else "<p style='color:#1b5e20'>✓ fits the model's example input</p>" \
+        if example is not None else ""
+    return f"<b>{html.escape(task.name)}</b><table>{table}</table>{verdict}"
