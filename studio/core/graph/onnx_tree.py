@@ -4,6 +4,10 @@ Scopes come from the exporter's metadata (``pkg.torch.onnx.name_scopes``, writte
 exporter) or from ``/``-separated node names (the legacy exporter and most other tools), the way
 Netron groups them. Scopes exported from torch get the torch module's dotted name, so a plan can
 use the same layer names for the torch model and its ONNX export.
+
+Weights held in ``Constant`` nodes (paddle2onnx, exports without constant folding) count like
+initializers: as parameters of the layer that reads them, the Constant node itself not shown.
+The tree of such a file and of its repaired form (:mod:`studio.core.models.onnx_repair`) match.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from studio.core.graph.tree import LayerNode, LayerTree
+from studio.core.models.onnx_repair import constant_value, node_names
 
 _SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 _CLASSES_KEY = "pkg.torch.onnx.class_hierarchy"
@@ -89,11 +94,17 @@ def _node_macs(node: onnx.NodeProto, shapes: dict, weights: dict[str, np.ndarray
     return 0
 
 
-def _constant_tensor(node: onnx.NodeProto) -> np.ndarray | None:
-    for attr in node.attribute:
-        if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
-            return numpy_helper.to_array(attr.t)
-    return None
+def _stored_tensors(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Initializers, and the tensors of Constant nodes (where paddle2onnx and exports without
+    constant folding keep weights), by the name their consumers read them under. Scalar
+    constants (an axis, a divisor) are left out: they are not parameters."""
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            value = constant_value(node)
+            if value is not None and value.size > 1:
+                weights[node.output[0]] = value
+    return weights
 
 
 def _charge_weight(tree_node: LayerNode, node: onnx.NodeProto, weight: np.ndarray) -> None:
@@ -109,26 +120,26 @@ def _charge_weight(tree_node: LayerNode, node: onnx.NodeProto, weight: np.ndarra
 def build_onnx_tree(model: onnx.ModelProto, model_name: str) -> LayerTree:
     tree = LayerTree(model_name, "onnx")
     root = tree.add("", model_name, "Model", None)
-    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    weights = _stored_tensors(model.graph)
     # A weight fed through DequantizeLinear/Cast is still the weight of the op that consumes it.
     producers = {out: node for node in model.graph.node for out in node.output}
     shapes = _shapes(model)
     owned: set[str] = set()
+    names = node_names(model.graph)
     for index, node in enumerate(model.graph.node):
+        if node.op_type == "Constant" and node.output[0] in weights:
+            continue  # shown through the layer that reads it, as an initializer would be
         parent = root
         for name, label, op_type in _scope_path(node):
             parent = tree.get(name) if name in tree else tree.add(name, label, op_type, parent.id)
-        node_name = node.name or f"{node.op_type}_{index}"
-        if node_name in tree:
+        node_name = names[index]
+        if node_name in tree:  # the name of a scope
             node_name = f"{node_name}_{index}"
         leaf = tree.add(node_name, node_name.rsplit("/", 1)[-1], node.op_type, parent.id)
         output = node.output[0] if node.output else None
         leaf.output_shape = shapes.get(output) if output else None
         leaf.macs = _node_macs(node, shapes, weights)
         tensors = [(name, weights[name]) for name in node.input if name in weights]
-        constant = _constant_tensor(node) if node.op_type == "Constant" else None
-        if constant is not None and constant.size > 1:
-            tensors.append((node_name, constant))
         for name, array in tensors:
             if name in owned:
                 continue

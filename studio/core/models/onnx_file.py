@@ -9,9 +9,10 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 from onnx.external_data_helper import uses_external_data
 
-from studio.core.errors import ModelLoadError
+from studio.core.errors import ModelLoadError, StudioError
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import LoadedModel
+from studio.core.models.onnx_repair import constant_value
 
 _ONNX_TO_DTYPE = {
     onnx.TensorProto.FLOAT: "float32",
@@ -64,8 +65,20 @@ def example_from_graph(model: onnx.ModelProto) -> InputSpec | None:
     return None
 
 
+def fixed_batch_size(model: onnx.ModelProto) -> int | None:
+    """The first dim of the first graph input when the file fixes it (many exporters write
+    batch 1), None when it is free; a fixed batch must be fed exactly that many samples."""
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name not in initializers:
+            dims = value.type.tensor_type.shape.dim
+            return dims[0].dim_value if dims and dims[0].dim_value > 0 else None
+    return None
+
+
 def _check_initializers(path: Path, model: onnx.ModelProto) -> None:
-    """Every weight must decode to its declared shape (a damaged file can parse as protobuf)."""
+    """Every weight must decode to its declared shape (a damaged file can parse as protobuf),
+    those held in Constant nodes included."""
     for tensor in model.graph.initializer:
         try:
             numpy_helper.to_array(tensor)  # a view of raw_data: cheap
@@ -74,6 +87,12 @@ def _check_initializers(path: Path, model: onnx.ModelProto) -> None:
                 f"{path}: weight {tensor.name!r} is damaged ({type(error).__name__}: {error}); "
                 "the file is corrupt, export it again"
             ) from error
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            try:
+                constant_value(node)
+            except StudioError as error:
+                raise ModelLoadError(f"{path}: {error}") from error
 
 
 def load_onnx(path: Path) -> LoadedModel:

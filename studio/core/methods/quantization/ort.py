@@ -31,6 +31,7 @@ from torch.utils.data import TensorDataset
 
 from studio.core.errors import StudioError
 from studio.core.export.onnx_export import save_onnx
+from studio.core.models.onnx_file import fixed_batch_size
 
 Mode = Literal["static", "dynamic", "fp16", "nbits", "int4", "int2"]
 MODES: tuple[str, ...] = ("static", "dynamic", "fp16", "nbits", "int4", "int2")
@@ -89,6 +90,17 @@ def _keep_root_logging() -> Iterator[None]:
         root.setLevel(level)
 
 
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     for node in graph.node:
         for attribute in node.attribute:
@@ -136,15 +148,23 @@ def _preprocess(src: Path, folder: Path, keep: set[str]) -> tuple[Path, str]:
     """
     attempts: list[dict[str, bool]] = [{}, {"skip_symbolic_shape": True},
                                        {"skip_symbolic_shape": True, "skip_optimization": True}]
+    said = ["pre-processed (shape inference, graph optimisation)",
+            "pre-processed without symbolic shape inference (it cannot follow this model's "
+            "dynamic shapes)",
+            "pre-processed without symbolic shape inference or graph optimisation"]
+    src, folder = src.resolve(), folder.resolve()
     for number, options in enumerate(attempts):
         target = folder / f"pre{number}.onnx"
         try:
-            quant_pre_process(str(src), str(target), **options)
+            # A failed symbolic inference saves "sym_shape_infer_temp.onnx" (and data files)
+            # into the working folder and logs a warning per dim; keep both in the scratch folder.
+            with contextlib.chdir(folder), _quiet("onnxruntime.tools.symbolic_shape_infer"):
+                quant_pre_process(str(src), str(target), **options)
         except Exception:  # best effort: the quantizers also work without it
             continue
         if keep <= _node_names(target):
-            return target, f"pre-processed ({', '.join(options) or 'full'})"
-    return src, "not pre-processed (quant_pre_process failed)"
+            return target, said[number]
+    return src, "not pre-processed (quant_pre_process failed); quantized as it is"
 
 
 def _attribute(node: onnx.NodeProto, name: str, default: float) -> float:
@@ -271,8 +291,9 @@ def _static(src: Path, out: Path, calibration: TensorDataset | None, per_channel
     if calibrate_method not in CALIBRATION_METHODS:
         raise StudioError(f"calibration method {calibrate_method!r}: use one of "
                           f"{', '.join(CALIBRATION_METHODS)}")
-    name = _input_name(onnx.load(str(src), load_external_data=False))
-    quantize_static(str(src), str(out), DatasetReader(calibration, name),
+    model = onnx.load(str(src), load_external_data=False)
+    reader = DatasetReader(calibration, _input_name(model), fixed_batch_size(model) or 32)
+    quantize_static(str(src), str(out), reader,
                     quant_format=QuantFormat.QDQ, per_channel=per_channel,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     nodes_to_exclude=exclude, nodes_to_quantize=nodes,
@@ -321,7 +342,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, mode: Mode,
                   nodes: Sequence[str] | None = None, bits: int = 4, block_size: int = 32,
                   symmetric: bool = False, preprocess: bool = True,
                   extra_options: dict[str, Any] | None = None,
-                  compact_names: bool = True) -> Path:
+                  compact_names: bool = True, prepared: list[str] | None = None) -> Path:
     """Quantize the ONNX file ``src`` into ``dst`` with one onnxruntime pass.
 
     - ``static``: int8 weights and uint8 activations as QuantizeLinear/DequantizeLinear pairs,
@@ -336,6 +357,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, mode: Mode,
       ``int4`` and ``int2`` are ``nbits`` at 4 and 2 bits.
 
     ``exclude_nodes`` stay float; ``nodes``, when given, limits the pass to those nodes.
+    ``prepared``, when given, receives a line saying how the file was pre-processed.
     """
     src, dst = Path(src), Path(dst)
     if mode not in MODES:
@@ -351,7 +373,9 @@ def quantize_onnx(src: str | Path, dst: str | Path, mode: Mode,
         folder = Path(scratch)
         source = src
         if preprocess and mode in ("static", "dynamic"):
-            source, _ = _preprocess(src, folder, set(exclude) | set(chosen or ()))
+            source, how = _preprocess(src, folder, set(exclude) | set(chosen or ()))
+            if prepared is not None:
+                prepared.append(f"{mode} quantization: {how}")
         out = folder / "quantized.onnx"
         try:
             if mode == "static":

@@ -195,8 +195,10 @@ def plan_to_ort(tree_onnx: LayerTree, resolved_by_torch_name: Mapping[str, Resol
 
 def apply_quant_plan(src: str | Path, dst: str | Path, plan: QuantPlan,
                      calibration: TensorDataset | None = None, per_channel: bool = True,
-                     calibrate_method: str = "minmax", block_size: int = 32) -> Path:
-    """Run the plan's passes on ``src`` (main pass, then one n-bit pass per bit width)."""
+                     calibrate_method: str = "minmax", block_size: int = 32,
+                     prepared: list[str] | None = None) -> Path:
+    """Run the plan's passes on ``src`` (main pass, then one n-bit pass per bit width);
+    ``prepared``, when given, receives how each pass prepared the file, in words."""
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{dst.name}.", dir=dst.parent) as scratch:
@@ -212,6 +214,7 @@ def apply_quant_plan(src: str | Path, dst: str | Path, plan: QuantPlan,
         for number, step in enumerate(steps):
             target = dst if number == len(steps) - 1 else Path(scratch) / f"step{number}.onnx"
             quantize_onnx(current, target, calibration=calibration, per_channel=per_channel,
-                          calibrate_method=calibrate_method, block_size=block_size, **step)
+                          calibrate_method=calibrate_method, block_size=block_size,
+                          prepared=prepared, **step)
             current = target
     return dst

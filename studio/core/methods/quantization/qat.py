@@ -36,6 +36,7 @@ from torch.nn import functional as F
 from studio.core.errors import StudioError
 from studio.core.export.onnx_export import export_onnx, save_onnx
 from studio.core.methods.quantization.ort import drop_unused_initializers, used_names
+from studio.core.models.onnx_repair import constants_to_initializers
 from studio.core.plan.plan import ResolvedSpec
 
 MIN_BITS, MAX_BITS = 2, 8
@@ -298,33 +299,6 @@ def _frozen(model: nn.Module) -> Iterator[None]:
             layer.unfreeze()
 
 
-def _constants_to_initializers(model: onnx.ModelProto) -> None:
-    """Turn Constant nodes, and Casts of constants, into initializers, in place.
-
-    Exporting without constant folding leaves the scales and zero points as such nodes; as
-    initializers they are what the fold below, onnxruntime and the layer tree all read.
-    """
-    graph = model.graph
-    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    kept = []
-    for node in graph.node:
-        value = None
-        if node.op_type == "Constant":
-            tensor = next((a.t for a in node.attribute if a.name == "value"
-                           and a.type == onnx.AttributeProto.TENSOR), None)
-            value = numpy_helper.to_array(tensor) if tensor is not None else None
-        elif node.op_type == "Cast" and node.input[0] in values:
-            to = next(a.i for a in node.attribute if a.name == "to")
-            value = values[node.input[0]].astype(onnx.helper.tensor_dtype_to_np_dtype(to))
-        if value is None:
-            kept.append(node)
-            continue
-        values[node.output[0]] = value
-        graph.initializer.append(numpy_helper.from_array(np.asarray(value), node.output[0]))
-    del graph.node[:]
-    graph.node.extend(kept)
-
-
 def fold_weight_quantizers(model: onnx.ModelProto) -> list[str]:
     """Replace each QuantizeLinear of a constant float tensor by its int8 result, in place.
 
@@ -333,7 +307,7 @@ def fold_weight_quantizers(model: onnx.ModelProto) -> list[str]:
     names of the folded weights.
     """
     graph = model.graph
-    _constants_to_initializers(model)
+    constants_to_initializers(model)  # exported without folding: scales are Constant nodes
     values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     replaced: dict[str, str] = {}
     kept = []
