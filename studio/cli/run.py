@@ -18,13 +18,15 @@ def add_run_command(commands: Any, common: argparse.ArgumentParser) -> None:
         "run", parents=[common], help="run a recipe: compress, export ONNX, measure",
         description="Carry out RECIPE (YAML): prune, recover with fine-tuning or distillation, "
                     "quantize, export ONNX and measure it against the original. Writes "
-                    "DIR/model.onnx and DIR/report.json.")
+                    "DIR/model.onnx, DIR/report.json and DIR/splits.json (which samples "
+                    "were used for what).")
     run.add_argument("recipe", type=Path, help="recipe file (YAML, schema_version 1)")
     run.add_argument("--out", type=Path, required=True, help="folder for model.onnx and "
                      "report.json (created if missing)")
     run.add_argument("--device", help="cpu, cuda or auto; overrides the recipe's train.device")
     run.add_argument("--trust", action="store_true",
-                     help="allow unpickling a whole module (runs code from the file)")
+                     help="allow unpickling a whole module, or a data source that is a Python "
+                          "function (both run code)")
     run.add_argument("--jsonl", action="store_true",
                      help="print every event as one JSON line on stdout (for other programs)")
     run.set_defaults(handler=run_command)
@@ -108,6 +110,11 @@ def summary(report: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
                        enumerate(zip(row, widths, strict=True))) for row in rows]
+    data = report.get("data")
+    if isinstance(data, dict):
+        kind = "labelled" if data.get("labelled") else "unlabelled: agreement with the original"
+        lines.append(f"data: {data.get('name')} ({kind}; {data['sizes'].get('test')} test "
+                     "samples)")
     lines += [f"note: {note}" for note in report.get("notes", [])]
     lines.append(f"wrote {report['paths']['model']} and {report['paths']['report']}")
     return "\n".join(lines)

@@ -33,6 +33,11 @@ def _pick(keys: list[str], wanted: str | None, defaults: tuple[str, ...], what: 
 
 
 def _load(path: Path) -> dict[str, np.ndarray] | np.ndarray:
+    # np.load takes any other content for a pickle; say what the file is not, instead.
+    with path.open("rb") as stream:
+        magic = stream.read(6)
+    if not (magic.startswith(b"PK\x03\x04") or magic == b"\x93NUMPY"):
+        raise StudioError(f"{path}: not a readable numpy file (neither .npz nor .npy content)")
     try:
         if path.suffix.lower() == ".npy":
             return np.load(path, allow_pickle=False)

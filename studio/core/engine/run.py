@@ -127,9 +127,13 @@ def run_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, token: Ca
     ``base_dir`` is where the recipe's data paths start; ``trust`` lets a ``function`` data
     source run."""
     started = time.perf_counter()
-    if workspace.loaded.module is None:
-        raise StudioError(f"{source}: {workspace.loaded.path} is an ONNX file; running recipes "
-                          "on ONNX-only models is not supported yet (open the torch model)")
+    if workspace.loaded.module is None:  # an ONNX file: no training, onnxruntime only
+        from studio.core.engine.run_onnx import run_onnx_workspace  # it imports this module
+
+        yield from run_onnx_workspace(
+            workspace, recipe, out_dir, token,
+            lambda: _load_data(recipe.data or DataSection(), base_dir, trust), source)
+        return
     broken = find_non_finite(workspace.loaded.module)
     if broken:
         raise StudioError(f"{source}: {workspace.loaded.path} holds NaN or Inf weights in "
@@ -291,7 +295,7 @@ def _recover(workspace: Workspace, original: nn.Module, model: nn.Module, data: 
         stage = "distill"
         if not data.labelled:
             yield Log("No labels: distilling without the cross-entropy term")
-    yield Log(f"Recovering accuracy: {section.epochs} epoch(s) of {stage} on {device}")
+    yield Log(f"Recovering {data.metric}: {section.epochs} epoch(s) of {stage} on {device}")
     try:
         yield from train(model, data.train, config, token, loss_fn, stage, after_step,
                          parameters)
