@@ -74,6 +74,8 @@ def describe_problem(error: ValidationError) -> tuple[str, str]:
     message = item["msg"].removeprefix("Value error, ")
     if item["type"] == "list_type" and field.startswith("image."):
         message = "give numbers separated by commas, one per channel or one for all"
+    if not field and "needs path" in message:  # the section's own check: outline the path
+        return "path", message
     return field, f"{field}: {message}" if field else message
 
 
@@ -140,6 +142,9 @@ class DataPanel(QWidget):
         self.labels_key.setPlaceholderText("auto: y, labels or targets if present")
         self.label_column = QLineEdit()
         self.label_column.setPlaceholderText("none: the rows are unlabelled")
+        self.max_samples = self._spin(1, 10_000_000, 50_000)
+        self.max_samples.setSuffix(" samples at most")
+        self.max_samples.setToolTip("Stop reading the function's batches after this many")
 
         source_box = QGroupBox("Source")
         self.source_form = QFormLayout(source_box)
@@ -152,11 +157,12 @@ class DataPanel(QWidget):
         self.source_form.addRow("Inputs key", self.inputs_key)
         self.source_form.addRow("Labels key", self.labels_key)
         self.source_form.addRow("Label column", self.label_column)
+        self.source_form.addRow("Read", self.max_samples)
         self._source_rows = {
             "path": ("images", "arrays", "csv", "function"),
             "size": ("images",), "channels": ("images",), "mean": ("images",),
             "std": ("images",), "inputs_key": ("arrays",), "labels_key": ("arrays",),
-            "label_column": ("csv",),
+            "label_column": ("csv",), "max_samples": ("function",),
         }
 
         self.use_labels = QCheckBox("use labels when the data has them")
@@ -218,6 +224,7 @@ class DataPanel(QWidget):
             "label_column": self.label_column, "metric": self.metric,
             "test_fraction": self.test_fraction, "split_seed": self.split_seed,
             "calibration_samples": self.calibration, "train_samples": self.train_samples,
+            "max_samples": self.max_samples,
             "image.size": self.height, "image.mean": self.mean, "image.std": self.std,
         }
         for combo in (self.source, self.channels, self.metric):
@@ -226,7 +233,7 @@ class DataPanel(QWidget):
                      self.labels_key, self.label_column):
             edit.textChanged.connect(self._changed)
         for spin in (self.height, self.width, self.test_fraction, self.split_seed,
-                     self.calibration, self.train_samples):
+                     self.calibration, self.train_samples, self.max_samples):
             spin.valueChanged.connect(self._changed)
         for box in (self.resize_box, self.use_labels):
             box.toggled.connect(self._changed)
@@ -259,6 +266,7 @@ class DataPanel(QWidget):
             self.split_seed.setValue(section.split_seed)
             self.calibration.setValue(section.calibration_samples)
             self.train_samples.setValue(section.train_samples or 0)
+            self.max_samples.setValue(section.max_samples)
             self.resize_box.setChecked(image.size is not None)
             if image.size is not None:
                 self.height.setValue(image.size[0])
@@ -286,6 +294,7 @@ class DataPanel(QWidget):
             "split_seed": self.split_seed.value(),
             "calibration_samples": self.calibration.value(),
             "train_samples": self.train_samples.value() or None,
+            "max_samples": self.max_samples.value(),
         }
         if values["source"] == "images":
             values["image"] = {
@@ -328,7 +337,7 @@ class DataPanel(QWidget):
         widgets = {"path": self.path_row, "size": self.height.parentWidget(),
                    "channels": self.channels, "mean": self.mean, "std": self.std,
                    "inputs_key": self.inputs_key, "labels_key": self.labels_key,
-                   "label_column": self.label_column}
+                   "label_column": self.label_column, "max_samples": self.max_samples}
         for key, widget in widgets.items():
             self.source_form.setRowVisible(widget, source in self._source_rows[key])
         self.split_form.setRowVisible(self.test_row, source not in ("demo", "function"))

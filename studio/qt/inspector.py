@@ -31,6 +31,10 @@ from studio.qt.plan_controller import PlanController
 
 _GRANULARITY_LABELS = {"unstructured": "unstructured (weights)",
                        "channels": "output channels (structured)"}
+_CHANNELS_BY_ROLE = {"attention": "attention heads (structured)",
+                     "FFN": "FFN hidden units (structured)",
+                     "encoder block": "heads and FFN units (structured)"}
+"""What channel pruning removes from a transformer part (the core cuts heads, not columns)."""
 
 
 class _FieldRow(QWidget):
@@ -169,6 +173,11 @@ class InspectorPanel(QGroupBox):
         spec = specs[0]
         self._updating = True
         try:
+            roles = {node.role for node in self.nodes}
+            self.granularity.setItemText(
+                self.granularity.findData("channels"),
+                _CHANNELS_BY_ROLE.get(roles.pop() if len(roles) == 1 else None,
+                                      _GRANULARITY_LABELS["channels"]))
             self.sparsity.setValue(spec.sparsity * 100)
             self.sparsity_slider.setValue(round(spec.sparsity * 100))
             self._select(self.granularity, spec.granularity)

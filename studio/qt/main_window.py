@@ -40,6 +40,7 @@ from PySide6.QtWidgets import (
 from superqt.utils import create_worker
 
 from studio.core.atomic import write_text_atomic
+from studio.core.data.sources import load_task
 from studio.core.engine.allocate import Target
 from studio.core.engine.sensitivity import estimate_runtime_s, measure_seconds_per_eval
 from studio.core.errors import ArchitectureRequired, InputError, StudioError, TrustRequired
@@ -47,6 +48,7 @@ from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import DEMO
 from studio.core.plan.estimate import estimate
 from studio.core.plan.recipe import check_layer_names, dump_recipe, read_recipe
+from studio.core.plan.stages import DataSection
 from studio.core.project.autosave import (
     autosave_path,
     clear_autosave,
@@ -657,11 +659,27 @@ class MainWindow(QMainWindow):
 
     # --- compression ---------------------------------------------------------------------
     def choose_sensitivity(self) -> None:
-        if self.workspace is None or self.workspace.loaded.module is None:
+        """Time one evaluation on the task's data (in the background), then ask how to sweep."""
+        workspace = self.workspace
+        if workspace is None or workspace.loaded.module is None:
             self.show_error("Sensitivity analysis needs a torch model.")
             return
-        seconds = estimate_runtime_s(self.workspace, measure_seconds_per_eval(
-            self.workspace, subset=100, repeats=1), measured_subset=100)
+        trust = self.data.job_trust()
+        if trust is None:
+            return
+        section = workspace.stages.get("data") or DataSection()
+        base = self.data.base_dir()
+
+        def measure() -> float:
+            task = load_task(section, base, trust=trust)
+            return estimate_runtime_s(workspace, measure_seconds_per_eval(
+                workspace, subset=100, repeats=1, task=task), measured_subset=100)
+
+        self.run_in_background(measure, self._ask_sensitivity,
+                               lambda error: self.show_error(str(error)),
+                               "Timing one evaluation on the data…")
+
+    def _ask_sensitivity(self, seconds: float) -> None:
         kinds = ["unstructured", "channels"]
         kind, ok = QInputDialog.getItem(
             self, "Sensitivity analysis", "Sweep each layer's sparsity (and bits) by\n"

@@ -1,0 +1,254 @@
+"""The Data tab driven through its real widgets: a section that is validated inline, undoable,
+saved with the project and exported in recipes; "Check data" loading real files; consent before
+a data function runs; a compress run scored by agreement on unlabelled data."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from studio.core.plan.recipe import read_recipe
+from studio.core.plan.stages import DataSection, ExportSection, ImageOptions, TrainSection
+from studio.qt.main_window import MainWindow
+
+DEMO_NPZ = Path(__file__).resolve().parents[2] / "resources" / "demo" / "mnist-5k.npz"
+
+
+def _image_folder(root: Path, per_class: int = 4) -> Path:
+    """Two classes of tiny RGB PNGs (dark and bright), 12×10 so a resize is visible."""
+    for number, name in enumerate(("dark", "bright")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.full((10, 12, 3), 40 + 160 * number + i, dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def _pick(win: MainWindow, monkeypatch, answer: str) -> list[tuple[str, str]]:
+    """Answer the window's file/folder dialogs with ``answer``; returns what was asked."""
+    asked: list[tuple[str, str]] = []
+
+    def ask(kind: str, caption: str, file_filter: str = "") -> str:
+        asked.append((kind, caption))
+        return answer
+
+    monkeypatch.setattr(win, "ask_path", ask)
+    return asked
+
+
+def _fill_image_form(win: MainWindow, monkeypatch, folder: Path) -> list[tuple[str, str]]:
+    panel = win.data_panel
+    panel.source.setCurrentIndex(panel.source.findData("images"))
+    asked = _pick(win, monkeypatch, str(folder))
+    panel.path_row.browse.click()
+    panel.resize_box.setChecked(True)
+    panel.height.setValue(28)
+    panel.width.setValue(28)
+    panel.channels.setCurrentIndex(panel.channels.findData(1))
+    panel.mean.setText("0.5")
+    panel.std.setText("0.25")
+    panel.test_fraction.setValue(25)
+    panel.calibration.setValue(4)
+    return asked
+
+
+def _check(qtbot, win: MainWindow) -> str:
+    win.data_panel.check_button.click()
+    qtbot.waitUntil(lambda: win.data_panel.check_button.isEnabled(), timeout=30_000)
+    return win.data_panel.check_text
+
+
+def test_image_folder_is_saved_restored_exported_and_undoable(
+        qtbot, demo_window: MainWindow, tmp_path: Path, monkeypatch, make_window,
+        open_and_wait) -> None:
+    win = demo_window
+    folder = _image_folder(tmp_path / "pictures")
+    asked = _fill_image_form(win, monkeypatch, folder)
+    assert asked == [("folder", "Data: image folder")]  # a folder dialog, not a file dialog
+    expected = DataSection(source="images", path=str(folder), test_fraction=0.25,
+                           calibration_samples=4,
+                           image=ImageOptions(size=(28, 28), channels=1, mean=[0.5], std=[0.25]))
+    assert win.workspace.stages["data"] == expected
+    assert win.data_panel.problem == "" and win.dirty
+
+    win.undo_action.trigger()  # one step per field: the calibration count goes back
+    assert win.workspace.stages["data"].calibration_samples == 256
+    assert win.data_panel.calibration.value() == 256
+    win.redo_action.trigger()
+    assert win.workspace.stages["data"] == expected
+
+    assert win.save_project_to(tmp_path / "project")
+    saved = read_recipe(tmp_path / "project" / "project.yaml")
+    assert saved.data == expected
+    win.export_recipe(tmp_path / "recipe.yaml")
+    assert read_recipe(tmp_path / "recipe.yaml").data == expected
+
+    other = make_window()
+    open_and_wait(other, str(tmp_path / "project"))
+    assert other.data_panel.section() == expected
+    assert other.data_panel.channels.currentData() == 1 and other.data_panel.mean.text() == "0.5"
+
+    text = _check(qtbot, other)  # a real load_task in a worker thread
+    assert "calibration" in text and "<b>4</b>" in text  # 4 calibration images
+    assert "<b>2</b>" in text  # 25% of 8 images held out for the test split
+    assert "2 classes" in text and "accuracy" in text
+    assert "1×28×28" in text and "fits the model" in text
+
+
+def test_a_shape_that_does_not_fit_the_model_is_shown(qtbot, demo_window: MainWindow,
+                                                      tmp_path: Path, monkeypatch) -> None:
+    win = demo_window
+    _fill_image_form(win, monkeypatch, _image_folder(tmp_path / "pictures"))
+    win.data_panel.channels.setCurrentIndex(win.data_panel.channels.findData(3))
+    text = _check(qtbot, win)
+    assert "Shape mismatch" in text and "3×28×28" in text and "1×28×28" in text
+
+
+def test_invalid_values_are_named_inline_and_not_stored(demo_window: MainWindow) -> None:
+    win = demo_window
+    panel = win.data_panel
+    panel.source.setCurrentIndex(panel.source.findData("arrays"))
+    assert "path" in panel.problem and "file or folder" in panel.problem
+    assert "data" not in win.workspace.stages  # nothing invalid reaches the workspace
+    assert panel.path.styleSheet()  # the field is outlined
+    assert not win.notices.isVisible() or win.notices.kind != "error"  # no modal, no notice
+
+    panel.source.setCurrentIndex(panel.source.findData("images"))
+    panel.path.setText("/somewhere")
+    panel.mean.setText("half, half")
+    assert panel.problem.startswith("image.mean:") and "numbers separated by commas" in \
+        panel.problem
+    panel.mean.setText("0.5")
+    assert panel.problem == ""
+    assert win.workspace.stages["data"].image.mean == [0.5]
+
+
+def test_every_field_survives_the_form(qtbot) -> None:
+    """Each schema field has a widget: a section shown and read back is the same section."""
+    from studio.qt.data_panel import DataPanel
+
+    panel = DataPanel()
+    qtbot.addWidget(panel)
+    sections = [
+        DataSection(source="images", path="p", test_path="t", labelled=False, metric="mse",
+                    image=ImageOptions(size=(32, 24), channels=3, mean=[0.1, 0.2, 0.3],
+                                       std=[0.5, 0.5, 0.5]),
+                    test_fraction=0.3, split_seed=7, calibration_samples=99, train_samples=500),
+        DataSection(source="arrays", path="a.npz", inputs_key="x", labels_key="y",
+                    labelled=True, metric="top1_agreement"),
+        DataSection(source="csv", path="t.csv", label_column="class", metric="accuracy"),
+        DataSection(source="function", path="pkg.mod:fn", max_samples=1234, metric="cosine"),
+    ]
+    for section in sections:
+        panel.set_section(section)
+        assert panel.section() == section
+    panel.set_section(None)
+    assert panel.section() is None  # the defaults: nothing is written to the recipe
+
+
+def test_a_function_source_asks_consent_first(qtbot, demo_window: MainWindow, tmp_path: Path,
+                                              monkeypatch) -> None:
+    module = "studio_test_user_data"
+    marker = tmp_path / "imported"
+    (tmp_path / f"{module}.py").write_text(
+        "import pathlib, numpy as np\n"
+        f"pathlib.Path({str(marker)!r}).touch()\n"
+        "def batches():\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    for _ in range(3):\n"
+        "        yield rng.random((10, 1, 28, 28), dtype=np.float32)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    win = demo_window
+    panel = win.data_panel
+    panel.source.setCurrentIndex(panel.source.findData("function"))
+    panel.path.setText(f"{module}:batches")
+    answers: list[bool] = [False]
+    asked: list[str] = []
+
+    def confirm(function: str) -> bool:
+        asked.append(function)
+        return answers.pop(0)
+
+    monkeypatch.setattr(win, "confirm_function", confirm)
+    panel.check_button.click()
+    assert asked == [f"{module}:batches"]
+    assert "consent" in panel.check_text
+    assert module not in sys.modules and not marker.exists()  # refused: nothing imported
+
+    assert win.save_project_to(tmp_path / "project")
+    answers.append(False)
+    assert win.compress.run_plan() is None  # refused again: no job starts
+    assert len(asked) == 2 and win.jobs.model.rowCount() == 0
+
+    answers.append(True)
+    text = _check(qtbot, win)
+    assert marker.exists() and "no: scored by agreement" in text and "cosine" in text
+    assert _check(qtbot, win) == text and len(asked) == 3  # asked once a session
+
+
+def test_unlabelled_arrays_run_scores_agreement(qtbot, demo_window: MainWindow,
+                                                tmp_path: Path, monkeypatch) -> None:
+    digits = np.load(DEMO_NPZ)["images"][:160]
+    np.savez(tmp_path / "digits.npz", x=digits)  # inputs only: no labels
+    win = demo_window
+    _pick(win, monkeypatch, str(tmp_path / "digits.npz"))
+    panel = win.data_panel
+    panel.source.setCurrentIndex(panel.source.findData("arrays"))
+    panel.path_row.browse.click()
+    panel.calibration.setValue(16)
+    assert win.workspace.stages["data"].path == str(tmp_path / "digits.npz")
+    win.workspace.stages |= {"train": TrainSection(epochs=0),
+                             "export": ExportSection(latency_repeats=2, latency_batch=8)}
+    win.controller.set_field([""], "sparsity", 0.3)
+    assert win.save_project_to(tmp_path / "project")
+    job = win.compress.run_plan()
+    with qtbot.waitSignal(job.finished, timeout=120_000) as finished:
+        pass
+    assert finished.args[0] == "finished", finished.args[2]
+    assert finished.args[1]["data"]["labelled"] is False
+    points = win.pareto.points()
+    assert {p["metric"] for p in points} == {"cosine"}
+    assert win.pareto.metric.title == "Cosine agreement"
+    assert win.pareto.plot_item.getAxis("left").labelText == "Cosine agreement"
+    compressed = next(p for p in points if p["id"] != "baseline")
+    assert 0.5 < compressed["accuracy"] <= 1.0  # cosine of the outputs, not a class accuracy
+    assert "cosine agreement" in win.pareto._tip(0, 0, compressed["id"])
+
+
+def test_a_hugging_face_folder_opens_with_roles(qtbot, window: MainWindow, tmp_path: Path,
+                                                monkeypatch, qtmodeltester) -> None:
+    transformers = pytest.importorskip("transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=24,
+                                     max_position_embeddings=32)
+    transformers.BertModel(config).save_pretrained(tmp_path / "bert")
+    _pick(window, monkeypatch, str(tmp_path / "bert"))
+    with qtbot.waitSignal(window.workspaceOpened, timeout=60_000):
+        window.open_folder_action.trigger()
+    from studio.qt.columns import type_text
+
+    tree = window.workspace.tree
+    attention = next(node for node in tree.nodes if node.role == "attention")
+    index = window.tree_model.index_of(attention.id, 1)
+    assert window.tree_model.data(index) == type_text(attention) == \
+        f"{attention.op_type} · attention"
+    assert {node.role for node in tree.nodes} >= {"embeddings", "encoder block", "attention",
+                                                   "FFN"}
+    window.proxy.set_filter_text("FFN")  # roles are searchable
+    assert window.proxy.rowCount() == 1
+    qtmodeltester.check(window.tree_model)
+
+
+def test_a_folder_without_a_model_gives_a_notice(qtbot, window: MainWindow,
+                                                 tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "empty").mkdir()
+    _pick(window, monkeypatch, str(tmp_path / "empty"))
+    with qtbot.waitSignal(window.openFailed, timeout=30_000):
+        window.open_folder_action.trigger()
+    assert window.notices.kind == "error" and "empty" in window.notices.text.text()
+    assert window.workspace is None
