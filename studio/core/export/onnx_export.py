@@ -103,6 +103,32 @@ def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
     return path
 
 
+def _is_tokens(tensor: Tensor) -> bool:
+    """Token ids: a rank-2 integer tensor (batch × sequence)."""
+    return tensor.dim() == 2 and not tensor.is_floating_point() and tensor.dtype != torch.bool
+
+
+def dynamic_axes(model: nn.Module, inputs: tuple[Tensor, ...], names: list[str]
+                 ) -> dict[str, dict[int, str]]:
+    """Batch axes of every input and the output; token inputs (and an output that keeps their
+    sequence axis, such as hidden states) also get a free sequence axis, so one file serves
+    every sentence length."""
+    axes: dict[str, dict[int, str]] = {}
+    lengths = set()
+    for name, tensor in zip(names, inputs, strict=True):
+        axes[name] = {0: "batch"}
+        if _is_tokens(tensor):
+            axes[name][1] = "sequence"
+            lengths.add(int(tensor.shape[1]))
+    axes[OUTPUT_NAME] = {0: "batch"}
+    if lengths:
+        with torch.no_grad():
+            output = model(*inputs)
+        if isinstance(output, Tensor) and output.dim() >= 3 and int(output.shape[1]) in lengths:
+            axes[OUTPUT_NAME][1] = "sequence"
+    return axes
+
+
 def export_onnx(model: nn.Module, example_inputs: Tensor | Sequence[Tensor], path: str | Path,
                 opset: int = 17, dynamic_batch: bool = True,
                 external_data: bool | None = None, constant_folding: bool = True) -> Path:
@@ -111,14 +137,14 @@ def export_onnx(model: nn.Module, example_inputs: Tensor | Sequence[Tensor], pat
     The file is written in a private temporary folder beside ``path`` and renamed into place,
     so a failed export never leaves a half-written file or temporary files behind. The model is
     one file unless it passes 2 GB (or ``external_data`` is True); then it is ``path`` plus one
-    ``path.data``. With ``dynamic_batch`` the first axis of every input and output is free.
+    ``path.data``. With ``dynamic_batch`` the first axis of every input and output is free, and
+    so is the sequence axis of token-id inputs (rank-2 integers), see :func:`dynamic_axes`.
     ``constant_folding=False`` keeps ops on constants (QAT keeps its weight QuantizeLinear,
     which folding would collapse into a float weight).
     """
     path = Path(path)
     inputs = _as_tuple(example_inputs)
     names = input_names(len(inputs))
-    axes = {name: {0: "batch"} for name in [*names, OUTPUT_NAME]} if dynamic_batch else None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -129,6 +155,7 @@ def export_onnx(model: nn.Module, example_inputs: Tensor | Sequence[Tensor], pat
         target = scratch / path.name
         model.eval()
         try:
+            axes = dynamic_axes(model, inputs, names) if dynamic_batch else None
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")  # the TorchScript exporter warns it is deprecated
                 torch.onnx.export(model, inputs, str(target), dynamo=False, opset_version=opset,

@@ -14,6 +14,7 @@ from torch import nn
 
 from studio.core.errors import InputError
 from studio.core.graph.macs import MacCounter
+from studio.core.graph.roles import annotate_roles
 from studio.core.graph.tree import LayerTree
 from studio.core.models.inputs import InputSpec
 
@@ -82,6 +83,7 @@ def build_torch_tree(
             node.out_channels = int(weight.shape[0])
     if example is not None:
         _trace(module, example, tree, ids)
+    annotate_roles(tree, module)
     return tree.finalize()
 
 

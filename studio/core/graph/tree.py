@@ -40,6 +40,14 @@ class LayerNode:
     input_from: int | None = None
     """Id of the weighted layer whose output channels this leaf consumes (traced through
     norms, activations and pooling; unknown after functional ops such as a residual add)."""
+    role: str | None = None
+    """What the module is in a transformer (``studio.core.graph.roles.ROLES``): embeddings,
+    encoder block, attention or FFN; None for everything else."""
+    heads: int = 0
+    """Attention heads of an "attention" node: what channel pruning removes from it."""
+    head_of: int | None = None
+    """Id of the attention whose heads split this node: query/key/value (their outputs), the
+    node computing the attention scores (its MACs); cutting heads shrinks them alike."""
     total_params: int = 0
     total_zeros: int = 0
     total_nbytes: int = 0

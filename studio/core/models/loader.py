@@ -6,6 +6,7 @@ import zipfile
 from pathlib import Path
 
 from studio.core.errors import ArchitectureRequired, ModelLoadError, TrustRequired
+from studio.core.models.hf import is_hf_folder, load_hf_folder
 from studio.core.models.loaded import DEMO, LoadedModel
 from studio.core.models.onnx_file import load_onnx
 from studio.core.models.torch_files import load_safetensors, load_torch_export, load_torch_file
@@ -41,12 +42,18 @@ def _sniff(path: Path) -> str | None:
 
 def open_model(path: str | Path, architecture: str | None = None,
                trust: bool = False) -> LoadedModel:
-    """Load ``path`` (or the built-in ``demo``); raise :class:`ModelLoadError` with the reason."""
+    """Load ``path`` (a file, a Hugging Face folder, or the built-in ``demo``); raise
+    :class:`ModelLoadError` with the reason."""
     if str(path) == DEMO:
         loaded = load_safetensors(demo_path(), None)
         loaded.name = "demo-cnn"
         return loaded
     path = Path(path).expanduser()
+    if is_hf_folder(path):
+        return load_hf_folder(path)
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: a folder without config.json; open a model file or a "
+                             "Hugging Face model folder (config.json + .safetensors)")
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
     if path.stat().st_size == 0:

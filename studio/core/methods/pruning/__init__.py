@@ -3,8 +3,10 @@
 :func:`apply_plan_pruning` is the one entry point the engine calls. It splits the plan by
 granularity — ``channels`` (structured, shapes shrink), ``unstructured`` and ``N:M`` (masks,
 shapes stay) — and applies structured pruning first, because it changes the shapes the masks
-are drawn on. Layer names never change, but shapes do: **rebuild the layer tree**
-(``build_torch_tree``) after calling it. It works in place; callers pass a copy of the model.
+are drawn on. In transformers (layer roles, ``studio.core.graph.roles``) ``channels`` on an
+attention removes heads and on an FFN its hidden units; the residual width is never cut.
+Layer names never change, but shapes do: **rebuild the layer tree** (``build_torch_tree``)
+after calling it. It works in place; callers pass a copy of the model.
 
 Keep the returned masks applied while fine-tuning (``after_step=result.masks.hook(model)``),
 or the optimizer moves the pruned weights off zero.
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from studio.core.graph.tree import LayerTree
+from studio.core.graph.tree import LayerNode, LayerTree
 from studio.core.methods.pruning.importance import check_importance, weight_scores
 from studio.core.methods.pruning.masks import MaskSet, layer_weight
 from studio.core.methods.pruning.measure import measure
@@ -33,11 +35,13 @@ from studio.core.methods.pruning.structured import (
     dependency_groups,
     prune_channels,
 )
+from studio.core.methods.pruning.transformer import head_layouts, prune_ffn, prune_heads
 from studio.core.methods.pruning.unstructured import (
     DEFAULT_LAYER_CAP,
     global_masks,
     layer_masks,
 )
+from studio.core.plan.estimate import channel_kind, held_attentions, wants_channels
 from studio.core.plan.plan import ResolvedSpec
 from studio.core.plan.spec import parse_nm
 from studio.core.train.loop import LossFn, cross_entropy
@@ -47,6 +51,8 @@ DENSE_ZEROS_NOTE = (
     "onnxruntime on CPU faster. They pay off when the file is compressed, and N:M 2:4 on GPUs "
     "with sparse tensor cores.")
 RETRACE_NOTE = "Channels were removed: rebuild the layer tree (names are unchanged, shapes not)."
+RESIDUAL_REASON = ("its outputs are the transformer's residual width, which is not cut; heads "
+                   "and FFN width are")
 
 
 @dataclass(frozen=True)
@@ -54,9 +60,19 @@ class PlanPartition:
     """The plan's prunable layers sorted by what will happen to them."""
 
     channels: dict[str, float] = field(default_factory=dict)
+    heads: dict[str, float] = field(default_factory=dict)
+    """Attention -> fraction of its heads to remove."""
+    ffn: dict[str, float] = field(default_factory=dict)
+    """First Linear of an FFN -> fraction of its hidden units to remove."""
     unstructured: dict[str, float] = field(default_factory=dict)
     nm: dict[str, tuple[int, int]] = field(default_factory=dict)
     excluded: list[str] = field(default_factory=list)
+    left_whole: dict[str, str] = field(default_factory=dict)
+    """Layers asked for channels that channel pruning does not cut, with the reason."""
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.channels or self.heads or self.ffn or self.unstructured or self.nm)
 
 
 @dataclass
@@ -71,10 +87,16 @@ class PruningResult:
 def partition_plan(tree: LayerTree, resolved: list[ResolvedSpec]) -> PlanPartition:
     """Split the resolved plan by granularity; layers with nothing to remove are left out."""
     partition = PlanPartition()
+    held = held_attentions(tree, resolved)
     for node in tree.nodes:
+        spec = resolved[node.id]
+        if node.heads and wants_channels(spec):
+            if node.id in held:
+                partition.left_whole[node.name] = "a layer of this attention is excluded"
+            else:
+                partition.heads[node.name] = spec.effective_sparsity
         if not node.prunable:
             continue
-        spec = resolved[node.id]
         if spec.exclude:
             partition.excluded.append(node.name)
             continue
@@ -85,10 +107,25 @@ def partition_plan(tree: LayerTree, resolved: list[ResolvedSpec]) -> PlanPartiti
         if nm is not None:
             partition.nm[node.name] = nm
         elif spec.granularity == "channels":
-            partition.channels[node.name] = sparsity
+            _sort_channels(tree, node, sparsity, resolved, partition)
         else:
             partition.unstructured[node.name] = sparsity
     return partition
+
+
+def _sort_channels(tree: LayerTree, node: LayerNode, sparsity: float,
+                   resolved: list[ResolvedSpec], partition: PlanPartition) -> None:
+    kind = channel_kind(tree, node)
+    if kind == "channels":
+        partition.channels[node.name] = sparsity
+    elif kind == "ffn":
+        partition.ffn[node.name] = sparsity
+    elif kind == "residual":
+        partition.left_whole[node.name] = RESIDUAL_REASON
+    elif node.head_of is not None and not wants_channels(resolved[node.head_of]):
+        attention = tree.nodes[node.head_of].name
+        partition.left_whole[node.name] = (f"split by the heads of {attention!r}: set channels "
+                                           "on that attention to remove heads")
 
 
 def _achieved(model: nn.Module, name: str) -> float:
@@ -111,6 +148,7 @@ def apply_plan_pruning(model: nn.Module, tree: LayerTree, resolved: list[Resolve
     check_importance(importance, data)
     partition = partition_plan(tree, resolved)
     before = measure(model, example_inputs)
+    transformer = _prune_transformer(model, example_inputs, partition, importance, data, loss_fn)
     structured = None
     if partition.channels:
         structured = prune_channels(model, example_inputs, partition.channels, importance, data,
@@ -132,17 +170,18 @@ def apply_plan_pruning(model: nn.Module, tree: LayerTree, resolved: list[Resolve
     masks.apply(model)
     after = measure(model, example_inputs)
     notes = []
-    if structured is not None:
+    if structured is not None or partition.heads or partition.ffn:
         notes.append(RETRACE_NOTE)
-        if structured.skipped:
-            notes.append(f"{len(structured.skipped)} channel group(s) were left whole; "
-                         "see structured.skipped for why.")
+    if structured is not None and structured.skipped:
+        notes.append(f"{len(structured.skipped)} channel group(s) were left whole; "
+                     "see structured.skipped for why.")
     if mask_layers:
         notes.append(DENSE_ZEROS_NOTE)
     report = {
         "importance": importance,
         "excluded": partition.excluded,
         "structured": structured.to_dict() if structured is not None else None,
+        "transformer": transformer,
         "unstructured": {
             "mode": "global" if global_unstructured else "per-layer",
             "layers": {name: {"asked": s, "sparsity": _achieved(model, name)}
@@ -158,6 +197,23 @@ def apply_plan_pruning(model: nn.Module, tree: LayerTree, resolved: list[Resolve
         "notes": notes,
     }
     return PruningResult(masks, report, structured)
+
+
+def _prune_transformer(model: nn.Module, example_inputs: Any, partition: PlanPartition,
+                       importance: str, data: TensorDataset | None,
+                       loss_fn: LossFn) -> dict[str, Any] | None:
+    """Heads, then FFN width, as the partition says; the JSON-ready report (None: nothing)."""
+    if not (partition.heads or partition.ffn or partition.left_whole):
+        return None
+    heads = ffn = None
+    if partition.heads:
+        heads = prune_heads(model, example_inputs, partition.heads,
+                            head_layouts(model, partition.heads), importance, data, loss_fn)
+    if partition.ffn:
+        ffn = prune_ffn(model, example_inputs, partition.ffn, importance, data, loss_fn)
+    return {"heads": heads.to_dict() if heads is not None else None,
+            "ffn": ffn.to_dict() if ffn is not None else None,
+            "left_whole": partition.left_whole}
 
 
 __all__ = ["MaskSet", "PlanPartition", "PruningResult", "StructuredReport",

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from studio.core.errors import StudioError
+from studio.core.graph.roles import is_hf_attention
 from studio.core.methods.pruning.attention import HeadPrunedAttention
 from studio.core.methods.pruning.importance import (
     accumulate_gradients,
@@ -66,6 +67,18 @@ class HeadLayout:
     output: str = "output"
     num_heads: str = "num_heads"
     width_attrs: tuple[str, ...] = ()
+
+
+HF_LAYOUT = HeadLayout(query="self.query", key="self.key", value="self.value",
+                       output="output.dense", num_heads="self.num_attention_heads",
+                       width_attrs=("self.all_head_size",))
+"""A BERT-like Hugging Face attention (``BertAttention``), whose forward reshapes with -1 heads."""
+
+
+def head_layouts(model: nn.Module, names: Iterable[str]) -> dict[str, HeadLayout]:
+    """Layouts for the named attentions that need one (Hugging Face ones; torch's
+    ``nn.MultiheadAttention`` is handled without)."""
+    return {name: HF_LAYOUT for name in names if is_hf_attention(model.get_submodule(name))}
 
 
 @dataclass
@@ -379,6 +392,6 @@ def _check(model: nn.Module, example_inputs: Any, shapes: list[tuple[int, ...]],
                           f"{new_shapes}")
 
 
-__all__ = ["HeadLayout", "HeadPrunedAttention", "SkippedBlock", "TransformerReport",
-           "block_influence", "drop_blocks", "ffn_layers", "head_scores", "prune_ffn",
-           "prune_heads"]
+__all__ = ["HF_LAYOUT", "HeadLayout", "HeadPrunedAttention", "SkippedBlock", "TransformerReport",
+           "block_influence", "drop_blocks", "ffn_layers", "head_layouts", "head_scores",
+           "prune_ffn", "prune_heads"]
