@@ -75,8 +75,13 @@ def _numel(shape: tuple[int | str, ...] | None) -> int:
     return math.prod(shape)  # type: ignore[arg-type]
 
 
+def _per_sample(shape: tuple[int | str, ...] | None) -> tuple[int | str, ...] | None:
+    """A free first (batch) dim counted as 1: MACs are given per sample, as for torch."""
+    return (1, *shape[1:]) if shape and not isinstance(shape[0], int) else shape
+
+
 def _node_macs(node: onnx.NodeProto, shapes: dict, weights: dict[str, np.ndarray]) -> int:
-    out = _numel(shapes.get(node.output[0])) if node.output else 0
+    out = _numel(_per_sample(shapes.get(node.output[0]))) if node.output else 0
     if not out:
         return 0
     weight_name = node.input[1] if len(node.input) > 1 else ""

@@ -145,11 +145,15 @@ def default_opset(model: onnx.ModelProto) -> int:
                  if entry.domain in ("", "ai.onnx")), 1)
 
 
-def _unknown_op(model: onnx.ModelProto) -> str | None:
-    """The first standard op with no ONNX schema (misspelt, or from a private build)."""
+def _undefined_op(model: onnx.ModelProto, opset: int) -> str | None:
+    """The first standard op that ONNX does not define at ``opset`` (misspelt, from a private
+    build, or newer than the opset the file claims); the converter would pass it through."""
     for node in model.graph.node:
-        if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type):
-            return node.op_type
+        if node.domain in ("", "ai.onnx"):
+            try:
+                onnx.defs.get_schema(node.op_type, opset, "")
+            except onnx.defs.SchemaError:
+                return node.op_type
     return None
 
 
@@ -157,10 +161,10 @@ def upgrade_opset(model: onnx.ModelProto, target: int = PER_CHANNEL_OPSET) -> on
     """``model`` converted to opset ``target`` by onnx's version converter (a new model)."""
     opset = default_opset(model)
     why = f"cannot upgrade the model from opset {opset} to {target}"
-    unknown = _unknown_op(model)
-    if unknown is not None:
-        raise StudioError(f"{why}: op {unknown!r} has no ONNX definition. Re-export the model "
-                          f"at opset {target} or newer")
+    undefined = _undefined_op(model, opset)
+    if undefined is not None:
+        raise StudioError(f"{why}: op {undefined!r} is not defined at opset {opset}. Re-export "
+                          f"the model at opset {target} or newer")
     try:
         return version_converter.convert_version(model, target)
     except Exception as error:  # the converter raises RuntimeError/ValueError with C++ text

@@ -1,0 +1,291 @@
+"""Carry out a recipe on an ONNX-only model (no torch module): repair the file, prune its weight
+initializers (unstructured, by magnitude), quantize it with onnxruntime, and measure it against
+the original, writing the same ``model.onnx``, ``baseline.onnx`` and ``report.json`` as the
+torch path.
+
+Nothing can be trained without the torch module: recipes asking for fine-tuning, distillation,
+QAT or Taylor importance are refused before any work, naming the sections. Channel and N:M
+pruning are skipped with a note. ``baseline.onnx`` is the repaired original; unlabelled data
+is scored against the original file's own outputs in onnxruntime.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch.utils.data import TensorDataset
+
+from studio.core.atomic import write_text_atomic
+from studio.core.data.metrics import agreement, higher_is_better, score, top1_agreement
+from studio.core.data.task import SPLITS_FILE, TaskData
+from studio.core.engine.notes import honesty_notes
+from studio.core.engine.run import BASELINE_FILE, MODEL_FILE, REPORT_FILE
+from studio.core.errors import InputError, StudioError
+from studio.core.export.measure import inputs_for_batches, latency_ms, run_onnx, zip_bytes
+from studio.core.export.onnx_export import onnx_file_bytes, save_onnx
+from studio.core.graph.onnx_tree import build_onnx_tree
+from studio.core.graph.tree import LayerTree
+from studio.core.jobs import Artifact, CancelToken, Event, Log, Metric, Result
+from studio.core.methods.pruning import partition_plan
+from studio.core.methods.pruning.onnx_initializers import prune_initializers
+from studio.core.methods.quantization.ort_plan import apply_quant_plan, plan_to_ort
+from studio.core.models.onnx_file import fixed_batch_size
+from studio.core.models.onnx_repair import PER_CHANNEL_OPSET, repair_onnx
+from studio.core.plan.recipe import Recipe
+from studio.core.plan.stages import ExportSection, PruneSection, QuantizeSection
+from studio.core.workspace import Workspace
+
+DEVICE = "cpu (onnxruntime)"
+INTEGER_BITS = ("int8", "int4", "int2")
+TORCH_HINT = ("Open the PyTorch model instead (a .pt/.pth state dict or .safetensors file with "
+              "its architecture, or a .pt2 archive)")
+
+
+def training_sections(recipe: Recipe) -> list[str]:
+    """The recipe's sections that need the torch module (empty when ONNX alone will do)."""
+    needs = []
+    if recipe.train is not None and recipe.train.epochs > 0:
+        needs.append(f"train.epochs: {recipe.train.epochs} (fine-tuning)")
+    if recipe.distill is not None:
+        needs.append("distill (distillation trains the model)")
+    if recipe.quantize is not None and recipe.quantize.qat:
+        needs.append("quantize.qat (quantization-aware training)")
+    if recipe.prune is not None and recipe.prune.importance == "taylor":
+        needs.append("prune.importance: taylor (needs gradients)")
+    return needs
+
+
+def check_onnx_recipe(recipe: Recipe, path: Path, source: str = "recipe") -> None:
+    """Refuse, before any work, a recipe that an ONNX-only model cannot carry out."""
+    needs = training_sections(recipe)
+    if needs:
+        raise StudioError(
+            f"{source}: {path.name} is an ONNX file and {'; '.join(needs)} need(s) its torch "
+            f"model: ONNX weights cannot be trained here. {TORCH_HINT}, or remove these "
+            "settings (train: {epochs: 0}) to prune and quantize the ONNX file as it is")
+
+
+@dataclass(frozen=True)
+class OnnxInput:
+    """The one input an ONNX-only run feeds, as the file declares it."""
+
+    name: str
+    dims: tuple[int | str, ...] | None
+    """None when the file gives no shape; symbolic dims are their names (or ``?``)."""
+    dtype: np.dtype
+
+
+def model_input(model: onnx.ModelProto, path: Path) -> OnnxInput:
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [value for value in model.graph.input if value.name not in initializers]
+    if len(inputs) != 1:
+        raise StudioError(f"{path.name}: runs on ONNX files feed one input from the data; this "
+                          f"model takes {len(inputs)} ({', '.join(v.name for v in inputs)})")
+    tensor = inputs[0].type.tensor_type
+    dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                 for d in tensor.shape.dim) if tensor.HasField("shape") else None
+    return OnnxInput(inputs[0].name, dims,
+                     np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)))
+
+
+def _shape(dims: tuple[int | str, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+def check_data(data: TaskData, feed: OnnxInput, path: Path) -> None:
+    """The data's samples must fit the file's input (batch first), or :class:`InputError`."""
+    inputs = data.test.tensors[0]
+    sample = tuple(inputs.shape[1:])
+    if feed.dims is not None:
+        expected = feed.dims[1:]
+        fits = len(expected) == len(sample) and all(
+            not isinstance(d, int) or d == s for d, s in zip(expected, sample, strict=True))
+        if not fits:
+            raise InputError(f"{path.name}: its input {feed.name!r} has shape "
+                             f"{_shape(feed.dims)} (first dim: batch), but the data "
+                             f"({data.name}) gives samples of shape {_shape(sample)}")
+    given = np.dtype(str(inputs.dtype).removeprefix("torch."))
+    if given != feed.dtype:
+        raise InputError(f"{path.name}: its input {feed.name!r} takes {feed.dtype}, but the data "
+                         f"({data.name}) holds {given}")
+
+
+def _whole_batches(dataset: TensorDataset, batch: int | None, what: str) -> TensorDataset:
+    """A file with a fixed batch size is fed whole batches only (the rest is left out)."""
+    if not batch or len(dataset) % batch == 0:
+        return dataset
+    usable = len(dataset) - len(dataset) % batch
+    if usable == 0:
+        raise InputError(f"the model's batch size is fixed at {batch}, and the {what} split "
+                         f"has only {len(dataset)} sample(s)")
+    return TensorDataset(*(tensor[:usable] for tensor in dataset.tensors))
+
+
+def _outputs(path: Path, inputs: torch.Tensor, batch: int | None) -> np.ndarray:
+    try:
+        return run_onnx(path, inputs, batch or 256).astype(np.float32)
+    except Exception as error:  # onnxruntime raises its own types for every fault
+        first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise StudioError(f"onnxruntime cannot run {path.name}: {first}") from error
+
+
+def _parity(expected: np.ndarray, actual: np.ndarray) -> dict[str, float | None]:
+    """How closely ``actual`` reproduces the outputs of the file it was made from."""
+    per_class = expected.ndim >= 2 and expected.shape[-1] > 1
+    return {"max_abs_diff": float(np.abs(expected - actual).max()) if expected.size else 0.0,
+            "top1_agreement": top1_agreement(expected, actual) if per_class else None}
+
+
+def _figures(path: Path, tree: LayerTree, outputs: np.ndarray, metric: str, target: Any,
+             reference: np.ndarray, made_from: np.ndarray) -> dict[str, Any]:
+    root = tree.root
+    return {
+        "metric": {"name": metric, "value": score(metric, outputs, target),
+                   "higher_is_better": higher_is_better(metric)},
+        "agreement": agreement(reference, outputs),
+        "params": root.total_params,
+        "nonzero_params": root.total_params - root.total_zeros,
+        "macs": root.total_macs,
+        "onnx_bytes": onnx_file_bytes(path),
+        "zip_bytes": zip_bytes(path),
+        "parity": _parity(made_from, outputs),
+    }
+
+
+def _plan_quantizes_to_integers(workspace: Workspace) -> bool:
+    return any(spec.weight_bits in INTEGER_BITS and not spec.exclude
+               for spec in workspace.plan.resolve(workspace.tree))
+
+
+def _layers(names: list[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:4])
+    return shown + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, token: CancelToken,
+                       load_data: Callable[[], TaskData], source: str = "recipe"
+                       ) -> Iterator[Event]:
+    """The whole job on an open ONNX file and its plan; the last event is a :class:`Result`
+    holding the report. ``load_data`` gives the task's data (called after the recipe and the
+    file are checked). The loaded model is never changed."""
+    started = time.perf_counter()
+    loaded = workspace.loaded
+    if loaded.onnx_model is None:
+        raise StudioError(f"{source}: {loaded.path} is not an ONNX model")
+    check_onnx_recipe(recipe, loaded.path, source)
+    quantize = recipe.quantize or QuantizeSection()
+    export_section = recipe.export or ExportSection()
+    prune_section = recipe.prune or PruneSection()
+    per_channel = quantize.per_channel and _plan_quantizes_to_integers(workspace)
+    repaired = repair_onnx(loaded.onnx_model, PER_CHANNEL_OPSET if per_channel else None)
+    model = repaired.model
+    feed = model_input(model, loaded.path)
+    data = load_data()
+    check_data(data, feed, loaded.path)
+    batch = fixed_batch_size(model)
+    test = _whole_batches(data.test, batch, "test")
+    calibration = _whole_batches(data.calibration, batch, "calibration")
+    if data.metric == "accuracy" and len(test.tensors) < 2:
+        raise StudioError("accuracy needs labels; this data has none (use an agreement metric)")
+    yield Log(f"Data: {data.name}; {'labelled' if data.labelled else 'unlabelled'}, metric "
+              f"{data.metric}; {len(test)} to test, {len(calibration)} to calibrate")
+    token.check()
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for step in repaired.steps:
+        yield Log(f"Repair: {step}")
+    yield Log(f"Baseline: measuring {workspace.tree.model_name} in onnxruntime")
+    baseline_path = save_onnx(model, out_dir / BASELINE_FILE)
+    inputs = test.tensors[0]
+    reference = _outputs(loaded.path, inputs, batch)  # the user's file as it is
+    baseline_outputs = _outputs(baseline_path, inputs, batch)
+    target = test.tensors[1] if data.metric == "accuracy" else reference
+    tree = build_onnx_tree(model, workspace.tree.model_name)
+    baseline = _figures(baseline_path, tree, baseline_outputs, data.metric, target, reference,
+                        reference)
+    yield Metric("baseline", data.metric, baseline["metric"]["value"], 0)
+    token.check()
+
+    resolved = workspace.plan.resolve(tree)
+    partition = partition_plan(tree, resolved)
+    notes: list[str] = []
+    structured = [*partition.channels, *partition.nm]
+    if structured:
+        notes.append(f"{_layers(structured)}: channel and N:M pruning need the torch model "
+                     f"(to keep coupled layers consistent); skipped. {TORCH_HINT}.")
+    pruning: dict[str, Any] = {"layers": {}, "notes": []}
+    if partition.unstructured:
+        yield Log(f"Pruning: {len(partition.unstructured)} weight initializers, unstructured "
+                  "by magnitude")
+        pruning = prune_initializers(model, partition.unstructured,
+                                     prune_section.global_unstructured)
+    pruning["structured_skipped"] = structured
+    token.check()
+
+    plan = plan_to_ort(tree, {node.name: spec for node, spec in
+                              zip(tree.nodes, resolved, strict=True)})
+    model_path = out_dir / MODEL_FILE
+    float_path = save_onnx(model, out_dir / "compressed-float.onnx")
+    prepared: list[str] = []
+    if plan.is_empty:
+        float_path.replace(model_path)
+        float_outputs = None
+    else:
+        yield Log(f"Quantizing with onnxruntime: {plan.mode or 'weight-only'}")
+        float_outputs = _outputs(float_path, inputs, batch)
+        apply_quant_plan(float_path, model_path, plan, calibration, quantize.per_channel,
+                         quantize.calibration, prepared=prepared)
+        float_path.unlink(missing_ok=True)
+    compressed_outputs = _outputs(model_path, inputs, batch)
+    compressed = _figures(model_path, build_onnx_tree(model, "compressed"), compressed_outputs,
+                          data.metric, target, reference,
+                          compressed_outputs if float_outputs is None else float_outputs)
+    yield Metric("compressed", data.metric, compressed["metric"]["value"], 0)
+    token.check()
+
+    yield Log("Timing both models side by side in onnxruntime")
+    batches = (batch,) if batch else (1, export_section.latency_batch)
+    timings = latency_ms({"baseline": baseline_path, "compressed": model_path},
+                         inputs_for_batches(test, batches), export_section.latency_repeats)
+    baseline["latency_ms"] = {f"batch_{b}": timings["baseline"][b] for b in batches}
+    compressed["latency_ms"] = {f"batch_{b}": timings["compressed"][b] for b in batches}
+    if batch:
+        notes.append(f"The file fixes its batch size at {batch}; timed and measured at that "
+                     "batch only.")
+    report = {
+        "recipe": source,
+        "model": workspace.tree.model_name,
+        "source_format": "onnx",
+        "data": data.summary(),
+        "device": DEVICE,
+        "baseline": baseline,
+        "compressed": compressed,
+        "stages": {
+            "repair": {"steps": repaired.steps},
+            "prune": pruning,
+            "quantize": {"mode": plan.mode, "excluded_nodes": list(plan.exclude_nodes),
+                         "matmul_nbits": plan.matmul_nbits, "decisions": plan.decisions,
+                         "prepared": prepared},
+        },
+        "notes": [*pruning["notes"], *notes, *plan.notes,
+                  *honesty_notes(baseline, compressed, len(pruning["layers"]),
+                                 not plan.is_empty)],
+        "paths": {"model": str(model_path), "baseline": str(baseline_path),
+                  "splits": str(out_dir / SPLITS_FILE), "report": str(out_dir / REPORT_FILE)},
+        "elapsed_s": round(time.perf_counter() - started, 2),
+    }
+    if data.splits is not None:
+        write_text_atomic(out_dir / SPLITS_FILE, json.dumps(data.splits.to_json()) + "\n")
+    write_text_atomic(out_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    yield Artifact("onnx", str(model_path))
+    yield Artifact("report", str(out_dir / REPORT_FILE))
+    yield Result(report)
