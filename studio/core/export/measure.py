@@ -141,8 +141,11 @@ def run_onnx(path: str | Path, inputs: Tensor | np.ndarray, batch_size: int = 25
                            for i in range(0, len(array), batch_size)])
 
 
-def _first(output: Tensor | tuple | list) -> Tensor:
-    """The first output, as the ONNX file's first output is compared."""
+def _first(output: Tensor | tuple | list | Mapping) -> Tensor:
+    """The first output, as the ONNX file's first output is compared (of a mapping such as a
+    Hugging Face ``ModelOutput``: its first value, ``logits`` or ``last_hidden_state``)."""
+    if isinstance(output, Mapping):
+        return next(iter(output.values()))
     return output[0] if isinstance(output, tuple | list) else output
 
 
