@@ -327,9 +327,9 @@ def test_onnx_tree_from_exporter_scope_metadata():
     assert tree.get("node_add").params == 3 and tree.get("node_add").zeros == 3
     assert tree.get("encoder.proj").total_params == 15
     assert tree.root.total_params == 15 and tree.root.total_nbytes == 60
-    # The batch is symbolic, so no MACs can be counted; shapes keep the symbol.
+    # The batch is symbolic: shapes keep the symbol, MACs are counted per sample (4 x 3).
     assert matmul.output_shape == ("batch", 3)
-    assert tree.root.total_macs == 0
+    assert tree.root.total_macs == 12
 
 
 def test_onnx_tree_counts_macs_when_shapes_are_known():

@@ -206,8 +206,13 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, toke
     yield Log(f"Baseline: measuring {workspace.tree.model_name} in onnxruntime")
     baseline_path = save_onnx(model, out_dir / BASELINE_FILE)
     inputs = test.tensors[0]
-    reference = _outputs(loaded.path, inputs, batch)  # the user's file as it is
     baseline_outputs = _outputs(baseline_path, inputs, batch)
+    notes: list[str] = []
+    try:
+        reference = _outputs(loaded.path, inputs, batch)  # the user's file as it is
+    except StudioError as error:
+        reference = baseline_outputs
+        notes.append(f"{error}; the repaired baseline is the reference instead.")
     target = test.tensors[1] if data.metric == "accuracy" else reference
     tree = build_onnx_tree(model, workspace.tree.model_name)
     baseline = _figures(baseline_path, tree, baseline_outputs, data.metric, target, reference,
@@ -217,7 +222,6 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, toke
 
     resolved = workspace.plan.resolve(tree)
     partition = partition_plan(tree, resolved)
-    notes: list[str] = []
     structured = [*partition.channels, *partition.nm]
     if structured:
         notes.append(f"{_layers(structured)}: channel and N:M pruning need the torch model "
@@ -236,14 +240,16 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, toke
     model_path = out_dir / MODEL_FILE
     float_path = save_onnx(model, out_dir / "compressed-float.onnx")
     prepared: list[str] = []
-    if plan.is_empty:
-        float_path.replace(model_path)
-        float_outputs = None
-    else:
-        yield Log(f"Quantizing with onnxruntime: {plan.mode or 'weight-only'}")
-        float_outputs = _outputs(float_path, inputs, batch)
-        apply_quant_plan(float_path, model_path, plan, calibration, quantize.per_channel,
-                         quantize.calibration, prepared=prepared)
+    float_outputs = None
+    try:
+        if not plan.is_empty:
+            yield Log(f"Quantizing with onnxruntime: {plan.mode or 'weight-only'}")
+            float_outputs = _outputs(float_path, inputs, batch)
+            apply_quant_plan(float_path, model_path, plan, calibration, quantize.per_channel,
+                             quantize.calibration, prepared=prepared)
+        else:
+            float_path.replace(model_path)
+    finally:
         float_path.unlink(missing_ok=True)
     compressed_outputs = _outputs(model_path, inputs, batch)
     compressed = _figures(model_path, build_onnx_tree(model, "compressed"), compressed_outputs,
