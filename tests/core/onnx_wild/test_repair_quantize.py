@@ -182,3 +182,22 @@ def test_a_failed_opset_upgrade_names_the_opset_and_the_op():
                                           r"'Swish' is not defined at opset 11.*opset 13"):
         repair_onnx(model)
     assert repair_onnx(model, min_opset=None).steps == []  # without the upgrade: nothing to do
+
+
+def test_constants_given_as_plain_numbers_become_initializers():
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, 2])
+    nodes = [helper.make_node("Constant", [], ["shape"], name="shape", value_ints=[3, 2]),
+             helper.make_node("Constant", [], ["half"], name="half", value_float=0.5),
+             helper.make_node("Reshape", ["x", "shape"], ["r"], name="reshape"),
+             helper.make_node("Mul", ["r", "half"], ["y"], name="mul")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    repaired = repair_onnx(model).model
+    values = {t.name: numpy_helper.to_array(t) for t in repaired.graph.initializer}
+    assert values["shape"].tolist() == [3, 2] and values["shape"].dtype == np.int64
+    assert values["half"] == np.float32(0.5) and values["half"].shape == ()
+    session = ort.InferenceSession(repaired.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    result = session.run(None, {"x": np.arange(6, dtype=np.float32).reshape(2, 3)})[0]
+    assert result.tolist() == [[0.0, 0.5], [1.0, 1.5], [2.0, 2.5]]
