@@ -321,7 +321,8 @@ def _export_compressed(model: nn.Module, example: torch.Tensor, data: TaskData,
         return []
     float_path = out_dir / "compressed-float.onnx"
     export_onnx(model, example, float_path, opset=export_section.opset)
-    plan = plan_to_ort(build_onnx_tree(onnx.load(str(float_path)), "compressed"), resolved)
+    plan = plan_to_ort(build_onnx_tree(onnx.load(str(float_path)), "compressed"), resolved,
+                       quantize.weight_only)
     if plan.mode is None and not plan.matmul_nbits:
         float_path.replace(model_path)
         stages["quantize"] = {"mode": None}

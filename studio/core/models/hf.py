@@ -181,6 +181,9 @@ def load_hf_folder(folder: Path) -> LoadedModel:
                 use_safetensors=True, attn_implementation="eager", output_loading_info=True)
     except Exception as error:  # transformers raises many types for unknown or bad folders
         first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        if "ignore_mismatched_sizes" in first:
+            raise ModelLoadError(f"{folder}: the weights do not fit config.json: tensor shapes "
+                                 "differ from the ones it describes") from error
         raise ModelLoadError(f"{folder}: transformers {transformers.__version__} cannot load "
                              f"model type {raw['model_type']!r}: {first}") from error
     if not classifier and getattr(model, "pooler", None) is not None:

@@ -113,6 +113,10 @@ class QuantizeSection(_Section):
     per_channel: bool = True
     qat: bool = False
     """Fine-tune with fake quantization at the plan's bits before exporting."""
+    weight_only: bool = False
+    """int8 weights with float activations on MatMul/Gemm: 8-bit weight-only MatMulNBits
+    (float compute) instead of dynamic int8. Keeps accuracy closest to fp32, but on CPU it runs
+    no faster than fp32 and leaves embeddings float; dynamic int8 is smaller and faster."""
 
 
 class ExportSection(_Section):

@@ -7,7 +7,8 @@ takes the settings of its nearest enclosing layer that the plan resolved. From t
 - int8 weights + int8 activations -> static QDQ (calibrated), the fast int8 path on CPU;
 - int8 weights + float activations -> dynamic int8 (MatMulInteger / ConvInteger);
 - fp16 weights -> fp16 conversion; fp32, unset bits or ``exclude`` -> the node stays float;
-- int4 / int2 weights on MatMul or Gemm -> block-wise weight-only ``MatMulNBits``;
+- int4 / int2 weights on MatMul or Gemm -> block-wise weight-only ``MatMulNBits``; int8 weights
+  with float activations too when ``weight_only`` (8-bit ``MatMulNBits`` instead of dynamic int8);
 - int4 / int2 weights on Conv -> not possible with ORT post-training quantization; said in
   ``notes`` (quantization-aware training gets the values onto the low-bit grid, and even then
   ORT stores and runs them as int8).
@@ -89,9 +90,13 @@ def _layers(names: list[str]) -> str:
     return shown + (f" and {len(unique) - 6} more" if len(unique) > 6 else "")
 
 
-def plan_to_ort(tree_onnx: LayerTree, resolved_by_torch_name: Mapping[str, ResolvedSpec]
-                ) -> QuantPlan:
+def plan_to_ort(tree_onnx: LayerTree, resolved_by_torch_name: Mapping[str, ResolvedSpec],
+                weight_only: bool = False) -> QuantPlan:
     """Decide the ORT passes for the ONNX file whose tree is ``tree_onnx``.
+
+    ``weight_only``: MatMul/Gemm nodes with int8 weights and float activations get 8-bit
+    weight-only ``MatMulNBits`` (dequantized in the kernel, float compute) instead of dynamic
+    int8 (QuantizeSection.weight_only).
 
     ``resolved_by_torch_name`` maps layer names to their resolved settings, e.g.
     :func:`resolved_by_name` of the torch tree; names the ONNX file does not keep as scopes
@@ -138,6 +143,10 @@ def plan_to_ort(tree_onnx: LayerTree, resolved_by_torch_name: Mapping[str, Resol
         if bits in NBITS and node.op_type in MATMUL_OPS:
             nbits[node.name] = NBITS[bits]
             decisions[node.name] = f"{bits} weight-only (MatMulNBits)"
+            continue
+        if weight_only and bits == "int8" and act != "int8" and node.op_type in MATMUL_OPS:
+            nbits[node.name] = 8
+            decisions[node.name] = "int8 weight-only (MatMulNBits)"
             continue
         if bits in NBITS:
             qat[layer_of[node.name]] = NBITS[bits]
