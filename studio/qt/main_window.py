@@ -156,6 +156,7 @@ class MainWindow(QMainWindow):
         header.setStretchLastSection(False)
         for column, width in enumerate((190, 120, 96, 58, 58, 68, 60, 42, 92, 110, 80)):
             self.view.setColumnWidth(column, width)
+        self.view.expanded.connect(self._fit_name_columns)
         left_layout.addWidget(self.view)
         editor.addWidget(left)
 
@@ -211,6 +212,14 @@ class MainWindow(QMainWindow):
         self.data = DataController(self, self.data_panel)
         self.compress = CompressController(self, self.jobs, self.pareto, self.curves,
                                            self.heatmap, self.plan_diff)
+
+    def _fit_name_columns(self, *_args: object) -> None:
+        """Widen Layer and Type as deeper or longer rows come into view (never narrow them:
+        the user may have set the width). Qt measures the rows on screen only, so it is cheap."""
+        for column in (0, 1):
+            wanted = self.view.sizeHintForColumn(column)
+            if wanted > self.view.columnWidth(column):
+                self.view.setColumnWidth(column, min(wanted, 420))
 
     def select_layer(self, name: str) -> None:
         if self.workspace is None or name not in self.workspace.tree:
