@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from PySide6.QtCore import QMimeData, QPoint, Qt, QUrl
+from PySide6.QtGui import QDropEvent
 
 from studio.core.plan.recipe import read_recipe
 from studio.core.plan.stages import DataSection, ExportSection, ImageOptions, TrainSection
@@ -244,11 +246,25 @@ def test_a_hugging_face_folder_opens_with_roles(qtbot, window: MainWindow, tmp_p
     qtmodeltester.check(window.tree_model)
 
 
-def test_a_folder_without_a_model_gives_a_notice(qtbot, window: MainWindow,
-                                                 tmp_path: Path, monkeypatch) -> None:
+def test_a_dropped_folder_without_a_model_gives_a_notice(qtbot, window: MainWindow,
+                                                         tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    _pick(window, monkeypatch, str(tmp_path / "empty"))
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(tmp_path / "empty"))])
+    event = QDropEvent(QPoint(10, 10), Qt.DropAction.CopyAction, mime,
+                       Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
     with qtbot.waitSignal(window.openFailed, timeout=30_000):
-        window.open_folder_action.trigger()
+        window.dropEvent(event)  # a folder goes the same way as a file, not as a project
     assert window.notices.kind == "error" and "empty" in window.notices.text.text()
+    assert "project.yaml" not in window.notices.text.text()
     assert window.workspace is None
+
+
+def test_sensitivity_times_the_task_data_and_names_a_missing_file(
+        qtbot, demo_window: MainWindow, tmp_path: Path) -> None:
+    win = demo_window
+    win.data_panel.source.setCurrentIndex(win.data_panel.source.findData("arrays"))
+    win.data_panel.path.setText(str(tmp_path / "missing.npz"))
+    win.choose_sensitivity()  # times one evaluation on the data, in the background
+    qtbot.waitUntil(lambda: not win.busy_working, timeout=30_000)
+    assert win.notices.kind == "error" and "missing.npz" in win.notices.text.text()
