@@ -15,6 +15,7 @@ from PySide6.QtCore import QObject
 
 from studio.core.atomic import write_text_atomic
 from studio.core.engine.allocate import Target, allocate
+from studio.core.engine.run_onnx import check_onnx_recipe
 from studio.core.errors import StudioError
 from studio.core.jobs import Metric
 from studio.core.plan.plan import Plan
@@ -119,13 +120,20 @@ class CompressController(QObject):
     # --- jobs ------------------------------------------------------------------------------
     def run_plan(self) -> ProcessJob | None:
         """Run the current plan as an experiment; saved into the project when it ends."""
+        workspace = self.window.workspace
+        if workspace is None:
+            return None
+        if workspace.loaded.module is None:  # an ONNX file: say at once what it cannot do
+            try:
+                check_onnx_recipe(workspace.to_recipe(), Path(workspace.model_path), "Run Plan")
+            except StudioError as error:
+                self.window.show_error(str(error))
+                return None
         trust = self.window.data.job_trust()
         folder = self._require_project() if trust is not None else None
         if folder is None:
             return None
         self.window.save()  # the job reads the plan from the project as it is now
-        workspace = self.window.workspace
-        assert workspace is not None
         plan = workspace.to_recipe(base=folder).plan.model_dump(mode="json", exclude_none=True)
         experiment = new_experiment(f"experiment {len(self.experiments) + 1}", plan,
                                     status="cancelled")

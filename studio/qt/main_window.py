@@ -671,7 +671,9 @@ class MainWindow(QMainWindow):
         """Time one evaluation on the task's data (in the background), then ask how to sweep."""
         workspace = self.workspace
         if workspace is None or workspace.loaded.module is None:
-            self.show_error("Sensitivity analysis needs a torch model.")
+            self.show_error("Sensitivity analysis needs the torch model (a .pt/.safetensors/"
+                            ".pt2 file); an ONNX file alone can still be pruned and quantized "
+                            "with Compress ▸ Run Plan.")
             return
         trust = self.data.job_trust()
         if trust is None:

@@ -129,9 +129,7 @@ def test_an_onnx_model_runs_and_training_says_it_needs_torch(
     assert len(win.pareto.points()) == 2
 
     win.workspace.stages["train"] = TrainSection(epochs=1)
-    job = win.compress.run_plan()
-    with qtbot.waitSignal(job.finished, timeout=120_000) as finished:
-        pass
-    assert finished.args[0] == "failed"
-    assert win.notices.kind == "error"
-    assert "ONNX" in win.notices.text.text() and "torch model" in win.notices.text.text()
+    assert win.compress.run_plan() is None  # refused at once: no job, no failed experiment
+    assert win.notices.kind == "error" and win.jobs.model.rowCount() == 1
+    assert "ONNX file" in win.notices.text.text() and "train.epochs: 1" in \
+        win.notices.text.text()
