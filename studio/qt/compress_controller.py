@@ -106,6 +106,15 @@ class CompressController(QObject):
                 return None
         return self.project_dir
 
+    def _job_trust(self) -> bool | None:
+        """Whether the child may run code: the data function the user allowed by name, or the
+        pickled module they trusted when opening it. ``None``: they refused; start nothing."""
+        data = self.window.data.job_trust()
+        workspace = self.window.workspace
+        if data is None or workspace is None:
+            return None
+        return data or workspace.loaded.format == "pickled_module"
+
     def _spec(self, kind: str, folder: Path, out_dir: Path, trust: bool,
               options: dict[str, Any] | None = None) -> dict[str, Any]:
         """The child's job: ``trust`` lets it run the data section's function (the user
@@ -129,7 +138,7 @@ class CompressController(QObject):
             except StudioError as error:
                 self.window.show_error(str(error))
                 return None
-        trust = self.window.data.job_trust()
+        trust = self._job_trust()
         folder = self._require_project() if trust is not None else None
         if folder is None:
             return None
@@ -177,7 +186,7 @@ class CompressController(QObject):
 
     def run_sensitivity(self, granularity: str = "unstructured", subset: int = 500
                         ) -> ProcessJob | None:
-        trust = self.window.data.job_trust()
+        trust = self._job_trust()
         folder = self._require_project() if trust is not None else None
         if folder is None:
             return None

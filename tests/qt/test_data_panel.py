@@ -190,6 +190,10 @@ def test_a_function_source_asks_consent_first(qtbot, demo_window: MainWindow, tm
     text = _check(qtbot, win)
     assert marker.exists() and "no: scored by agreement" in text and "cosine" in text
     assert _check(qtbot, win) == text and len(asked) == 3  # asked once a session
+    job = win.compress.run_plan()  # allowed: the job may run the function too
+    assert job.spec["trust"] is True and len(asked) == 3
+    with qtbot.waitSignal(job.finished, timeout=30_000):
+        job.cancel()
 
 
 def test_unlabelled_arrays_run_scores_agreement(qtbot, demo_window: MainWindow,
