@@ -47,7 +47,7 @@ from studio.core.errors import ArchitectureRequired, InputError, StudioError, Tr
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import DEMO
 from studio.core.plan.estimate import estimate
-from studio.core.plan.recipe import check_layer_names, dump_recipe, read_recipe
+from studio.core.plan.recipe import STAGE_KEYS, check_layer_names, dump_recipe, read_recipe
 from studio.core.plan.stages import DataSection
 from studio.core.project.autosave import (
     autosave_path,
@@ -551,13 +551,22 @@ class MainWindow(QMainWindow):
     def _restore_autosave(self) -> None:
         assert self.workspace is not None and self.controller is not None
         recipe = pending_autosave(self.workspace, self.project_path, self.recovery_dir)
-        if recipe is None or recipe.to_plan() == self.workspace.plan:
+        if recipe is None:
+            return
+        stages = recipe.stages()
+        changed = [key for key in STAGE_KEYS if stages.get(key) != self.workspace.stages.get(key)]
+        if recipe.to_plan() == self.workspace.plan and not changed:
             return
         try:
             check_layer_names(recipe, self.workspace.tree, "autosave")
         except StudioError:
             return
+        stack = self.controller.undo_stack
+        stack.beginMacro("Restore autosaved edits")  # one step, so one Undo discards them
         self.controller.replace_plan(recipe.to_plan(), "Restore autosaved plan")
+        for key in changed:
+            self.controller.set_stage(key, stages.get(key))
+        stack.endMacro()
         self.show_info("Restored plan edits that were not saved (autosave). Edit ▸ Undo "
                        "discards them.")
 

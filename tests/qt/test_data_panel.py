@@ -272,3 +272,20 @@ def test_sensitivity_times_the_task_data_and_names_a_missing_file(
     win.choose_sensitivity()  # times one evaluation on the data, in the background
     qtbot.waitUntil(lambda: not win.busy_working, timeout=30_000)
     assert win.notices.kind == "error" and "missing.npz" in win.notices.text.text()
+
+
+def test_unsaved_data_edits_come_back_after_a_crash(demo_window: MainWindow, make_window,
+                                                    open_and_wait) -> None:
+    win = demo_window
+    win.data_panel.metric.setCurrentIndex(win.data_panel.metric.findData("top1_agreement"))
+    win.data_panel.calibration.setValue(32)
+    win.autosave_now()
+    section = win.workspace.stages["data"]
+    win.controller.undo_stack.setClean()  # the "crash"
+
+    other = make_window()
+    open_and_wait(other, "demo")
+    assert other.workspace.stages["data"] == section
+    assert other.data_panel.section() == section
+    other.undo_action.trigger()  # one undo discards everything restored
+    assert "data" not in other.workspace.stages and other.data_panel.section() is None
