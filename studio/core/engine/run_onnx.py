@@ -236,7 +236,7 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, toke
     token.check()
 
     plan = plan_to_ort(tree, {node.name: spec for node, spec in
-                              zip(tree.nodes, resolved, strict=True)})
+                              zip(tree.nodes, resolved, strict=True)}, quantize.weight_only)
     model_path = out_dir / MODEL_FILE
     float_path = save_onnx(model, out_dir / "compressed-float.onnx")
     prepared: list[str] = []
