@@ -348,12 +348,6 @@ def test_nan_weights_open_for_inspection_but_a_run_refuses(tmp_path, demo_module
     assert not (tmp_path / "out").exists()  # refused before any work
 
 
-def test_dataset_with_bad_labels_or_empty():
-    pytest.skip("not applicable yet: data.source only accepts the built-in demo digits, so a "
-                "user cannot supply labels or an empty dataset (a recipe asking for another "
-                "source is refused: see test_bad_recipe_names_the_file_and_field)")
-
-
 # --- faults while writing ------------------------------------------------------------------------
 
 def _no_space(*_args: object, **_kwargs: object) -> int:

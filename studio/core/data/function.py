@@ -3,12 +3,14 @@
 Importing and calling it runs that code, so it happens only with the user's consent (like
 unpickling a model); without it :class:`FunctionTrustRequired` names the function. Each batch is
 a tensor or array of inputs, or an ``(inputs, labels)`` pair. Reading stops after
-``max_samples``, so an endless generator cannot hang the job.
+``max_samples``, so an endless generator cannot hang the job. A module lying beside the recipe
+or project (its folder) is importable without installing it, as users keep such loaders there.
 """
 
 from __future__ import annotations
 
 import pkgutil
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -32,15 +34,23 @@ class FunctionTrustRequired(TrustRequired):
             "run it only if you trust its code (CLI: --trust; GUI: confirm the prompt).")
 
 
-def _resolve(target: str) -> Any:
+def _resolve(target: str, base_dir: Path | None) -> Any:
+    folder = str(base_dir.resolve()) if base_dir is not None else None
+    added = folder is not None and folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
     try:
         function = pkgutil.resolve_name(target)
     except (ImportError, AttributeError, ValueError) as error:
         raise StudioError(f"data source {target}: cannot import it ({error}); install the "
-                          "package that defines it or fix the name") from None
+                          "package that defines it, put its module beside the recipe, "
+                          "or fix the name") from None
     except Exception as error:  # the user's module failed while importing
         raise StudioError(f"data source {target}: importing it raised "
                           f"{type(error).__name__}: {error}") from None
+    finally:
+        if added:
+            sys.path.remove(folder)
     if not callable(function):
         raise StudioError(f"data source {target}: is not a function")
     return function
@@ -67,11 +77,13 @@ def _array(value: Any, where: str) -> Tensor | np.ndarray:
     return array
 
 
-def read_function(target: str, trust: bool, max_samples: int) -> Samples:
-    """Call ``target`` and gather its batches (at most ``max_samples`` samples)."""
+def read_function(target: str, trust: bool, max_samples: int,
+                  base_dir: Path | None = None) -> Samples:
+    """Call ``target`` and gather its batches (at most ``max_samples`` samples); its module is
+    looked up in ``base_dir`` too."""
     if not trust:
         raise FunctionTrustRequired(target)
-    function = _resolve(target)
+    function = _resolve(target, base_dir)
     inputs: list[Tensor] = []
     labels: list[Tensor] = []
     count = 0

@@ -30,7 +30,7 @@ def _read(section: DataSection, path: str, base_dir: Path | None, trust: bool,
     set) gives the class names its labels must use."""
     classes = train.classes if train is not None else None
     if section.source == "function":
-        return read_function(path, trust, section.max_samples)
+        return read_function(path, trust, section.max_samples, base_dir)
     resolved = _resolve(path, base_dir)
     if section.source == "images":
         return read_image_folder(resolved, section.image, classes)

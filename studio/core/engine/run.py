@@ -146,12 +146,12 @@ def run_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, token: Ca
     if device:
         train_section = train_section.model_copy(update={"device": device})
     resolve_device(train_section.device)  # a missing GPU fails before any work
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(train_section.seed)
     data = _load_data(recipe.data or DataSection(), base_dir, trust)
     original = workspace.loaded.module
     _check_data_fits(original, data, workspace.example)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the data is known to fit
     yield Log(f"Data: {data.name}; {'labelled' if data.labelled else 'unlabelled'}, metric "
               f"{data.metric}; {len(data.train)} to fine-tune on, {len(data.test)} to test")
     reference = torch_outputs(original, data.test.tensors[0])

@@ -5,8 +5,11 @@ out-of-memory in a job never takes the window down, and cancel is immediate (the
 process; the job writes nothing half-done because every output is written atomically).
 
 The spec: ``{"kind": "run" | "sensitivity", "recipe": {...recipe as YAML/JSON data...},
-"base_dir": str | null, "out_dir": str, "device": str | null, "options": {...}}``. A failure is
-reported as one ``log`` event with level ``error`` and exit code 1; a traceback goes to stderr.
+"base_dir": str | null, "out_dir": str, "device": str | null, "trust": bool, "options": {...}}``.
+``trust`` is the consent the user gave in the window (to a pickled model or a data function);
+without it the child refuses to run code from those files, as the CLI does without ``--trust``.
+A failure is reported as one ``log`` event with level ``error`` and exit code 1; a traceback
+goes to stderr.
 """
 
 from __future__ import annotations
@@ -34,16 +37,17 @@ def job_events(spec: dict[str, Any], token: CancelToken) -> Iterator[Event]:
     recipe = Recipe.model_validate(spec["recipe"])
     base_dir = Path(spec["base_dir"]) if spec.get("base_dir") else None
     kind = spec.get("kind", "run")
+    trust = bool(spec.get("trust", False))
     if kind == "run":
         from studio.core.engine.run import run_recipe
 
-        yield from run_recipe(recipe, base_dir, Path(spec["out_dir"]), token,
+        yield from run_recipe(recipe, base_dir, Path(spec["out_dir"]), token, trust=trust,
                               device=spec.get("device"))
     elif kind == "sensitivity":
         from studio.core.engine.sensitivity import sensitivity_job
 
         yield from sensitivity_job(recipe, base_dir, token, device=spec.get("device"),
-                                   **spec.get("options", {}))
+                                   trust=trust, **spec.get("options", {}))
     else:
         raise StudioError(f"unknown job kind {kind!r}")
 
