@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from studio.core.data.metrics import drop as metric_drop
+
 SLOWER_THRESHOLD = 0.9
+NOTABLE_DROP = 0.01
+SCORE_NAMES = {"accuracy": "Accuracy", "cosine": "Cosine agreement with the original",
+               "top1_agreement": "Top-1 agreement with the original"}
 
 
 def honesty_notes(baseline: dict[str, Any], compressed: dict[str, Any],
@@ -28,8 +33,10 @@ def honesty_notes(baseline: dict[str, Any], compressed: dict[str, Any],
             f"The ONNX file is not smaller ({compressed['onnx_bytes'] / baseline['onnx_bytes']:.2f}"
             f"×): zeros are stored densely. Compressed for download it is "
             f"{compressed['zip_bytes'] / baseline['zip_bytes']:.2f}× the original's zip.")
-    drop = baseline["metric"]["value"] - compressed["metric"]["value"]
-    if drop > 0.01:
-        notes.append(f"Accuracy dropped {drop * 100:.1f} points: recover with more fine-tuning "
-                     "epochs or distillation, or compress the most sensitive layers less.")
+    metric = compressed["metric"]["name"]
+    drop = metric_drop(metric, baseline["metric"]["value"], compressed["metric"]["value"])
+    if metric in SCORE_NAMES and drop > NOTABLE_DROP:  # MSE has no scale to call a drop large
+        notes.append(f"{SCORE_NAMES[metric]} dropped {drop * 100:.1f} points: recover with more "
+                     "fine-tuning epochs or distillation, or compress the most sensitive "
+                     "layers less.")
     return notes

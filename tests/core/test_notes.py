@@ -1,0 +1,23 @@
+"""The report's plain-word notes name the task's metric and read its direction right."""
+
+from __future__ import annotations
+
+from studio.core.engine.notes import honesty_notes
+
+
+def _figures(metric: str, value: float) -> dict:
+    return {"metric": {"name": metric, "value": value}, "onnx_bytes": 100, "zip_bytes": 90,
+            "latency_ms": {"batch_1": 1.0}}
+
+
+def test_a_drop_is_named_by_the_metric() -> None:
+    notes = honesty_notes(_figures("cosine", 1.0), _figures("cosine", 0.95), 0, False)
+    assert any(n.startswith("Cosine agreement with the original dropped 5.0 points")
+               for n in notes)
+    accuracy = honesty_notes(_figures("accuracy", 0.98), _figures("accuracy", 0.90), 0, False)
+    assert any(n.startswith("Accuracy dropped 8.0 points") for n in accuracy)
+
+
+def test_no_drop_note_for_a_gain_or_for_mse() -> None:
+    assert not honesty_notes(_figures("accuracy", 0.90), _figures("accuracy", 0.95), 0, False)
+    assert not honesty_notes(_figures("mse", 0.0), _figures("mse", 0.5), 0, False)
