@@ -21,38 +21,39 @@ from studio.core.errors import StudioError
 from studio.core.models.inputs import InputSpec
 
 
-def ask_trust(parent: QWidget, path: Path) -> bool:
-    """Consent before unpickling: it runs code from the file."""
+def _ask_to_run_code(parent: QWidget, title: str, text: str, details: str,
+                     accept: str) -> bool:
+    """A warning whose default answer is Cancel: consent before anything runs foreign code."""
     box = QMessageBox(parent)
     box.setIcon(QMessageBox.Icon.Warning)
-    box.setWindowTitle("Run code from this file?")
-    box.setText(f"<b>{path.name}</b> is a pickled Python object, not just weights.")
-    box.setInformativeText(
-        "Unpickling it runs code stored in the file, with your permissions. Open it only if you "
-        "trust where it came from. Weights-only formats (.safetensors, state dicts, .pt2, "
-        ".onnx) never need this.")
-    trust = box.addButton("Trust and Open", QMessageBox.ButtonRole.AcceptRole)
-    box.addButton(QMessageBox.StandardButton.Cancel)
-    box.setDefaultButton(QMessageBox.StandardButton.Cancel)
-    box.exec()
-    return box.clickedButton() is trust
-
-
-def ask_run_function(parent: QWidget, function: str) -> bool:
-    """Consent before importing a data source ``package.module:function``: it runs its code."""
-    box = QMessageBox(parent)
-    box.setIcon(QMessageBox.Icon.Warning)
-    box.setWindowTitle("Run code to load the data?")
-    box.setText(f"The data comes from the Python function <b>{function}</b>.")
-    box.setInformativeText(
-        "Loading it imports that module and runs the function, with your permissions, here "
-        "and in every job that uses this data. Allow it only if you trust the code. Files "
-        "(image folders, .npz/.npy, CSV) never need this.")
-    allow = box.addButton("Run the Function", QMessageBox.ButtonRole.AcceptRole)
+    box.setWindowTitle(title)
+    box.setText(text)
+    box.setInformativeText(details)
+    allow = box.addButton(accept, QMessageBox.ButtonRole.AcceptRole)
     box.addButton(QMessageBox.StandardButton.Cancel)
     box.setDefaultButton(QMessageBox.StandardButton.Cancel)
     box.exec()
     return box.clickedButton() is allow
+
+
+def ask_trust(parent: QWidget, path: Path) -> bool:
+    """Consent before unpickling: it runs code from the file."""
+    return _ask_to_run_code(
+        parent, "Run code from this file?",
+        f"<b>{path.name}</b> is a pickled Python object, not just weights.",
+        "Unpickling it runs code stored in the file, with your permissions. Open it only if you "
+        "trust where it came from. Weights-only formats (.safetensors, state dicts, .pt2, "
+        ".onnx) never need this.", "Trust and Open")
+
+
+def ask_run_function(parent: QWidget, function: str) -> bool:
+    """Consent before importing a data source ``package.module:function``: it runs its code."""
+    return _ask_to_run_code(
+        parent, "Run code to load the data?",
+        f"The data comes from the Python function <b>{function}</b>.",
+        "Loading it imports that module and runs the function, with your permissions, here "
+        "and in every job that uses this data. Allow it only if you trust the code. Files "
+        "(image folders, .npz/.npy, CSV) never need this.", "Run the Function")
 
 
 @dataclass(frozen=True)

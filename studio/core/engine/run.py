@@ -215,10 +215,17 @@ def run_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, token: Ca
         "notes": [*(n for n in pruning_report.get("notes", []) if n != RETRACE_NOTE),
                   *qat_notes, *quant_notes,
                   *honesty_notes(baseline, compressed, sparse_layers, quantized)],
-        "paths": {"model": str(model_path), "baseline": str(baseline_path),
-                  "splits": str(out_dir / SPLITS_FILE), "report": str(out_dir / REPORT_FILE)},
         "elapsed_s": round(time.perf_counter() - started, 2),
     }
+    yield from finish_report(report, data, out_dir, model_path, baseline_path)
+
+
+def finish_report(report: dict[str, Any], data: TaskData, out_dir: Path, model_path: Path,
+                  baseline_path: Path) -> Iterator[Event]:
+    """Write the splits and, last, the report (so a report never names missing files); the
+    final events of every run, torch or ONNX-only."""
+    report["paths"] = {"model": str(model_path), "baseline": str(baseline_path),
+                       "splits": str(out_dir / SPLITS_FILE), "report": str(out_dir / REPORT_FILE)}
     if data.splits is not None:
         write_text_atomic(out_dir / SPLITS_FILE, json.dumps(data.splits.to_json()) + "\n")
     write_text_atomic(out_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")

@@ -11,7 +11,6 @@ is scored against the original file's own outputs in onnxruntime.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,17 +22,16 @@ import onnx
 import torch
 from torch.utils.data import TensorDataset
 
-from studio.core.atomic import write_text_atomic
 from studio.core.data.metrics import agreement, higher_is_better, score, top1_agreement
-from studio.core.data.task import SPLITS_FILE, TaskData
+from studio.core.data.task import TaskData
 from studio.core.engine.notes import honesty_notes
-from studio.core.engine.run import BASELINE_FILE, MODEL_FILE, REPORT_FILE
+from studio.core.engine.run import BASELINE_FILE, MODEL_FILE, finish_report
 from studio.core.errors import InputError, StudioError
 from studio.core.export.measure import inputs_for_batches, latency_ms, run_onnx, zip_bytes
 from studio.core.export.onnx_export import onnx_file_bytes, save_onnx
 from studio.core.graph.onnx_tree import build_onnx_tree
 from studio.core.graph.tree import LayerTree
-from studio.core.jobs import Artifact, CancelToken, Event, Log, Metric, Result
+from studio.core.jobs import CancelToken, Event, Log, Metric
 from studio.core.methods.pruning import partition_plan
 from studio.core.methods.pruning.onnx_initializers import prune_initializers
 from studio.core.methods.quantization.ort_plan import apply_quant_plan, plan_to_ort
@@ -285,13 +283,6 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, toke
         "notes": [*pruning["notes"], *notes, *plan.notes,
                   *honesty_notes(baseline, compressed, len(pruning["layers"]),
                                  not plan.is_empty)],
-        "paths": {"model": str(model_path), "baseline": str(baseline_path),
-                  "splits": str(out_dir / SPLITS_FILE), "report": str(out_dir / REPORT_FILE)},
         "elapsed_s": round(time.perf_counter() - started, 2),
     }
-    if data.splits is not None:
-        write_text_atomic(out_dir / SPLITS_FILE, json.dumps(data.splits.to_json()) + "\n")
-    write_text_atomic(out_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
-    yield Artifact("onnx", str(model_path))
-    yield Artifact("report", str(out_dir / REPORT_FILE))
-    yield Result(report)
+    yield from finish_report(report, data, out_dir, model_path, baseline_path)

@@ -24,6 +24,7 @@ from torch.utils.data import TensorDataset
 from studio.core.data.metrics import score
 from studio.core.errors import StudioError
 from studio.core.export.onnx_export import external_data_files
+from studio.core.graph.onnx_walk import all_graphs
 
 DEFAULT_THREADS = 2
 """Fixed so that timings taken on different days or machines compare like with like."""
@@ -203,22 +204,11 @@ def onnx_accuracy(onnx_path: str | Path, dataset: TensorDataset, batch_size: int
     return onnx_metric(onnx_path, dataset, "accuracy", None, batch_size, threads)
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attribute.g)
-            elif attribute.type == onnx.AttributeProto.GRAPHS:
-                for sub in attribute.graphs:
-                    yield from _graphs(sub)
-
-
 def count_ops(onnx_path: str | Path | onnx.ModelProto) -> dict[str, int]:
     """Op-type histogram (subgraphs included), most frequent first."""
     model = onnx_path if isinstance(onnx_path, onnx.ModelProto) else onnx.load(
         str(onnx_path), load_external_data=False)
-    counts = Counter(node.op_type for graph in _graphs(model.graph) for node in graph.node)
+    counts = Counter(node.op_type for graph in all_graphs(model.graph) for node in graph.node)
     return dict(counts.most_common())
 
 
@@ -226,7 +216,7 @@ def initializer_bytes(onnx_path: str | Path | onnx.ModelProto) -> dict[str, int]
     """Bytes of the stored tensors by element type (``int8``, ``float32``...): where size goes."""
     model = onnx_path if isinstance(onnx_path, onnx.ModelProto) else onnx.load(str(onnx_path))
     totals: Counter[str] = Counter()
-    for graph in _graphs(model.graph):
+    for graph in all_graphs(model.graph):
         for tensor in graph.initializer:
             name = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).name
             stored = len(tensor.raw_data) or onnx.numpy_helper.to_array(tensor).nbytes

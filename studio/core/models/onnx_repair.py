@@ -15,7 +15,6 @@ follow, is handled where it bites: quantization pre-processing retries without i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +22,7 @@ import onnx
 from onnx import numpy_helper, version_converter
 
 from studio.core.errors import StudioError
+from studio.core.graph.onnx_walk import subgraphs
 
 PER_CHANNEL_OPSET = 13
 """The first opset whose QuantizeLinear/DequantizeLinear take an ``axis`` (per-channel)."""
@@ -63,15 +63,6 @@ def constant_value(node: onnx.NodeProto) -> np.ndarray | None:
     return None
 
 
-def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                yield attribute.g
-            elif attribute.type == onnx.AttributeProto.GRAPHS:
-                yield from attribute.graphs
-
-
 def _graph_constants_to_initializers(graph: onnx.GraphProto, as_inputs: bool) -> int:
     outputs = {value.name for value in graph.output}
     values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
@@ -99,7 +90,7 @@ def _graph_constants_to_initializers(graph: onnx.GraphProto, as_inputs: bool) ->
         moved += 1
     del graph.node[:]
     graph.node.extend(kept)
-    return moved + sum(_graph_constants_to_initializers(sub, False) for sub in _subgraphs(graph))
+    return moved + sum(_graph_constants_to_initializers(sub, False) for sub in subgraphs(graph))
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> int:

@@ -31,6 +31,7 @@ from torch.utils.data import TensorDataset
 
 from studio.core.errors import StudioError
 from studio.core.export.onnx_export import save_onnx
+from studio.core.graph.onnx_walk import subgraphs
 from studio.core.models.onnx_file import fixed_batch_size
 
 Mode = Literal["static", "dynamic", "fp16", "nbits", "int4", "int2"]
@@ -101,20 +102,11 @@ def _quiet(logger_name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                yield attribute.g
-            elif attribute.type == onnx.AttributeProto.GRAPHS:
-                yield from attribute.graphs
-
-
 def used_names(graph: onnx.GraphProto) -> set[str]:
     """Every tensor name a node reads, in ``graph`` and its subgraphs, plus graph outputs."""
     names = {name for node in graph.node for name in node.input}
     names |= {output.name for output in graph.output}
-    for sub in _subgraphs(graph):
+    for sub in subgraphs(graph):
         names |= used_names(sub)
     return names
 
@@ -245,7 +237,7 @@ def compact(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = model.graph
     _drop_zero_bias_zero_points(graph)
     del graph.value_info[:]
-    if next(_subgraphs(graph), None) is not None:
+    if next(subgraphs(graph), None) is not None:
         return model  # subgraphs read outer names; renaming them all is not worth the risk
     keep = {v.name for v in [*graph.input, *graph.output]}
     short: dict[str, str] = {}
