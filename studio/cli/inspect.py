@@ -51,6 +51,7 @@ def _layer_json(node: LayerNode) -> dict[str, Any]:
     return {
         "name": node.name,
         "type": node.op_type,
+        "role": node.role,
         "params": node.total_params,
         "macs": node.total_macs,
         "bytes": node.total_nbytes,
@@ -86,7 +87,7 @@ def inspect_text(workspace: Workspace, max_depth: int | None = None) -> str:
         if max_depth is not None and depth > max_depth:
             continue
         rows.append(("  " * depth + (node.label if node.name else tree.model_name),
-                     node.op_type, format_shape(node.output_shape),
+                     node.type_label, format_shape(node.output_shape),
                      format_count(node.total_params), format_count(node.total_macs),
                      format_bytes(node.total_nbytes), format_percent(node.sparsity)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -28,11 +28,6 @@ def _bits_text(node: LayerNode, _spec: ResolvedSpec) -> str:
     return {32: "fp32", 16: "16-bit", 8: "int8"}.get(node.weight_bits, f"{node.weight_bits}-bit")
 
 
-def type_text(node: LayerNode) -> str:
-    """"BertAttention · attention": the class, then the role a transformer gives it."""
-    return f"{node.op_type} · {node.role}" if node.role else node.op_type
-
-
 def plan_sparsity_text(node: LayerNode, spec: ResolvedSpec) -> str:
     if spec.exclude:
         return "excluded"
@@ -57,7 +52,7 @@ def plan_bits_text(node: LayerNode, spec: ResolvedSpec) -> str:
 COLUMNS: tuple[Column, ...] = (
     Column("Layer", lambda n, s: n.label, lambda n, s: n.label.lower(),
            "Module name (ONNX: name scope or node)"),
-    Column("Type", lambda n, s: type_text(n), lambda n, s: type_text(n).lower(),
+    Column("Type", lambda n, s: n.type_label, lambda n, s: n.type_label.lower(),
            "Module class or op, and its role in a transformer (attention, FFN, …)"),
     Column("Output", lambda n, s: format_shape(n.output_shape),
            lambda n, s: str(n.output_shape or ""), "Output shape on the example input"),

@@ -11,7 +11,7 @@ from PySide6.QtGui import QColor, QFont
 
 from studio.core.graph.tree import LayerNode, LayerTree
 from studio.core.plan import Plan, ResolvedSpec
-from studio.qt.columns import COLUMNS, PLAN_COLUMNS, SENSITIVITY_COLUMN, type_text
+from studio.qt.columns import COLUMNS, PLAN_COLUMNS, SENSITIVITY_COLUMN
 from studio.qt.plots.metric import MetricAxis, metric_axis
 
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -140,7 +140,7 @@ class LayerTreeModel(QAbstractItemModel):
         if role == SORT_ROLE:
             return column.sort_key(node, spec)
         if role == FILTER_ROLE:
-            return f"{node.name} {type_text(node)}"
+            return f"{node.name} {node.type_label}"
         if role == NODE_ID_ROLE:
             return node.id
         if role == Qt.ItemDataRole.TextAlignmentRole and column.numeric:
@@ -171,7 +171,7 @@ class LayerTreeModel(QAbstractItemModel):
         if role == Qt.ItemDataRole.TextAlignmentRole:
             return _ALIGN_NUMBER
         if role in (FILTER_ROLE, NODE_ID_ROLE):
-            return f"{node.name} {type_text(node)}" if role == FILTER_ROLE else node.id
+            return f"{node.name} {node.type_label}" if role == FILTER_ROLE else node.id
         return None
 
     def _plan_style(self, node: LayerNode, column: int, role: int) -> object:

@@ -236,12 +236,11 @@ def test_a_hugging_face_folder_opens_with_roles(qtbot, window: MainWindow, tmp_p
     _pick(window, monkeypatch, str(tmp_path / "bert"))
     with qtbot.waitSignal(window.workspaceOpened, timeout=60_000):
         window.open_folder_action.trigger()
-    from studio.qt.columns import type_text
 
     tree = window.workspace.tree
     attention = next(node for node in tree.nodes if node.role == "attention")
     index = window.tree_model.index_of(attention.id, 1)
-    assert window.tree_model.data(index) == type_text(attention) == \
+    assert window.tree_model.data(index) == attention.type_label == \
         f"{attention.op_type} · attention"
     assert {node.role for node in tree.nodes} >= {"embeddings", "encoder block", "attention",
                                                    "FFN"}

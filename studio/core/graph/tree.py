@@ -62,6 +62,11 @@ class LayerNode:
         return self.weight_params > 0
 
     @property
+    def type_label(self) -> str:
+        """"BertAttention · attention": the class, then the role a transformer gives it."""
+        return f"{self.op_type} · {self.role}" if self.role else self.op_type
+
+    @property
     def sparsity(self) -> float:
         """Fraction of this subtree's parameters that are exactly zero."""
         return self.total_zeros / self.total_params if self.total_params else 0.0

@@ -108,3 +108,15 @@ def test_a_folder_without_config_is_not_a_model(tmp_path: Path) -> None:
 def _edit_config(folder: Path, **changes: object) -> None:
     path = folder / "config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_cli_inspect_names_the_transformer_roles(capsys, tiny_bert: Path) -> None:
+    from studio.cli.main import main
+
+    assert main(["inspect", str(tiny_bert), "--depth", "6"]) == 0
+    text = capsys.readouterr().out
+    assert "BertAttention · attention" in text and "BertLayer · encoder block" in text
+    assert main(["inspect", str(tiny_bert), "--json"]) == 0
+    layers = json.loads(capsys.readouterr().out)["layers"]
+    assert {layer["role"] for layer in layers} >= {"embeddings", "encoder block", "attention",
+                                                   "FFN"}
