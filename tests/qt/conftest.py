@@ -62,6 +62,22 @@ def open_and_wait(qtbot) -> Callable[..., None]:
 
 
 @pytest.fixture
+def run_plan_and_wait(qtbot) -> Callable[[MainWindow], dict]:
+    """Run the window's plan as an experiment; wait for the job, check it finished, give its
+    report."""
+
+    def run(win: MainWindow) -> dict:
+        job = win.compress.run_plan()
+        assert job is not None, win.notices.text.text()
+        with qtbot.waitSignal(job.finished, timeout=120_000) as finished:
+            pass
+        assert finished.args[0] == "finished", finished.args[2]
+        return finished.args[1]
+
+    return run
+
+
+@pytest.fixture
 def demo_window(window: MainWindow, open_and_wait: Callable[..., None]) -> MainWindow:
     open_and_wait(window, "demo")
     return window

@@ -115,17 +115,15 @@ def test_closing_while_a_job_runs_asks_then_stops_it(qtbot, demo_window: MainWin
 
 
 def test_an_onnx_model_runs_and_training_says_it_needs_torch(
-        qtbot, window: MainWindow, open_and_wait, demo_onnx_path: Path, tmp_path: Path) -> None:
+        window: MainWindow, open_and_wait, run_plan_and_wait, demo_onnx_path: Path,
+        tmp_path: Path) -> None:
     win = window
     open_and_wait(win, str(demo_onnx_path))
     _fast_settings(win)
     del win.workspace.stages["train"]  # no fine-tuning: the ONNX file is pruned as it is
     win.controller.set_field([""], "sparsity", 0.3)
     assert win.save_project_to(tmp_path / "project")
-    job = win.compress.run_plan()
-    with qtbot.waitSignal(job.finished, timeout=120_000) as finished:
-        pass
-    assert finished.args[0] == "finished", finished.args[2]
+    run_plan_and_wait(win)
     assert len(win.pareto.points()) == 2
 
     win.workspace.stages["train"] = TrainSection(epochs=1)

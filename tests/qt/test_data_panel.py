@@ -196,7 +196,7 @@ def test_a_function_source_asks_consent_first(qtbot, demo_window: MainWindow, tm
         job.cancel()
 
 
-def test_unlabelled_arrays_run_scores_agreement(qtbot, demo_window: MainWindow,
+def test_unlabelled_arrays_run_scores_agreement(demo_window: MainWindow, run_plan_and_wait,
                                                 tmp_path: Path, monkeypatch) -> None:
     digits = np.load(DEMO_NPZ)["images"][:160]
     np.savez(tmp_path / "digits.npz", x=digits)  # inputs only: no labels
@@ -211,11 +211,8 @@ def test_unlabelled_arrays_run_scores_agreement(qtbot, demo_window: MainWindow,
                              "export": ExportSection(latency_repeats=2, latency_batch=8)}
     win.controller.set_field([""], "sparsity", 0.3)
     assert win.save_project_to(tmp_path / "project")
-    job = win.compress.run_plan()
-    with qtbot.waitSignal(job.finished, timeout=120_000) as finished:
-        pass
-    assert finished.args[0] == "finished", finished.args[2]
-    assert finished.args[1]["data"]["labelled"] is False
+    report = run_plan_and_wait(win)
+    assert report["data"]["labelled"] is False
     points = win.pareto.points()
     assert {p["metric"] for p in points} == {"cosine"}
     assert win.pareto.metric.title == "Cosine agreement"
