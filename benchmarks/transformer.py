@@ -7,8 +7,9 @@ exactly as the studio does, and runs the engine on it (``run_workspace``) with r
 - int8: ``weight_bits: int8`` on the whole model, activations float -> dynamic int8 with
   per-channel weights; the same with ``quantize.weight_only`` (8-bit MatMulNBits);
 - pruned: 30% of the heads of every attention and 30% of every FFN's hidden units
-  (``granularity: channels`` on each encoder block), recovered by matching the uncompressed
-  model's embeddings on unlabelled documentation sentences (token ids in a .npz);
+  (``granularity: channels`` on each encoder block), each cut block's output projection re-fitted
+  by least squares on calibration sentences (``prune.reconstruct``), then recovered by matching
+  the uncompressed model's embeddings on unlabelled documentation sentences (token ids in a .npz);
 - for contrast, without the engine: per-tensor dynamic int8, and the pruned file quantized.
 
 Quality is the mean cosine similarity of each file's embeddings with the fp32 file's on the
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=32,
                         help="tokens per training/evaluation sentence (padded or cut)")
     parser.add_argument("--ratio", type=float, default=0.3, help="heads and FFN width cut")
+    parser.add_argument("--calibration", type=int, default=512,
+                        help="training sentences that the least-squares reconstruction fits on")
     parser.add_argument("--repeats", type=int, default=10, help="latency runs per file")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluation = tokenize(folder, EVALUATION_SENTENCES, args.tokens)
         np.savez(work / "test.npz", input_ids=evaluation.numpy())
         data = {"source": "arrays", "path": "train.npz", "test_path": "test.npz",
-                "calibration_samples": 64}
+                "calibration_samples": args.calibration}
         export = {"latency_batch": 32, "latency_repeats": 3}
         no_training = {"data": data, "train": {"epochs": 0}, "export": export}
         int8 = LayerSpec(weight_bits="int8")
@@ -150,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "pruned_params_ratio": pruning["after"]["params"] / pruning["before"]["params"],
         "pruned_macs_ratio": pruning["after"]["macs"] / pruning["before"]["macs"],
+        "pruned_reconstruction_error": {
+            block: [round(e["before"], 4), round(e["after"], 4)]
+            for block, e in pruning.get("reconstruct", {}).get("layers", {}).items()},
         "pruned_torch_cosine_after_recovery": pruned_report["stages"].get("recover", {}).get(
             "torch_metric", {}).get("value"),
         "engine_reports": {name: {"metric": report["compressed"]["metric"],

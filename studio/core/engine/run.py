@@ -41,6 +41,7 @@ from studio.core.methods.distill import (
 from studio.core.methods.distill.distiller import training_parameters
 from studio.core.methods.distill.features import first_tensor
 from studio.core.methods.pruning import RETRACE_NOTE, apply_plan_pruning, partition_plan
+from studio.core.methods.pruning.reconstruct import reconstruct_pruned
 from studio.core.methods.pruning.schedule import GradualPruner
 from studio.core.methods.quantization.ort_plan import apply_quant_plan, plan_to_ort
 from studio.core.methods.quantization.qat import prepare_qat, qat_bits_from_plan, qat_layers
@@ -258,6 +259,18 @@ def _prune(workspace: Workspace, model: nn.Module, example: torch.Tensor, data: 
     result = apply_plan_pruning(model, tree, resolved, example,
                                 data.calibration if section.importance == "taylor" else None,
                                 section.importance, section.global_unstructured)
+    if section.reconstruct and (partition.heads or partition.ffn):
+        token.check()
+        rebuilt = reconstruct_pruned(model, workspace.loaded.module, partition.heads,
+                                     partition.ffn, data.calibration.tensors[0],
+                                     getattr(model, "pad_token_id", None))
+        if rebuilt is not None:
+            result.report["reconstruct"] = rebuilt
+            errors = rebuilt["layers"].values()
+            yield Log(f"Reconstruction: re-fitted {len(errors)} output projections on "
+                      f"{rebuilt['tokens']} calibration tokens; mean relative error "
+                      f"{sum(e['before'] for e in errors) / len(errors):.3f} -> "
+                      f"{sum(e['after'] for e in errors) / len(errors):.3f}")
     hook = result.masks.hook(model) if result.masks.masks else None
     if gradual:
         steps = train_section.epochs * -(-len(data.train) // train_section.batch_size)

@@ -91,6 +91,9 @@ class PruneSection(_Section):
     schedule: Literal["oneshot", "agp"] = "oneshot"
     agp_steps: int = Field(default=4, ge=1, le=100)
     global_unstructured: bool = False
+    reconstruct: bool = True
+    """After cutting heads or FFN width, re-fit each cut block's output projection by least
+    squares to the uncompressed model's outputs on the calibration split (no labels needed)."""
 
 
 class FeaturePair(_Section):

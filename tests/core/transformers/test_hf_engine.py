@@ -15,7 +15,7 @@ from studio.core.engine.run import run_workspace
 from studio.core.export.measure import count_ops, run_onnx
 from studio.core.export.onnx_export import export_onnx
 from studio.core.graph.onnx_tree import build_onnx_tree
-from studio.core.jobs import CancelToken, Result
+from studio.core.jobs import CancelToken, Log, Result
 from studio.core.methods.pruning import apply_plan_pruning
 from studio.core.methods.quantization.ort_plan import (
     apply_quant_plan,
@@ -123,6 +123,12 @@ def test_a_recipe_cuts_heads_and_ffn_recovers_without_labels_and_quantizes(
     assert report["compressed"]["metric"]["name"] == "cosine"
     heads = report["stages"]["prune"]["transformer"]["heads"]["changed"]
     assert heads == {f"model.encoder.layer.{i}.attention": [4, 2] for i in range(2)}
+    rebuilt = report["stages"]["prune"]["reconstruct"]["layers"]
+    assert list(rebuilt) == [f"model.encoder.layer.{i}.{part}output" for i in range(2)
+                             for part in ("attention.", "")]
+    assert all(e["after"] < e["before"] for e in rebuilt.values())
+    assert any(isinstance(e, Log) and e.message.startswith("Reconstruction: re-fitted 4 ")
+               for e in events)
     assert report["stages"]["recover"]["kind"] == "match"
     assert report["stages"]["quantize"]["mode"] == "dynamic"
     model_path = Path(report["paths"]["model"])
