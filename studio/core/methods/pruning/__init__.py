@@ -13,7 +13,8 @@ or the optimizer moves the pruned weights off zero.
 
 Modules: ``unstructured`` and ``nm`` (masks), ``schedule`` (gradual AGP pruning), ``structured``
 (dependency-aware channel pruning), ``transformer`` (heads, FFN width, block dropping),
-``importance`` (magnitude and Taylor scores), ``masks`` (:class:`MaskSet`).
+``importance`` (magnitude and Taylor scores), ``masks`` (:class:`MaskSet`), ``reconstruct``
+(least-squares re-fit of a cut transformer block's output projection; the engine runs it).
 """
 
 from __future__ import annotations

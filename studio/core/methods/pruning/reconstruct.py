@@ -3,13 +3,14 @@
 After heads or FFN units are cut, each cut block's output projection (the attention's
 ``output.dense``, the FFN's ``output.dense``) still mixes what is left as if nothing were
 missing. Re-fitting it by linear least squares so the block's residual sum matches the
-uncompressed model's on calibration tokens recovers most of the loss in seconds (Kwon et al.
+uncompressed model's on calibration tokens takes back part of the loss in seconds (Kwon et al.
 2022, "A Fast Post-Training Pruning Framework for Transformers", layer-wise reconstruction).
 
 Layers are solved in forward order and the student's inputs are recomputed after each re-fit, so
 an error is corrected downstream instead of compounding. The target includes the residual
 difference: ``dense_s(x_s) + r_s`` should equal ``dense_t(x_t) + r_t`` (what the LayerNorm
-sees). Only real (non-padding) tokens count. Hand-written because it is a small normal-equation
+sees). A ridge pulls the solution toward the pruned weights (see ``DEFAULT_RIDGE``). Only real
+(non-padding) tokens count. Hand-written because it is a small normal-equation
 solve on statistics accumulated batch by batch (no calibration tensor is kept whole), which no
 library offers for hooked sub-layers.
 """
@@ -27,9 +28,10 @@ from studio.core.graph.roles import is_hf_attention
 
 DEFAULT_RIDGE = 0.3
 """Pull toward the pruned weights, relative to the mean diagonal of the inputs' Gram matrix.
-Without it the fit follows the calibration text too closely: on all-MiniLM-L6-v2 (30% heads and
-FFN cut, 512 documentation sentences) the embedding cosine on everyday sentences went 0.736 ->
-0.724 at 1e-3 (toward zero), 0.808 at 0.1, 0.819 at 0.3, 0.819 at 1."""
+Without it the fit follows the calibration text too closely. On all-MiniLM-L6-v2 (30% heads and
+FFN units cut, 512 documentation sentences) the embedding cosine on everyday sentences went from
+0.736 after the cut to 0.724 with a 1e-3 ridge toward zero; pulled toward the pruned weights,
+0.808 at 0.1, 0.819 at 0.3 and at 1 (0.92 on held-out documentation sentences)."""
 
 
 class _Stop(Exception):
@@ -38,7 +40,8 @@ class _Stop(Exception):
 
 @dataclass
 class _Stats:
-    """Normal-equation sums over the tokens of one sub-layer, in float64."""
+    """Normal-equation sums over the tokens of one sub-layer (per-batch products in float32,
+    summed and solved in float64)."""
 
     gram: Tensor
     cross: Tensor
