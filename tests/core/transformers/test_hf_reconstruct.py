@@ -6,16 +6,20 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from studio.core.engine.run import run_workspace
+from studio.core.jobs import CancelToken, Result
 from studio.core.methods.pruning import apply_plan_pruning, partition_plan
 from studio.core.methods.pruning.reconstruct import (
     hf_output_blocks,
     reconstruct_outputs,
     reconstruct_pruned,
 )
+from studio.core.plan.recipe import Recipe
 from studio.core.plan.spec import LayerSpec
 from studio.core.workspace import open_workspace
 
@@ -66,10 +70,10 @@ def test_padding_never_changes_the_fit(tiny_bert: Path) -> None:
     """Fitting sequence by sequence (no padding in any batch) or in padded batches gives the
     same weights: only real tokens count."""
     original, pruned = _half_cut(tiny_bert)
-    ids = _token_ids(24, 16, seed=5)
+    ids = _token_ids(8, 16, seed=5)
     one_by_one = copy.deepcopy(pruned)
     blocks = hf_output_blocks(pruned, ATTENTIONS, FFNS)
-    reconstruct_outputs(pruned, original, blocks, ids, lambda b: b != 0, batch_size=24)
+    reconstruct_outputs(pruned, original, blocks, ids, lambda b: b != 0, batch_size=8)
     reconstruct_outputs(one_by_one, original, blocks, ids, lambda b: b != 0, batch_size=1)
     for block in blocks:
         torch.testing.assert_close(one_by_one.get_submodule(block).dense.weight,
@@ -82,3 +86,26 @@ def test_nothing_to_refit_without_a_bert_layout(tiny_bert: Path) -> None:
     assert reconstruct_pruned(pruned, original, [], [], _token_ids(4, 8, 1), 0) is None
     assert reconstruct_pruned(pruned, original, ATTENTIONS, FFNS,
                               _token_ids(4, 8, 1)[:0], 0) is None
+
+
+def test_a_recipe_can_turn_reconstruction_off(tiny_bert: Path, tmp_path: Path) -> None:
+    np.savez(tmp_path / "train.npz", input_ids=_token_ids(32, 12, 1).numpy())
+    np.savez(tmp_path / "test.npz", input_ids=_token_ids(8, 12, 2).numpy())
+    reports = []
+    for reconstruct in (True, False):
+        workspace = open_workspace(str(tiny_bert))
+        workspace.plan.set_spec("model.encoder.layer.0",
+                                LayerSpec(sparsity=0.5, granularity="channels"))
+        recipe = Recipe.model_validate({
+            "schema_version": 1, "prune": {"reconstruct": reconstruct},
+            "data": {"source": "arrays", "path": "train.npz", "test_path": "test.npz",
+                     "calibration_samples": 16},
+            "train": {"epochs": 0}, "export": {"latency_batch": 2, "latency_repeats": 1}})
+        events = run_workspace(workspace, recipe, tmp_path / str(reconstruct), CancelToken(),
+                               base_dir=tmp_path)
+        reports.append(next(e for e in events if isinstance(e, Result)).report)
+    on, off = reports
+    assert list(on["stages"]["prune"]["reconstruct"]["layers"]) == [
+        "model.encoder.layer.0.attention.output", "model.encoder.layer.0.output"]
+    assert "reconstruct" not in off["stages"]["prune"]
+    assert on["compressed"]["metric"]["value"] > off["compressed"]["metric"]["value"]
