@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=32,
                         help="tokens per training/evaluation sentence (padded or cut)")
     parser.add_argument("--ratio", type=float, default=0.3, help="heads and FFN width cut")
-    parser.add_argument("--calibration", type=int, default=512,
+    parser.add_argument("--calibration", type=int, default=2000,
                         help="training sentences that the least-squares reconstruction fits on")
     parser.add_argument("--repeats", type=int, default=10, help="latency runs per file")
     args = parser.parse_args(argv)
