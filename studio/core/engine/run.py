@@ -263,7 +263,7 @@ def _prune(workspace: Workspace, model: nn.Module, example: torch.Tensor, data: 
         token.check()
         rebuilt = reconstruct_pruned(model, workspace.loaded.module, partition.heads,
                                      partition.ffn, data.calibration.tensors[0],
-                                     getattr(model, "pad_token_id", None))
+                                     getattr(model, "pad_token_id", None), check=token.check)
         if rebuilt is not None:
             result.report["reconstruct"] = rebuilt
             errors = rebuilt["layers"].values()

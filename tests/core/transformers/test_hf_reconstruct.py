@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from studio.core.engine.run import run_workspace
-from studio.core.jobs import CancelToken, Result
+from studio.core.jobs import CancelToken, JobCancelled, Result
 from studio.core.methods.pruning import apply_plan_pruning, partition_plan
 from studio.core.methods.pruning.reconstruct import (
     hf_output_blocks,
@@ -109,3 +109,22 @@ def test_a_recipe_can_turn_reconstruction_off(tiny_bert: Path, tmp_path: Path) -
         "model.encoder.layer.0.attention.output", "model.encoder.layer.0.output"]
     assert "reconstruct" not in off["stages"]["prune"]
     assert on["compressed"]["metric"]["value"] > off["compressed"]["metric"]["value"]
+
+
+def test_cancelling_stops_the_refit_and_leaves_the_weights(tiny_bert: Path) -> None:
+    original, pruned = _half_cut(tiny_bert)
+    before = {k: v.clone() for k, v in pruned.state_dict().items()}
+    token = CancelToken()
+    calls = []
+
+    def check() -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            token.cancel()
+        token.check()
+
+    with pytest.raises(JobCancelled):
+        reconstruct_pruned(pruned, original, ATTENTIONS, FFNS, _token_ids(128, 16, seed=3),
+                           pad_token_id=0, check=check)
+    assert len(calls) == 2  # stopped within the first block's batches
+    assert all(torch.equal(before[k], v) for k, v in pruned.state_dict().items())
