@@ -301,7 +301,8 @@ def _recover(workspace: Workspace, original: nn.Module, model: nn.Module, data: 
         loss_fn = OutputMatchingLoss(default_teacher(original).to(device), kind)
         stage = "match"
         yield Log("No labels: recovering by matching the uncompressed model's outputs ("
-                  f"{'KL of softened scores' if kind == 'logits' else '1 - cosine + MSE'})")
+                  f"{'KL of softened scores' if kind == 'logits' else '1 - cosine + MSE'}, "
+                  "dropout off)")
     elif recipe.distill is not None:
         kd = KDConfig(temperature=recipe.distill.temperature, alpha=recipe.distill.alpha,
                       feature_pairs=tuple(FeaturePair(p.student, p.teacher, p.weight)
@@ -318,7 +319,7 @@ def _recover(workspace: Workspace, original: nn.Module, model: nn.Module, data: 
     yield Log(f"Recovering {data.metric}: {section.epochs} epoch(s) of {stage} on {device}")
     try:
         yield from train(model, data.train, config, token, loss_fn, stage, after_step,
-                         parameters)
+                         parameters, dropout=stage != "match")
     finally:
         if close is not None:
             close()
