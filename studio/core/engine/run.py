@@ -29,6 +29,7 @@ from studio.core.errors import InputError, StudioError
 from studio.core.export.measure import inputs_for_batches, latency_ms, torch_outputs
 from studio.core.export.onnx_export import export_onnx
 from studio.core.graph.onnx_tree import build_onnx_tree
+from studio.core.graph.roles import BLOCK
 from studio.core.jobs import Artifact, CancelToken, Event, Log, Metric, Result
 from studio.core.methods.distill import (
     FeaturePair,
@@ -298,11 +299,15 @@ def _recover(workspace: Workspace, original: nn.Module, model: nn.Module, data: 
     stage = "fine-tune"
     if not data.labelled and recipe.distill is None:
         kind = matching_kind(data.metric)
-        loss_fn = OutputMatchingLoss(default_teacher(original).to(device), kind)
-        stage = "match"
+        blocks = [node.name for node in workspace.tree.nodes if node.role == BLOCK]
+        matching = OutputMatchingLoss(default_teacher(original).to(device), kind,
+                                      blocks=blocks,
+                                      pad_token_id=getattr(original, "pad_token_id", None))
+        loss_fn, close, stage = matching, matching.close, "match"
+        hidden = f", and the hidden states of {len(blocks)} encoder blocks" if blocks else ""
         yield Log("No labels: recovering by matching the uncompressed model's outputs ("
-                  f"{'KL of softened scores' if kind == 'logits' else '1 - cosine + MSE'}, "
-                  "dropout off)")
+                  f"{'KL of softened scores' if kind == 'logits' else '1 - cosine + MSE'}"
+                  f"{hidden}; dropout off)")
     elif recipe.distill is not None:
         kd = KDConfig(temperature=recipe.distill.temperature, alpha=recipe.distill.alpha,
                       feature_pairs=tuple(FeaturePair(p.student, p.teacher, p.weight)

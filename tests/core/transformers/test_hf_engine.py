@@ -130,6 +130,8 @@ def test_a_recipe_cuts_heads_and_ffn_recovers_without_labels_and_quantizes(
     assert any(isinstance(e, Log) and e.message.startswith("Reconstruction: re-fitted 4 ")
                for e in events)
     assert report["stages"]["recover"]["kind"] == "match"
+    assert any(isinstance(e, Log) and "hidden states of 2 encoder blocks" in e.message
+               for e in events)
     assert report["stages"]["quantize"]["mode"] == "dynamic"
     model_path = Path(report["paths"]["model"])
     assert "MatMulInteger" in count_ops(model_path)

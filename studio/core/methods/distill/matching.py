@@ -4,10 +4,15 @@ With no labels there is no task loss, so the only signal is the original model's
 same inputs. Scores per class are matched as distributions (KL at a temperature, as logit KD);
 embeddings and regression outputs by direction and size together (1 - cosine, plus MSE), the
 two things the cosine and MSE agreement metrics measure.
+
+For a transformer the hidden states every encoder block hands on are matched too, on real
+tokens, each scaled by the original's variance and summed over blocks: a pooled sentence
+embedding gives one vector of signal per sentence, the blocks one per token and layer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -16,7 +21,7 @@ from torch import Tensor, nn
 
 from studio.core.errors import StudioError
 from studio.core.methods.distill.distiller import freeze
-from studio.core.methods.distill.features import first_tensor
+from studio.core.methods.distill.features import FeatureCapture, first_tensor
 from studio.core.methods.distill.losses import logit_kd_loss
 
 MatchKind = Literal["logits", "embedding"]
@@ -43,20 +48,59 @@ def output_matching_loss(student: Tensor, teacher: Tensor, kind: MatchKind,
     return (1.0 - cosine).mean() + F.mse_loss(rows, target_rows)
 
 
-class OutputMatchingLoss:
-    """``(model, inputs, labels) -> loss`` for the training loop; labels are ignored."""
+def hidden_state_loss(student: Tensor, teacher: Tensor, real: Tensor | None) -> Tensor:
+    """Mean squared distance of two blocks' hidden states over the real (non-padding) tokens,
+    in units of the teacher's variance so that every block weighs alike."""
+    target = teacher.detach().float()
+    if student.shape != target.shape:
+        raise StudioError(f"output matching: a block gives hidden states of shape "
+                          f"{list(student.shape)} where the original's give {list(target.shape)}")
+    squared = (student.float() - target).pow(2).mean(-1)
+    if real is not None and real.shape == squared.shape:
+        squared = squared[real]
+    return squared.mean() / target.var().clamp_min(1e-12)
 
-    def __init__(self, teacher: nn.Module, kind: MatchKind, temperature: float = 4.0) -> None:
+
+class OutputMatchingLoss:
+    """``(model, inputs, labels) -> loss`` for the training loop; labels are ignored.
+
+    ``blocks`` names the encoder blocks whose hidden states are matched as well (the same names
+    in the original and the compressed model); ``pad_token_id`` leaves padding tokens out of
+    that. Call :meth:`close` to remove the hooks."""
+
+    def __init__(self, teacher: nn.Module, kind: MatchKind, temperature: float = 4.0,
+                 blocks: Sequence[str] = (), pad_token_id: int | None = None) -> None:
         self.teacher = freeze(teacher)
         self.kind = kind
         self.temperature = temperature
+        self.blocks = list(blocks)
+        self.pad_token_id = pad_token_id
+        self._teacher_states = FeatureCapture(self.teacher, self.blocks, "original", clone=False)
+        self._student_states: FeatureCapture | None = None
 
     def __call__(self, model: nn.Module, inputs: Tensor, labels: Tensor | None = None
                  ) -> Tensor:
+        if self.blocks and self._student_states is None:
+            self._student_states = FeatureCapture(model, self.blocks, "compressed model",
+                                                  clone=False)
         with torch.no_grad():
             self.teacher.eval()
             target = first_tensor(self.teacher(inputs))
         output = first_tensor(model(inputs))
         if target is None or output is None:
             raise StudioError("output matching: the model returned no tensor")
-        return output_matching_loss(output, target, self.kind, self.temperature)
+        loss = output_matching_loss(output, target, self.kind, self.temperature)
+        if self._student_states is not None:
+            real = inputs != self.pad_token_id if self.pad_token_id is not None else None
+            loss = loss + sum(hidden_state_loss(self._student_states[name],
+                                                self._teacher_states[name], real)
+                              for name in self.blocks)
+            self._student_states.clear()
+            self._teacher_states.clear()
+        return loss
+
+    def close(self) -> None:
+        """Remove the hooks from both models; safe to call twice."""
+        self._teacher_states.close()
+        if self._student_states is not None:
+            self._student_states.close()
