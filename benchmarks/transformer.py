@@ -9,7 +9,8 @@ exactly as the studio does, and runs the engine on it (``run_workspace``) with r
 - pruned: 30% of the heads of every attention and 30% of every FFN's hidden units
   (``granularity: channels`` on each encoder block), each cut block's output projection re-fitted
   by least squares on calibration sentences (``prune.reconstruct``), then recovered by matching
-  the uncompressed model's embeddings on unlabelled documentation sentences (token ids in a .npz);
+  the uncompressed model's embeddings and every encoder block's hidden states on unlabelled
+  general English sentences (news and Wikipedia, see ``transformer_text``; token ids in a .npz);
 - for contrast, without the engine: per-tensor dynamic int8, and the pruned file quantized.
 
 Quality is the mean cosine similarity of each file's embeddings with the fp32 file's on the
@@ -78,9 +79,9 @@ def _cosine(reference: np.ndarray, outputs: np.ndarray) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write the figures here")
-    parser.add_argument("--sentences", type=int, default=4000, help="training sentences")
+    parser.add_argument("--sentences", type=int, default=12000, help="training sentences")
     parser.add_argument("--epochs", type=int, default=1, help="recovery epochs")
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--batch", type=int, default=32, help="training batch")
     parser.add_argument("--tokens", type=int, default=32,
                         help="tokens per training/evaluation sentence (padded or cut)")
