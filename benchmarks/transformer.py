@@ -79,8 +79,9 @@ def _cosine(reference: np.ndarray, outputs: np.ndarray) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write the figures here")
-    parser.add_argument("--sentences", type=int, default=12000, help="training sentences")
-    parser.add_argument("--epochs", type=int, default=1, help="recovery epochs")
+    parser.add_argument("--sentences", type=int, default=16000,
+                        help="training sentences (at most the 15,467 there are)")
+    parser.add_argument("--epochs", type=int, default=2, help="recovery epochs")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--batch", type=int, default=32, help="training batch")
     parser.add_argument("--tokens", type=int, default=32,
