@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 from torch.utils.data import TensorDataset
 
@@ -35,6 +33,7 @@ from studio.core.jobs import CancelToken, Event, Log, Metric
 from studio.core.methods.pruning import partition_plan
 from studio.core.methods.pruning.onnx_initializers import prune_initializers
 from studio.core.methods.quantization.ort_plan import apply_quant_plan, plan_to_ort
+from studio.core.models.onnx_feeds import Feeder, OnnxInput, feeder_for
 from studio.core.models.onnx_file import fixed_batch_size
 from studio.core.models.onnx_repair import PER_CHANNEL_OPSET, repair_onnx
 from studio.core.plan.recipe import Recipe
@@ -71,29 +70,6 @@ def check_onnx_recipe(recipe: Recipe, path: Path, source: str = "recipe") -> Non
             "settings (train: {epochs: 0}) to prune and quantize the ONNX file as it is")
 
 
-@dataclass(frozen=True)
-class OnnxInput:
-    """The one input an ONNX-only run feeds, as the file declares it."""
-
-    name: str
-    dims: tuple[int | str, ...] | None
-    """None when the file gives no shape; symbolic dims are their names (or ``?``)."""
-    dtype: np.dtype
-
-
-def model_input(model: onnx.ModelProto, path: Path) -> OnnxInput:
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [value for value in model.graph.input if value.name not in initializers]
-    if len(inputs) != 1:
-        raise StudioError(f"{path.name}: runs on ONNX files feed one input from the data; this "
-                          f"model takes {len(inputs)} ({', '.join(v.name for v in inputs)})")
-    tensor = inputs[0].type.tensor_type
-    dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                 for d in tensor.shape.dim) if tensor.HasField("shape") else None
-    return OnnxInput(inputs[0].name, dims,
-                     np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)))
-
-
 def _shape(dims: tuple[int | str, ...]) -> str:
     return "[" + ", ".join(str(d) for d in dims) + "]"
 
@@ -127,9 +103,10 @@ def _whole_batches(dataset: TensorDataset, batch: int | None, what: str) -> Tens
     return TensorDataset(*(tensor[:usable] for tensor in dataset.tensors))
 
 
-def _outputs(path: Path, inputs: torch.Tensor, batch: int | None) -> np.ndarray:
+def _outputs(path: Path, inputs: torch.Tensor, batch: int | None, feeder: Feeder
+             ) -> np.ndarray:
     try:
-        return run_onnx(path, inputs, batch or 256).astype(np.float32)
+        return run_onnx(path, inputs, batch or 256, feed=feeder).astype(np.float32)
     except Exception as error:  # onnxruntime raises its own types for every fault
         first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         raise StudioError(f"onnxruntime cannot run {path.name}: {first}") from error
@@ -185,9 +162,9 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, toke
     per_channel = quantize.per_channel and _plan_quantizes_to_integers(workspace)
     repaired = repair_onnx(loaded.onnx_model, PER_CHANNEL_OPSET if per_channel else None)
     model = repaired.model
-    feed = model_input(model, loaded.path)
+    feeder = feeder_for(model, loaded.path)
     data = load_data()
-    check_data(data, feed, loaded.path)
+    check_data(data, feeder.main, loaded.path)
     batch = fixed_batch_size(model)
     test = _whole_batches(data.test, batch, "test")
     calibration = _whole_batches(data.calibration, batch, "calibration")
@@ -195,6 +172,8 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, toke
         raise StudioError("accuracy needs labels; this data has none (use an agreement metric)")
     yield Log(f"Data: {data.name}; {'labelled' if data.labelled else 'unlabelled'}, metric "
               f"{data.metric}; {len(test)} to test, {len(calibration)} to calibrate")
+    if feeder.companions:
+        yield Log(f"Inputs: {feeder.describe()}")
     token.check()
 
     out_dir = Path(out_dir)
@@ -204,10 +183,10 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, toke
     yield Log(f"Baseline: measuring {workspace.tree.model_name} in onnxruntime")
     baseline_path = save_onnx(model, out_dir / BASELINE_FILE)
     inputs = test.tensors[0]
-    baseline_outputs = _outputs(baseline_path, inputs, batch)
+    baseline_outputs = _outputs(baseline_path, inputs, batch, feeder)
     notes: list[str] = []
     try:
-        reference = _outputs(loaded.path, inputs, batch)  # the user's file as it is
+        reference = _outputs(loaded.path, inputs, batch, feeder)  # the user's file as it is
     except StudioError as error:
         reference = baseline_outputs
         notes.append(f"{error}; the repaired baseline is the reference instead.")
@@ -242,14 +221,14 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, toke
     try:
         if not plan.is_empty:
             yield Log(f"Quantizing with onnxruntime: {plan.mode or 'weight-only'}")
-            float_outputs = _outputs(float_path, inputs, batch)
+            float_outputs = _outputs(float_path, inputs, batch, feeder)
             apply_quant_plan(float_path, model_path, plan, calibration, quantize.per_channel,
-                             quantize.calibration, prepared=prepared)
+                             quantize.calibration, prepared=prepared, feed=feeder)
         else:
             float_path.replace(model_path)
     finally:
         float_path.unlink(missing_ok=True)
-    compressed_outputs = _outputs(model_path, inputs, batch)
+    compressed_outputs = _outputs(model_path, inputs, batch, feeder)
     compressed = _figures(model_path, build_onnx_tree(model, "compressed"), compressed_outputs,
                           data.metric, target, reference,
                           compressed_outputs if float_outputs is None else float_outputs)
@@ -259,7 +238,9 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, toke
     yield Log("Timing both models side by side in onnxruntime")
     batches = (batch,) if batch else (1, export_section.latency_batch)
     timings = latency_ms({"baseline": baseline_path, "compressed": model_path},
-                         inputs_for_batches(test, batches), export_section.latency_repeats)
+                         {size: feeder(array) for size, array in
+                          inputs_for_batches(test, batches).items()},
+                         export_section.latency_repeats)
     baseline["latency_ms"] = {f"batch_{b}": timings["baseline"][b] for b in batches}
     compressed["latency_ms"] = {f"batch_{b}": timings["compressed"][b] for b in batches}
     if batch:

@@ -11,7 +11,7 @@ import statistics
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -133,13 +133,16 @@ def _chunks(inputs: Tensor, size: int) -> Iterator[Tensor]:
 
 
 def run_onnx(path: str | Path, inputs: Tensor | np.ndarray, batch_size: int = 256,
-             threads: int = DEFAULT_THREADS) -> np.ndarray:
-    """First output of the ONNX model on ``inputs``, run in chunks of ``batch_size``."""
+             threads: int = DEFAULT_THREADS,
+             feed: Callable[[np.ndarray], Mapping[str, np.ndarray]] | None = None
+             ) -> np.ndarray:
+    """First output of the ONNX model on ``inputs``, run in chunks of ``batch_size``; ``feed``
+    makes each chunk's feed (default: the chunk as the first input)."""
     session = ort_session(path, threads)
-    name = session.get_inputs()[0].name
     array = _numpy(inputs)
-    return np.concatenate([session.run(None, {name: array[i:i + batch_size]})[0]
-                           for i in range(0, len(array), batch_size)])
+    chunks = (array[i:i + batch_size] for i in range(0, len(array), batch_size))
+    return np.concatenate([session.run(None, _feed(session, feed(chunk) if feed else chunk))[0]
+                           for chunk in chunks])
 
 
 def _first(output: Tensor | tuple | list | Mapping) -> Tensor:

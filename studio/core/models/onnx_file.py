@@ -12,6 +12,7 @@ from onnx.external_data_helper import uses_external_data
 from studio.core.errors import ModelLoadError, StudioError
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import LoadedModel
+from studio.core.models.onnx_feeds import graph_inputs
 from studio.core.models.onnx_repair import constant_value
 
 _ONNX_TO_DTYPE = {
@@ -68,12 +69,9 @@ def example_from_graph(model: onnx.ModelProto) -> InputSpec | None:
 def fixed_batch_size(model: onnx.ModelProto) -> int | None:
     """The first dim of the first graph input when the file fixes it (many exporters write
     batch 1), None when it is free; a fixed batch must be fed exactly that many samples."""
-    initializers = {tensor.name for tensor in model.graph.initializer}
-    for value in model.graph.input:
-        if value.name not in initializers:
-            dims = value.type.tensor_type.shape.dim
-            return dims[0].dim_value if dims and dims[0].dim_value > 0 else None
-    return None
+    inputs = graph_inputs(model)
+    first = inputs[0].dims[0] if inputs and inputs[0].dims else None
+    return first if isinstance(first, int) and first > 0 else None
 
 
 def _check_initializers(path: Path, model: onnx.ModelProto) -> None:

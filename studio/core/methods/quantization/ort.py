@@ -32,6 +32,7 @@ from torch.utils.data import TensorDataset
 from studio.core.errors import StudioError
 from studio.core.export.onnx_export import save_onnx
 from studio.core.graph.onnx_walk import subgraphs
+from studio.core.models.onnx_feeds import Feeder, feeder_for
 from studio.core.models.onnx_file import fixed_batch_size
 
 Mode = Literal["static", "dynamic", "fp16", "nbits", "int4", "int2"]
@@ -53,11 +54,12 @@ logging.getLogger("onnxruntime").setLevel(logging.WARNING)  # its modules log at
 
 
 class DatasetReader(CalibrationDataReader):
-    """Feeds the first tensor of each calibration sample to the model, in batches."""
+    """Feeds the first tensor of each calibration sample to the model, in batches, through
+    ``feed`` (see :mod:`studio.core.models.onnx_feeds`)."""
 
-    def __init__(self, dataset: TensorDataset, input_name: str, batch_size: int = 32) -> None:
+    def __init__(self, dataset: TensorDataset, feed: Feeder, batch_size: int = 32) -> None:
         self.inputs = dataset.tensors[0].detach().cpu().numpy()
-        self.input_name = input_name
+        self.feed = feed
         self.batch_size = batch_size
         self._start, self._end, self._next = 0, len(self.inputs), 0
 
@@ -67,7 +69,7 @@ class DatasetReader(CalibrationDataReader):
         stop = min(self._next + self.batch_size, self._end)
         batch = self.inputs[self._next:stop]
         self._next = stop
-        return {self.input_name: np.ascontiguousarray(batch)}
+        return self.feed(batch)
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -116,15 +118,6 @@ def drop_unused_initializers(graph: onnx.GraphProto) -> None:
     kept = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-
-
-def _input_name(model: onnx.ModelProto) -> str:
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [i.name for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        raise StudioError(f"static quantization calibrates models with one input; this one has "
-                          f"{len(inputs)} ({', '.join(inputs)})")
-    return inputs[0]
 
 
 def _node_names(path: Path) -> set[str]:
@@ -276,7 +269,7 @@ def _dynamic(src: Path, out: Path, per_channel: bool, exclude: list[str],
 
 def _static(src: Path, out: Path, calibration: TensorDataset | None, per_channel: bool,
             calibrate_method: str, exclude: list[str], nodes: list[str] | None,
-            extra_options: dict[str, Any]) -> None:
+            extra_options: dict[str, Any], feed: Feeder | None) -> None:
     if calibration is None or len(calibration) == 0:
         raise StudioError("static int8 quantization needs calibration samples (a few hundred "
                           "inputs from the training data)")
@@ -284,7 +277,8 @@ def _static(src: Path, out: Path, calibration: TensorDataset | None, per_channel
         raise StudioError(f"calibration method {calibrate_method!r}: use one of "
                           f"{', '.join(CALIBRATION_METHODS)}")
     model = onnx.load(str(src), load_external_data=False)
-    reader = DatasetReader(calibration, _input_name(model), fixed_batch_size(model) or 32)
+    reader = DatasetReader(calibration, feed or feeder_for(model),
+                           fixed_batch_size(model) or 32)
     quantize_static(str(src), str(out), reader,
                     quant_format=QuantFormat.QDQ, per_channel=per_channel,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -334,7 +328,8 @@ def quantize_onnx(src: str | Path, dst: str | Path, mode: Mode,
                   nodes: Sequence[str] | None = None, bits: int = 4, block_size: int = 32,
                   symmetric: bool = False, preprocess: bool = True,
                   extra_options: dict[str, Any] | None = None,
-                  compact_names: bool = True, prepared: list[str] | None = None) -> Path:
+                  compact_names: bool = True, prepared: list[str] | None = None,
+                  feed: Feeder | None = None) -> Path:
     """Quantize the ONNX file ``src`` into ``dst`` with one onnxruntime pass.
 
     - ``static``: int8 weights and uint8 activations as QuantizeLinear/DequantizeLinear pairs,
@@ -349,7 +344,8 @@ def quantize_onnx(src: str | Path, dst: str | Path, mode: Mode,
       ``int4`` and ``int2`` are ``nbits`` at 4 and 2 bits.
 
     ``exclude_nodes`` stay float; ``nodes``, when given, limits the pass to those nodes.
-    ``prepared``, when given, receives a line saying how the file was pre-processed.
+    ``prepared``, when given, receives a line saying how the file was pre-processed. ``feed``
+    turns calibration batches into the file's inputs (default: :func:`feeder_for` the file).
     """
     src, dst = Path(src), Path(dst)
     if mode not in MODES:
@@ -372,7 +368,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, mode: Mode,
         try:
             if mode == "static":
                 _static(source, out, calibration, per_channel, calibrate_method, exclude, chosen,
-                        dict(extra_options or {}))
+                        dict(extra_options or {}), feed)
             elif mode == "dynamic":
                 _dynamic(source, out, per_channel, exclude, chosen, dict(extra_options or {}))
             elif mode == "fp16":

@@ -31,6 +31,7 @@ from torch.utils.data import TensorDataset
 from studio.core.export.onnx_export import save_onnx
 from studio.core.graph.tree import LayerNode, LayerTree
 from studio.core.methods.quantization.ort import quantize_onnx
+from studio.core.models.onnx_feeds import Feeder
 from studio.core.plan.plan import Plan, ResolvedSpec
 
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
@@ -205,9 +206,10 @@ def plan_to_ort(tree_onnx: LayerTree, resolved_by_torch_name: Mapping[str, Resol
 def apply_quant_plan(src: str | Path, dst: str | Path, plan: QuantPlan,
                      calibration: TensorDataset | None = None, per_channel: bool = True,
                      calibrate_method: str = "minmax", block_size: int = 32,
-                     prepared: list[str] | None = None) -> Path:
+                     prepared: list[str] | None = None, feed: Feeder | None = None) -> Path:
     """Run the plan's passes on ``src`` (main pass, then one n-bit pass per bit width);
-    ``prepared``, when given, receives how each pass prepared the file, in words."""
+    ``prepared``, when given, receives how each pass prepared the file, in words; ``feed``
+    makes the calibration feeds (see :func:`quantize_onnx`)."""
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{dst.name}.", dir=dst.parent) as scratch:
@@ -224,6 +226,6 @@ def apply_quant_plan(src: str | Path, dst: str | Path, plan: QuantPlan,
             target = dst if number == len(steps) - 1 else Path(scratch) / f"step{number}.onnx"
             quantize_onnx(current, target, calibration=calibration, per_channel=per_channel,
                           calibrate_method=calibrate_method, block_size=block_size,
-                          prepared=prepared, **step)
+                          prepared=prepared, feed=feed, **step)
             current = target
     return dst
