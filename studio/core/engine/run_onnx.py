@@ -106,10 +106,11 @@ def _whole_batches(dataset: TensorDataset, batch: int | None, what: str) -> Tens
 def _outputs(path: Path, inputs: torch.Tensor, batch: int | None, feeder: Feeder
              ) -> np.ndarray:
     try:
-        return run_onnx(path, inputs, batch or 256, feed=feeder).astype(np.float32)
+        outputs = run_onnx(path, inputs, batch or 256, feed=feeder).astype(np.float32)
     except Exception as error:  # onnxruntime raises its own types for every fault
         first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         raise StudioError(f"onnxruntime cannot run {path.name}: {first}") from error
+    return feeder.without_padding(outputs, inputs.numpy())
 
 
 def _parity(expected: np.ndarray, actual: np.ndarray) -> dict[str, float | None]:

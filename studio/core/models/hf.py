@@ -71,7 +71,8 @@ def _quiet(transformers: ModuleType) -> Iterator[None]:
 class TokenModel(nn.Module):
     """A Hugging Face model behind a one-tensor forward: ``input_ids`` in, one tensor out.
 
-    ``output``: ``last_hidden_state`` (batch × sequence × hidden), ``logits`` (a classifier's),
+    ``output``: ``last_hidden_state`` (batch × sequence × hidden, zero at padding positions, so
+    that agreement metrics and output matching weigh real tokens only), ``logits`` (a classifier's),
     or ``embedding`` (pooled over the non-padding tokens with ``pooling``, then L2-normalized
     when ``normalize``), as a sentence-transformers folder describes it.
     """
@@ -94,8 +95,8 @@ class TokenModel(nn.Module):
         if self.output == "logits":
             return result.logits
         hidden = result.last_hidden_state
-        if self.output != "embedding":
-            return hidden
+        if self.output != "embedding":  # what padding positions carry is never used
+            return hidden * mask.unsqueeze(-1).to(hidden.dtype)
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         elif self.pooling == "max":

@@ -125,3 +125,15 @@ def test_position_ids_count_from_zero_and_the_padding_id_defaults_to_bert_s(
     np.testing.assert_array_equal(feed["position_ids"], [[0, 1, 2], [0, 1, 2]])
     np.testing.assert_array_equal(feed["attention_mask"], [[1, 1, 0], [1, 0, 0]])
     assert feed["attention_mask"].dtype == np.int64
+
+
+def test_padding_positions_are_left_out_of_per_token_outputs_only(
+        exported: tuple[Path, torch.nn.Module]) -> None:
+    path, _ = exported
+    feeder = feeder_for(onnx.load(str(path)), path)
+    ids = _ids(4, 3).numpy()
+    per_token = np.ones((4, 10, 32), np.float32)
+    kept = feeder.without_padding(per_token, ids)
+    np.testing.assert_array_equal(kept[..., 0], ids != PAD)
+    pooled = np.ones((4, 32), np.float32)  # one vector per sentence: nothing to leave out
+    assert feeder.without_padding(pooled, ids) is pooled

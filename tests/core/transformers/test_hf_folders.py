@@ -69,8 +69,11 @@ def test_plain_and_classifier_folders(tmp_path: Path) -> None:
     classifier = open_model(save_tiny_bert(tmp_path / "cls", sentence_transformer=False,
                                            classifier=True))
     with torch.no_grad():
-        assert plain.module(IDS).shape == (2, 7, TINY["hidden_size"])
+        hidden = plain.module(IDS)
+        assert hidden.shape == (2, 7, TINY["hidden_size"])
         assert classifier.module(IDS).shape == (2, 3)
+    real = IDS.ne(TINY["pad_token_id"])
+    assert (hidden.abs().sum(-1) > 0).equal(real)  # padding positions are zero
     assert (plain.metadata["output"], classifier.metadata["output"]) == (
         "last_hidden_state", "logits")
 
