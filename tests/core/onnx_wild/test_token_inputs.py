@@ -26,17 +26,6 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 PAD = 1  # RoBERTa's padding id: a mask built with BERT's 0 would be wrong
 
 
-class _ThreeInputs(torch.nn.Module):
-    def __init__(self, bert: torch.nn.Module) -> None:
-        super().__init__()
-        self.bert = bert
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor) -> torch.Tensor:
-        return self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                         token_type_ids=token_type_ids).last_hidden_state
-
-
 def _ids(rows: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(4, 100, (rows, 10), generator=generator)
@@ -48,6 +37,8 @@ def _ids(rows: int, seed: int) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
     """A tiny random BERT exported with three inputs, config.json (pad id) beside it."""
+    from benchmarks.transformer_onnx import HiddenStates  # imports transformers
+
     folder = tmp_path_factory.mktemp("hf-onnx")
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
@@ -58,7 +49,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.M
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         example = (ids, (ids != PAD).long(), torch.zeros_like(ids))
-        torch.onnx.export(_ThreeInputs(bert).eval(), example, str(folder / "model.onnx"),
+        torch.onnx.export(HiddenStates(bert).eval(), example, str(folder / "model.onnx"),
                           dynamo=False, opset_version=17, input_names=list(INPUTS),
                           output_names=["last_hidden_state"],
                           dynamic_axes={name: {0: "batch", 1: "sequence"} for name in INPUTS})
@@ -137,3 +128,31 @@ def test_padding_positions_are_left_out_of_per_token_outputs_only(
     np.testing.assert_array_equal(kept[..., 0], ids != PAD)
     pooled = np.ones((4, 32), np.float32)  # one vector per sentence: nothing to leave out
     assert feeder.without_padding(pooled, ids) is pooled
+
+
+
+
+def test_static_int8_leaves_the_attention_mask_path_float(
+        exported: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
+    """The mask bias (-3.4e38 where padding is) and the scores it is put into reach the
+    softmax unquantized; everything else around attention is still int8."""
+    from torch.utils.data import TensorDataset
+
+    from studio.core.methods.quantization.mask_path import mask_path_nodes
+    from studio.core.methods.quantization.ort import quantize_onnx
+
+    path, _ = exported
+    model = onnx.load(str(path))
+    path_nodes = mask_path_nodes(model)
+    assert sorted({name.rsplit("/", 1)[-1].split("_")[0] for name in path_nodes}) == [
+        "Add", "Softmax", "Where"]  # per layer: the select, the add, the softmax
+    prepared: list[str] = []
+    quantized = onnx.load(str(quantize_onnx(
+        path, tmp_path / "static.onnx", "static", feed=feeder_for(model, path),
+        calibration=TensorDataset(_ids(32, 5)), prepared=prepared)))
+    made_by = {output: node for node in quantized.graph.node for output in node.output}
+    quantized_from = {made_by[n.input[0]].name for n in quantized.graph.node
+                      if n.op_type == "QuantizeLinear" and n.input[0] in made_by}
+    assert not quantized_from & set(path_nodes)
+    assert any("MatMul" in name for name in quantized_from)
+    assert any("attention-mask path left float" in line for line in prepared)

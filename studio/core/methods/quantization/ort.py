@@ -32,6 +32,7 @@ from torch.utils.data import TensorDataset
 from studio.core.errors import StudioError
 from studio.core.export.onnx_export import save_onnx
 from studio.core.graph.onnx_walk import subgraphs
+from studio.core.methods.quantization.mask_path import mask_path_nodes
 from studio.core.models.onnx_feeds import Feeder, feeder_for
 from studio.core.models.onnx_file import fixed_batch_size
 
@@ -269,7 +270,8 @@ def _dynamic(src: Path, out: Path, per_channel: bool, exclude: list[str],
 
 def _static(src: Path, out: Path, calibration: TensorDataset | None, per_channel: bool,
             calibrate_method: str, exclude: list[str], nodes: list[str] | None,
-            extra_options: dict[str, Any], feed: Feeder | None) -> None:
+            extra_options: dict[str, Any], feed: Feeder | None, prepared: list[str] | None
+            ) -> None:
     if calibration is None or len(calibration) == 0:
         raise StudioError("static int8 quantization needs calibration samples (a few hundred "
                           "inputs from the training data)")
@@ -279,10 +281,14 @@ def _static(src: Path, out: Path, calibration: TensorDataset | None, per_channel
     model = onnx.load(str(src), load_external_data=False)
     reader = DatasetReader(calibration, feed or feeder_for(model),
                            fixed_batch_size(model) or 32)
+    mask_path = [name for name in mask_path_nodes(model) if name not in exclude]
+    if mask_path and prepared is not None:
+        prepared.append(f"static quantization: {len(mask_path)} node(s) of the additive "
+                        "attention-mask path left float (their range spans 1e38)")
     quantize_static(str(src), str(out), reader,
                     quant_format=QuantFormat.QDQ, per_channel=per_channel,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    nodes_to_exclude=exclude, nodes_to_quantize=nodes,
+                    nodes_to_exclude=[*exclude, *mask_path], nodes_to_quantize=nodes,
                     calibrate_method=CALIBRATION_METHODS[calibrate_method],
                     extra_options=extra_options)
 
@@ -368,7 +374,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, mode: Mode,
         try:
             if mode == "static":
                 _static(source, out, calibration, per_channel, calibrate_method, exclude, chosen,
-                        dict(extra_options or {}), feed)
+                        dict(extra_options or {}), feed, prepared)
             elif mode == "dynamic":
                 _dynamic(source, out, per_channel, exclude, chosen, dict(extra_options or {}))
             elif mode == "fp16":
