@@ -17,7 +17,8 @@ from PySide6.QtCore import QObject
 
 from studio.core.data.sources import load_task
 from studio.core.data.task import TaskData
-from studio.core.models.inputs import InputSpec
+from studio.core.engine.data_fit import check_data_fits
+from studio.core.errors import InputError
 from studio.core.plan.stages import DataSection
 from studio.core.workspace import portable_path
 from studio.qt.data_panel import DataPanel
@@ -130,20 +131,27 @@ class DataController(QObject):
             return
         trust = section.source == "function"
         base = self.base_dir()
-        example = workspace.example
+        checked = workspace.loaded.module is None or workspace.example is not None
         self.panel.show_check("Loading…")
         self.panel.check_button.setEnabled(False)
 
-        def done(task: TaskData) -> None:
+        def load_and_check() -> tuple[TaskData, str | None]:
+            task = load_task(section, base, trust=trust)
+            try:
+                check_data_fits(workspace, task)
+            except InputError as error:
+                return task, str(error)
+            return task, None
+
+        def done(result: tuple[TaskData, str | None]) -> None:
             self.panel.check_button.setEnabled(True)
-            self.panel.show_check(describe_task(task, example))
+            self.panel.show_check(describe_task(*result, checked=checked))
 
         def failed(error: BaseException) -> None:
             self.panel.check_button.setEnabled(True)
             self.panel.show_check(str(error), ok=False)
 
-        self.window.run_in_background(lambda: load_task(section, base, trust=trust), done,
-                                      failed, "Loading the data…")
+        self.window.run_in_background(load_and_check, done, failed, "Loading the data…")
 
 
 SPLIT_NAMES = {"train": "training split", "fine_tune": "fine-tuning", "calibration":
@@ -154,21 +162,9 @@ def _shape(shape: tuple[int, ...] | torch.Size) -> str:
     return "×".join(str(d) for d in shape) or "scalar"
 
 
-def input_mismatch(task: TaskData, example: InputSpec | None) -> str | None:
-    """Why the data's samples do not fit the model's example input, or ``None`` if they do."""
-    if example is None:
-        return None
-    sample = tuple(task.test.tensors[0].shape[1:])
-    expected = tuple(example.shape[1:])
-    if sample == expected:
-        return None
-    return (f"the model's example input is {_shape(example.shape)}, so it expects samples of "
-            f"{_shape(expected)}; the data's samples are {_shape(sample)}. Change the data "
-            "(image size, colour) or the example input (Model ▸ Set Example Input…).")
-
-
-def describe_task(task: TaskData, example: InputSpec | None) -> str:
-    """Sizes per split, labels, metric and the sample shape against the model's input (HTML)."""
+def describe_task(task: TaskData, problem: str | None, checked: bool = True) -> str:
+    """Sizes per split, labels, metric, the sample shape, and whether the data fits the model
+    (``problem`` says why not; nothing is claimed when it could not be ``checked``) (HTML)."""
     summary = task.summary()
     rows = [(SPLIT_NAMES.get(name, name), f"{count:,}")
             for name, count in summary["sizes"].items()]
@@ -179,8 +175,7 @@ def describe_task(task: TaskData, example: InputSpec | None) -> str:
              ("sample", f"{_shape(inputs.shape[1:])} {str(inputs.dtype).removeprefix('torch.')}")]
     table = "".join(f"<tr><td>{html.escape(key)}&nbsp;&nbsp;</td><td><b>{html.escape(value)}"
                     "</b></td></tr>" for key, value in rows)
-    problem = input_mismatch(task, example)
-    verdict = f"<p style='color:#b00020'>✗ Shape mismatch: {html.escape(problem)}</p>" \
-        if problem else "<p style='color:#1b5e20'>✓ fits the model's example input</p>" \
-        if example is not None else ""
+    verdict = f"<p style='color:#b00020'>✗ Does not fit the model: {html.escape(problem)}</p>" \
+        if problem else "<p style='color:#1b5e20'>✓ fits the model's input</p>" \
+        if checked else ""
     return f"<b>{html.escape(task.name)}</b><table>{table}</table>{verdict}"

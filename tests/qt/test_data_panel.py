@@ -107,7 +107,7 @@ def test_a_shape_that_does_not_fit_the_model_is_shown(qtbot, demo_window: MainWi
     _fill_image_form(win, monkeypatch, _image_folder(tmp_path / "pictures"))
     win.data_panel.channels.setCurrentIndex(win.data_panel.channels.findData(3))
     text = _check(qtbot, win)
-    assert "Shape mismatch" in text and "3×28×28" in text and "1×28×28" in text
+    assert "Does not fit the model" in text and "3, 28, 28" in text and "[1, 1, 28, 28]" in text
 
 
 def test_invalid_values_are_named_inline_and_not_stored(demo_window: MainWindow) -> None:
@@ -244,6 +244,14 @@ def test_a_hugging_face_folder_opens_with_roles(qtbot, window: MainWindow, tmp_p
     window.proxy.set_filter_text("FFN")  # roles are searchable
     assert window.proxy.rowCount() == 1
     qtmodeltester.check(window.tree_model)
+
+    # token ids of another length than the example input still fit: the check runs the model
+    ids = np.random.default_rng(0).integers(1, 64, (20, 12))
+    np.savez(tmp_path / "ids.npz", input_ids=ids)
+    window.data_panel.source.setCurrentIndex(window.data_panel.source.findData("arrays"))
+    window.data_panel.path.setText(str(tmp_path / "ids.npz"))
+    assert window.workspace.example.shape[1] != 12
+    assert "fits the model's input" in _check(qtbot, window)
 
 
 def test_a_dropped_folder_without_a_model_gives_a_notice(qtbot, window: MainWindow,

@@ -23,9 +23,10 @@ from torch import nn
 from studio.core.atomic import write_text_atomic
 from studio.core.data.sources import load_task
 from studio.core.data.task import SPLITS_FILE, TaskData
+from studio.core.engine.data_fit import check_torch_data
 from studio.core.engine.figures import model_figures
 from studio.core.engine.notes import honesty_notes
-from studio.core.errors import InputError, StudioError
+from studio.core.errors import StudioError
 from studio.core.export.measure import inputs_for_batches, latency_ms, torch_outputs
 from studio.core.export.onnx_export import export_onnx
 from studio.core.graph.onnx_tree import build_onnx_tree
@@ -40,7 +41,6 @@ from studio.core.methods.distill import (
     matching_kind,
 )
 from studio.core.methods.distill.distiller import training_parameters
-from studio.core.methods.distill.features import first_tensor
 from studio.core.methods.pruning import RETRACE_NOTE, apply_plan_pruning, partition_plan
 from studio.core.methods.pruning.reconstruct import reconstruct_pruned
 from studio.core.methods.pruning.schedule import GradualPruner
@@ -48,7 +48,6 @@ from studio.core.methods.quantization.ort_plan import apply_quant_plan, plan_to_
 from studio.core.methods.quantization.qat import prepare_qat, qat_bits_from_plan, qat_layers
 from studio.core.methods.quantization.qat_ort import convert_qat_to_ort_static
 from studio.core.models.checks import describe_non_finite, find_non_finite
-from studio.core.models.inputs import InputSpec
 from studio.core.plan.plan import ResolvedSpec
 from studio.core.plan.recipe import Recipe, read_recipe
 from studio.core.plan.stages import (
@@ -69,32 +68,6 @@ REPORT_FILE = "report.json"
 def _load_data(section: DataSection, base_dir: Path | None, trust: bool) -> TaskData:
     """The recipe's data; a ``function`` source runs only with ``trust``."""
     return load_task(section, base_dir, trust)
-
-
-@torch.no_grad()
-def _check_data_fits(model: nn.Module, data: TaskData, example: InputSpec) -> None:
-    """Run two test samples through the model before any work, so data of the wrong shape or
-    labels the model has no output for fail at once with a message naming both."""
-    inputs = data.test.tensors[0][:2]
-    shape = f"[N, {', '.join(str(d) for d in inputs.shape[1:])}] ({str(inputs.dtype)[6:]})"
-    expects = f"{list(example.shape)} ({example.dtype})"
-    was_training = model.training
-    model.eval()
-    try:
-        output = first_tensor(model(inputs))
-    except Exception as error:
-        raise InputError(f"data: the data gives inputs of shape {shape} but the model expects "
-                         f"{expects}: {type(error).__name__}: {error}") from None
-    finally:
-        model.train(was_training)
-    if output is None:
-        raise InputError("data: the model returned no tensor on the data's inputs")
-    classes = data.num_classes if data.metric == "accuracy" else None
-    if classes is not None and (output.dim() < 2 or output.shape[-1] < classes):
-        raise InputError(f"data: labels run up to {classes - 1} but the model gives outputs "
-                         f"of shape {list(output.shape)}, not a score for each of {classes} "
-                         "classes; check the labels, or set labelled: false to measure "
-                         "agreement instead")
 
 
 def _without_unstructured(tree: Any, resolved: list[ResolvedSpec],
@@ -151,7 +124,7 @@ def run_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, token: Ca
     torch.manual_seed(train_section.seed)
     data = _load_data(recipe.data or DataSection(), base_dir, trust)
     original = workspace.loaded.module
-    _check_data_fits(original, data, workspace.example)
+    check_torch_data(original, data, workspace.example)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the data is known to fit
     yield Log(f"Data: {data.name}; {'labelled' if data.labelled else 'unlabelled'}, metric "

@@ -22,6 +22,7 @@ from torch.utils.data import TensorDataset
 
 from studio.core.data.metrics import agreement, higher_is_better, score, top1_agreement
 from studio.core.data.task import TaskData
+from studio.core.engine.data_fit import check_onnx_data
 from studio.core.engine.notes import honesty_notes
 from studio.core.engine.run import BASELINE_FILE, MODEL_FILE, finish_report
 from studio.core.errors import InputError, StudioError
@@ -33,7 +34,7 @@ from studio.core.jobs import CancelToken, Event, Log, Metric
 from studio.core.methods.pruning import partition_plan
 from studio.core.methods.pruning.onnx_initializers import prune_initializers
 from studio.core.methods.quantization.ort_plan import apply_quant_plan, plan_to_ort
-from studio.core.models.onnx_feeds import Feeder, OnnxInput, feeder_for
+from studio.core.models.onnx_feeds import Feeder, feeder_for
 from studio.core.models.onnx_file import fixed_batch_size
 from studio.core.models.onnx_repair import PER_CHANNEL_OPSET, repair_onnx
 from studio.core.plan.recipe import Recipe
@@ -68,28 +69,6 @@ def check_onnx_recipe(recipe: Recipe, path: Path, source: str = "recipe") -> Non
             f"{source}: {path.name} is an ONNX file and {'; '.join(needs)} need(s) its torch "
             f"model: ONNX weights cannot be trained here. {TORCH_HINT}, or remove these "
             "settings (train: {epochs: 0}) to prune and quantize the ONNX file as it is")
-
-
-def _shape(dims: tuple[int | str, ...]) -> str:
-    return "[" + ", ".join(str(d) for d in dims) + "]"
-
-
-def check_data(data: TaskData, feed: OnnxInput, path: Path) -> None:
-    """The data's samples must fit the file's input (batch first), or :class:`InputError`."""
-    inputs = data.test.tensors[0]
-    sample = tuple(inputs.shape[1:])
-    if feed.dims is not None:
-        expected = feed.dims[1:]
-        fits = len(expected) == len(sample) and all(
-            not isinstance(d, int) or d == s for d, s in zip(expected, sample, strict=True))
-        if not fits:
-            raise InputError(f"{path.name}: its input {feed.name!r} has shape "
-                             f"{_shape(feed.dims)} (first dim: batch), but the data "
-                             f"({data.name}) gives samples of shape {_shape(sample)}")
-    given = np.dtype(str(inputs.dtype).removeprefix("torch."))
-    if given != feed.dtype:
-        raise InputError(f"{path.name}: its input {feed.name!r} takes {feed.dtype}, but the data "
-                         f"({data.name}) holds {given}")
 
 
 def _whole_batches(dataset: TensorDataset, batch: int | None, what: str) -> TensorDataset:
@@ -165,7 +144,7 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, toke
     model = repaired.model
     feeder = feeder_for(model, loaded.path)
     data = load_data()
-    check_data(data, feeder.main, loaded.path)
+    check_onnx_data(data, feeder.main, loaded.path)
     batch = fixed_batch_size(model)
     test = _whole_batches(data.test, batch, "test")
     calibration = _whole_batches(data.calibration, batch, "calibration")

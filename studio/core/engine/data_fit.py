@@ -1,0 +1,80 @@
+"""Does the data fit the model? Checked before a run does any work, and by the studio's Check
+Data button, with one message naming both shapes when it does not.
+
+A torch model is simply run on two samples (any sequence length a transformer takes fits); an
+ONNX file's declared input is compared with the samples, symbolic dims matching any size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from studio.core.data.task import TaskData
+from studio.core.errors import InputError
+from studio.core.methods.distill.features import first_tensor
+from studio.core.models.inputs import InputSpec
+from studio.core.models.onnx_feeds import OnnxInput, feeder_for
+from studio.core.workspace import Workspace
+
+
+@torch.no_grad()
+def check_torch_data(model: nn.Module, data: TaskData, example: InputSpec) -> None:
+    """Run two test samples through the model before any work, so data of the wrong shape or
+    labels the model has no output for fail at once with a message naming both."""
+    inputs = data.test.tensors[0][:2]
+    shape = f"[N, {', '.join(str(d) for d in inputs.shape[1:])}] ({str(inputs.dtype)[6:]})"
+    expects = f"{list(example.shape)} ({example.dtype})"
+    was_training = model.training
+    model.eval()
+    try:
+        output = first_tensor(model(inputs))
+    except Exception as error:
+        raise InputError(f"data: the data gives inputs of shape {shape} but the model expects "
+                         f"{expects}: {type(error).__name__}: {error}") from None
+    finally:
+        model.train(was_training)
+    if output is None:
+        raise InputError("data: the model returned no tensor on the data's inputs")
+    classes = data.num_classes if data.metric == "accuracy" else None
+    if classes is not None and (output.dim() < 2 or output.shape[-1] < classes):
+        raise InputError(f"data: labels run up to {classes - 1} but the model gives outputs "
+                         f"of shape {list(output.shape)}, not a score for each of {classes} "
+                         "classes; check the labels, or set labelled: false to measure "
+                         "agreement instead")
+
+
+def _shape(dims: tuple[int | str, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+def check_onnx_data(data: TaskData, feed: OnnxInput, path: Path) -> None:
+    """The data's samples must fit the file's input (batch first), or :class:`InputError`."""
+    inputs = data.test.tensors[0]
+    sample = tuple(inputs.shape[1:])
+    if feed.dims is not None:
+        expected = feed.dims[1:]
+        fits = len(expected) == len(sample) and all(
+            not isinstance(d, int) or d == s for d, s in zip(expected, sample, strict=True))
+        if not fits:
+            raise InputError(f"{path.name}: its input {feed.name!r} has shape "
+                             f"{_shape(feed.dims)} (first dim: batch), but the data "
+                             f"({data.name}) gives samples of shape {_shape(sample)}")
+    given = np.dtype(str(inputs.dtype).removeprefix("torch."))
+    if given != feed.dtype:
+        raise InputError(f"{path.name}: its input {feed.name!r} takes {feed.dtype}, but the data "
+                         f"({data.name}) holds {given}")
+
+
+def check_data_fits(workspace: Workspace, data: TaskData) -> None:
+    """:class:`InputError` naming both shapes when ``data`` cannot feed the workspace's model."""
+    loaded = workspace.loaded
+    if loaded.module is None:
+        if loaded.onnx_model is not None:
+            check_onnx_data(data, feeder_for(loaded.onnx_model, loaded.path).main, loaded.path)
+        return
+    if workspace.example is not None:
+        check_torch_data(loaded.module, data, workspace.example)
