@@ -18,7 +18,7 @@ from PySide6.QtCore import QObject
 from studio.core.data.sources import load_task
 from studio.core.data.task import TaskData
 from studio.core.engine.data_fit import check_data_fits
-from studio.core.errors import InputError
+from studio.core.errors import StudioError
 from studio.core.plan.stages import DataSection
 from studio.core.workspace import portable_path
 from studio.qt.data_panel import DataPanel
@@ -139,7 +139,7 @@ class DataController(QObject):
             task = load_task(section, base, trust=trust)
             try:
                 check_data_fits(workspace, task)
-            except InputError as error:
+            except StudioError as error:  # a shape, dtype or input the model cannot take
                 return task, str(error)
             return task, None
 

@@ -30,7 +30,7 @@ from studio.core.errors import StudioError
 from studio.core.export.measure import inputs_for_batches, latency_ms, torch_outputs
 from studio.core.export.onnx_export import export_onnx
 from studio.core.graph.onnx_tree import build_onnx_tree
-from studio.core.graph.roles import BLOCK
+from studio.core.graph.roles import BLOCK, is_hf_block
 from studio.core.jobs import Artifact, CancelToken, Event, Log, Metric, Result
 from studio.core.methods.distill import (
     FeaturePair,
@@ -272,7 +272,9 @@ def _recover(workspace: Workspace, original: nn.Module, model: nn.Module, data: 
     stage = "fine-tune"
     if not data.labelled and recipe.distill is None:
         kind = matching_kind(data.metric)
-        blocks = [node.name for node in workspace.tree.nodes if node.role == BLOCK]
+        modules = dict(original.named_modules())
+        blocks = [node.name for node in workspace.tree.nodes  # HF layouts: tensors out, always
+                  if node.role == BLOCK and is_hf_block(modules.get(node.name, nn.Module()))]
         matching = OutputMatchingLoss(default_teacher(original).to(device), kind,
                                       blocks=blocks,
                                       pad_token_id=getattr(original, "pad_token_id", None))

@@ -89,7 +89,7 @@ def _outputs(path: Path, inputs: torch.Tensor, batch: int | None, feeder: Feeder
     except Exception as error:  # onnxruntime raises its own types for every fault
         first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         raise StudioError(f"onnxruntime cannot run {path.name}: {first}") from error
-    return feeder.without_padding(outputs, inputs.numpy())
+    return feeder.real_tokens(outputs, inputs.numpy())
 
 
 def _parity(expected: np.ndarray, actual: np.ndarray) -> dict[str, float | None]:

@@ -47,7 +47,8 @@ def _is_hf_ffn(module: nn.Module | None) -> bool:
     return _is_linear(getattr(module, "dense", None)) and hasattr(module, "intermediate_act_fn")
 
 
-def _is_hf_block(module: nn.Module) -> bool:
+def is_hf_block(module: nn.Module) -> bool:
+    """A BERT-like encoder block: HF attention, ``intermediate`` FFN and ``output.dense``."""
     return (is_hf_attention(getattr(module, "attention", None))
             and _is_hf_ffn(getattr(module, "intermediate", None))
             and _is_linear(getattr(getattr(module, "output", None), "dense", None)))
@@ -61,7 +62,7 @@ def module_role(module: nn.Module) -> str | None:
     """The role of one module, or None."""
     if is_hf_attention(module) or is_packed_attention(module):
         return ATTENTION
-    if _is_hf_block(module) or _is_torch_block(module):
+    if is_hf_block(module) or _is_torch_block(module):
         return BLOCK
     if _is_hf_ffn(module):
         return FFN

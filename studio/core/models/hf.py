@@ -72,7 +72,7 @@ class TokenModel(nn.Module):
     """A Hugging Face model behind a one-tensor forward: ``input_ids`` in, one tensor out.
 
     ``output``: ``last_hidden_state`` (batch × sequence × hidden, zero at padding positions, so
-    that agreement metrics and output matching weigh real tokens only), ``logits`` (a classifier's),
+    that cosine agreement and output matching weigh real tokens only), ``logits`` (a classifier's),
     or ``embedding`` (pooled over the non-padding tokens with ``pooling``, then L2-normalized
     when ``normalize``), as a sentence-transformers folder describes it.
     """

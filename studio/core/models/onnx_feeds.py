@@ -54,15 +54,14 @@ class Feeder:
             feed[companion.name] = np.ascontiguousarray(value.astype(companion.dtype))
         return feed
 
-    def without_padding(self, outputs: np.ndarray, batch: np.ndarray) -> np.ndarray:
-        """``outputs`` with the positions of padding tokens zeroed, when they are per token
-        (batch x sequence first): what a model computes there is never used, and would
-        otherwise weigh in the agreement of two files as much as a real token."""
+    def real_tokens(self, outputs: np.ndarray, batch: np.ndarray) -> np.ndarray:
+        """Per-token ``outputs`` (batch x sequence x features) as one row per real token, so
+        that every score (cosine, top-1, MSE) counts real tokens only: what a model computes
+        at padding positions is never used. Other outputs are returned as they are."""
         masked = any(c.name == "attention_mask" for c in self.companions)
-        if not masked or outputs.shape[:2] != batch.shape:
+        if not masked or outputs.ndim < 3 or outputs.shape[:2] != batch.shape:
             return outputs
-        real = (batch != self.pad_token_id).reshape(batch.shape + (1,) * (outputs.ndim - 2))
-        return outputs * real
+        return outputs[batch != self.pad_token_id]
 
     def describe(self) -> str:
         """How the companion inputs are made, for the run's log ('' when there are none)."""
@@ -70,8 +69,7 @@ class Feeder:
             return ""
         names = ", ".join(c.name for c in self.companions)
         return (f"{names} derived from {self.main.name} (padding id {self.pad_token_id}, "
-                f"{self.pad_source}); per-token outputs at padding positions are left out of "
-                "the scores")
+                f"{self.pad_source}); per-token outputs are scored on real tokens only")
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[OnnxInput]:

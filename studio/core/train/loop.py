@@ -15,6 +15,7 @@ from torch.utils.data import TensorDataset
 
 from studio.core.data.task import batches
 from studio.core.jobs import CancelToken, Event, Metric, Progress
+from studio.core.methods.quantization.qat import FakeQuantMixin
 
 LossFn = Callable[[nn.Module, Tensor, Tensor | None], Tensor]
 """(model, inputs, labels) -> scalar loss; labels are None for unlabelled data."""
@@ -56,14 +57,15 @@ def _split(batch: list[Tensor]) -> tuple[Tensor, Tensor | None]:
 
 
 def train_without_dropout(model: nn.Module) -> None:
-    """Training mode for batch norms only: dropout (modules, and attention code that reads
-    ``self.training``) is off while running statistics still adapt.
+    """Training mode for what learns from batches (batch norms' running statistics, QAT layers'
+    activation ranges) and eval mode for the rest: dropout (modules, and attention code that
+    reads ``self.training``) is off.
 
     For matching a teacher's outputs the target is exact, so dropout only adds noise: on a pruned
     MiniLM it inflated the matching loss by half and stalled recovery."""
     model.eval()
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm | FakeQuantMixin):
             module.train()
 
 

@@ -37,3 +37,16 @@ def test_batch_norms_still_learn_their_statistics_without_dropout() -> None:
                lambda m, x, _y: m(x).pow(2).mean(), dropout=False))
     assert model[1].running_mean.abs().sum() > 0  # updated in training mode
     assert not model.training  # and the model is left in eval mode
+
+
+
+def test_qat_layers_keep_learning_their_activation_ranges_without_dropout() -> None:
+    from studio.core.methods.quantization.qat import prepare_qat
+    from studio.core.train.loop import train_without_dropout
+
+    model = prepare_qat(nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)), {"0": 8}, {"0": 8})
+    train_without_dropout(model)
+    assert model[0].training and not model[1].training
+    model[0](torch.ones(2, 4))
+    model[0](torch.full((2, 4), 100.0))
+    assert float(model[0].act_max) > 10  # the second batch still moved the range

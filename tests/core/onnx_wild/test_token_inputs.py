@@ -118,18 +118,17 @@ def test_position_ids_count_from_zero_and_the_padding_id_defaults_to_bert_s(
     assert feed["attention_mask"].dtype == np.int64
 
 
-def test_padding_positions_are_left_out_of_per_token_outputs_only(
+def test_per_token_outputs_are_scored_on_real_tokens_only(
         exported: tuple[Path, torch.nn.Module]) -> None:
     path, _ = exported
     feeder = feeder_for(onnx.load(str(path)), path)
     ids = _ids(4, 3).numpy()
-    per_token = np.ones((4, 10, 32), np.float32)
-    kept = feeder.without_padding(per_token, ids)
-    np.testing.assert_array_equal(kept[..., 0], ids != PAD)
-    pooled = np.ones((4, 32), np.float32)  # one vector per sentence: nothing to leave out
-    assert feeder.without_padding(pooled, ids) is pooled
-
-
+    per_token = np.arange(4 * 10 * 32, dtype=np.float32).reshape(4, 10, 32)
+    rows = feeder.real_tokens(per_token, ids)
+    assert rows.shape == (int((ids != PAD).sum()), 32)
+    np.testing.assert_array_equal(rows, per_token[ids != PAD])
+    pooled = np.ones((4, 10), np.float32)  # one vector per sentence, as wide as the ids
+    assert feeder.real_tokens(pooled, ids) is pooled
 
 
 def test_static_int8_leaves_the_attention_mask_path_float(

@@ -57,6 +57,8 @@ def hidden_state_loss(student: Tensor, teacher: Tensor, real: Tensor | None) -> 
                           f"{list(student.shape)} where the original's give {list(target.shape)}")
     squared = (student.float() - target).pow(2).mean(-1)
     if real is not None and real.shape == squared.shape:
+        if not bool(real.any()):  # nothing but padding: nothing to match
+            return squared.sum() * 0.0
         squared = squared[real]
     return squared.mean() / target.var().clamp_min(1e-12)
 
