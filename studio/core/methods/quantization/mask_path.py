@@ -6,8 +6,8 @@ scores and takes the softmax. Calibrated static quantization gives each tensor o
 its observed range, and on these tensors the range spans 1e38 (percentile and entropy
 calibration refuse such a range outright). Measured on all-MiniLM-L6-v2 exported with three
 inputs (``python -m benchmarks.transformer_onnx``), static int8 with minmax calibration gave a
-sentence-embedding cosine of 0.40 with the path quantized and 0.81 with it float (token cosine
-0.51 and 0.74). Dynamic int8 (0.993) stays the choice for transformers on CPU.
+sentence-embedding cosine of 0.40 with the path quantized and 0.81 with it float. Dynamic int8
+(0.993) stays the choice for transformers on CPU.
 
 The path: every node fed by a small constant of magnitude at least :data:`HUGE` (or inf), and
 every node downstream of one, up to and including the softmax that consumes it; nodes of such a
