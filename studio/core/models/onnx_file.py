@@ -15,14 +15,7 @@ from studio.core.models.loaded import LoadedModel
 from studio.core.models.onnx_feeds import graph_inputs
 from studio.core.models.onnx_repair import constant_value
 
-_ONNX_TO_DTYPE = {
-    onnx.TensorProto.FLOAT: "float32",
-    onnx.TensorProto.FLOAT16: "float16",
-    onnx.TensorProto.BFLOAT16: "bfloat16",
-    onnx.TensorProto.INT64: "int64",
-    onnx.TensorProto.INT32: "int32",
-    onnx.TensorProto.BOOL: "bool",
-}
+_EXAMPLE_DTYPES = {"float32", "float16", "bfloat16", "int64", "int32", "bool"}
 
 
 def _external_locations(model: onnx.ModelProto) -> set[str]:
@@ -52,18 +45,12 @@ def _check_external_data(path: Path, model: onnx.ModelProto) -> None:
 
 
 def example_from_graph(model: onnx.ModelProto) -> InputSpec | None:
-    """First graph input that is not an initializer; symbolic dims become 1."""
-    initializers = {tensor.name for tensor in model.graph.initializer}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor_type = value.type.tensor_type
-        dtype = _ONNX_TO_DTYPE.get(tensor_type.elem_type)
-        if dtype is None:
-            return None
-        dims = tuple(d.dim_value if d.dim_value > 0 else 1 for d in tensor_type.shape.dim)
-        return InputSpec(dims, dtype) if dims else None
-    return None
+    """The first fed input (see :func:`graph_inputs`); symbolic dims become 1."""
+    inputs = graph_inputs(model)
+    if not inputs or not inputs[0].dims or str(inputs[0].dtype) not in _EXAMPLE_DTYPES:
+        return None
+    dims = tuple(d if isinstance(d, int) and d > 0 else 1 for d in inputs[0].dims)
+    return InputSpec(dims, str(inputs[0].dtype))
 
 
 def fixed_batch_size(model: onnx.ModelProto) -> int | None:
