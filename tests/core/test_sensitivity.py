@@ -3,12 +3,15 @@ coupled layers reported together, cancel within one evaluation."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
+from studio.core.data.task import demo_task
 from studio.core.engine.sensitivity import (
     SweepSize,
     cell_name,
@@ -116,6 +119,14 @@ def test_runtime_estimate_scales_with_layers_and_levels() -> None:
     assert estimate_runtime_s(SweepSize(3, 2, 200), seconds, measured_subset=100) \
         == pytest.approx(2 * small)
     assert estimate_runtime_s(workspace, seconds) == pytest.approx(37 * seconds)
+
+
+def test_the_estimate_times_unlabelled_data_too() -> None:
+    workspace = open_workspace("demo")
+    task = demo_task()
+    unlabelled = dataclasses.replace(task, test=TensorDataset(task.test.tensors[0]),
+                                     labelled=False, metric="cosine")
+    assert measure_seconds_per_eval(workspace, subset=50, repeats=1, task=unlabelled) > 0
 
 
 def test_fake_quantization_and_cell_names() -> None:
