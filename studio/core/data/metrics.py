@@ -8,17 +8,14 @@ in float64 so the figure does not depend on the batch size.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 from torch import Tensor
 
 from studio.core.errors import StudioError
 
-MetricName = Literal["accuracy", "cosine", "top1_agreement", "mse"]
 METRICS: tuple[str, ...] = ("accuracy", "cosine", "top1_agreement", "mse")
-AGREEMENT_METRICS: tuple[str, ...] = ("cosine", "top1_agreement", "mse")
-"""Compare outputs with a reference (the uncompressed model's outputs on the same inputs)."""
+"""accuracy against labels; the rest compare outputs with a reference (the uncompressed model's
+outputs on the same inputs)."""
 
 
 def higher_is_better(metric: str) -> bool:

@@ -65,11 +65,6 @@ BASELINE_FILE = "baseline.onnx"
 REPORT_FILE = "report.json"
 
 
-def _load_data(section: DataSection, base_dir: Path | None, trust: bool) -> TaskData:
-    """The recipe's data; a ``function`` source runs only with ``trust``."""
-    return load_task(section, base_dir, trust)
-
-
 def _without_unstructured(tree: Any, resolved: list[ResolvedSpec],
                           names: set[str]) -> list[ResolvedSpec]:
     """The plan minus the unstructured layers an AGP schedule will prune during training."""
@@ -107,7 +102,7 @@ def run_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, token: Ca
 
         yield from run_onnx_workspace(
             workspace, recipe, out_dir, token,
-            lambda: _load_data(recipe.data or DataSection(), base_dir, trust), source)
+            lambda: load_task(recipe.data or DataSection(), base_dir, trust), source)
         return
     broken = find_non_finite(workspace.loaded.module)
     if broken:
@@ -122,7 +117,7 @@ def run_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, token: Ca
         train_section = train_section.model_copy(update={"device": device})
     resolve_device(train_section.device)  # a missing GPU fails before any work
     torch.manual_seed(train_section.seed)
-    data = _load_data(recipe.data or DataSection(), base_dir, trust)
+    data = load_task(recipe.data or DataSection(), base_dir, trust)
     original = workspace.loaded.module
     check_torch_data(original, data, workspace.example)
     out_dir = Path(out_dir)
@@ -324,7 +319,7 @@ def _export_compressed(model: nn.Module, example: torch.Tensor, data: TaskData,
     export_onnx(model, example, float_path, opset=export_section.opset)
     plan = plan_to_ort(build_onnx_tree(onnx.load(str(float_path)), "compressed"), resolved,
                        quantize.weight_only)
-    if plan.mode is None and not plan.matmul_nbits:
+    if plan.is_empty:
         float_path.replace(model_path)
         stages["quantize"] = {"mode": None}
         return plan.notes

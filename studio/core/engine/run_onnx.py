@@ -33,7 +33,11 @@ from studio.core.graph.tree import LayerTree
 from studio.core.jobs import CancelToken, Event, Log, Metric
 from studio.core.methods.pruning import partition_plan
 from studio.core.methods.pruning.onnx_initializers import prune_initializers
-from studio.core.methods.quantization.ort_plan import apply_quant_plan, plan_to_ort
+from studio.core.methods.quantization.ort_plan import (
+    apply_quant_plan,
+    plan_to_ort,
+    resolved_by_name,
+)
 from studio.core.models.onnx_feeds import Feeder, feeder_for
 from studio.core.models.onnx_file import fixed_batch_size
 from studio.core.models.onnx_repair import PER_CHANNEL_OPSET, repair_onnx
@@ -177,8 +181,8 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, toke
     yield Metric("baseline", data.metric, baseline["metric"]["value"], 0)
     token.check()
 
-    resolved = workspace.plan.resolve(tree)
-    partition = partition_plan(tree, resolved)
+    resolved = resolved_by_name(tree, workspace.plan)
+    partition = partition_plan(tree, list(resolved.values()))
     structured = [*partition.channels, *partition.nm]
     if structured:
         notes.append(f"{_layers(structured)}: channel and N:M pruning need the torch model "
@@ -192,8 +196,7 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, toke
     pruning["structured_skipped"] = structured
     token.check()
 
-    plan = plan_to_ort(tree, {node.name: spec for node, spec in
-                              zip(tree.nodes, resolved, strict=True)}, quantize.weight_only)
+    plan = plan_to_ort(tree, resolved, quantize.weight_only)
     model_path = out_dir / MODEL_FILE
     float_path = save_onnx(model, out_dir / "compressed-float.onnx")
     prepared: list[str] = []

@@ -25,6 +25,7 @@ from studio.core.data.metrics import score
 from studio.core.errors import StudioError
 from studio.core.export.onnx_export import external_data_files
 from studio.core.graph.onnx_walk import all_graphs
+from studio.core.methods.distill.features import first_tensor
 
 DEFAULT_THREADS = 2
 """Fixed so that timings taken on different days or machines compare like with like."""
@@ -145,14 +146,6 @@ def run_onnx(path: str | Path, inputs: Tensor | np.ndarray, batch_size: int = 25
                            for chunk in chunks])
 
 
-def _first(output: Tensor | tuple | list | Mapping) -> Tensor:
-    """The first output, as the ONNX file's first output is compared (of a mapping such as a
-    Hugging Face ``ModelOutput``: its first value, ``logits`` or ``last_hidden_state``)."""
-    if isinstance(output, Mapping):
-        return next(iter(output.values()))
-    return output[0] if isinstance(output, tuple | list) else output
-
-
 @torch.no_grad()
 def torch_outputs(torch_model: nn.Module, inputs: Tensor, batch_size: int = 256) -> Tensor:
     """The model's first output on ``inputs`` (eval mode, in chunks), as float32 on the CPU:
@@ -161,8 +154,11 @@ def torch_outputs(torch_model: nn.Module, inputs: Tensor, batch_size: int = 256)
     torch_model.eval()
     try:
         device = next(torch_model.parameters(), torch.empty(0)).device
-        return torch.cat([_first(torch_model(chunk.to(device))).float().cpu()
-                          for chunk in _chunks(inputs, batch_size)])
+        outputs = [first_tensor(torch_model(chunk.to(device)))
+                   for chunk in _chunks(inputs, batch_size)]
+        if any(output is None for output in outputs):
+            raise StudioError("the model returned no tensor to compare")
+        return torch.cat([output.float().cpu() for output in outputs])
     finally:
         torch_model.train(was_training)
 

@@ -120,7 +120,7 @@ def evaluate(model: nn.Module, data: TensorDataset, token: CancelToken | None = 
              reference: Tensor | None = None) -> float:
     """``metric`` of ``model`` on ``data``: top-1 accuracy against its labels, or agreement
     (cosine, top1_agreement, mse) with ``reference``, the uncompressed model's outputs on the
-    same samples in order (see :func:`studio.core.engine.figures.reference_outputs`)."""
+    same samples in order (see :func:`studio.core.export.measure.torch_outputs`)."""
     from studio.core.data.metrics import MetricTotals
     from studio.core.errors import StudioError
     from studio.core.methods.distill.features import first_tensor
