@@ -11,12 +11,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from studio.core.data.metrics import agreement, higher_is_better, score
-from studio.core.errors import StudioError
-from studio.core.export.measure import parity, run_onnx, zip_bytes
+from studio.core.data.metrics import agreement, higher_is_better
+from studio.core.export.measure import (
+    compare_outputs,
+    run_onnx,
+    score_outputs,
+    torch_outputs,
+    zip_bytes,
+)
 from studio.core.export.onnx_export import onnx_file_bytes
 from studio.core.methods.pruning.measure import measure
 from studio.core.models.inputs import InputSpec
@@ -30,25 +36,19 @@ def model_figures(model: nn.Module, onnx_path: Path, example: InputSpec,
     size = measure(model, example.make_tensor())
     inputs = test.tensors[0]
     outputs = run_onnx(onnx_path, inputs)
-    if metric == "accuracy":
-        if len(test.tensors) < 2:
-            raise StudioError("accuracy needs labels; this data has none")
-        value = score(metric, outputs, test.tensors[1])
-    elif reference is None:
-        raise StudioError(f"{metric} compares with the uncompressed model's outputs; pass them")
-    else:
-        value = score(metric, outputs, reference)
     figures: dict[str, Any] = {
-        "metric": {"name": metric, "value": value,
+        "metric": {"name": metric, "value": score_outputs(outputs, test, metric, reference),
                    "higher_is_better": higher_is_better(metric)},
     }
     if reference is not None:
         figures["agreement"] = agreement(reference, outputs)
+    checked = inputs[:parity_samples]
     return figures | {
         "params": size.params,
         "nonzero_params": size.nonzero_params,
         "macs": size.macs,
         "onnx_bytes": onnx_file_bytes(onnx_path),
         "zip_bytes": zip_bytes(onnx_path),
-        "parity": parity(model, onnx_path, inputs[:parity_samples]),
+        "parity": compare_outputs(torch_outputs(model, checked).numpy(),
+                                  outputs[:len(checked)].astype(np.float32)),
     }

@@ -20,13 +20,19 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from studio.core.data.metrics import agreement, higher_is_better, score, top1_agreement
+from studio.core.data.metrics import agreement, higher_is_better, score
 from studio.core.data.task import TaskData
 from studio.core.engine.data_fit import check_onnx_data
 from studio.core.engine.notes import honesty_notes
 from studio.core.engine.run import BASELINE_FILE, MODEL_FILE, finish_report
 from studio.core.errors import InputError, StudioError
-from studio.core.export.measure import inputs_for_batches, latency_ms, run_onnx, zip_bytes
+from studio.core.export.measure import (
+    compare_outputs,
+    inputs_for_batches,
+    latency_ms,
+    run_onnx,
+    zip_bytes,
+)
 from studio.core.export.onnx_export import onnx_file_bytes, save_onnx
 from studio.core.graph.onnx_tree import build_onnx_tree
 from studio.core.graph.tree import LayerTree
@@ -96,13 +102,6 @@ def _outputs(path: Path, inputs: torch.Tensor, batch: int | None, feeder: Feeder
     return feeder.real_tokens(outputs, inputs.numpy())
 
 
-def _parity(expected: np.ndarray, actual: np.ndarray) -> dict[str, float | None]:
-    """How closely ``actual`` reproduces the outputs of the file it was made from."""
-    per_class = expected.ndim >= 2 and expected.shape[-1] > 1
-    return {"max_abs_diff": float(np.abs(expected - actual).max()) if expected.size else 0.0,
-            "top1_agreement": top1_agreement(expected, actual) if per_class else None}
-
-
 def _figures(path: Path, tree: LayerTree, outputs: np.ndarray, metric: str, target: Any,
              reference: np.ndarray, made_from: np.ndarray) -> dict[str, Any]:
     root = tree.root
@@ -115,7 +114,7 @@ def _figures(path: Path, tree: LayerTree, outputs: np.ndarray, metric: str, targ
         "macs": root.total_macs,
         "onnx_bytes": onnx_file_bytes(path),
         "zip_bytes": zip_bytes(path),
-        "parity": _parity(made_from, outputs),
+        "parity": compare_outputs(made_from, outputs),
     }
 
 
@@ -169,11 +168,12 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, toke
     inputs = test.tensors[0]
     baseline_outputs = _outputs(baseline_path, inputs, batch, feeder)
     notes: list[str] = []
-    try:
-        reference = _outputs(loaded.path, inputs, batch, feeder)  # the user's file as it is
-    except StudioError as error:
-        reference = baseline_outputs
-        notes.append(f"{error}; the repaired baseline is the reference instead.")
+    reference = baseline_outputs  # the same graph, unless the repair changed it
+    if repaired.steps:
+        try:
+            reference = _outputs(loaded.path, inputs, batch, feeder)  # the user's file as it is
+        except StudioError as error:
+            notes.append(f"{error}; the repaired baseline is the reference instead.")
     target = test.tensors[1] if data.metric == "accuracy" else reference
     tree = build_onnx_tree(model, workspace.tree.model_name)
     baseline = _figures(baseline_path, tree, baseline_outputs, data.metric, target, reference,
@@ -204,7 +204,8 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, toke
     try:
         if not plan.is_empty:
             yield Log(f"Quantizing with onnxruntime: {plan.mode or 'weight-only'}")
-            float_outputs = _outputs(float_path, inputs, batch, feeder)
+            float_outputs = (_outputs(float_path, inputs, batch, feeder) if pruning["layers"]
+                             else baseline_outputs)  # nothing pruned: the baseline's graph
             apply_quant_plan(float_path, model_path, plan, calibration, quantize.per_channel,
                              quantize.calibration, prepared=prepared, feed=feeder)
         else:

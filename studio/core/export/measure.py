@@ -163,17 +163,12 @@ def torch_outputs(torch_model: nn.Module, inputs: Tensor, batch_size: int = 256)
         torch_model.train(was_training)
 
 
-def parity(torch_model: nn.Module, onnx_path: str | Path, inputs: Tensor,
-           batch_size: int = 256) -> dict[str, float | None]:
-    """How closely the exported file reproduces the torch model on ``inputs``.
-
-    ``max_abs_diff`` over the first output, and ``top1_agreement``: the fraction of samples whose
-    arg-max class is the same (None when the output is not a score per class).
-    """
-    expected = torch_outputs(torch_model, inputs, batch_size).numpy()
-    actual = run_onnx(onnx_path, inputs, batch_size).astype(np.float32)
+def compare_outputs(expected: np.ndarray, actual: np.ndarray) -> dict[str, float | None]:
+    """How closely ``actual`` reproduces ``expected`` (outputs on the same inputs):
+    ``max_abs_diff``, and ``top1_agreement``, the fraction of samples whose arg-max class is the
+    same (None when the output is not a score per class)."""
     if actual.shape != expected.shape:
-        raise ValueError(f"output shapes differ: torch {expected.shape}, onnx {actual.shape}")
+        raise ValueError(f"output shapes differ: expected {expected.shape}, got {actual.shape}")
     agreement = None
     if expected.ndim >= 2 and expected.shape[-1] > 1:
         agreement = float((expected.argmax(-1) == actual.argmax(-1)).mean())
@@ -181,13 +176,19 @@ def parity(torch_model: nn.Module, onnx_path: str | Path, inputs: Tensor,
             "top1_agreement": agreement}
 
 
-def onnx_metric(onnx_path: str | Path, dataset: TensorDataset, metric: str = "accuracy",
-                reference: Tensor | np.ndarray | None = None, batch_size: int = 256,
-                threads: int = DEFAULT_THREADS) -> float:
-    """``metric`` of the exported model itself, run in onnxruntime: accuracy against the
-    dataset's labels, or agreement with ``reference`` (the uncompressed model's outputs on the
-    same samples; see :func:`torch_outputs`)."""
-    outputs = run_onnx(onnx_path, dataset.tensors[0], batch_size, threads)
+def parity(torch_model: nn.Module, onnx_path: str | Path, inputs: Tensor,
+           batch_size: int = 256) -> dict[str, float | None]:
+    """How closely the exported file reproduces the torch model on ``inputs``
+    (see :func:`compare_outputs`)."""
+    return compare_outputs(torch_outputs(torch_model, inputs, batch_size).numpy(),
+                           run_onnx(onnx_path, inputs, batch_size).astype(np.float32))
+
+
+def score_outputs(outputs: np.ndarray, dataset: TensorDataset, metric: str,
+                  reference: Tensor | np.ndarray | None) -> float:
+    """``metric`` of ``outputs`` (on ``dataset``'s inputs): accuracy against its labels, or
+    agreement with ``reference`` (the uncompressed model's outputs on the same samples; see
+    :func:`torch_outputs`)."""
     if metric == "accuracy":
         if len(dataset.tensors) < 2:
             raise StudioError("accuracy needs labels; this data has none")
@@ -195,6 +196,14 @@ def onnx_metric(onnx_path: str | Path, dataset: TensorDataset, metric: str = "ac
     if reference is None:
         raise StudioError(f"{metric} compares with the uncompressed model's outputs; pass them")
     return score(metric, outputs, reference)
+
+
+def onnx_metric(onnx_path: str | Path, dataset: TensorDataset, metric: str = "accuracy",
+                reference: Tensor | np.ndarray | None = None, batch_size: int = 256,
+                threads: int = DEFAULT_THREADS) -> float:
+    """``metric`` of the exported model itself, run in onnxruntime (see :func:`score_outputs`)."""
+    return score_outputs(run_onnx(onnx_path, dataset.tensors[0], batch_size, threads), dataset,
+                         metric, reference)
 
 
 def onnx_accuracy(onnx_path: str | Path, dataset: TensorDataset, batch_size: int = 256,
