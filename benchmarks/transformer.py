@@ -32,6 +32,7 @@ import transformers
 
 from benchmarks.common import machine_info, write_json
 from benchmarks.transformer_text import EVALUATION_SENTENCES, training_sentences
+from studio.core.data.metrics import cosine
 from studio.core.engine.run import run_workspace
 from studio.core.export.measure import latency_ms, run_onnx
 from studio.core.export.onnx_export import onnx_file_bytes
@@ -70,11 +71,6 @@ def run_engine(model: Path, plan: dict[str, LayerSpec], stages: dict[str, Any], 
         elif isinstance(event, Result):
             report = event.report
     return report
-
-
-def _cosine(reference: np.ndarray, outputs: np.ndarray) -> float:
-    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(outputs, axis=1)
-    return float(((reference * outputs).sum(1) / norms).mean())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,13 +130,13 @@ def main(argv: list[str] | None = None) -> int:
         print("timing every file side by side at batch 32 x 128 tokens", flush=True)
         long_batch = tokenize(folder, EVALUATION_SENTENCES[:32], 128).numpy()
         timings = latency_ms(files, {32: long_batch}, repeats=args.repeats)
-        reference = run_onnx(files["fp32"], evaluation)
+        outputs = {name: run_onnx(path, evaluation) for name, path in files.items()}
         rows = {}
         for name, path in files.items():
             rows[name] = {
                 "onnx_bytes": onnx_file_bytes(path),
                 "bytes_ratio": onnx_file_bytes(path) / onnx_file_bytes(files["fp32"]),
-                "cosine": _cosine(reference, run_onnx(path, evaluation)),
+                "cosine": cosine(outputs["fp32"], outputs[name]),
                 "latency_ms_b32x128": timings[name][32],
                 "latency_ratio": timings[name][32] / timings["fp32"][32],
             }

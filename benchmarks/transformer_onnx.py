@@ -29,6 +29,7 @@ import transformers
 from benchmarks.common import machine_info, write_json
 from benchmarks.transformer import minilm_folder, run_engine
 from benchmarks.transformer_text import EVALUATION_SENTENCES, training_sentences
+from studio.core.data.metrics import cosine
 from studio.core.export.measure import run_onnx
 from studio.core.models.hf import tokenize
 from studio.core.models.onnx_feeds import feeder_for
@@ -71,8 +72,7 @@ def _pooled_cosine(baseline: Path, compressed: Path, ids: np.ndarray) -> float:
     real = (ids != feeder.pad_token_id)[..., None]
     pooled = [(run_onnx(path, ids, feed=feeder) * real).sum(1) / real.sum(1)
               for path in (baseline, compressed)]
-    norms = np.linalg.norm(pooled[0], axis=1) * np.linalg.norm(pooled[1], axis=1)
-    return float(((pooled[0] * pooled[1]).sum(1) / norms).mean())
+    return cosine(*pooled)
 
 
 def main(argv: list[str] | None = None) -> int:
