@@ -16,6 +16,9 @@ from studio.core.errors import StudioError
 METRICS: tuple[str, ...] = ("accuracy", "cosine", "top1_agreement", "mse")
 """accuracy against labels; the rest compare outputs with a reference (the uncompressed model's
 outputs on the same inputs)."""
+METRIC_LABELS = {"accuracy": "Accuracy", "cosine": "Cosine agreement",
+                 "top1_agreement": "Top-1 agreement", "mse": "MSE vs original"}
+"""How reports, notes and plots name each metric."""
 
 
 def higher_is_better(metric: str) -> bool:

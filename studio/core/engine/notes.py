@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from studio.core.data.metrics import METRIC_LABELS
 from studio.core.data.metrics import drop as metric_drop
 
 SLOWER_THRESHOLD = 0.9
 NOTABLE_DROP = 0.01
-SCORE_NAMES = {"accuracy": "Accuracy", "cosine": "Cosine agreement with the original",
-               "top1_agreement": "Top-1 agreement with the original"}
+SCORES = ("accuracy", "cosine", "top1_agreement")
+"""Metrics whose drop reads as points of a 0-1 score (MSE has no such scale)."""
 
 
 def honesty_notes(baseline: dict[str, Any], compressed: dict[str, Any],
@@ -35,8 +36,9 @@ def honesty_notes(baseline: dict[str, Any], compressed: dict[str, Any],
             f"{compressed['zip_bytes'] / baseline['zip_bytes']:.2f}× the original's zip.")
     metric = compressed["metric"]["name"]
     drop = metric_drop(metric, baseline["metric"]["value"], compressed["metric"]["value"])
-    if metric in SCORE_NAMES and drop > NOTABLE_DROP:  # MSE has no scale to call a drop large
-        notes.append(f"{SCORE_NAMES[metric]} dropped {drop * 100:.1f} points: recover with more "
+    if metric in SCORES and drop > NOTABLE_DROP:  # MSE has no scale to call a drop large
+        name = METRIC_LABELS[metric] + ("" if metric == "accuracy" else " with the original")
+        notes.append(f"{name} dropped {drop * 100:.1f} points: recover with more "
                      "fine-tuning epochs or distillation, or compress the most sensitive "
                      "layers less.")
     return notes

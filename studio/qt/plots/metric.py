@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from studio.core.data.metrics import higher_is_better
+from studio.core.data.metrics import METRIC_LABELS, higher_is_better
 
 
 @dataclass(frozen=True)
@@ -37,12 +37,10 @@ class MetricAxis:
         return f"{self.label.lower()} {value * self.scale:.4g}"
 
 
-_AXES = {
-    "accuracy": MetricAxis("accuracy", "Accuracy", 100.0, "%"),
-    "top1_agreement": MetricAxis("top1_agreement", "Top-1 agreement", 100.0, "%"),
-    "cosine": MetricAxis("cosine", "Cosine agreement", 1.0, ""),
-    "mse": MetricAxis("mse", "MSE vs original", 1.0, ""),
-}
+_PERCENT = ("accuracy", "top1_agreement")
+_AXES = {name: MetricAxis(name, label, 100.0 if name in _PERCENT else 1.0,
+                          "%" if name in _PERCENT else "")
+         for name, label in METRIC_LABELS.items()}
 
 
 def metric_axis(name: str | None) -> MetricAxis:
