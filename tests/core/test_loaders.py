@@ -336,3 +336,19 @@ def test_demo_opens_by_name():
     assert loaded.architecture == DEMO_ARCHITECTURE
     assert loaded.example == InputSpec((1, 1, 28, 28))
     assert isinstance(loaded.module, DemoCNN) and not loaded.module.training
+
+
+def test_a_zip_with_a_name_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> None:
+    """zipfile raises UnicodeDecodeError, not BadZipFile, on such a central directory (a
+    damaged .pt/.pt2 hit it in the fuzz test)."""
+    import zipfile
+
+    from studio.core.errors import StudioError
+    from studio.core.models.loader import open_model
+
+    path = tmp_path / "model.bin"  # no known suffix: the format is sniffed from the bytes
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("é/data.pkl", b"x")  # a non-ASCII name is stored with the UTF-8 flag
+    path.write_bytes(path.read_bytes().replace("é".encode(), b"\xe7\xa9"))
+    with pytest.raises(StudioError):
+        open_model(path)

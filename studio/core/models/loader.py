@@ -27,8 +27,8 @@ def _sniff(path: Path) -> str | None:
     if head.startswith(b"PK"):
         try:
             names = zipfile.ZipFile(path).namelist()
-        except zipfile.BadZipFile:
-            return None
+        except (zipfile.BadZipFile, UnicodeDecodeError, ValueError, EOFError):
+            return None  # damaged: a name that is not UTF-8, a bad directory, a short file
         if any(name.endswith("archive_format") or "serialized_exported_program" in name
                for name in names):
             return ".pt2"
