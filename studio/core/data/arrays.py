@@ -60,33 +60,45 @@ def _pixels(values: np.ndarray, options: ImageOptions, where: str) -> torch.Tens
     return normalise(tensor, options, where)
 
 
-def read_arrays(path: Path, inputs_key: str | None, labels_key: str | None,
+def _as_model_inputs(values: np.ndarray, options: ImageOptions, where: str) -> torch.Tensor:
+    if values.dtype.kind not in "biuf":
+        raise StudioError(f"{where}: inputs of type {values.dtype} are not numbers")
+    if values.ndim == 0:
+        raise StudioError(f"{where}: the inputs are a single number, not samples")
+    return _pixels(values, options, where) if values.dtype == np.uint8 \
+        else as_inputs(values, where)
+
+
+def read_arrays(path: Path, inputs_key: str | list[str] | None, labels_key: str | None,
                 options: ImageOptions) -> Samples:
-    """Inputs (and labels, when the .npz has them) from ``path``."""
+    """Inputs (and labels, when the .npz has them) from ``path``; ``inputs_key`` as a list
+    reads several named inputs (see :attr:`Samples.named`)."""
     if path.suffix.lower() not in (".npz", ".npy"):
         raise StudioError(f"{path}: the arrays source reads .npz or .npy files")
     if not path.is_file():
         raise StudioError(f"{path}: no such file")
     loaded = _load(path)
     if isinstance(loaded, np.ndarray):
-        inputs_array, labels_array, origin = loaded, None, f"rows of {path.name}"
+        if isinstance(inputs_key, list):
+            raise StudioError(f"{path}: a .npy holds one array; several named inputs "
+                              f"({', '.join(inputs_key)}) need a .npz with one array each")
+        inputs = _as_model_inputs(loaded, options, f"{path}")
+        return Samples(inputs, None, f"rows of {path.name}")
+    keys = list(loaded)
+    if isinstance(inputs_key, list):
+        chosen = [_pick(keys, key, INPUT_KEYS, "inputs", path) for key in inputs_key]
     else:
-        keys = list(loaded)
-        chosen = _pick(keys, inputs_key, INPUT_KEYS, "inputs", path)
-        if chosen is None:
+        chosen = [_pick(keys, inputs_key, INPUT_KEYS, "inputs", path)]
+        if chosen[0] is None:
             raise StudioError(f"{path}: no inputs array found (looked for "
                               f"{', '.join(INPUT_KEYS)}); it holds {', '.join(keys)}: name "
                               "one with inputs_key")
-        label_name = _pick(keys, labels_key, LABEL_KEYS, "labels", path)
-        inputs_array = loaded[chosen]
-        labels_array = loaded[label_name] if label_name else None
-        origin = f"rows of {chosen!r} in {path.name}"
-    where = f"{path}"
-    if inputs_array.dtype.kind not in "biuf":
-        raise StudioError(f"{where}: inputs of type {inputs_array.dtype} are not numbers")
-    if inputs_array.ndim == 0:
-        raise StudioError(f"{where}: the inputs are a single number, not samples")
-    inputs = _pixels(inputs_array, options, where) if inputs_array.dtype == np.uint8 \
-        else as_inputs(inputs_array, where)
-    labels = None if labels_array is None else as_labels(labels_array, where)
-    return Samples(inputs, labels, origin)
+    label_name = _pick(keys, labels_key, LABEL_KEYS, "labels", path)
+    several = isinstance(inputs_key, list)
+    named = {key: _as_model_inputs(loaded[key], options, f"{path} ({key!r})" if several
+                                   else f"{path}")
+             for key in chosen if key is not None}
+    first = next(iter(named))
+    labels = None if label_name is None else as_labels(loaded[label_name], f"{path}")
+    return Samples(named[first], labels, f"rows of {first!r} in {path.name}",
+                   named=named if several else {})

@@ -119,12 +119,28 @@ def mse(reference: np.ndarray | Tensor, outputs: np.ndarray | Tensor) -> float:
     return score("mse", outputs, reference)
 
 
-def agreement(reference: np.ndarray | Tensor, outputs: np.ndarray | Tensor
-              ) -> dict[str, float | None]:
-    """All three agreement figures; ``top1_agreement`` is None when the outputs hold no scores
-    per class (a last dim of 1, or one value per sample)."""
+def is_class_scores(values: np.ndarray | Tensor, outputs_in_model: int = 1) -> bool:
+    """Whether ``values`` is a [batch, classes] score tensor, the one kind whose arg-max is a
+    class: 2-D with more than one column, from a model with one output. A detector's boxes
+    ([N, K, 4]) and scores are not, and a multi-output model's 2-D tensors are [batch,
+    anchors] as often as [batch, classes], so they get cosine and MSE only."""
+    shape = np.shape(values)
+    return outputs_in_model == 1 and len(shape) == 2 and shape[-1] > 1
+
+
+def agreement(reference: np.ndarray | Tensor, outputs: np.ndarray | Tensor,
+              outputs_in_model: int = 1) -> dict[str, float | None]:
+    """All three agreement figures; ``top1_agreement`` is None unless the outputs are class
+    scores (see :func:`is_class_scores`)."""
     ref = _array(reference)
-    per_class = ref.ndim >= 2 and ref.shape[-1] > 1
     return {"cosine": cosine(ref, outputs),
-            "top1_agreement": top1_agreement(ref, outputs) if per_class else None,
+            "top1_agreement": top1_agreement(ref, outputs)
+            if is_class_scores(ref, outputs_in_model) else None,
             "mse": mse(ref, outputs)}
+
+
+def agreement_by_output(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
+                        ) -> dict[str, dict[str, float | None]]:
+    """:func:`agreement` of each output of a model with several, by output name."""
+    return {name: agreement(reference[name], values, len(outputs))
+            for name, values in outputs.items()}

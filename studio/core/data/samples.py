@@ -3,7 +3,7 @@ need (at least one sample, finite numbers, integer labels that fit)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ class Samples:
     """What a sample number counts, for splits.json: ``rows of data.npz``, ``images of ...``."""
     classes: tuple[str, ...] | None = None
     """Class names when labels came from names (image sub-folders, a CSV text column)."""
+    named: dict[str, Tensor] = field(default_factory=dict)
+    """Every input by name, row for row, when the source gives several (``inputs`` is the
+    first of them); empty for one unnamed input tensor."""
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -62,9 +65,14 @@ def check_samples(samples: Samples, where: str) -> None:
     if samples.labels is not None and len(samples.labels) != len(samples.inputs):
         raise StudioError(f"{where}: {len(samples.inputs)} inputs but {len(samples.labels)} "
                           "labels; give one label per sample")
-    if samples.inputs.is_floating_point():
-        finite = torch.isfinite(samples.inputs.reshape(len(samples), -1)).all(1)
-        if not bool(finite.all()):
-            bad = (~finite).nonzero().flatten()
-            raise StudioError(f"{where}: {len(bad)} sample(s) hold NaN or Inf (the first is "
-                              f"sample {int(bad[0])}); clean or drop them")
+    for name, inputs in (samples.named or {"": samples.inputs}).items():
+        which = f"{where} ({name!r})" if name else where
+        if len(inputs) != len(samples.inputs):
+            raise StudioError(f"{which}: {len(inputs)} rows where the first input has "
+                              f"{len(samples.inputs)}; every input needs one row per sample")
+        if inputs.is_floating_point():
+            finite = torch.isfinite(inputs.reshape(len(inputs), -1)).all(1)
+            if not bool(finite.all()):
+                bad = (~finite).nonzero().flatten()
+                raise StudioError(f"{which}: {len(bad)} sample(s) hold NaN or Inf (the first "
+                                  f"is sample {int(bad[0])}); clean or drop them")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 from torch.utils.data import TensorDataset
 
 from studio.core.data.arrays import read_arrays
@@ -48,14 +49,39 @@ def _unlabelled_demo(task: TaskData, section: DataSection) -> TaskData:
                                labelled=False, metric=resolve_metric(section, False, "data"))
 
 
+def _same_kind(test: Samples, pool: Samples, section: DataSection) -> None:
+    """The separate test set must give the same inputs, of the same sample shapes."""
+    assert section.test_path is not None
+    pool_inputs = pool.named or {"": pool.inputs}
+    test_inputs = test.named or {"": test.inputs}
+    for name, inputs in pool_inputs.items():
+        shape, test_shape = list(inputs.shape[1:]), list(test_inputs[name].shape[1:])
+        if test_shape != shape:
+            which = f" {name!r}" if name else ""
+            raise StudioError(f"{section.test_path}: samples{which} of shape {test_shape} "
+                              f"where {section.path} has {shape}; the test set must be of the "
+                              "same kind")
+
+
+def constant_inputs(section: DataSection) -> dict[str, np.ndarray]:
+    """``data.constants`` as arrays (already checked to be numbers by the section)."""
+    return {name: np.asarray(value) for name, value in section.constants.items()}
+
+
 def load_task(section: DataSection, base_dir: Path | None = None, trust: bool = False
               ) -> TaskData:
-    """The task's train / test / calibration splits as the section describes them.
+    """The task's train / test / calibration splits as the section describes them, with the
+    section's constant inputs.
 
     ``trust`` allows a ``function`` source to import and run the user's code; without it that
     source raises :class:`~studio.core.data.function.FunctionTrustRequired` (a TrustRequired).
     Every problem with the data is a StudioError naming the file, row or field.
     """
+    return dataclasses.replace(_splits(section, base_dir, trust),
+                               constants=constant_inputs(section))
+
+
+def _splits(section: DataSection, base_dir: Path | None, trust: bool) -> TaskData:
     if section.source == "demo":
         task = demo_task(section.calibration_samples, section.split_seed, section.train_samples)
         if section.labelled is False:
@@ -68,11 +94,7 @@ def load_task(section: DataSection, base_dir: Path | None = None, trust: bool = 
     if section.test_path is not None:
         test = _read(section, section.test_path, base_dir, trust, pool)
         check_samples(test, section.test_path)
-        if test.inputs.shape[1:] != pool.inputs.shape[1:]:
-            raise StudioError(f"{section.test_path}: samples of shape "
-                              f"{list(test.inputs.shape[1:])} where {section.path} has "
-                              f"{list(pool.inputs.shape[1:])}; the test set must be of the "
-                              "same kind")
+        _same_kind(test, pool, section)
     name = f"{section.source}: {section.path}"
     return split_task(pool, test, section, name, section.path)
 

@@ -7,12 +7,16 @@ import torch
 from torch.utils.data import TensorDataset
 
 from studio.core.data.samples import Samples
-from studio.core.data.task import Splits, TaskData
+from studio.core.data.task import NamedInputs, Splits, TaskData
 from studio.core.errors import StudioError
 from studio.core.plan.stages import DataSection
 
 
 def _dataset(samples: Samples, index: torch.Tensor, labelled: bool) -> TensorDataset:
+    if samples.named:
+        return NamedInputs({name: inputs[index] for name, inputs in samples.named.items()},
+                           samples.labels[index] if labelled and samples.labels is not None
+                           else None)
     if labelled:
         assert samples.labels is not None
         return TensorDataset(samples.inputs[index], samples.labels[index])

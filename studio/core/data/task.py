@@ -1,15 +1,20 @@
 """A task's data: explicit train / test / calibration splits of one dataset, labelled or not.
 
 Labelled datasets are ``TensorDataset(inputs, labels)``; unlabelled ones hold the inputs only
-(``TensorDataset(inputs)``), and their metric is agreement with the uncompressed model.
+(``TensorDataset(inputs)``), and their metric is agreement with the uncompressed model. Data for
+an ONNX file taking several inputs is a :class:`NamedInputs` dataset: the same two tensors (the
+first named input, labels) plus every named input, row for row.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from studio.core.demo.data import load_demo_digits
@@ -44,6 +49,36 @@ class Splits:
                 "indices": self.indices}
 
 
+class NamedInputs(TensorDataset):
+    """A dataset of several model inputs by name (``.npz`` arrays named like an ONNX file's
+    inputs). ``tensors`` stay ``(first input, [labels])`` as in every dataset here, so labels
+    and sizes read the same; ``named`` holds every input, the first one included."""
+
+    def __init__(self, named: Mapping[str, Tensor], labels: Tensor | None = None) -> None:
+        first = next(iter(named.values()))
+        super().__init__(first, *(() if labels is None else (labels,)))
+        self.named = dict(named)
+
+
+def model_inputs(dataset: TensorDataset) -> Tensor | dict[str, Tensor]:
+    """What a model is fed from ``dataset``: its one input tensor, or every named input."""
+    return dict(dataset.named) if isinstance(dataset, NamedInputs) else dataset.tensors[0]
+
+
+def input_names(dataset: TensorDataset) -> tuple[str, ...]:
+    """The names of ``dataset``'s inputs; empty when it holds one unnamed input tensor."""
+    return tuple(dataset.named) if isinstance(dataset, NamedInputs) else ()
+
+
+def first_rows(dataset: TensorDataset, count: int) -> TensorDataset:
+    """The first ``count`` samples of ``dataset``, every input and the labels alike."""
+    if isinstance(dataset, NamedInputs):
+        labels = dataset.tensors[1][:count] if len(dataset.tensors) > 1 else None
+        return NamedInputs({name: value[:count] for name, value in dataset.named.items()},
+                           labels)
+    return TensorDataset(*(tensor[:count] for tensor in dataset.tensors))
+
+
 @dataclass(frozen=True)
 class TaskData:
     train: TensorDataset
@@ -57,15 +92,27 @@ class TaskData:
     metric: str = "accuracy"
     """accuracy, or cosine / top1_agreement / mse agreement with the uncompressed model."""
     splits: Splits | None = field(default=None, compare=False)
+    constants: dict[str, np.ndarray] = field(default_factory=dict, compare=False)
+    """Model inputs fed the same value with every batch (``data.constants``), by name."""
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The names of the per-sample inputs; empty when the data gives one unnamed tensor."""
+        return input_names(self.test)
 
     def summary(self) -> dict[str, Any]:
         """What a report says about the data (the indices go to ``splits.json``)."""
         sizes = self.splits.sizes if self.splits is not None else {
             "fine_tune": len(self.train), "calibration": len(self.calibration),
             "test": len(self.test)}
-        return {"name": self.name, "source": self.splits.source if self.splits else None,
-                "labelled": self.labelled, "metric": self.metric,
-                "num_classes": self.num_classes, "sizes": sizes}
+        summary = {"name": self.name, "source": self.splits.source if self.splits else None,
+                   "labelled": self.labelled, "metric": self.metric,
+                   "num_classes": self.num_classes, "sizes": sizes}
+        if self.input_names or self.constants:
+            summary["inputs"] = {"arrays": list(self.input_names),
+                                 "constants": {name: value.tolist()
+                                               for name, value in self.constants.items()}}
+        return summary
 
 
 def demo_task(calibration_samples: int = 256, seed: int = 0,

@@ -2,7 +2,7 @@
 Data button, with one message naming both shapes when it does not.
 
 A torch model is simply run on two samples (any sequence length a transformer takes fits); an
-ONNX file's declared input is compared with the samples, symbolic dims matching any size.
+ONNX file's declared inputs are compared with the samples, symbolic dims matching any size.
 """
 
 from __future__ import annotations
@@ -10,14 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from studio.core.data.task import TaskData
+from studio.core.data.task import TaskData, model_inputs
 from studio.core.errors import InputError
 from studio.core.methods.distill.features import first_tensor
 from studio.core.models.inputs import InputSpec
-from studio.core.models.onnx_feeds import OnnxInput, feeder_for
+from studio.core.models.onnx_feeds import Feeder, OnnxInput, feeder_for
 from studio.core.workspace import Workspace
 
 
@@ -25,6 +26,11 @@ from studio.core.workspace import Workspace
 def check_torch_data(model: nn.Module, data: TaskData, example: InputSpec) -> None:
     """Run two test samples through the model before any work, so data of the wrong shape or
     labels the model has no output for fail at once with a message naming both."""
+    if data.input_names or data.constants:
+        given = ", ".join([*data.input_names, *data.constants])
+        raise InputError(f"data: named inputs and constants ({given}) feed an ONNX file's "
+                         "inputs by name; a torch model takes the data's one input tensor. "
+                         "Give one inputs_key, or open the model's ONNX file")
     inputs = data.test.tensors[0][:2]
     shape = f"[N, {', '.join(str(d) for d in inputs.shape[1:])}] ({str(inputs.dtype)[6:]})"
     expects = f"{list(example.shape)} ({example.dtype})"
@@ -51,9 +57,12 @@ def _shape(dims: tuple[int | str, ...]) -> str:
     return "[" + ", ".join(str(d) for d in dims) + "]"
 
 
-def check_onnx_data(data: TaskData, feed: OnnxInput, path: Path) -> None:
-    """The data's samples must fit the file's input (batch first), or :class:`InputError`."""
-    inputs = data.test.tensors[0]
+def feeder_for_data(model: onnx.ModelProto, path: Path, data: TaskData) -> Feeder:
+    """How ``data`` feeds the file's inputs (see :func:`feeder_for`)."""
+    return feeder_for(model, path, data.input_names, data.constants)
+
+
+def _check_input(inputs: Tensor, feed: OnnxInput, data: TaskData, path: Path) -> None:
     sample = tuple(inputs.shape[1:])
     if feed.dims is not None:
         expected = feed.dims[1:]
@@ -69,12 +78,22 @@ def check_onnx_data(data: TaskData, feed: OnnxInput, path: Path) -> None:
                          f"({data.name}) holds {given}")
 
 
+def check_onnx_data(data: TaskData, feeder: Feeder, path: Path) -> None:
+    """Each input the data's samples feed must fit the file's (batch first), or
+    :class:`InputError` naming the input and both shapes."""
+    inputs = model_inputs(data.test)
+    by_name = inputs if isinstance(inputs, dict) else {feeder.main.name: inputs}
+    for feed in feeder.per_sample:
+        _check_input(by_name[feed.name], feed, data, path)
+
+
 def check_data_fits(workspace: Workspace, data: TaskData) -> None:
     """:class:`InputError` naming both shapes when ``data`` cannot feed the workspace's model."""
     loaded = workspace.loaded
     if loaded.module is None:
         if loaded.onnx_model is not None:
-            check_onnx_data(data, feeder_for(loaded.onnx_model, loaded.path).main, loaded.path)
+            check_onnx_data(data, feeder_for_data(loaded.onnx_model, loaded.path, data),
+                            loaded.path)
         return
     if workspace.example is not None:
         check_torch_data(loaded.module, data, workspace.example)

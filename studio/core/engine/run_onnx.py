@@ -20,17 +20,17 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from studio.core.data.metrics import agreement, higher_is_better, score
-from studio.core.data.task import TaskData
-from studio.core.engine.data_fit import check_onnx_data
+from studio.core.data.task import TaskData, first_rows, model_inputs
+from studio.core.engine.data_fit import check_onnx_data, feeder_for_data
 from studio.core.engine.notes import honesty_notes
 from studio.core.engine.run import BASELINE_FILE, MODEL_FILE, finish_report
 from studio.core.errors import InputError, StudioError
 from studio.core.export.measure import (
-    compare_outputs,
+    Feed,
     inputs_for_batches,
     latency_ms,
-    run_onnx,
+    output_figures,
+    run_onnx_outputs,
     zip_bytes,
 )
 from studio.core.export.onnx_export import onnx_file_bytes, save_onnx
@@ -44,7 +44,7 @@ from studio.core.methods.quantization.ort_plan import (
     plan_to_ort,
     resolved_by_name,
 )
-from studio.core.models.onnx_feeds import Feeder, feeder_for
+from studio.core.models.onnx_feeds import Feeder
 from studio.core.models.onnx_file import fixed_batch_size
 from studio.core.models.onnx_repair import PER_CHANNEL_OPSET, repair_onnx
 from studio.core.plan.recipe import Recipe
@@ -89,32 +89,34 @@ def _whole_batches(dataset: TensorDataset, batch: int | None, what: str) -> Tens
     if usable == 0:
         raise InputError(f"the model's batch size is fixed at {batch}, and the {what} split "
                          f"has only {len(dataset)} sample(s)")
-    return TensorDataset(*(tensor[:usable] for tensor in dataset.tensors))
+    return first_rows(dataset, usable)
 
 
-def _outputs(path: Path, inputs: torch.Tensor, batch: int | None, feeder: Feeder
-             ) -> np.ndarray:
+Outputs = dict[str, np.ndarray]
+
+
+def _outputs(path: Path, inputs: Feed, batch: int | None, feeder: Feeder) -> Outputs:
+    """Every output of the file by name, per-token ones on real tokens only."""
     try:
-        outputs = run_onnx(path, inputs, batch or 256, feed=feeder).astype(np.float32)
+        outputs = run_onnx_outputs(path, inputs, batch or 256, feed=feeder)
     except Exception as error:  # onnxruntime raises its own types for every fault
         first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         raise StudioError(f"onnxruntime cannot run {path.name}: {first}") from error
-    return feeder.real_tokens(outputs, inputs.numpy())
+    main = np.asarray(feeder.main_rows(inputs))
+    return {name: feeder.real_tokens(values.astype(np.float32), main)
+            for name, values in outputs.items()}
 
 
-def _figures(path: Path, tree: LayerTree, outputs: np.ndarray, metric: str, target: Any,
-             reference: np.ndarray, made_from: np.ndarray) -> dict[str, Any]:
+def _figures(path: Path, tree: LayerTree, outputs: Outputs, metric: str,
+             labels: torch.Tensor | None, reference: Outputs, made_from: Outputs
+             ) -> dict[str, Any]:
     root = tree.root
-    return {
-        "metric": {"name": metric, "value": score(metric, outputs, target),
-                   "higher_is_better": higher_is_better(metric)},
-        "agreement": agreement(reference, outputs),
+    return output_figures(outputs, reference, made_from, metric, labels) | {
         "params": root.total_params,
         "nonzero_params": root.total_params - root.total_zeros,
         "macs": root.total_macs,
         "onnx_bytes": onnx_file_bytes(path),
         "zip_bytes": zip_bytes(path),
-        "parity": compare_outputs(made_from, outputs),
     }
 
 
@@ -145,9 +147,9 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, toke
     per_channel = quantize.per_channel and _plan_quantizes_to_integers(workspace)
     repaired = repair_onnx(loaded.onnx_model, PER_CHANNEL_OPSET if per_channel else None)
     model = repaired.model
-    feeder = feeder_for(model, loaded.path)
     data = load_data()
-    check_onnx_data(data, feeder.main, loaded.path)
+    feeder = feeder_for_data(model, loaded.path, data)
+    check_onnx_data(data, feeder, loaded.path)
     batch = fixed_batch_size(model)
     test = _whole_batches(data.test, batch, "test")
     calibration = _whole_batches(data.calibration, batch, "calibration")
@@ -155,7 +157,7 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, toke
         raise StudioError("accuracy needs labels; this data has none (use an agreement metric)")
     yield Log(f"Data: {data.name}; {'labelled' if data.labelled else 'unlabelled'}, metric "
               f"{data.metric}; {len(test)} to test, {len(calibration)} to calibrate")
-    if feeder.companions:
+    if feeder.describe():
         yield Log(f"Inputs: {feeder.describe()}")
     token.check()
 
@@ -165,7 +167,7 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, toke
         yield Log(f"Repair: {step}")
     yield Log(f"Baseline: measuring {workspace.tree.model_name} in onnxruntime")
     baseline_path = save_onnx(model, out_dir / BASELINE_FILE)
-    inputs = test.tensors[0]
+    inputs = model_inputs(test)
     baseline_outputs = _outputs(baseline_path, inputs, batch, feeder)
     notes: list[str] = []
     reference = baseline_outputs  # the same graph, unless the repair changed it
@@ -174,9 +176,9 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, toke
             reference = _outputs(loaded.path, inputs, batch, feeder)  # the user's file as it is
         except StudioError as error:
             notes.append(f"{error}; the repaired baseline is the reference instead.")
-    target = test.tensors[1] if data.metric == "accuracy" else reference
+    labels = test.tensors[1] if data.metric == "accuracy" else None
     tree = build_onnx_tree(model, workspace.tree.model_name)
-    baseline = _figures(baseline_path, tree, baseline_outputs, data.metric, target, reference,
+    baseline = _figures(baseline_path, tree, baseline_outputs, data.metric, labels, reference,
                         reference)
     yield Metric("baseline", data.metric, baseline["metric"]["value"], 0)
     token.check()
@@ -214,7 +216,7 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, toke
         float_path.unlink(missing_ok=True)
     compressed_outputs = _outputs(model_path, inputs, batch, feeder)
     compressed = _figures(model_path, build_onnx_tree(model, "compressed"), compressed_outputs,
-                          data.metric, target, reference,
+                          data.metric, labels, reference,
                           compressed_outputs if float_outputs is None else float_outputs)
     yield Metric("compressed", data.metric, compressed["metric"]["value"], 0)
     token.check()

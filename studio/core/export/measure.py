@@ -13,6 +13,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -21,7 +22,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from studio.core.data.metrics import score
+from studio.core.data.metrics import (
+    agreement,
+    agreement_by_output,
+    higher_is_better,
+    is_class_scores,
+    score,
+)
+from studio.core.data.task import model_inputs
 from studio.core.errors import StudioError
 from studio.core.export.onnx_export import external_data_files
 from studio.core.graph.onnx_walk import all_graphs
@@ -37,6 +45,7 @@ INTEGER_OPS = frozenset({
 """Op types that show a file holds quantized weights or runs integer kernels."""
 
 Feed = np.ndarray | Tensor | Mapping[str, np.ndarray | Tensor]
+"""A model's inputs: one array (its first input) or arrays by input name, one row per sample."""
 
 
 def ort_session(path: str | Path, threads: int = DEFAULT_THREADS,
@@ -87,16 +96,31 @@ def zip_bytes(path: str | Path, level: int = 9) -> int:
     return total
 
 
-def inputs_for_batches(samples: Tensor | TensorDataset, batches: tuple[int, ...] = (1, 64)
-                       ) -> dict[int, np.ndarray]:
-    """One input array per batch size, cut from ``samples`` (repeated if there are too few)."""
-    data = samples.tensors[0] if isinstance(samples, TensorDataset) else samples
-    array = _numpy(data)
-    result = {}
-    for batch in batches:
-        repeats = -(-batch // len(array))
-        result[batch] = np.ascontiguousarray(np.concatenate([array] * repeats)[:batch])
-    return result
+def _rows(inputs: Feed, start: int, stop: int) -> np.ndarray | dict[str, np.ndarray]:
+    if isinstance(inputs, Mapping):
+        return {name: _numpy(value)[start:stop] for name, value in inputs.items()}
+    return _numpy(inputs)[start:stop]
+
+
+def _count(inputs: Feed) -> int:
+    return len(next(iter(inputs.values())) if isinstance(inputs, Mapping) else inputs)
+
+
+def inputs_for_batches(samples: Feed | TensorDataset, batches: tuple[int, ...] = (1, 64)
+                       ) -> dict[int, np.ndarray | dict[str, np.ndarray]]:
+    """The inputs of one batch per batch size, cut from ``samples`` (repeated if there are too
+    few); every named input alike when the data gives several."""
+    data = model_inputs(samples) if isinstance(samples, TensorDataset) else samples
+    count = _count(data)
+
+    def batch_of(values: np.ndarray | Tensor, size: int) -> np.ndarray:
+        array = _numpy(values)
+        return np.ascontiguousarray(np.concatenate([array] * -(-size // count))[:size])
+
+    if isinstance(data, Mapping):
+        return {size: {name: batch_of(values, size) for name, values in data.items()}
+                for size in batches}
+    return {size: batch_of(data, size) for size in batches}
 
 
 def latency_ms(sessions: Mapping[str, str | Path], inputs_by_batch: Mapping[int, Feed],
@@ -133,17 +157,28 @@ def _chunks(inputs: Tensor, size: int) -> Iterator[Tensor]:
         yield inputs[start:start + size]
 
 
-def run_onnx(path: str | Path, inputs: Tensor | np.ndarray, batch_size: int = 256,
-             threads: int = DEFAULT_THREADS,
-             feed: Callable[[np.ndarray], Mapping[str, np.ndarray]] | None = None
-             ) -> np.ndarray:
-    """First output of the ONNX model on ``inputs``, run in chunks of ``batch_size``; ``feed``
-    makes each chunk's feed (default: the chunk as the first input)."""
+def run_onnx_outputs(path: str | Path, inputs: Feed, batch_size: int = 256,
+                     threads: int = DEFAULT_THREADS,
+                     feed: Callable[..., Mapping[str, np.ndarray]] | None = None
+                     ) -> dict[str, np.ndarray]:
+    """Every output of the ONNX model by name, on ``inputs`` run in chunks of ``batch_size``;
+    ``feed`` makes each chunk's feed (default: the chunk as the first input, or the named
+    arrays as the inputs of those names)."""
     session = ort_session(path, threads)
-    array = _numpy(inputs)
-    chunks = (array[i:i + batch_size] for i in range(0, len(array), batch_size))
-    return np.concatenate([session.run(None, _feed(session, feed(chunk) if feed else chunk))[0]
-                           for chunk in chunks])
+    names = [output.name for output in session.get_outputs()]
+    chunks: list[list[np.ndarray]] = []
+    for start in range(0, _count(inputs), batch_size):
+        chunk = _rows(inputs, start, start + batch_size)
+        chunks.append(session.run(None, _feed(session, feed(chunk) if feed else chunk)))
+    return {name: np.concatenate([outputs[i] for outputs in chunks])
+            for i, name in enumerate(names)}
+
+
+def run_onnx(path: str | Path, inputs: Feed, batch_size: int = 256,
+             threads: int = DEFAULT_THREADS,
+             feed: Callable[..., Mapping[str, np.ndarray]] | None = None) -> np.ndarray:
+    """First output of the ONNX model on ``inputs`` (see :func:`run_onnx_outputs`)."""
+    return next(iter(run_onnx_outputs(path, inputs, batch_size, threads, feed).values()))
 
 
 @torch.no_grad()
@@ -163,17 +198,47 @@ def torch_outputs(torch_model: nn.Module, inputs: Tensor, batch_size: int = 256)
         torch_model.train(was_training)
 
 
-def compare_outputs(expected: np.ndarray, actual: np.ndarray) -> dict[str, float | None]:
+def compare_outputs(expected: np.ndarray, actual: np.ndarray, outputs_in_model: int = 1
+                    ) -> dict[str, float | None]:
     """How closely ``actual`` reproduces ``expected`` (outputs on the same inputs):
     ``max_abs_diff``, and ``top1_agreement``, the fraction of samples whose arg-max class is the
-    same (None when the output is not a score per class)."""
+    same (None when the output is not class scores: see :func:`is_class_scores`)."""
     if actual.shape != expected.shape:
         raise ValueError(f"output shapes differ: expected {expected.shape}, got {actual.shape}")
-    agreement = None
-    if expected.ndim >= 2 and expected.shape[-1] > 1:
-        agreement = float((expected.argmax(-1) == actual.argmax(-1)).mean())
+    top1 = None
+    if is_class_scores(expected, outputs_in_model):
+        top1 = float((expected.argmax(-1) == actual.argmax(-1)).mean())
     return {"max_abs_diff": float(np.abs(expected - actual).max()) if expected.size else 0.0,
-            "top1_agreement": agreement}
+            "top1_agreement": top1}
+
+
+def output_figures(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
+                   made_from: Mapping[str, np.ndarray], metric: str,
+                   labels: Tensor | None = None) -> dict[str, Any]:
+    """The task's ``metric``, ``agreement`` with ``reference`` (the uncompressed model's
+    outputs) and ``parity`` with ``made_from`` (the file it was quantized from), all on the
+    first output (accuracy against ``labels``); for a model with several outputs also
+    ``outputs``: cosine and MSE agreement of each, by name. Top-1 figures are given only for
+    class scores (see :func:`is_class_scores`); asked for on anything else it is refused,
+    since an arg-max over box coordinates means nothing."""
+    (first, values), count = next(iter(outputs.items())), len(outputs)
+    if metric == "top1_agreement" and not is_class_scores(values, count):
+        raise StudioError(f"metric top1_agreement compares classes, but the model's "
+                          f"{'first of ' + str(count) + ' outputs' if count > 1 else 'output'} "
+                          f"({first!r}, shape {list(values.shape)}) is not one score per class "
+                          "([batch, classes]); use cosine or mse")
+    target = labels if metric == "accuracy" else reference[first]
+    if target is None:
+        raise StudioError("accuracy needs labels; this data has none")
+    figures: dict[str, Any] = {
+        "metric": {"name": metric, "value": score(metric, values, target),
+                   "higher_is_better": higher_is_better(metric)},
+        "agreement": agreement(reference[first], values, count),
+        "parity": compare_outputs(made_from[first], values, count),
+    }
+    if count > 1:
+        figures["outputs"] = agreement_by_output(dict(reference), dict(outputs))
+    return figures
 
 
 def parity(torch_model: nn.Module, onnx_path: str | Path, inputs: Tensor,

@@ -3,9 +3,10 @@ distillation, quantization and export. Each is optional; a missing one means its
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -43,8 +44,13 @@ class DataSection(_Section):
     """Folder (images), .npz/.npy (arrays) or .csv file; for ``function``: ``pkg.mod:fn``."""
     test_path: str | None = None
     """A separate evaluation set of the same kind; without it ``test_fraction`` is held out."""
-    inputs_key: str | None = None
-    """.npz array holding the inputs; default: the first of x, inputs, images, input_ids, data."""
+    inputs_key: str | list[str] | None = None
+    """.npz array holding the inputs; default: the first of x, inputs, images, input_ids, data.
+    A list names several arrays, each fed to the ONNX file's input of the same name (a model
+    taking ``input`` and ``state``, say); every array holds one row per sample."""
+    constants: dict[str, Any] = Field(default_factory=dict)
+    """ONNX inputs fed the same value with every batch, by input name: a number or a nested
+    list of numbers (``sr: 16000``), cast to the type the file declares."""
     labels_key: str | None = None
     """.npz array holding the labels; default: the first of y, labels, targets if present."""
     label_column: str | None = None
@@ -65,6 +71,30 @@ class DataSection(_Section):
     """``function`` sources: stop reading after this many samples (an endless generator
     cannot hang the job)."""
 
+    @field_validator("inputs_key")
+    @classmethod
+    def _distinct_keys(cls, keys: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(keys, list):
+            if not keys:
+                raise ValueError("name at least one array")
+            repeated = sorted({key for key in keys if keys.count(key) > 1})
+            if repeated:
+                raise ValueError(f"{', '.join(repeated)} named more than once")
+        return keys
+
+    @field_validator("constants")
+    @classmethod
+    def _numeric_constants(cls, constants: dict[str, Any]) -> dict[str, Any]:
+        for name, value in constants.items():
+            try:
+                kind = np.asarray(value).dtype.kind
+            except ValueError:  # ragged nested lists
+                kind = "O"
+            if kind not in "biuf" or isinstance(value, str):
+                raise ValueError(f"{name}: give a number or a nested list of numbers (a "
+                                 f"rectangular array), not {value!r}")
+        return constants
+
     @model_validator(mode="after")
     def _needs_path(self) -> DataSection:
         if self.source != "demo" and not self.path:
@@ -72,6 +102,14 @@ class DataSection(_Section):
             raise ValueError(f"source {self.source!r} needs path: {hint}")
         if self.source == "function" and ":" not in (self.path or ""):
             raise ValueError("source 'function' needs path: package.module:function")
+        if isinstance(self.inputs_key, list):
+            if self.source != "arrays":
+                raise ValueError("inputs_key as a list names .npz arrays: only for source "
+                                 "'arrays'")
+            both = sorted(set(self.inputs_key) & set(self.constants))
+            if both:
+                raise ValueError(f"{', '.join(both)}: given both as an array (inputs_key) "
+                                 "and in constants; keep one")
         return self
 
 

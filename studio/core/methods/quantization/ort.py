@@ -29,6 +29,7 @@ from onnxruntime.quantization import (
 )
 from torch.utils.data import TensorDataset
 
+from studio.core.data.task import input_names, model_inputs
 from studio.core.errors import StudioError
 from studio.core.export.onnx_export import save_onnx
 from studio.core.graph.onnx_walk import subgraphs
@@ -55,25 +56,30 @@ logging.getLogger("onnxruntime").setLevel(logging.WARNING)  # its modules log at
 
 
 class DatasetReader(CalibrationDataReader):
-    """Feeds the first tensor of each calibration sample to the model, in batches, through
-    ``feed`` (see :mod:`studio.core.models.onnx_feeds`)."""
+    """Feeds the inputs of the calibration samples (one tensor, or every named input) to the
+    model, in batches, through ``feed`` (see :mod:`studio.core.models.onnx_feeds`)."""
 
     def __init__(self, dataset: TensorDataset, feed: Feeder, batch_size: int = 32) -> None:
-        self.inputs = dataset.tensors[0].detach().cpu().numpy()
+        inputs = model_inputs(dataset)
+        self.inputs = {name: value.detach().cpu().numpy() for name, value in inputs.items()} \
+            if isinstance(inputs, dict) else inputs.detach().cpu().numpy()
         self.feed = feed
         self.batch_size = batch_size
-        self._start, self._end, self._next = 0, len(self.inputs), 0
+        self._start, self._end, self._next = 0, len(dataset), 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._next >= self._end:
             return None
         stop = min(self._next + self.batch_size, self._end)
-        batch = self.inputs[self._next:stop]
+        if isinstance(self.inputs, dict):
+            batch = {name: rows[self._next:stop] for name, rows in self.inputs.items()}
+        else:
+            batch = self.inputs[self._next:stop]
         self._next = stop
         return self.feed(batch)
 
     def __len__(self) -> int:
-        return len(self.inputs)
+        return self._end
 
     def set_range(self, start_index: int, end_index: int) -> None:
         self._start, self._end, self._next = start_index, end_index, start_index
@@ -279,7 +285,7 @@ def _static(src: Path, out: Path, calibration: TensorDataset | None, per_channel
         raise StudioError(f"calibration method {calibrate_method!r}: use one of "
                           f"{', '.join(CALIBRATION_METHODS)}")
     model = onnx.load(str(src), load_external_data=False)
-    reader = DatasetReader(calibration, feed or feeder_for(model),
+    reader = DatasetReader(calibration, feed or feeder_for(model, named=input_names(calibration)),
                            fixed_batch_size(model) or 32)
     mask_path = [name for name in mask_path_nodes(model) if name not in exclude]
     if mask_path and prepared is not None:
