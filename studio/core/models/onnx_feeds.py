@@ -197,8 +197,8 @@ def feeder_for(model: onnx.ModelProto, path: Path | None = None, named: Sequence
     else:  # the data's one tensor: the one input left, or token ids beside derivable ones
         mains = left if len(left) == 1 else [i for i in left if i.name not in COMPANIONS]
         if len(mains) != 1:
-            raise StudioError(f"{takes}, and the data gives {given}, which cannot feed them "
-                              f"all. {_HOW}")
+            raise StudioError(f"{takes}, and the data gives {given}: one tensor cannot "
+                              f"feed {', '.join(i.name for i in left) or 'no input'}. {_HOW}")
         main, others = mains[0], ()
         left.remove(main)
     derivable = np.issubdtype(main.dtype, np.integer)

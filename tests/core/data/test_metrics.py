@@ -14,6 +14,7 @@ from studio.core.data.metrics import (
     MetricTotals,
     accuracy,
     agreement,
+    agreement_by_output,
     cosine,
     drop,
     mse,
@@ -37,6 +38,23 @@ def test_agreement_by_hand() -> None:
     assert agreement(REFERENCE, torch.tensor(REFERENCE)) == {
         "cosine": pytest.approx(1.0), "top1_agreement": 1.0, "mse": 0.0}
     assert agreement(np.ones((4, 1)), np.ones((4, 1)))["top1_agreement"] is None
+
+
+def test_top1_agreement_only_for_one_output_of_class_scores() -> None:
+    """An arg-max over box coordinates (N x K x 4) or over a multi-output model's 2-D tensors
+    (scores per anchor as often as per class) means nothing: cosine and MSE only."""
+    generator = np.random.default_rng(0)
+    boxes = generator.normal(size=(6, 5, 4))
+    assert agreement(boxes, boxes + 0.01)["top1_agreement"] is None
+    assert agreement(REFERENCE, REFERENCE, outputs_in_model=2)["top1_agreement"] is None
+    scores = generator.normal(size=(6, 5))
+    by_output = agreement_by_output({"boxes": boxes, "scores": scores},
+                                    {"boxes": boxes * 2, "scores": -scores})
+    assert by_output == {
+        "boxes": {"cosine": pytest.approx(1.0), "top1_agreement": None,
+                  "mse": pytest.approx(float((boxes ** 2).mean()))},
+        "scores": {"cosine": pytest.approx(-1.0), "top1_agreement": None,
+                   "mse": pytest.approx(float((4 * scores ** 2).mean()))}}
 
 
 def test_accuracy_and_batches_add_up() -> None:

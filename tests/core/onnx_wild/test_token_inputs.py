@@ -100,7 +100,7 @@ def test_inputs_that_cannot_follow_from_token_ids_are_named(tmp_path: Path) -> N
          for name in ("image", "mask")],
         [onnx.helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, 4])])
     with pytest.raises(StudioError, match=r"two.onnx: takes 2 inputs \(image, mask\), and "
-                       r"the data gives one input tensor, which cannot feed them all"):
+                       r"the data gives one input tensor: one tensor cannot feed image, mask"):
         feeder_for(onnx.helper.make_model(graph), tmp_path / "two.onnx")
 
 
