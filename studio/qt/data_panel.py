@@ -9,9 +9,11 @@ browses, stores and checks.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
+import yaml
 from pydantic import ValidationError
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
@@ -65,6 +67,29 @@ def _floats(text: str) -> list[float] | str:
 
 def _number_list(values: list[float]) -> str:
     return ", ".join(f"{v:g}" for v in values)
+
+
+def _keys(text: str) -> str | list[str] | None:
+    """``"input, state"`` → ``["input", "state"]`` (several named inputs); one name stays a
+    name, and nothing means "not set"."""
+    names = [part.strip() for part in text.split(",")]
+    return names if len(names) > 1 else (names[0] or None)
+
+
+def _constants(text: str) -> dict[str, Any] | str:
+    """``"sr: 16000, window: [1, 2]"`` → a mapping, read as a YAML flow mapping (safe: plain
+    data only); the raw text when it is not one, so the schema names the field."""
+    if not text.strip():
+        return {}
+    try:
+        value = yaml.safe_load("{" + text + "}")
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, dict) else text
+
+
+def _constants_text(constants: dict[str, Any]) -> str:
+    return ", ".join(f"{name}: {json.dumps(value)}" for name, value in constants.items())
 
 
 def describe_problem(error: ValidationError) -> tuple[str, str]:
@@ -138,6 +163,10 @@ class DataPanel(QWidget):
         self.std.setPlaceholderText("0.229, 0.224, 0.225 (or one value)")
         self.inputs_key = QLineEdit()
         self.inputs_key.setPlaceholderText("auto: x, inputs, images, input_ids or data")
+        self.inputs_key.setToolTip("Several names (input, state) feed an ONNX file's inputs "
+                                   "of the same names")
+        self.constants = QLineEdit()
+        self.constants.setPlaceholderText("ONNX inputs fed alike every batch, e.g. sr: 16000")
         self.labels_key = QLineEdit()
         self.labels_key.setPlaceholderText("auto: y, labels or targets if present")
         self.label_column = QLineEdit()
@@ -156,6 +185,7 @@ class DataPanel(QWidget):
         self.source_form.addRow("Std", self.std)
         self.source_form.addRow("Inputs key", self.inputs_key)
         self.source_form.addRow("Labels key", self.labels_key)
+        self.source_form.addRow("Constant inputs", self.constants)
         self.source_form.addRow("Label column", self.label_column)
         self.source_form.addRow("Read", self.max_samples)
         self._source_rows = {
@@ -224,6 +254,7 @@ class DataPanel(QWidget):
         self._fields: dict[str, QWidget] = {
             "source": self.source, "path": self.path, "test_path": self.test_path,
             "inputs_key": self.inputs_key, "labels_key": self.labels_key,
+            "constants": self.constants,
             "label_column": self.label_column, "metric": self.metric,
             "test_fraction": self.test_fraction, "split_seed": self.split_seed,
             "calibration_samples": self.calibration, "train_samples": self.train_samples,
@@ -233,7 +264,7 @@ class DataPanel(QWidget):
         for combo in (self.source, self.channels, self.metric):
             combo.currentIndexChanged.connect(self._changed)
         for edit in (self.path, self.test_path, self.mean, self.std, self.inputs_key,
-                     self.labels_key, self.label_column):
+                     self.labels_key, self.label_column, self.constants):
             edit.textChanged.connect(self._changed)
         for spin in (self.height, self.width, self.test_fraction, self.split_seed,
                      self.calibration, self.train_samples, self.max_samples):
@@ -259,7 +290,9 @@ class DataPanel(QWidget):
             self.source.setCurrentIndex(self.source.findData(section.source))
             self.path.setText(section.path or "")
             self.test_path.setText(section.test_path or "")
-            self.inputs_key.setText(section.inputs_key or "")
+            keys = section.inputs_key
+            self.inputs_key.setText(", ".join(keys) if isinstance(keys, list) else keys or "")
+            self.constants.setText(_constants_text(section.constants))
             self.labels_key.setText(section.labels_key or "")
             self.label_column.setText(section.label_column or "")
             self.use_labels.setChecked(section.labelled is not False)
@@ -289,7 +322,8 @@ class DataPanel(QWidget):
 
         values: dict[str, Any] = {
             "source": self.source.currentData(), "path": text(self.path),
-            "test_path": text(self.test_path), "inputs_key": text(self.inputs_key),
+            "test_path": text(self.test_path), "inputs_key": _keys(self.inputs_key.text()),
+            "constants": _constants(self.constants.text()),
             "labels_key": text(self.labels_key), "label_column": text(self.label_column),
             "labelled": self._labelled_checked if self.use_labels.isChecked() else False,
             "metric": self.metric.currentData(),

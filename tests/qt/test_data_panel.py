@@ -128,6 +128,12 @@ def test_invalid_values_are_named_inline_and_not_stored(demo_window: MainWindow)
     assert panel.problem == ""
     assert win.workspace.stages["data"].image.mean == [0.5]
 
+    panel.constants.setText("sr: [1, [2]]")
+    assert panel.problem.startswith("constants: sr: give a number or a nested list of numbers")
+    assert panel.constants.styleSheet()
+    panel.constants.setText("sr: 16000")
+    assert panel.problem == "" and win.workspace.stages["data"].constants == {"sr": 16000}
+
 
 def test_every_field_survives_the_form(qtbot) -> None:
     """Each schema field has a widget: a section shown and read back is the same section."""
@@ -142,6 +148,8 @@ def test_every_field_survives_the_form(qtbot) -> None:
                     test_fraction=0.3, split_seed=7, calibration_samples=99, train_samples=500),
         DataSection(source="arrays", path="a.npz", inputs_key="x", labels_key="y",
                     labelled=True, metric="top1_agreement"),
+        DataSection(source="arrays", path="v.npz", inputs_key=["input", "state"],
+                    constants={"sr": 16000, "window": [[0.5, 1], [2, 3]]}),
         DataSection(source="csv", path="t.csv", label_column="class", metric="accuracy"),
         DataSection(source="function", path="pkg.mod:fn", max_samples=1234, metric="cosine"),
     ]
