@@ -8,6 +8,8 @@ in float64 so the figure does not depend on the batch size.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from torch import Tensor
 
@@ -124,8 +126,27 @@ def is_class_scores(values: np.ndarray | Tensor, outputs_in_model: int = 1) -> b
     class: 2-D with more than one column, from a model with one output. A detector's boxes
     ([N, K, 4]) and scores are not, and a multi-output model's 2-D tensors are [batch,
     anchors] as often as [batch, classes], so they get cosine and MSE only."""
-    shape = np.shape(values)
-    return outputs_in_model == 1 and len(shape) == 2 and shape[-1] > 1
+    return may_be_class_scores(np.shape(values), outputs_in_model)
+
+
+def may_be_class_scores(shape: Sequence[int | str], outputs_in_model: int = 1) -> bool:
+    """:func:`is_class_scores` from a shape whose dims may be unknown (names, or 0)."""
+    last = shape[-1] if shape else 0
+    return outputs_in_model == 1 and len(shape) == 2 and (
+        not isinstance(last, int) or last == 0 or last > 1)
+
+
+def check_top1_fits(name: str, shape: Sequence[int | str], outputs_in_model: int,
+                    where: str = "data") -> None:
+    """A :class:`StudioError` when ``top1_agreement`` is asked of an output that is not class
+    scores: an arg-max over box coordinates means nothing."""
+    if not may_be_class_scores(shape, outputs_in_model):
+        which = (f"first of {outputs_in_model} outputs" if outputs_in_model > 1
+                 else "output")
+        dims = ", ".join(str(d) for d in shape)
+        raise StudioError(f"{where}: metric top1_agreement compares classes, but the model's "
+                          f"{which} ({name!r}, shape [{dims}]) is not one score per class "
+                          "([batch, classes]); use cosine or mse")
 
 
 def agreement(reference: np.ndarray | Tensor, outputs: np.ndarray | Tensor,

@@ -14,11 +14,12 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from studio.core.data.metrics import check_top1_fits
 from studio.core.data.task import TaskData, model_inputs
 from studio.core.errors import InputError
 from studio.core.methods.distill.features import first_tensor
 from studio.core.models.inputs import InputSpec
-from studio.core.models.onnx_feeds import Feeder, OnnxInput, feeder_for
+from studio.core.models.onnx_feeds import Feeder, OnnxInput, feeder_for, graph_outputs
 from studio.core.workspace import Workspace
 
 
@@ -58,8 +59,15 @@ def _shape(dims: tuple[int | str, ...]) -> str:
 
 
 def feeder_for_data(model: onnx.ModelProto, path: Path, data: TaskData) -> Feeder:
-    """How ``data`` feeds the file's inputs (see :func:`feeder_for`)."""
-    return feeder_for(model, path, data.input_names, data.constants)
+    """How ``data`` feeds the file's inputs (see :func:`feeder_for`), checked before any work:
+    every input given, of the shape and type the file declares (:func:`check_onnx_data`), and
+    a top-1 metric asked only of class scores."""
+    feeder = feeder_for(model, path, data.input_names, data.constants)
+    check_onnx_data(data, feeder, path)
+    outputs = graph_outputs(model)
+    if data.metric == "top1_agreement" and outputs and outputs[0].dims is not None:
+        check_top1_fits(outputs[0].name, outputs[0].dims, len(outputs), path.name)
+    return feeder
 
 
 def _check_input(inputs: Tensor, feed: OnnxInput, data: TaskData, path: Path) -> None:
@@ -92,8 +100,7 @@ def check_data_fits(workspace: Workspace, data: TaskData) -> None:
     loaded = workspace.loaded
     if loaded.module is None:
         if loaded.onnx_model is not None:
-            check_onnx_data(data, feeder_for_data(loaded.onnx_model, loaded.path, data),
-                            loaded.path)
+            feeder_for_data(loaded.onnx_model, loaded.path, data)
         return
     if workspace.example is not None:
         check_torch_data(loaded.module, data, workspace.example)

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from studio.core.data.task import TaskData, first_rows, model_inputs
-from studio.core.engine.data_fit import check_onnx_data, feeder_for_data
+from studio.core.engine.data_fit import feeder_for_data
 from studio.core.engine.notes import honesty_notes
 from studio.core.engine.run import BASELINE_FILE, MODEL_FILE, finish_report
 from studio.core.errors import InputError, StudioError
@@ -149,7 +149,6 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, toke
     model = repaired.model
     data = load_data()
     feeder = feeder_for_data(model, loaded.path, data)
-    check_onnx_data(data, feeder, loaded.path)
     batch = fixed_batch_size(model)
     test = _whole_batches(data.test, batch, "test")
     calibration = _whole_batches(data.calibration, batch, "calibration")

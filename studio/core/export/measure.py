@@ -25,6 +25,7 @@ from torch.utils.data import TensorDataset
 from studio.core.data.metrics import (
     agreement,
     agreement_by_output,
+    check_top1_fits,
     higher_is_better,
     is_class_scores,
     score,
@@ -222,11 +223,8 @@ def output_figures(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np
     class scores (see :func:`is_class_scores`); asked for on anything else it is refused,
     since an arg-max over box coordinates means nothing."""
     (first, values), count = next(iter(outputs.items())), len(outputs)
-    if metric == "top1_agreement" and not is_class_scores(values, count):
-        raise StudioError(f"metric top1_agreement compares classes, but the model's "
-                          f"{'first of ' + str(count) + ' outputs' if count > 1 else 'output'} "
-                          f"({first!r}, shape {list(values.shape)}) is not one score per class "
-                          "([batch, classes]); use cosine or mse")
+    if metric == "top1_agreement":
+        check_top1_fits(first, values.shape, count)
     target = labels if metric == "accuracy" else reference[first]
     if target is None:
         raise StudioError("accuracy needs labels; this data has none")

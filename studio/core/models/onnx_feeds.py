@@ -115,22 +115,26 @@ def _short(value: np.ndarray) -> str:
     return str(value.tolist()) if value.size <= 4 else f"an array of shape {list(value.shape)}"
 
 
+def _declared(value: onnx.ValueInfoProto) -> OnnxInput:
+    tensor = value.type.tensor_type
+    dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                 for d in tensor.shape.dim) if tensor.HasField("shape") else None
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+    except KeyError:  # not a tensor, or a type numpy lacks
+        dtype = np.dtype(object)
+    return OnnxInput(value.name, dims, dtype)
+
+
 def graph_inputs(model: onnx.ModelProto) -> list[OnnxInput]:
     """The inputs a caller feeds (initializers listed as inputs by old exporters left out)."""
     initializers = {t.name for t in model.graph.initializer}
-    found = []
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor = value.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                     for d in tensor.shape.dim) if tensor.HasField("shape") else None
-        try:
-            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
-        except KeyError:  # not a tensor, or a type numpy lacks
-            dtype = np.dtype(object)
-        found.append(OnnxInput(value.name, dims, dtype))
-    return found
+    return [_declared(value) for value in model.graph.input if value.name not in initializers]
+
+
+def graph_outputs(model: onnx.ModelProto) -> list[OnnxInput]:
+    """The outputs the file gives, as it declares them."""
+    return [_declared(value) for value in model.graph.output]
 
 
 def _pad_token_id(path: Path | None) -> tuple[int, str]:

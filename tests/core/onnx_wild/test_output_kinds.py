@@ -13,6 +13,7 @@ from torch import nn
 
 from studio.core.engine.run import run_recipe
 from studio.core.errors import StudioError
+from studio.core.export.measure import output_figures
 from studio.core.jobs import CancelToken, Result
 from studio.core.plan.recipe import Recipe
 
@@ -82,10 +83,25 @@ def test_boxes_and_scores_are_scored_by_cosine_and_mse_per_output(
     assert report["compressed"]["agreement"]["cosine"] == compressed["boxes"]["cosine"]
 
 
-def test_top1_agreement_asked_for_on_boxes_is_refused(detector: Path, tmp_path: Path) -> None:
-    with pytest.raises(StudioError, match=r"metric top1_agreement compares classes, but the "
-                                          r"model's first of 2 outputs \('boxes', shape "
-                                          r"\[\d+, 16, 4\]\) is not one score per class "
-                                          r"\(\[batch, classes\]\); use cosine or mse"):
+def test_top1_agreement_asked_for_on_boxes_is_refused_before_any_work(
+        detector: Path, tmp_path: Path) -> None:
+    with pytest.raises(StudioError, match=r"^detector.onnx: metric top1_agreement compares "
+                                          r"classes, but the model's first of 2 outputs "
+                                          r"\('boxes', shape \[batch, \w+, \w+\]\) is not one "
+                                          r"score per class \(\[batch, classes\]\); use "
+                                          r"cosine or mse$"):
         list(run_recipe(_recipe(detector, metric="top1_agreement"), detector.parent,
                         tmp_path / "out", CancelToken()))
+    assert not (tmp_path / "out").exists()
+
+
+def test_outputs_of_undeclared_shape_are_refused_top1_once_measured() -> None:
+    """A file may declare no output shapes; the measured outputs are checked then."""
+    boxes = np.zeros((3, 16, 4), np.float32)
+    outputs = {"boxes": boxes, "scores": np.zeros((3, 16, CLASSES), np.float32)}
+    with pytest.raises(StudioError, match=r"^data: metric top1_agreement compares classes, "
+                                          r"but the model's first of 2 outputs \('boxes', "
+                                          r"shape \[3, 16, 4\]\)"):
+        output_figures(outputs, outputs, outputs, "top1_agreement")
+    single = {"logits": np.eye(3, dtype=np.float32)}
+    assert output_figures(single, single, single, "top1_agreement")["metric"]["value"] == 1.0
