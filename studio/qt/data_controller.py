@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from PySide6.QtCore import QObject
 
 from studio.core.data.sources import load_task
-from studio.core.data.task import TaskData
+from studio.core.data.task import TaskData, model_inputs
 from studio.core.engine.data_fit import check_data_fits
 from studio.core.errors import StudioError
 from studio.core.plan.stages import DataSection
@@ -170,9 +170,13 @@ def describe_task(task: TaskData, problem: str | None, checked: bool = True) -> 
             for name, count in summary["sizes"].items()]
     labels = f"yes, {task.num_classes} classes" if task.labelled and task.num_classes else \
         "yes" if task.labelled else "no: scored by agreement with the uncompressed model"
-    inputs = task.test.tensors[0]
-    rows += [("labelled", labels), ("metric", metric_axis(task.metric).label.lower()),
-             ("sample", f"{_shape(inputs.shape[1:])} {str(inputs.dtype).removeprefix('torch.')}")]
+    rows += [("labelled", labels), ("metric", metric_axis(task.metric).label.lower())]
+    inputs = model_inputs(task.test)
+    for name, values in (inputs if isinstance(inputs, dict) else {"": inputs}).items():
+        rows.append((f"sample {name}".strip(),
+                     f"{_shape(values.shape[1:])} {str(values.dtype).removeprefix('torch.')}"))
+    rows += [(f"constant {name}", str(value.tolist()) if value.size <= 4 else
+              f"{_shape(value.shape)} {value.dtype}") for name, value in task.constants.items()]
     table = "".join(f"<tr><td>{html.escape(key)}&nbsp;&nbsp;</td><td><b>{html.escape(value)}"
                     "</b></td></tr>" for key, value in rows)
     verdict = f"<p style='color:#b00020'>✗ Does not fit the model: {html.escape(problem)}</p>" \

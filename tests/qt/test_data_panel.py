@@ -301,3 +301,38 @@ def test_unsaved_data_edits_come_back_after_a_crash(demo_window: MainWindow, mak
     assert other.data_panel.section() == section
     other.undo_action.trigger()  # one undo discards everything restored
     assert "data" not in other.workspace.stages and other.data_panel.section() is None
+
+
+def test_check_data_shows_each_named_input_of_a_multi_input_onnx_file(
+        qtbot, window: MainWindow, tmp_path: Path, open_and_wait) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["sr"], ["rate"], to=TensorProto.FLOAT),
+         helper.make_node("Mul", ["input", "rate"], ["scaled"]),
+         helper.make_node("Add", ["scaled", "state"], ["out"])], "vad",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, ["batch", 4]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              str(tmp_path / "vad.onnx"))
+    np.savez(tmp_path / "frames.npz", input=np.ones((10, 4), np.float32),
+             state=np.zeros((10, 3), np.float32))
+    open_and_wait(window, str(tmp_path / "vad.onnx"))
+    panel = window.data_panel
+    panel.source.setCurrentIndex(panel.source.findData("arrays"))
+    panel.path.setText(str(tmp_path / "frames.npz"))
+    panel.inputs_key.setText("input, state")
+    panel.constants.setText("sr: 16000")
+    assert window.workspace.stages["data"].inputs_key == ["input", "state"]
+    text = _check(qtbot, window)
+    assert "sample input" in text and "sample state" in text and "constant sr" in text
+    assert "Does not fit the model" in text and "its input &#x27;state&#x27; has shape " \
+        "[batch, 4]" in text and "samples of shape [3]" in text
+
+    np.savez(tmp_path / "frames.npz", input=np.ones((10, 4), np.float32),
+             state=np.zeros((10, 4), np.float32))
+    text = _check(qtbot, window)
+    assert "fits the model" in text and "Does not fit" not in text
