@@ -163,3 +163,25 @@ def test_run_refuses_nan_weights(capsys, tmp_path, demo_module):
     code, _, err = _run(capsys, "run", str(path), "--out", str(tmp_path / "out"))
     assert code == 2
     _assert_one_error_line(err, path, tmp_path / "nan.safetensors", "NaN or Inf")
+
+
+def test_run_names_the_input_a_multi_input_onnx_file_is_missing(capsys, tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["input", "state"], ["out"])], "two",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 4])
+         for name in ("input", "state")],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              str(tmp_path / "two.onnx"))
+    np.savez(tmp_path / "frames.npz", input=np.ones((6, 4), np.float32))
+    path = _recipe(tmp_path, "schema_version: 1\nmodel: {path: two.onnx}\n"
+                             "data: {source: arrays, path: frames.npz, inputs_key: [input]}\n")
+    code, _, err = _run(capsys, "run", str(path), "--out", str(tmp_path / "out"))
+    assert code == 2
+    _assert_one_error_line(err, "two.onnx: takes 2 inputs (input, state), and the data gives "
+                                "arrays input; missing: state")
+    assert not (tmp_path / "out").exists()
