@@ -66,6 +66,7 @@ class Feeder:
         return (self.main, *self.named)
 
     def main_rows(self, batch: Batch) -> np.ndarray:
+        """The rows of ``main`` in ``batch`` (what companions and real tokens follow from)."""
         return batch[self.main.name] if isinstance(batch, Mapping) else batch
 
     def __call__(self, batch: Batch) -> dict[str, np.ndarray]:
