@@ -23,15 +23,21 @@ from studio.core.models.onnx_feeds import Feeder, OnnxInput, feeder_for, graph_o
 from studio.core.workspace import Workspace
 
 
-@torch.no_grad()
-def check_torch_data(model: nn.Module, data: TaskData, example: InputSpec) -> None:
-    """Run two test samples through the model before any work, so data of the wrong shape or
-    labels the model has no output for fail at once with a message naming both."""
+def check_one_input(data: TaskData) -> None:
+    """A torch model takes the data's one input tensor: named inputs and constants, which
+    feed an ONNX file's inputs by name, are refused rather than silently left out."""
     if data.input_names or data.constants:
         given = ", ".join([*data.input_names, *data.constants])
         raise InputError(f"data: named inputs and constants ({given}) feed an ONNX file's "
                          "inputs by name; a torch model takes the data's one input tensor. "
                          "Give one inputs_key, or open the model's ONNX file")
+
+
+@torch.no_grad()
+def check_torch_data(model: nn.Module, data: TaskData, example: InputSpec) -> None:
+    """Run two test samples through the model before any work, so data of the wrong shape or
+    labels the model has no output for fail at once with a message naming both."""
+    check_one_input(data)
     inputs = data.test.tensors[0][:2]
     shape = f"[N, {', '.join(str(d) for d in inputs.shape[1:])}] ({str(inputs.dtype)[6:]})"
     expects = f"{list(example.shape)} ({example.dtype})"

@@ -32,6 +32,7 @@ from torch.utils.data import TensorDataset
 from studio.core.data.metrics import drop, higher_is_better
 from studio.core.data.sources import load_task
 from studio.core.data.task import TaskData, demo_task
+from studio.core.engine.data_fit import check_one_input
 from studio.core.errors import StudioError
 from studio.core.export.measure import torch_outputs
 from studio.core.jobs import CancelToken, Event, Log, Metric, Progress, Result
@@ -164,6 +165,8 @@ def sensitivity_workspace(workspace: Workspace, token: CancelToken,
     if workspace.loaded.module is None:
         raise StudioError("sensitivity: ONNX-only models are not supported yet; open the torch "
                           "model")
+    if task is not None:
+        check_one_input(task)
     if workspace.example is None and granularity == "channels":
         raise StudioError("sensitivity: channel sweeps trace the model; add example_input to "
                           "the recipe")

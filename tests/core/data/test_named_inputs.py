@@ -97,3 +97,15 @@ def test_a_torch_model_refuses_named_inputs(tmp_path: Path) -> None:
                                          r"sr, window\) feed an ONNX file's inputs by name; a "
                                          r"torch model takes the data's one input tensor"):
         check_torch_data(torch.nn.Linear(3, 2), task, InputSpec((1, 3), "float32"))
+
+
+def test_a_sensitivity_sweep_on_a_torch_model_refuses_named_inputs(tmp_path: Path) -> None:
+    from studio.core.engine.sensitivity import sensitivity_workspace
+    from studio.core.jobs import CancelToken
+    from studio.core.workspace import open_workspace
+
+    _npz(tmp_path)
+    task = load_task(DataSection.model_validate(SECTION), tmp_path)
+    with pytest.raises(InputError, match=r"named inputs and constants \(frames, state, sr, "
+                                         r"window\) feed an ONNX file's inputs by name"):
+        next(sensitivity_workspace(open_workspace("demo"), CancelToken(), task=task))
