@@ -43,6 +43,10 @@ class ArchitectureRequired(ModelLoadError):
         )
 
 
+class TooLargeError(ModelLoadError):
+    """A file declares more data than memory holds, or far more than its size explains."""
+
+
 class InputError(StudioError):
     """The example input does not fit the model."""
 

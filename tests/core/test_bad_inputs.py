@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import random
+import resource
 import shutil
+import sys
 import textwrap
+import types
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -27,10 +32,12 @@ from studio.core.atomic import write_text_atomic
 from studio.core.demo.model import DEMO_ARCHITECTURE, DEMO_INPUT_SHAPE
 from studio.core.engine.run import run_recipe_file
 from studio.core.errors import (
+    ArchitectureRequired,
     InputError,
     ModelLoadError,
     RecipeError,
     StudioError,
+    TooLargeError,
     TrustRequired,
 )
 from studio.core.export.onnx_export import export_onnx
@@ -41,6 +48,13 @@ from studio.core.models.loaded import LoadedModel
 from studio.core.models.loader import open_model
 from studio.core.plan.recipe import read_recipe
 from studio.core.workspace import build_tree, open_workspace
+from tests.core.crafted import (
+    deflated_zip_bomb,
+    pt2_with_pickled_sample_inputs,
+    pt2_with_pickled_weight,
+    pt2_with_program_edit,
+    rewrite_zip,
+)
 
 FORMATS = (".pt", ".pt2", ".safetensors", ".onnx")
 DEMO_SPEC = InputSpec(DEMO_INPUT_SHAPE)
@@ -440,3 +454,140 @@ def test_full_disk_when_renaming_the_export_into_place(tmp_path, monkeypatch, de
     assert str(path) in str(raised.value)
     assert path.read_bytes() == b"previous model"
     assert list(tmp_path.iterdir()) == [path]
+
+
+# --- files that would run code or eat the machine when opened (issue 11) -----------------------
+
+def _marker(tmp_path: Path) -> Path:
+    return tmp_path / "code-ran.txt"
+
+
+def test_pt2_with_a_pickled_weight_needs_trust_and_runs_nothing(tmp_path, valid_model_files):
+    marker = _marker(tmp_path)
+    path = pt2_with_pickled_weight(valid_model_files[".pt2"], tmp_path / "evil.pt2", marker)
+    with pytest.raises(TrustRequired, match="pickled Python object") as raised:
+        open_model(path)
+    assert raised.value.path == path and not marker.exists()
+    with contextlib.suppress(StudioError):  # trusted: torch's own loader unpickles it fully
+        open_model(path, trust=True)
+    assert marker.exists()
+
+
+def test_pt2_with_pickled_sample_inputs_opens_without_running_them(tmp_path,
+                                                                   valid_model_files):
+    marker = _marker(tmp_path)
+    path = pt2_with_pickled_sample_inputs(valid_model_files[".pt2"], tmp_path / "evil.pt2",
+                                          marker)
+    loaded = open_model(path)
+    assert loaded.format == "torch_export" and loaded.example == DEMO_SPEC
+    assert not marker.exists()
+    with contextlib.suppress(StudioError):
+        open_model(path, trust=True)
+    assert marker.exists()  # torch.export.load's fallback unpickles them fully
+
+
+def test_a_normal_pt2_opens_with_its_weights(valid_model_files, demo_module, demo_input):
+    loaded = open_model(valid_model_files[".pt2"])
+    one = demo_input[:1]  # the demo was exported with batch 1
+    torch.testing.assert_close(loaded.module(one), demo_module(one))
+
+
+def _dynamic_pt2(tmp_path: Path) -> Path:
+    class Flatten(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(x.shape[0], -1) * 2
+
+    program = torch.export.export(Flatten(), (torch.randn(4, 3, 2),),
+                                  dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    torch.export.save(program, tmp_path / "dynamic.pt2")
+    return tmp_path / "dynamic.pt2"
+
+
+def _set_all(program: object, key: str, value: str) -> None:
+    if isinstance(program, dict):
+        for name, item in program.items():
+            if name == key and isinstance(item, str) and item.startswith(("Symbol", "torch.ops")):
+                program[name] = value
+            else:
+                _set_all(item, key, value)
+    elif isinstance(program, list):
+        for item in program:
+            _set_all(item, key, value)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("expr_str", "__import__('pathlib').Path({marker!r}).write_text('ran')"),
+    ("expr_str", "sympify(\"__import__('pathlib').Path({marker!r}).write_text('ran')\")"),
+    ("target", "torch.os.system"),
+    ("target", "torch.save"),
+])
+def test_pt2_whose_program_would_run_python_needs_trust(tmp_path, key, value):
+    marker = _marker(tmp_path)
+    source = _dynamic_pt2(tmp_path)
+    assert open_model(source).format == "torch_export"  # the untouched archive opens
+    path = pt2_with_program_edit(source, tmp_path / "evil.pt2", lambda program: _set_all(
+        program, key, value.format(marker=str(marker))))
+    with pytest.raises(TrustRequired) as raised:
+        open_model(path)
+    assert str(path) in str(raised.value) and not marker.exists()
+
+
+@pytest.mark.parametrize("named", [
+    "studio.core.demo.train:main",  # would retrain and overwrite the shipped demo checkpoint
+    "studio.cli.main:main",  # would recurse into the CLI
+    "studio.qt.app:main",  # would open a window from `inspect`
+])
+def test_only_registered_factories_named_in_a_file_run_unasked(tmp_path, monkeypatch,
+                                                               demo_module, named):
+    marker = _marker(tmp_path)
+    module_name, function = named.split(":")
+    stand_in = types.ModuleType(module_name)  # never the real one: it must not run at all
+    setattr(stand_in, function, lambda *args: marker.write_text("ran"))
+    monkeypatch.setitem(sys.modules, module_name, stand_in)
+    path = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in demo_module.state_dict().items()}, str(path),
+              metadata={"architecture": named})
+    with pytest.raises(ArchitectureRequired) as raised:
+        open_model(path)
+    assert raised.value.suggestion == named and not marker.exists()
+    assert open_model(path, architecture=DEMO_ARCHITECTURE).architecture == DEMO_ARCHITECTURE
+    assert not marker.exists()
+
+
+def test_a_registered_factory_named_in_a_file_is_used(tmp_path, demo_module):
+    path = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in demo_module.state_dict().items()}, str(path),
+              metadata={"architecture": DEMO_ARCHITECTURE})
+    assert open_model(path).architecture == DEMO_ARCHITECTURE
+
+
+def _peak_rss_growth(action: Callable[[], object]) -> int:
+    """Bytes the process's peak resident size grew by while ``action`` ran."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with contextlib.suppress(StudioError):
+        action()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+
+
+def test_deflated_tensor_bomb_is_refused_before_unpacking(tmp_path):
+    path = deflated_zip_bomb(tmp_path / "bomb.pth")
+    assert path.stat().st_size < 2 << 20
+    with pytest.raises(TooLargeError, match="compression bomb") as raised:
+        open_model(path, architecture=DEMO_ARCHITECTURE)
+    assert str(path) in str(raised.value)
+    assert _peak_rss_growth(lambda: open_model(path, architecture=DEMO_ARCHITECTURE)) < 64 << 20
+
+
+def test_pt2_declaring_huge_tensors_in_empty_records_is_refused(tmp_path, valid_model_files):
+    def edit(members: dict[str, bytes]) -> None:
+        name = "data/weights/model_weights_config.json"
+        config = json.loads(members[name])
+        entry = next(iter(config["config"].values()))
+        entry["tensor_meta"]["sizes"] = [{"as_int": 1 << 20}, {"as_int": 1 << 20}]
+        members[f"data/weights/{entry['path_name']}"] = b""
+        members[name] = json.dumps(config).encode()
+
+    path = rewrite_zip(valid_model_files[".pt2"], tmp_path / "huge.pt2", edit)
+    with pytest.raises(TooLargeError, match=r"would take 4398\.0 GB") as raised:
+        open_model(path)
+    assert str(path) in str(raised.value)

@@ -1,4 +1,10 @@
-"""Resolve an architecture named as ``package.module:factory``."""
+"""Resolve an architecture named as ``package.module:factory``.
+
+Naming a factory imports a module and calls a function, so a name read from a file is code chosen
+by whoever wrote the file. Only the factories registered here (the studio's own models) are used
+without asking; any other name, even one inside the ``studio`` package (``studio.core.demo.train:
+main`` would retrain and overwrite the demo checkpoint), must come from the user.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +14,17 @@ from collections.abc import Callable
 
 from torch import nn
 
+from studio.core.demo.model import DEMO_ARCHITECTURE
 from studio.core.errors import ModelLoadError
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-BUILT_IN_PREFIX = "studio."
+BUILT_IN_FACTORIES: frozenset[str] = frozenset({DEMO_ARCHITECTURE})
+"""The studio's own model factories: the only ones a file may name and have called unasked."""
 
 
 def is_built_in(architecture: str) -> bool:
-    """Factories that ship with the studio may be used without asking the user."""
-    return architecture.startswith(BUILT_IN_PREFIX)
+    """A factory registered in :data:`BUILT_IN_FACTORIES`, matched exactly (no prefix rule)."""
+    return architecture in BUILT_IN_FACTORIES
 
 
 def build_architecture(architecture: str) -> nn.Module:

@@ -79,7 +79,7 @@ def _load_as(path: Path, suffix: str, architecture: str | None, trust: bool) -> 
     if suffix == ".safetensors":
         return load_safetensors(path, architecture)
     if suffix == ".pt2":
-        return load_torch_export(path)
+        return load_torch_export(path, trust)
     if suffix in (".pt", ".pth"):
         return load_torch_file(path, architecture, trust)
     raise ModelLoadError(

@@ -7,7 +7,6 @@ everything else goes through safetensors, ``weights_only`` unpickling or the exp
 from __future__ import annotations
 
 import json
-import pickle
 import warnings
 import zipfile
 from pathlib import Path
@@ -17,9 +16,12 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from studio.core.errors import ArchitectureRequired, ModelLoadError, TrustRequired
+from studio.core.limits import check_zip_members
 from studio.core.models.factory import build_architecture, is_built_in
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import LoadedModel
+from studio.core.models.pt2_archive import read_exported_program
+from studio.core.models.unpickle import load_weights_only
 
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 
@@ -93,26 +95,18 @@ def _looks_like_torch_save(path: Path) -> bool:
 
 def load_torch_file(path: Path, architecture: str | None, trust: bool) -> LoadedModel:
     """A ``torch.save`` file: a state dict (safe), or a whole pickled module (needs trust)."""
+    if not _looks_like_torch_save(path):
+        raise ModelLoadError(f"{path}: not a torch file (neither a torch.save archive nor a "
+                             "pickle); truncated or corrupt?")
+    check_zip_members(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if not _looks_like_torch_save(path):
-            raise ModelLoadError(
-                f"{path}: not a torch file (neither a torch.save archive nor a pickle); "
-                "truncated or corrupt?"
-            ) from error
-        # Only a rejected GLOBAL (a class or function the file names) means a pickled object
-        # that trust could load; other rejections (unknown opcodes...) mean a damaged file.
-        if "GLOBAL" not in str(error):
-            reason = next((line.strip() for line in str(error).splitlines()
-                           if line.strip().startswith(("Unsupported", "Can only", "String"))),
-                          "the pickle inside is malformed")
-            raise ModelLoadError(f"{path}: a damaged torch file ({reason}); truncated or "
-                                 "corrupt?") from error
+        obj = load_weights_only(path, path)
+    except TrustRequired:
         if not trust:
-            raise TrustRequired(path, "it holds a pickled Python object, not only weights") \
-                from error
+            raise
         return _load_pickled_module(path)
+    except ModelLoadError:
+        raise
     except Exception as error:  # the weights-only unpickler raises many types on corrupt input
         raise ModelLoadError(
             f"{path}: not a readable torch file ({type(error).__name__}: {error})"
@@ -142,13 +136,18 @@ def _load_pickled_module(path: Path) -> LoadedModel:
     return LoadedModel(name=path.stem, path=path, format="pickled_module", module=obj.eval())
 
 
-def load_torch_export(path: Path) -> LoadedModel:
-    """A ``torch.export`` archive, unflattened back into its original module hierarchy."""
+def load_torch_export(path: Path, trust: bool = False) -> LoadedModel:
+    """A ``torch.export`` archive, unflattened back into its original module hierarchy. It is
+    read without running anything stored in it (:mod:`pt2_archive`); only a trusted archive
+    goes through ``torch.export.load``, which unpickles what the safe reader refuses."""
+    check_zip_members(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            program = torch.export.load(path)
+            program = torch.export.load(path) if trust else read_exported_program(path)
             module = torch.export.unflatten(program)
+    except ModelLoadError:
+        raise
     except Exception as error:  # the deserializer raises many types on corrupt input
         raise ModelLoadError(
             f"{path}: not a readable torch.export archive ({type(error).__name__}: {error})"
