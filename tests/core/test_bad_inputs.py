@@ -591,3 +591,25 @@ def test_pt2_declaring_huge_tensors_in_empty_records_is_refused(tmp_path, valid_
     with pytest.raises(TooLargeError, match=r"would take 4398\.0 GB") as raised:
         open_model(path)
     assert str(path) in str(raised.value)
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("vocab_size", 10**9, "describes 32,000,020,448 weights but the weight files hold 23,520"),
+    ("intermediate_size", 10**8, "describes 13,000,015,328 weights"),
+    ("max_position_embeddings", 10**9, "describes 34,000,021,472 weights"),
+    ("num_hidden_layers", 10**6, "describes 1,000,000 layers but the weight files hold 39"),
+])
+def test_hf_config_with_huge_dimensions_is_refused_before_allocating(tmp_path, key, value,
+                                                                     says):
+    pytest.importorskip("transformers")
+    from tests.core.transformers.conftest import save_tiny_bert
+
+    folder = save_tiny_bert(tmp_path / "bert")
+    assert open_model(folder).format == "huggingface"
+    config = json.loads((folder / "config.json").read_text())
+    config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TooLargeError, match="the config does not fit the weights") as raised:
+        open_model(folder)
+    assert str(folder) in str(raised.value) and says in str(raised.value)
+    assert _peak_rss_growth(lambda: open_model(folder)) < 64 << 20

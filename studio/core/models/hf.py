@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -24,9 +25,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
-from studio.core.errors import ModelLoadError
+from studio.core.errors import ModelLoadError, TooLargeError
+from studio.core.limits import check_declared_bytes
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import LoadedModel
 
@@ -35,6 +38,9 @@ INSTALL_HINT = "install compression-studio[transformers]"
 EXAMPLE_LENGTH = 128
 """Tokens in the example input (capped by the model's maximum length)."""
 POOLING_MODES = ("mean", "cls", "max")
+CONFIG_SLACK = 2
+"""How many times more weights config.json may describe than the files hold (weights the files
+leave out, such as a pooler, are initialised by transformers)."""
 _POOLING_KEYS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
                  "pooling_mode_max_tokens": "max"}
 
@@ -162,6 +168,42 @@ def _check_config(folder: Path) -> dict[str, Any]:
     return raw
 
 
+def _weights_in_files(folder: Path) -> tuple[int, int]:
+    """(elements, tensors) the folder's safetensors files hold, from their headers alone."""
+    elements = tensors = 0
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for key in handle.keys():  # noqa: SIM118 - a safe_open handle is not a dict
+                    elements += math.prod(handle.get_slice(key).get_shape())
+                    tensors += 1
+        except (SafetensorError, OSError, ValueError) as error:
+            raise ModelLoadError(f"{path}: not a readable safetensors file ({error})") from error
+    return elements, tensors
+
+
+def _check_config_fits_weights(folder: Path, config: Any, auto: Any) -> None:
+    """Refuse a config.json describing a far bigger model than the weight files hold, before
+    transformers allocates it: huge dimensions would otherwise take the machine's memory for
+    weights that do not exist. The model is built on the meta device (no memory) to count what
+    the config describes; the layer count is checked first, since building a skeleton of
+    millions of layers would itself take long."""
+    elements, tensors = _weights_in_files(folder)
+    layers = getattr(config, "num_hidden_layers", None)
+    if isinstance(layers, int) and layers > tensors:
+        raise TooLargeError(f"{folder}: config.json describes {layers:,} layers but the weight "
+                            f"files hold {tensors:,} tensors; the config does not fit the "
+                            "weights")
+    with torch.device("meta"):
+        skeleton = auto.from_config(config, trust_remote_code=False)
+    described = sum(t.numel() for t in (*skeleton.parameters(), *skeleton.buffers()))
+    if described > CONFIG_SLACK * elements + (1 << 20):
+        raise TooLargeError(f"{folder}: config.json describes {described:,} weights but the "
+                            f"weight files hold {elements:,}; the config does not fit the "
+                            "weights (refused before allocating them)")
+    check_declared_bytes(folder, described * 4, "the model config.json describes")
+
+
 def load_hf_folder(folder: Path) -> LoadedModel:
     """Open a Hugging Face (or sentence-transformers) folder as a :class:`TokenModel`."""
     folder = Path(folder)
@@ -177,9 +219,12 @@ def load_hf_folder(folder: Path) -> LoadedModel:
         with _quiet(transformers):
             config = transformers.AutoConfig.from_pretrained(
                 str(folder), local_files_only=True, trust_remote_code=False)
+            _check_config_fits_weights(folder, config, auto)
             model, info = auto.from_pretrained(
                 str(folder), config=config, local_files_only=True, trust_remote_code=False,
                 use_safetensors=True, attn_implementation="eager", output_loading_info=True)
+    except ModelLoadError:
+        raise
     except Exception as error:  # transformers raises many types for unknown or bad folders
         first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         if "ignore_mismatched_sizes" in first:
