@@ -613,3 +613,50 @@ def test_hf_config_with_huge_dimensions_is_refused_before_allocating(tmp_path, k
         open_model(folder)
     assert str(folder) in str(raised.value) and says in str(raised.value)
     assert _peak_rss_growth(lambda: open_model(folder)) < 64 << 20
+
+
+def _onnx_with_node_metadata(source: Path, target: Path, key: str, value: str) -> Path:
+    model = onnx.load(str(source))
+    for node in model.graph.node:
+        node.metadata_props.add(key=key, value=value)
+    onnx.save_model(model, str(target))
+    return target
+
+
+SCOPE_VALUES = {
+    "a number": "5",
+    "a string": "'stem'",
+    "a list of numbers": "[0, 1, 2]",
+    "a list of lists": "[['a'], ['b'], ['c']]",
+    "not a literal": "__import__('os')",
+    "100k characters": "['" + "x" * 100_000 + "']",
+    "nested past the parser's depth": "[" * 100_000 + "]" * 100_000,
+    "ten thousand levels": repr([f"s{i}" for i in range(10_000)]),
+}
+
+
+@pytest.mark.parametrize("key", ["pkg.torch.onnx.name_scopes",
+                                 "pkg.torch.onnx.class_hierarchy"])
+@pytest.mark.parametrize("shape", list(SCOPE_VALUES))
+def test_onnx_scope_metadata_that_is_not_a_list_of_names_is_ignored(tmp_path, demo_onnx_path,
+                                                                     key, shape):
+    expected = build_tree(open_model(demo_onnx_path), None).names()
+    path = _onnx_with_node_metadata(demo_onnx_path, tmp_path / "odd.onnx", key,
+                                    SCOPE_VALUES[shape])
+    assert build_tree(open_model(path), None).names() == expected  # grouped by node names
+
+
+def test_onnx_scope_metadata_that_is_a_list_of_names_is_used(tmp_path, demo_onnx_path):
+    path = _onnx_with_node_metadata(demo_onnx_path, tmp_path / "scoped.onnx",
+                                    "pkg.torch.onnx.name_scopes", "['', 'outer', 'outer.in', 'x']")
+    _onnx_with_node_metadata(path, path, "pkg.torch.onnx.class_hierarchy", "[0, 1]")
+    assert {"outer", "outer.in"} <= set(build_tree(open_model(path), None).names())
+
+
+def test_megabytes_of_onnx_scope_metadata_cost_no_gigabytes(tmp_path, demo_onnx_path):
+    """50 MB of list literal once cost 4.2 GB: ast.literal_eval's syntax tree of it."""
+    value = "[" + "'a'," * 2_000_000 + "]"  # 8 MB on each node's metadata
+    path = _onnx_with_node_metadata(demo_onnx_path, tmp_path / "bomb.onnx",
+                                    "pkg.torch.onnx.name_scopes", value)
+    growth = _peak_rss_growth(lambda: build_tree(open_model(path), None))
+    assert growth < 512 << 20, f"{growth / 1e6:.0f} MB"

@@ -12,35 +12,25 @@ The tree of such a file and of its repaired form (:mod:`studio.core.models.onnx_
 
 from __future__ import annotations
 
-import ast
 import math
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from studio.core.graph.onnx_metadata import scope_metadata
 from studio.core.graph.tree import LayerNode, LayerTree
 from studio.core.models.onnx_repair import constant_value, node_names
 
-_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
-_CLASSES_KEY = "pkg.torch.onnx.class_hierarchy"
 _WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger",
                  "QLinearConv", "QLinearMatMul", "MatMulNBits"}
 
 
-def _metadata(node: onnx.NodeProto) -> dict[str, str]:
-    return {prop.key: prop.value for prop in node.metadata_props}
-
-
 def _scope_path(node: onnx.NodeProto) -> list[tuple[str, str, str]]:
     """(name, label, type) of each enclosing scope, outermost first."""
-    meta = _metadata(node)
-    if _SCOPES_KEY in meta:
-        try:
-            scopes = ast.literal_eval(meta[_SCOPES_KEY])[1:-1]
-            classes = ast.literal_eval(meta.get(_CLASSES_KEY, "[]"))[1:-1]
-        except (ValueError, SyntaxError):
-            scopes, classes = [], []
+    recorded = scope_metadata(node)
+    if recorded is not None:
+        scopes, classes = recorded
         classes = [c.rsplit(".", 1)[-1] for c in classes] + ["Scope"] * len(scopes)
         return [(s, s.rsplit(".", 1)[-1], c) for s, c in zip(scopes, classes, strict=False)]
     # "/res/conv1/conv1.0/Conv": each part is a module name relative to its parent, where a
