@@ -19,6 +19,10 @@ FALLBACK_MEMORY = 8 << 30
 MAX_COMPRESSION_RATIO = 100
 """Unpacked / packed size above which a zip member is a compression bomb (weights compress
 about 1.1×; only runs of zeros compress 100× or more)."""
+MAX_METADATA_CHARS = 1 << 16
+"""Longest metadata value or doc string kept from a model file (64 KiB): the studio reads only
+short ones (scope lists are a few hundred characters), and each copy of the model would copy
+longer ones again."""
 RATIO_FREE_BYTES = 64 << 20
 """Members this small are never refused for their ratio (a zero-filled buffer, a config)."""
 

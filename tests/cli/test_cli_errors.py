@@ -16,6 +16,11 @@ from safetensors.torch import save_file
 from studio.cli.main import main
 from studio.core.demo.model import DEMO_ARCHITECTURE
 from studio.core.errors import StudioError
+from tests.core.crafted import (
+    deflated_zip_bomb,
+    pt2_with_pickled_sample_inputs,
+    pt2_with_pickled_weight,
+)
 
 PREFIX = "compression-studio: error:"
 FORMATS = (".pt", ".pt2", ".safetensors", ".onnx")
@@ -185,3 +190,39 @@ def test_run_names_the_input_a_multi_input_onnx_file_is_missing(capsys, tmp_path
     _assert_one_error_line(err, "two.onnx: takes 2 inputs (input, state), and the data gives "
                                 "arrays input; missing: state")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("craft", ["pickled weight", "pickled sample inputs"])
+def test_inspect_of_a_crafted_pt2_runs_nothing(capsys, tmp_path, valid_model_files, craft):
+    marker = tmp_path / "code-ran.txt"
+    if craft == "pickled weight":
+        path = pt2_with_pickled_weight(valid_model_files[".pt2"], tmp_path / "evil.pt2", marker)
+        code, _, err = _run(capsys, "inspect", str(path))
+        assert code == 2
+        assert "--trust" in _assert_one_error_line(err, path, "pickled Python object")
+    else:
+        path = pt2_with_pickled_sample_inputs(valid_model_files[".pt2"], tmp_path / "evil.pt2",
+                                              marker)
+        code, out, _ = _run(capsys, "inspect", str(path))
+        assert code == 0 and "stem" in out
+    assert not marker.exists()
+
+
+def test_inspect_never_calls_a_studio_function_a_file_names(capsys, tmp_path, monkeypatch,
+                                                            demo_module):
+    marker = tmp_path / "code-ran.txt"
+    monkeypatch.setattr("studio.core.demo.train.main", lambda *args: marker.write_text("ran"))
+    path = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in demo_module.state_dict().items()}, str(path),
+              metadata={"architecture": "studio.core.demo.train:main"})
+    code, _, err = _run(capsys, "inspect", str(path))
+    assert code == 2
+    assert "--arch" in _assert_one_error_line(err, path, "studio.core.demo.train:main")
+    assert not marker.exists()
+
+
+def test_inspect_of_a_zip_bomb_is_one_line(capsys, tmp_path):
+    path = deflated_zip_bomb(tmp_path / "bomb.pth")
+    code, _, err = _run(capsys, "inspect", str(path), "--arch", DEMO_ARCHITECTURE)
+    assert code == 2
+    _assert_one_error_line(err, path, "compression bomb")

@@ -654,9 +654,10 @@ def test_onnx_scope_metadata_that_is_a_list_of_names_is_used(tmp_path, demo_onnx
 
 
 def test_megabytes_of_onnx_scope_metadata_cost_no_gigabytes(tmp_path, demo_onnx_path):
-    """50 MB of list literal once cost 4.2 GB: ast.literal_eval's syntax tree of it."""
-    value = "[" + "'a'," * 2_000_000 + "]"  # 8 MB on each node's metadata
+    """50 MB of list literal once cost 4.2 GB: ast.literal_eval's syntax tree of it (here 2 MB
+    on each node cost 0.46 GB and 3.5 minutes)."""
+    value = "[" + "'a'," * 500_000 + "]"
     path = _onnx_with_node_metadata(demo_onnx_path, tmp_path / "bomb.onnx",
                                     "pkg.torch.onnx.name_scopes", value)
     growth = _peak_rss_growth(lambda: build_tree(open_model(path), None))
-    assert growth < 512 << 20, f"{growth / 1e6:.0f} MB"
+    assert growth < 256 << 20, f"{growth / 1e6:.0f} MB"

@@ -13,10 +13,10 @@ import ast
 
 import onnx
 
+from studio.core.limits import MAX_METADATA_CHARS
+
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 CLASSES_KEY = "pkg.torch.onnx.class_hierarchy"
-MAX_LITERAL_CHARS = 1 << 16
-"""Longest value parsed (64 KiB): real scope lists are a few hundred characters."""
 MAX_SCOPE_DEPTH = 256
 """Deepest scope nesting taken from metadata (real models nest a few dozen levels)."""
 
@@ -24,7 +24,7 @@ MAX_SCOPE_DEPTH = 256
 def string_list(text: str | None) -> list[str] | None:
     """The list of strings ``text`` spells, or None when it is absent, too long, or not a list
     of strings."""
-    if text is None or len(text) > MAX_LITERAL_CHARS:
+    if text is None or len(text) > MAX_METADATA_CHARS:
         return None
     try:
         value = ast.literal_eval(text)

@@ -10,6 +10,7 @@ from onnx import numpy_helper
 from onnx.external_data_helper import uses_external_data
 
 from studio.core.errors import ModelLoadError, StudioError
+from studio.core.limits import MAX_METADATA_CHARS
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import LoadedModel
 from studio.core.models.onnx_feeds import graph_inputs
@@ -80,6 +81,25 @@ def _check_initializers(path: Path, model: onnx.ModelProto) -> None:
                 raise ModelLoadError(f"{path}: {error}") from error
 
 
+def _drop_oversized_metadata(model: onnx.ModelProto) -> None:
+    """Drop metadata values and doc strings longer than :data:`MAX_METADATA_CHARS`. The studio
+    reads none of that size (scope lists are short), and each later copy of the model (shape
+    inference, an onnxruntime session, quantization) would copy megabytes of it again."""
+    def oversized(text: str) -> bool:
+        return len(text) > MAX_METADATA_CHARS
+
+    for holder in (model, model.graph, *model.graph.node):
+        if oversized(holder.doc_string):
+            holder.doc_string = ""
+    for holder in (model, *model.graph.node):
+        kept = [(p.key, p.value) for p in holder.metadata_props
+                if not oversized(p.key) and not oversized(p.value)]
+        if len(kept) != len(holder.metadata_props):
+            del holder.metadata_props[:]
+            for key, value in kept:
+                holder.metadata_props.add(key=key, value=value)
+
+
 def load_onnx(path: Path) -> LoadedModel:
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -89,6 +109,7 @@ def load_onnx(path: Path) -> LoadedModel:
         ) from error
     if not model.graph.node:
         raise ModelLoadError(f"{path}: parsed as ONNX but holds no graph nodes; is it ONNX?")
+    _drop_oversized_metadata(model)
     _check_external_data(path, model)
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
