@@ -520,6 +520,7 @@ def _set_all(program: object, key: str, value: str) -> None:
     ("expr_str", "sympify(\"__import__('pathlib').Path({marker!r}).write_text('ran')\")"),
     ("target", "torch.os.system"),
     ("target", "torch.save"),
+    ("target", "torchvision.os.system"),  # torch resolves by prefix: this is torch.os.system
 ])
 def test_pt2_whose_program_would_run_python_needs_trust(tmp_path, key, value):
     marker = _marker(tmp_path)

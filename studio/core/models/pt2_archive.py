@@ -18,6 +18,7 @@ import ast
 import io
 import json
 import math
+import operator
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,7 +57,8 @@ from studio.core.models.unpickle import load_weights_only
 
 MODEL_NAME = "model"
 """The program ``torch.export.save`` writes and ``torch.export.load`` returns."""
-_TARGET_ROOTS = {"torch": torch, "_operator": __import__("operator"), "math": math}
+_TARGET_ROOTS = (("_operator", operator), ("torch", torch), ("math", math))
+"""Where torch's deserializer looks a node's target up, by prefix, in its order."""
 _SAFE_OPERATOR_TYPES = (torch._ops.OpOverload, torch._ops.OpOverloadPacket,
                         torch._ops.HigherOrderOperator)
 
@@ -101,7 +103,7 @@ def _check_program(path: Path, raw: Any) -> None:
         raise ModelLoadError(f"{path}: the exported program is not a JSON object")
     for item in _walk(raw):
         target = item.get("target")
-        if isinstance(target, str) and "inputs" in item and not _is_operator(target):
+        if isinstance(target, str) and not _is_operator(target):
             raise TrustRequired(path, f"its graph calls {target!r}, which is not a torch "
                                       "operator")
         expression = item.get("expr_str")
@@ -112,18 +114,18 @@ def _check_program(path: Path, raw: Any) -> None:
 
 def _is_operator(target: str) -> bool:
     """What torch's deserializer would resolve ``target`` to is an operator, not any callable
-    reachable from ``torch`` (``torch.os.system``, ``torch.save``...). Unresolved names and
+    reachable from ``torch`` (``torch.os.system``, ``torch.save``...). It resolves by prefix
+    (``torchX.os.system`` is ``torch.os.system``), so this does too. Unresolved names and
     ``#``-extension ops stay names or registered handlers: torch refuses or handles those."""
-    root_name, *attributes = target.split(".")
-    root = _TARGET_ROOTS.get(root_name)
-    if root is None or target.startswith("#"):
+    root = next((module for prefix, module in _TARGET_ROOTS if target.startswith(prefix)), None)
+    if root is None:
         return True
     resolved: Any = root
-    for name in attributes:
+    for name in target.split(".")[1:]:
         if not hasattr(resolved, name):
             return True
         resolved = getattr(resolved, name)
-    return isinstance(resolved, _SAFE_OPERATOR_TYPES) or resolved in _SYM_OPS
+    return isinstance(resolved, _SAFE_OPERATOR_TYPES) or any(resolved is op for op in _SYM_OPS)
 
 
 def _is_sympy_class(name: str) -> bool:
