@@ -12,7 +12,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from studio.core.errors import TooLargeError
+from studio.core.errors import ModelLoadError, TooLargeError
 
 FALLBACK_MEMORY = 8 << 30
 """Assumed memory where the system does not say (bytes)."""
@@ -57,8 +57,12 @@ def check_zip_members(path: Path) -> None:
     except (zipfile.BadZipFile, UnicodeDecodeError, ValueError, EOFError, OSError):
         return  # damaged: the format's own reader gives the message
     check_declared_bytes(path, sum(member.file_size for member in members), "its contents")
+    file_size = path.stat().st_size
     for member in members:
         packed = max(member.compress_size, 1)
+        if packed > file_size:
+            raise ModelLoadError(f"{path}: {member.filename!r} claims {packed:,} bytes, more than "
+                                f"the whole file ({file_size:,}); truncated or corrupt?")
         too_tight = member.file_size > MAX_COMPRESSION_RATIO * packed
         if member.file_size > RATIO_FREE_BYTES and too_tight:
             raise TooLargeError(

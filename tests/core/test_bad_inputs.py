@@ -579,6 +579,18 @@ def test_deflated_tensor_bomb_is_refused_before_unpacking(tmp_path):
     assert _peak_rss_growth(lambda: open_model(path, architecture=DEMO_ARCHITECTURE)) < 64 << 20
 
 
+def test_zip_member_claiming_more_bytes_than_the_file_holds_is_refused(tmp_path,
+                                                                       valid_model_files):
+    data = bytearray(valid_model_files[".pt"].read_bytes())
+    entry = data.rindex(b"PK\x01\x02")  # the last member's central directory entry
+    data[entry + 20:entry + 28] = (0xFFFF_FFF0).to_bytes(4, "little") * 2  # packed, unpacked
+    path = tmp_path / "lying.pt"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="more than the whole file") as raised:
+        open_model(path, architecture=DEMO_ARCHITECTURE)
+    assert str(path) in str(raised.value)
+
+
 def test_pt2_declaring_huge_tensors_in_empty_records_is_refused(tmp_path, valid_model_files):
     def edit(members: dict[str, bytes]) -> None:
         name = "data/weights/model_weights_config.json"
