@@ -211,6 +211,19 @@ def test_pickled_module_needs_consent(qtbot, window: MainWindow, tmp_path: Path,
     assert window.notices.kind == "info"  # no example input known: the user is told how
 
 
+def test_crafted_pt2_asks_for_consent_and_runs_nothing_when_declined(
+        qtbot, window: MainWindow, tmp_path: Path, monkeypatch, valid_model_files) -> None:
+    from tests.core.crafted import pt2_with_pickled_weight
+
+    marker = tmp_path / "code-ran.txt"
+    path = pt2_with_pickled_weight(valid_model_files[".pt2"], tmp_path / "evil.pt2", marker)
+    asked: list[Path] = []
+    monkeypatch.setattr(window, "confirm_trust", lambda p: asked.append(p) or False)
+    with qtbot.waitSignal(window.openFailed, timeout=30_000):
+        window.open_path(str(path))
+    assert asked == [path] and window.workspace is None and not marker.exists()
+
+
 def test_state_dict_asks_for_architecture_and_input(window: MainWindow, tmp_path: Path,
                                                     monkeypatch, open_and_wait) -> None:
     from studio.core.demo.model import build_demo_cnn
