@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from studio.core.errors import StudioError
+
+
+def create_beside(path: Path) -> tuple[int, Path]:
+    """A new, empty, uniquely named file beside ``path``, open for writing.
+
+    Made by hand rather than with ``tempfile.mkstemp``, which creates files 0600 whatever the
+    umask: the file is renamed into place, so its mode must be the one any program's new file
+    gets (0666 less the umask).
+    """
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    return os.open(temporary, flags, 0o666), temporary
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
@@ -14,8 +26,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
-                                             dir=path.parent)
+        handle, temporary = create_beside(path)
     except OSError as error:
         raise StudioError(f"cannot write {path}: {error.strerror or error}") from error
     try:

@@ -417,7 +417,7 @@ def test_read_only_file_system(tmp_path, monkeypatch):
     def read_only(*_args: object, **_kwargs: object) -> None:
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(atomic.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(atomic.os, "open", read_only)
     with pytest.raises(StudioError) as raised:
         write_text_atomic(path, "new")
     assert str(path) in str(raised.value) and "Read-only" in str(raised.value)

@@ -57,12 +57,15 @@ from studio.core.plan.stages import (
     QuantizeSection,
     TrainSection,
 )
+from studio.core.run_outputs import RunOutputs
 from studio.core.train.loop import TrainConfig, cross_entropy, evaluate, resolve_device, train
 from studio.core.workspace import Workspace, open_recipe_workspace
 
 MODEL_FILE = "model.onnx"
 BASELINE_FILE = "baseline.onnx"
 REPORT_FILE = "report.json"
+RUN_FILES = (MODEL_FILE, BASELINE_FILE, REPORT_FILE, SPLITS_FILE)
+"""Every file a run leaves in its output folder."""
 
 
 def _without_unstructured(tree: Any, resolved: list[ResolvedSpec],
@@ -95,15 +98,24 @@ def run_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, token: Ca
     """The whole job on an open model and its plan (the recipe gives the job sections); the
     model itself is never changed. The last event is a :class:`Result` holding the report.
     ``base_dir`` is where the recipe's data paths start; ``trust`` lets a ``function`` data
-    source run."""
-    started = time.perf_counter()
-    if workspace.loaded.module is None:  # an ONNX file: no training, onnxruntime only
-        from studio.core.engine.run_onnx import run_onnx_workspace  # it imports this module
+    source run. The outputs appear in ``out_dir`` together at the end, or not at all (see
+    :mod:`studio.core.run_outputs`)."""
+    with RunOutputs(out_dir, RUN_FILES, [workspace.loaded.path]) as outputs:
+        if workspace.loaded.module is None:  # an ONNX file: no training, onnxruntime only
+            from studio.core.engine.run_onnx import run_onnx_workspace  # it imports this module
 
-        yield from run_onnx_workspace(
-            workspace, recipe, out_dir, token,
-            lambda: load_task(recipe.data or DataSection(), base_dir, trust), source)
-        return
+            yield from run_onnx_workspace(
+                workspace, recipe, outputs, token,
+                lambda: load_task(recipe.data or DataSection(), base_dir, trust), source)
+        else:
+            yield from _run_torch(workspace, recipe, outputs, token, device, source, base_dir,
+                                  trust)
+
+
+def _run_torch(workspace: Workspace, recipe: Recipe, outputs: RunOutputs, token: CancelToken,
+               device: str | None, source: str, base_dir: Path | None, trust: bool
+               ) -> Iterator[Event]:
+    started = time.perf_counter()
     broken = find_non_finite(workspace.loaded.module)
     if broken:
         raise StudioError(f"{source}: {workspace.loaded.path} holds NaN or Inf weights in "
@@ -120,8 +132,7 @@ def run_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, token: Ca
     data = load_task(recipe.data or DataSection(), base_dir, trust)
     original = workspace.loaded.module
     check_torch_data(original, data, workspace.example)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)  # only once the data is known to fit
+    out_dir = outputs.staging
     yield Log(f"Data: {data.name}; {'labelled' if data.labelled else 'unlabelled'}, metric "
               f"{data.metric}; {len(data.train)} to fine-tune on, {len(data.test)} to test")
     reference = torch_outputs(original, data.test.tensors[0])
@@ -169,7 +180,8 @@ def run_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, token: Ca
     yield Log("Timing both models side by side in onnxruntime")
     batches = (1, export_section.latency_batch)
     timings = latency_ms({"baseline": baseline_path, "compressed": model_path},
-                         inputs_for_batches(data.test, batches), export_section.latency_repeats)
+                         inputs_for_batches(data.test, batches), export_section.latency_repeats,
+                         check=token.check)
     baseline["latency_ms"] = {f"batch_{b}": timings["baseline"][b] for b in batches}
     compressed["latency_ms"] = {f"batch_{b}": timings["compressed"][b] for b in batches}
     quantized = bool(stages.get("quantize", {}).get("mode")) or quantize.qat
@@ -187,20 +199,25 @@ def run_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, token: Ca
                   *honesty_notes(baseline, compressed, sparse_layers, quantized)],
         "elapsed_s": round(time.perf_counter() - started, 2),
     }
-    yield from finish_report(report, data, out_dir, model_path, baseline_path)
+    yield from finish_report(report, data, outputs, model_path, baseline_path)
 
 
-def finish_report(report: dict[str, Any], data: TaskData, out_dir: Path, model_path: Path,
+def finish_report(report: dict[str, Any], data: TaskData, outputs: RunOutputs, model_path: Path,
                   baseline_path: Path) -> Iterator[Event]:
-    """Write the splits and, last, the report (so a report never names missing files); the
-    final events of every run, torch or ONNX-only."""
-    report["paths"] = {"model": str(model_path), "baseline": str(baseline_path),
-                       "splits": str(out_dir / SPLITS_FILE), "report": str(out_dir / REPORT_FILE)}
+    """Write the splits and, last, the report (so a report never names missing files), then
+    move the run's files into the output folder; the final events of every run, torch or
+    ONNX-only."""
+    staging = outputs.staging
+    report["paths"] = {"model": str(outputs.final(model_path)),
+                       "baseline": str(outputs.final(baseline_path)),
+                       "splits": str(outputs.out_dir / SPLITS_FILE),
+                       "report": str(outputs.out_dir / REPORT_FILE)}
     if data.splits is not None:
-        write_text_atomic(out_dir / SPLITS_FILE, json.dumps(data.splits.to_json()) + "\n")
-    write_text_atomic(out_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
-    yield Artifact("onnx", str(model_path))
-    yield Artifact("report", str(out_dir / REPORT_FILE))
+        write_text_atomic(staging / SPLITS_FILE, json.dumps(data.splits.to_json()) + "\n")
+    write_text_atomic(staging / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    outputs.commit(last=REPORT_FILE)
+    yield Artifact("onnx", report["paths"]["model"])
+    yield Artifact("report", report["paths"]["report"])
     yield Result(report)
 
 

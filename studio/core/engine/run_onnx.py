@@ -49,6 +49,7 @@ from studio.core.models.onnx_file import fixed_batch_size
 from studio.core.models.onnx_repair import PER_CHANNEL_OPSET, repair_onnx
 from studio.core.plan.recipe import Recipe
 from studio.core.plan.stages import ExportSection, PruneSection, QuantizeSection
+from studio.core.run_outputs import RunOutputs
 from studio.core.workspace import Workspace
 
 DEVICE = "cpu (onnxruntime)"
@@ -130,12 +131,14 @@ def _layers(names: list[str]) -> str:
     return shown + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
-def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, token: CancelToken,
+def run_onnx_workspace(workspace: Workspace, recipe: Recipe, outputs: RunOutputs,
+                       token: CancelToken,
                        load_data: Callable[[], TaskData], source: str = "recipe"
                        ) -> Iterator[Event]:
     """The whole job on an open ONNX file and its plan; the last event is a :class:`Result`
     holding the report. ``load_data`` gives the task's data (called after the recipe and the
-    file are checked). The loaded model is never changed."""
+    file are checked). The loaded model is never changed; the files are written into
+    ``outputs``."""
     started = time.perf_counter()
     loaded = workspace.loaded
     if loaded.onnx_model is None:
@@ -160,8 +163,7 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, toke
         yield Log(f"Inputs: {feeder.describe()}")
     token.check()
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = outputs.staging
     for step in repaired.steps:
         yield Log(f"Repair: {step}")
     yield Log(f"Baseline: measuring {workspace.tree.model_name} in onnxruntime")
@@ -225,7 +227,7 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, toke
     timings = latency_ms({"baseline": baseline_path, "compressed": model_path},
                          {size: feeder(array) for size, array in
                           inputs_for_batches(test, batches).items()},
-                         export_section.latency_repeats)
+                         export_section.latency_repeats, check=token.check)
     baseline["latency_ms"] = {f"batch_{b}": timings["baseline"][b] for b in batches}
     compressed["latency_ms"] = {f"batch_{b}": timings["compressed"][b] for b in batches}
     if batch:
@@ -251,4 +253,4 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, toke
                                  not plan.is_empty)],
         "elapsed_s": round(time.perf_counter() - started, 2),
     }
-    yield from finish_report(report, data, out_dir, model_path, baseline_path)
+    yield from finish_report(report, data, outputs, model_path, baseline_path)

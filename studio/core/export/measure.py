@@ -125,9 +125,11 @@ def inputs_for_batches(samples: Feed | TensorDataset, batches: tuple[int, ...] =
 
 
 def latency_ms(sessions: Mapping[str, str | Path], inputs_by_batch: Mapping[int, Feed],
-               repeats: int = 20, warmup: int = 3, threads: int = DEFAULT_THREADS
-               ) -> dict[str, dict[int, float]]:
+               repeats: int = 20, warmup: int = 3, threads: int = DEFAULT_THREADS,
+               check: Callable[[], None] | None = None) -> dict[str, dict[int, float]]:
     """Median milliseconds per run of each model at each batch size, timed side by side.
+    ``check`` is called before every round (a job's cancel check: timing big models at many
+    repeats takes long enough that a cancel must stop it too).
 
     All sessions live in this one process and are run interleaved (the order rotates every
     round), so machine noise — other processes, CPU frequency — hits every model alike; the
@@ -140,9 +142,13 @@ def latency_ms(sessions: Mapping[str, str | Path], inputs_by_batch: Mapping[int,
         feeds = {name: _feed(session, inputs) for name, session in opened.items()}
         for name in names:
             for _ in range(warmup):
+                if check is not None:
+                    check()
                 opened[name].run(None, feeds[name])
         times: dict[str, list[float]] = {name: [] for name in names}
         for round_ in range(repeats):
+            if check is not None:
+                check()
             shift = round_ % len(names)
             for name in names[shift:] + names[:shift]:
                 start = time.perf_counter()
