@@ -127,3 +127,35 @@ def save_with_external_data() -> Callable[..., Path]:
     ``source`` saved as ``target`` with its weights in ``data_file``; ``location`` then rewrites
     where the file says they are."""
     return _save_with_external_data
+
+
+QUICK_INT8 = """\
+schema_version: 1
+model: {{path: {model}}}
+plan: {{defaults: {{weight_bits: int8, act_bits: int8}}}}
+data: {{source: arrays, path: digits.npz, calibration_samples: 16, test_fraction: 0.25}}
+train: {{epochs: 0}}
+export: {{latency_repeats: {repeats}, latency_batch: 8}}
+"""
+
+
+@pytest.fixture
+def quick_onnx_recipe(demo_onnx_path: Path) -> Callable[..., Path]:
+    """``quick_onnx_recipe(folder, model="demo.onnx", repeats=2)``: writes into ``folder`` the
+    demo's ONNX file as ``model``, 48 digits-shaped samples and ``quick.yaml``, a static int8
+    recipe over them (a whole run in seconds; ``repeats`` timing rounds), and returns the
+    recipe's path."""
+    import numpy as np
+
+    def make(folder: Path, model: str = "demo.onnx", repeats: int = 2) -> Path:
+        if not (folder / model).exists():
+            (folder / model).write_bytes(demo_onnx_path.read_bytes())
+        rng = np.random.default_rng(0)
+        np.savez(folder / "digits.npz",
+                 x=rng.standard_normal((48, *DEMO_INPUT_SHAPE[1:]), dtype=np.float32),
+                 y=rng.integers(0, 10, 48))
+        recipe = folder / "quick.yaml"
+        recipe.write_text(QUICK_INT8.format(model=model, repeats=repeats))
+        return recipe
+
+    return make

@@ -3,8 +3,13 @@ shows the traceback instead."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import shutil
+import signal
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +26,9 @@ from tests.core.crafted import (
     pt2_with_pickled_sample_inputs,
     pt2_with_pickled_weight,
 )
+
+
+from studio.core.run_outputs import STAGING_PREFIX
 
 PREFIX = "compression-studio: error:"
 FORMATS = (".pt", ".pt2", ".safetensors", ".onnx")
@@ -226,3 +234,64 @@ def test_inspect_of_a_zip_bomb_is_one_line(capsys, tmp_path):
     code, _, err = _run(capsys, "inspect", str(path), "--arch", DEMO_ARCHITECTURE)
     assert code == 2
     _assert_one_error_line(err, path, "compression bomb")
+
+
+# --- output folders ------------------------------------------------------------------------------
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_run_into_the_models_own_folder_is_refused(capsys, tmp_path, quick_onnx_recipe):
+    recipe = quick_onnx_recipe(tmp_path, "model.onnx")
+    before = _files(tmp_path)
+    code, _, err = _run(capsys, "run", str(recipe), "--out", str(tmp_path))
+    assert code == 2
+    _assert_one_error_line(err, tmp_path, "holds the input model model.onnx")
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("where, says", [("", "the output folder is a file"),
+                                         ("out", "cannot create the output folder")])
+def test_run_out_that_is_a_file_or_cannot_be_created(capsys, tmp_path, quick_onnx_recipe,
+                                                     where, says):
+    recipe = quick_onnx_recipe(tmp_path)
+    (tmp_path / "taken").write_text("a file")
+    out = tmp_path / "taken" / where if where else tmp_path / "taken"
+    code, _, err = _run(capsys, "run", str(recipe), "--out", str(out))
+    assert code == 2
+    _assert_one_error_line(err, out, says)
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
+@pytest.mark.parametrize("stop, moment", [(signal.SIGINT, "Timing"),
+                                          (signal.SIGKILL, "Quantizing")])
+def test_an_interrupted_run_leaves_the_earlier_run_whole(capsys, tmp_path, quick_onnx_recipe,
+                                                         stop, moment):
+    """Ctrl-C while timing, or a kill while quantizing: the folder keeps the earlier run, every
+    file of it; a killed run's staging folder is removed by the next run."""
+    out = tmp_path / "out"
+    assert _run(capsys, "run", str(quick_onnx_recipe(tmp_path)), "--out", str(out))[0] == 0
+    before = _files(out)
+    slow = quick_onnx_recipe(tmp_path, repeats=10_000)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "studio.cli.main", "run", str(slow), "--out", str(out), "--jsonl"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert child.stdout is not None
+    for line in child.stdout:
+        event = json.loads(line)
+        if event["event"] == "log" and event["message"].startswith(moment):
+            child.send_signal(stop)
+            break
+    _, err = child.communicate(timeout=120)
+    if stop == signal.SIGINT:
+        assert child.returncode == 130
+        assert "cancelled; nothing was written over earlier results" in err
+    else:
+        assert child.returncode == -signal.SIGKILL
+    assert _files(out) == before
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX)]
+    assert len(left) == (1 if stop == signal.SIGKILL else 0)
+    assert _run(capsys, "run", str(quick_onnx_recipe(tmp_path)), "--out", str(out))[0] == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX)]

@@ -22,7 +22,6 @@ import types
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 import torch
@@ -679,28 +678,6 @@ def test_megabytes_of_onnx_scope_metadata_cost_no_gigabytes(tmp_path, demo_onnx_
 
 # --- output folders: a run never writes over what it did not write, and lands as one unit -------
 
-QUICK_INT8 = """\
-schema_version: 1
-model: {{path: {model}}}
-plan: {{defaults: {{weight_bits: int8, act_bits: int8}}}}
-data: {{source: arrays, path: digits.npz, calibration_samples: 16, test_fraction: 0.25}}
-train: {{epochs: 0}}
-export: {{latency_repeats: {repeats}, latency_batch: 8}}
-"""
-
-
-def _quick_recipe(tmp_path: Path, onnx_file: Path, model: str = "demo.onnx",
-                  repeats: int = 2) -> Path:
-    """Static int8 of the demo's ONNX file on 48 digits-shaped samples: a whole run in seconds."""
-    if not (tmp_path / model).exists():
-        shutil.copy(onnx_file, tmp_path / model)
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "digits.npz", x=rng.standard_normal((48, *DEMO_INPUT_SHAPE[1:]),
-                                                            dtype=np.float32),
-             y=rng.integers(0, 10, 48))
-    return _recipe(tmp_path, QUICK_INT8.format(model=model, repeats=repeats), "quick.yaml")
-
-
 def _snapshot(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
@@ -709,8 +686,8 @@ def _staging_left(tmp_path: Path) -> list[Path]:
     return [p for p in tmp_path.iterdir() if p.name.startswith(run_outputs.STAGING_PREFIX)]
 
 
-def test_an_output_folder_holding_the_input_model_is_refused(tmp_path, demo_onnx_path):
-    recipe = _quick_recipe(tmp_path, demo_onnx_path, "model.onnx")
+def test_an_output_folder_holding_the_input_model_is_refused(tmp_path, quick_onnx_recipe):
+    recipe = quick_onnx_recipe(tmp_path, "model.onnx")
     before = _snapshot(tmp_path)
     with pytest.raises(StudioError, match=r"holds the input model model\.onnx") as raised:
         _run(recipe, tmp_path)
@@ -719,21 +696,21 @@ def test_an_output_folder_holding_the_input_model_is_refused(tmp_path, demo_onnx
 
 
 @pytest.mark.parametrize("name", ["model.onnx", "report.json", "splits.json", "baseline.onnx"])
-def test_a_file_the_studio_did_not_write_is_never_overwritten(tmp_path, demo_onnx_path, name):
+def test_a_file_the_studio_did_not_write_is_never_overwritten(tmp_path, quick_onnx_recipe, name):
     out = tmp_path / "out"
     out.mkdir()
     (out / name).write_text("the user's own")
     (out / "notes.txt").write_text("kept")
     with pytest.raises(StudioError, match=f"holds {name}, which the studio did not write"):
-        _run(_quick_recipe(tmp_path, demo_onnx_path), out)
+        _run(quick_onnx_recipe(tmp_path), out)
     assert _snapshot(out) == {name: b"the user's own", "notes.txt": b"kept"}
     assert not _staging_left(tmp_path)
 
 
 def test_a_second_run_replaces_the_first_as_a_unit_and_keeps_other_files(tmp_path,
-                                                                          demo_onnx_path):
+                                                                          quick_onnx_recipe):
     out = tmp_path / "out"
-    _run(_quick_recipe(tmp_path, demo_onnx_path), out)
+    _run(quick_onnx_recipe(tmp_path), out)
     first = _snapshot(out)
     assert {"model.onnx", "baseline.onnx", "report.json", "splits.json"} <= set(first)
     report = json.loads(first["report.json"])
@@ -741,7 +718,7 @@ def test_a_second_run_replaces_the_first_as_a_unit_and_keeps_other_files(tmp_pat
     assert "staging" not in first["report.json"].decode()
     (out / "notes.txt").write_text("kept")
     inodes = {p.name: p.stat().st_ino for p in out.iterdir()}
-    _run(_quick_recipe(tmp_path, demo_onnx_path), out)
+    _run(quick_onnx_recipe(tmp_path), out)
     second = _snapshot(out)
     assert second["notes.txt"] == b"kept" and set(second) == set(first) | {"notes.txt"}
     replaced = {p.name for p in out.iterdir() if p.stat().st_ino != inodes[p.name]}
@@ -750,15 +727,15 @@ def test_a_second_run_replaces_the_first_as_a_unit_and_keeps_other_files(tmp_pat
 
 
 @pytest.mark.parametrize("moment", ["Quantizing", "Timing"])
-def test_a_cancelled_run_leaves_the_earlier_run_as_it_was(tmp_path, demo_onnx_path, moment):
+def test_a_cancelled_run_leaves_the_earlier_run_as_it_was(tmp_path, quick_onnx_recipe, moment):
     out = tmp_path / "out"
-    _run(_quick_recipe(tmp_path, demo_onnx_path), out)
+    _run(quick_onnx_recipe(tmp_path), out)
     before = _snapshot(out)
     token = CancelToken()
     seen = []
     # Many timing rounds: without a cancel check in the timing loop the run would finish.
     with pytest.raises(JobCancelled):
-        recipe = _quick_recipe(tmp_path, demo_onnx_path, repeats=1000)
+        recipe = quick_onnx_recipe(tmp_path, repeats=1000)
         for event in run_recipe_file(recipe, out, token):
             if isinstance(event, Log):
                 seen.append(event.message)
@@ -770,11 +747,11 @@ def test_a_cancelled_run_leaves_the_earlier_run_as_it_was(tmp_path, demo_onnx_pa
 
 
 def test_staging_folders_of_a_killed_run_are_removed_by_the_next_run(tmp_path,
-                                                                     demo_onnx_path):
+                                                                     quick_onnx_recipe):
     stale = tmp_path / f"{run_outputs.STAGING_PREFIX}dead"
     stale.mkdir()
     (stale / "model.onnx").write_bytes(b"half")
-    _run(_quick_recipe(tmp_path, demo_onnx_path), tmp_path / "out")
+    _run(quick_onnx_recipe(tmp_path), tmp_path / "out")
     assert not stale.exists() and not _staging_left(tmp_path)
 
 
@@ -789,23 +766,23 @@ def test_a_live_run_into_the_same_folder_is_refused_and_its_staging_kept(tmp_pat
     assert not live.staging.exists()
 
 
-def test_an_output_folder_that_is_a_file_or_cannot_be_made(tmp_path, demo_onnx_path):
+def test_an_output_folder_that_is_a_file_or_cannot_be_made(tmp_path, quick_onnx_recipe):
     afile = tmp_path / "taken"
     afile.write_text("a file")
     with pytest.raises(StudioError, match="the output folder is a file") as raised:
-        _run(_quick_recipe(tmp_path, demo_onnx_path), afile)
+        _run(quick_onnx_recipe(tmp_path), afile)
     assert str(afile) in str(raised.value) and afile.read_text() == "a file"
     with pytest.raises(StudioError, match="cannot create the output folder") as raised:
-        _run(_quick_recipe(tmp_path, demo_onnx_path), afile / "out")
+        _run(quick_onnx_recipe(tmp_path), afile / "out")
     assert str(afile / "out") in str(raised.value)
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
-def test_output_files_respect_the_umask(tmp_path, demo_onnx_path, umask):
+def test_output_files_respect_the_umask(tmp_path, quick_onnx_recipe, umask):
     previous = os.umask(umask)
     try:
         out = tmp_path / "out"
-        _run(_quick_recipe(tmp_path, demo_onnx_path), out)
+        _run(quick_onnx_recipe(tmp_path), out)
         write_text_atomic(tmp_path / "plan.yaml", "x")
     finally:
         os.umask(previous)
