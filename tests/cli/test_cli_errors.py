@@ -156,6 +156,10 @@ def _recipe(tmp_path: Path, body: str) -> Path:
     ("schema_version: 1\nmodel: {path: demo}\nexample_input: {shape: [1, 3, 32, 32]}\n",
      "example_input"),
     ("schema_version: 1\nmodel: {path: missing.onnx}\n", "missing.onnx"),
+    ("schema_version: 1\nmodel: {path: demo}\ntrain: {epochs: 0}\ndistill: {alpha: 0.5}\n",
+     "line 4: distill: distillation trains the model, but train.epochs is 0"),
+    ("schema_version: 1\nmodel: {path: demo}\nmodel: {path: other.onnx}\n",
+     "line 3: not valid YAML: duplicate key 'model' (first given on line 2)"),
 ])
 def test_run_bad_recipe(capsys, tmp_path, body, field):
     path = _recipe(tmp_path, body)

@@ -228,6 +228,13 @@ def _recipe(tmp_path: Path, body: str, name: str = "recipe.yaml") -> Path:
      "positive"),
     ("schema_version: 1\ndata: {source: my_images}\n", "data.source", "demo"),
     ("schema_version: 1\ntrain: {epochs: -1}\n", "train.epochs", "0"),
+    ("schema_version: 1\ntrain: {epochs: 0}\ndistill:\n  alpha: 0.5\n", "line 3: distill",
+     "train.epochs is 0, so it would never run"),
+    ("schema_version: 1\ntrain: {epochs: 2}\nplan: {}\ntrain: {epochs: 0}\n", "line 4",
+     "duplicate key 'train' (first given on line 2)"),
+    ("schema_version: 1\nplan:\n  layers:\n    res: {sparsity: 0.5}\n    res: {exclude: true}\n",
+     "line 5", "duplicate key 'res' (first given on line 4)"),
+    ("schema_version: 1\ntrain: {epochs: 1, epochs: 0}\n", "line 2", "duplicate key 'epochs'"),
 ])
 def test_bad_recipe_names_the_file_and_field(tmp_path, body, field, says):
     path = _recipe(tmp_path, body)

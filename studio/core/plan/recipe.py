@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from studio.core.errors import Problem, RecipeError
 from studio.core.graph.tree import LayerTree
@@ -91,6 +99,16 @@ class Recipe(_Section):
             raise ValueError(f"this version of the studio reads schema_version {SCHEMA_VERSION}")
         return version
 
+    @field_validator("distill")
+    @classmethod
+    def _distill_needs_training(cls, distill: DistillSection | None,
+                                info: ValidationInfo) -> DistillSection | None:
+        train = info.data.get("train")
+        if distill is not None and train is not None and train.epochs == 0:
+            raise ValueError("distillation trains the model, but train.epochs is 0, so it "
+                             "would never run: set train.epochs to 1 or more, or remove distill")
+        return distill
+
     def to_plan(self) -> Plan:
         return self.plan.to_plan()
 
@@ -159,11 +177,31 @@ def _layer_lines(root: yaml.Node | None) -> dict[str, int]:
     return {key.value: key.start_mark.line + 1 for key, _ in layers.value}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping: PyYAML keeps the last one
+    silently, so ``train:`` written twice would drop the first section without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given on line {first}); keep "
+                    "one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
 def parse_recipe(text: str, source: str = "recipe") -> Recipe:
     """Validate ``text``; raise :class:`RecipeError` listing each problem with its line."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python tags
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = mark.line + 1 if mark else None
@@ -182,6 +220,7 @@ def parse_recipe(text: str, source: str = "recipe") -> Recipe:
             message = item["msg"].removeprefix("Value error, ")
             if item["type"] == "extra_forbidden":
                 message = "unknown key"
+            if item["type"] == "extra_forbidden" or isinstance(node, yaml.CollectionNode):
                 node = _key_at(root, loc) or node  # the key's line, not its block value's
             line = node.start_mark.line + 1 if node is not None else None
             problems.append(Problem(".".join(str(p) for p in loc), message, line))
