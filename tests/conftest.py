@@ -159,3 +159,42 @@ def quick_onnx_recipe(demo_onnx_path: Path) -> Callable[..., Path]:
         return recipe
 
     return make
+
+
+OUTLIER_CONVS = """\
+schema_version: 1
+model: {{path: convs.onnx}}
+plan: {{defaults: {{weight_bits: int8}}, layers: {layers}}}
+data: {{source: arrays, path: convs.npz, calibration_samples: 16, test_fraction: 0.25}}
+train: {{epochs: 0}}
+export: {{latency_repeats: 2, latency_batch: 8}}
+"""
+
+
+@pytest.fixture
+def outlier_convs_recipe() -> Callable[..., Path]:
+    """``outlier_convs_recipe(folder, layers="{}")``: a two-Conv ONNX file whose first Conv
+    holds one huge weight per output channel on an input channel the data leaves at zero, its
+    data and a dynamic int8 recipe (``layers``: the plan's layers, YAML flow style). Dynamic
+    int8 rounds every other weight of that Conv to zero: cosine about 0.6."""
+    import numpy as np
+
+    def make(folder: Path, layers: str = "{}") -> Path:
+        torch.manual_seed(0)
+        convs = torch.nn.Sequential(torch.nn.Conv2d(2, 8, 3), torch.nn.ReLU(),
+                                    torch.nn.Conv2d(8, 8, 3))
+        with torch.no_grad():
+            convs[0].weight[:, 1, 1, 1] = 1000.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(convs, (torch.randn(1, 2, 12, 12),), str(folder / "convs.onnx"),
+                              dynamo=False, input_names=["input"], output_names=["out"],
+                              dynamic_axes={"input": {0: "batch"}, "out": {0: "batch"}})
+        inputs = np.random.default_rng(0).standard_normal((48, 2, 12, 12)).astype(np.float32)
+        inputs[:, 1] = 0
+        np.savez(folder / "convs.npz", x=inputs)
+        recipe = folder / "convs.yaml"
+        recipe.write_text(OUTLIER_CONVS.format(layers=layers))
+        return recipe
+
+    return make

@@ -299,3 +299,11 @@ def test_an_interrupted_run_leaves_the_earlier_run_whole(capsys, tmp_path, quick
     assert len(left) == (1 if stop == signal.SIGKILL else 0)
     assert _run(capsys, "run", str(quick_onnx_recipe(tmp_path)), "--out", str(out))[0] == 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX)]
+
+
+def test_run_on_an_onnx_file_never_advises_fine_tuning(capsys, tmp_path, outlier_convs_recipe):
+    code, out, _ = _run(capsys, "run", str(outlier_convs_recipe(tmp_path)), "--out",
+                        str(tmp_path / "out"))
+    assert code == 0
+    [note] = [line for line in out.splitlines() if line.startswith("note:") and "dropped" in line]
+    assert "fine-tun" not in note and "static int8" in note and "exclude: true" in note

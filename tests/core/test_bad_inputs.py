@@ -797,3 +797,22 @@ def test_output_files_respect_the_umask(tmp_path, quick_onnx_recipe, umask):
     assert {"model.onnx", "baseline.onnx", "report.json", "splits.json"} <= set(modes)
     assert set(modes.values()) == {0o666 & ~umask}, modes
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+# --- advice the user can follow ------------------------------------------------------------------
+
+def test_advice_after_a_drop_on_an_onnx_file_is_something_it_can_do(tmp_path,
+                                                                    outlier_convs_recipe):
+    """Dynamic int8 wrecks these convolutions; an ONNX file cannot be fine-tuned here, so the
+    note must not say so, and what it does say (leave the first layer float) must work."""
+    events = list(run_recipe_file(outlier_convs_recipe(tmp_path), tmp_path / "a", CancelToken()))
+    report = events[-1].report
+    assert report["compressed"]["metric"]["value"] < 0.8
+    [note] = [n for n in report["notes"] if "dropped" in n]
+    assert "fine-tun" not in note and "distill" not in note
+    assert "static int8 for the convolutions (act_bits: int8" in note
+    assert "exclude: true in plan.layers; the first and last often are: '/0/Conv', '/2/Conv'" \
+        in note
+    followed = outlier_convs_recipe(tmp_path, "{'/0/Conv': {exclude: true}}")
+    events = list(run_recipe_file(followed, tmp_path / "b", CancelToken()))
+    assert events[-1].report["compressed"]["metric"]["value"] > 0.99

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from studio.core.data.metrics import METRIC_LABELS
@@ -13,8 +14,33 @@ SCORES = ("accuracy", "cosine", "top1_agreement")
 """Metrics whose drop reads as points of a 0-1 score (MSE has no such scale)."""
 
 
+def drop_advice(can_train: bool, dynamic_convs: bool = False,
+                quantized_layers: Sequence[str] = ()) -> str:
+    """What the user can do about a metric drop with this model, and only that: an ONNX-only
+    model cannot be fine-tuned here, so it is never told to fine-tune. ``quantized_layers``
+    (in graph order) names the usual suspects to leave float: the first and the last."""
+    steps = []
+    if dynamic_convs:
+        steps.append("using static int8 for the convolutions (act_bits: int8, calibrated on your "
+                     "data) instead of dynamic int8, which gives their activations one range "
+                     "per batch at run time")
+    if can_train:
+        steps += ["training longer (more fine-tuning epochs) or distilling",
+                  "compressing the most sensitive layers less"]
+    else:
+        edges = list(dict.fromkeys([*quantized_layers[:1], *quantized_layers[-1:]]))
+        suspects = (f"; the first and last often are: {', '.join(repr(n) for n in edges)}"
+                    if edges else "")
+        steps.append(f"keeping the most sensitive layers float (exclude: true in "
+                     f"plan.layers{suspects})")
+    return "; or ".join(steps)
+
+
 def honesty_notes(baseline: dict[str, Any], compressed: dict[str, Any],
-                  sparse_layers: int, quantized: bool) -> list[str]:
+                  sparse_layers: int, quantized: bool, advice: str | None = None
+                  ) -> list[str]:
+    """``advice`` says what to do about a metric drop (default: :func:`drop_advice` for a
+    model that can be trained)."""
     notes = []
     base_latency, comp_latency = baseline["latency_ms"], compressed["latency_ms"]
     for batch, before in base_latency.items():
@@ -38,7 +64,6 @@ def honesty_notes(baseline: dict[str, Any], compressed: dict[str, Any],
     drop = metric_drop(metric, baseline["metric"]["value"], compressed["metric"]["value"])
     if metric in SCORES and drop > NOTABLE_DROP:  # MSE has no scale to call a drop large
         name = METRIC_LABELS[metric] + ("" if metric == "accuracy" else " with the original")
-        notes.append(f"{name} dropped {drop * 100:.1f} points: recover with more "
-                     "fine-tuning epochs or distillation, or compress the most sensitive "
-                     "layers less.")
+        notes.append(f"{name} dropped {drop * 100:.1f} points. To recover it, try "
+                     f"{advice or drop_advice(can_train=True)}.")
     return notes

@@ -22,7 +22,7 @@ from torch.utils.data import TensorDataset
 
 from studio.core.data.task import TaskData, first_rows, model_inputs
 from studio.core.engine.data_fit import feeder_for_data
-from studio.core.engine.notes import honesty_notes
+from studio.core.engine.notes import drop_advice, honesty_notes
 from studio.core.engine.run import BASELINE_FILE, MODEL_FILE, finish_report
 from studio.core.errors import InputError, StudioError
 from studio.core.export.measure import (
@@ -40,6 +40,7 @@ from studio.core.jobs import CancelToken, Event, Log, Metric
 from studio.core.methods.pruning import partition_plan
 from studio.core.methods.pruning.onnx_initializers import prune_initializers
 from studio.core.methods.quantization.ort_plan import (
+    QuantPlan,
     apply_quant_plan,
     plan_to_ort,
     resolved_by_name,
@@ -129,6 +130,14 @@ def _plan_quantizes_to_integers(workspace: Workspace) -> bool:
 def _layers(names: list[str]) -> str:
     shown = ", ".join(repr(n) for n in names[:4])
     return shown + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+def _drop_advice(plan: QuantPlan, tree: LayerTree) -> str:
+    """Advice an ONNX-only run can follow: no fine-tuning; static int8 for dynamic convs."""
+    convs = plan.mode == "dynamic" and any(tree.get(n).op_type.startswith("Conv")
+                                           for n in plan.quantize_nodes)
+    quantized = [n for n, said in plan.decisions.items() if not said.startswith("float")]
+    return drop_advice(can_train=False, dynamic_convs=convs, quantized_layers=quantized)
 
 
 def run_onnx_workspace(workspace: Workspace, recipe: Recipe, outputs: RunOutputs,
@@ -250,7 +259,7 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, outputs: RunOutputs
         },
         "notes": [*pruning["notes"], *notes, *plan.notes,
                   *honesty_notes(baseline, compressed, len(pruning["layers"]),
-                                 not plan.is_empty)],
+                                 not plan.is_empty, _drop_advice(plan, tree))],
         "elapsed_s": round(time.perf_counter() - started, 2),
     }
     yield from finish_report(report, data, outputs, model_path, baseline_path)
