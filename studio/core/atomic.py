@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from studio.core.errors import StudioError
@@ -47,3 +50,26 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def out_of_space(error: BaseException, folders: Iterable[str | Path], needed: int) -> str | None:
+    """``"no space left on device (…)"`` when ``error`` (or its cause) is ENOSPC, or when one of
+    ``folders`` has less than ``needed`` bytes free; else None.
+
+    Libraries that write through C++ (onnx, onnxruntime) often do not report a full disk:
+    they write a short file and later fail to parse it ("Failed to find proper ai.onnx
+    domain"), so the free space is the only trustworthy sign.
+    """
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+            return "no space left on device"
+        cause = cause.__cause__ or cause.__context__
+    for folder in folders:
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            continue
+        if free < needed:
+            return f"no space left on device ({folder} has {free:,} bytes free)"
+    return None

@@ -98,6 +98,10 @@ class RunOutputs:
                  trace: TracebackType | None) -> None:
         if not self._done:
             self.discard()
+        if isinstance(error, StudioError) and error.args and isinstance(error.args[0], str):
+            # Name the folder the user knows, not the staging folder that is gone now.
+            error.args = (error.args[0].replace(str(self.staging), str(self.out_dir)),
+                          *error.args[1:])
 
     def final(self, path: str | Path) -> Path:
         """Where a file written into the staging folder will be once committed."""

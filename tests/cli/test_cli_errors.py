@@ -307,3 +307,22 @@ def test_run_on_an_onnx_file_never_advises_fine_tuning(capsys, tmp_path, outlier
     assert code == 0
     [note] = [line for line in out.splitlines() if line.startswith("note:") and "dropped" in line]
     assert "fine-tun" not in note and "static int8" in note and "exclude: true" in note
+
+
+def test_run_on_a_full_disk_says_no_space_left(capsys, monkeypatch, tmp_path, quick_onnx_recipe):
+    """onnxruntime's writers leave a short file on a full disk and then fail to parse it."""
+    from studio.core.methods.quantization import ort
+
+    def short_write(_src: str, out: str, *_args: object, **_kwargs: object) -> None:
+        Path(out).write_bytes(b"\x08")
+        raise ValueError("Failed to find proper ai.onnx domain")
+
+    monkeypatch.setattr(ort, "quantize_static", short_write)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=0))
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, "run", str(quick_onnx_recipe(tmp_path)), "--out", str(out))
+    assert code == 2
+    _assert_one_error_line(err, out, "no space left on device")
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX)]

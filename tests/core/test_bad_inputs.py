@@ -17,6 +17,9 @@ import random
 import resource
 import shutil
 import sys
+
+
+import subprocess
 import textwrap
 import types
 from collections.abc import Callable
@@ -816,3 +819,57 @@ def test_advice_after_a_drop_on_an_onnx_file_is_something_it_can_do(tmp_path,
     followed = outlier_convs_recipe(tmp_path, "{'/0/Conv': {exclude: true}}")
     events = list(run_recipe_file(followed, tmp_path / "b", CancelToken()))
     assert events[-1].report["compressed"]["metric"]["value"] > 0.99
+
+
+# --- a full disk during quantization -------------------------------------------------------------
+
+def _short_write_then(error: Exception):
+    def quantize(_src: str, out: str, *_args: object, **_kwargs: object) -> None:
+        Path(out).write_bytes(b"\x08")  # what a writer in C++ leaves on a full disk
+        raise error
+    return quantize
+
+
+@pytest.mark.parametrize("fault", ["parse error after a short write", "ENOSPC"])
+def test_full_disk_during_static_quantization_says_so_and_cleans_up(tmp_path, monkeypatch,
+                                                                    quick_onnx_recipe, fault):
+    from studio.core.methods.quantization import ort
+
+    recipe = quick_onnx_recipe(tmp_path)
+    if fault == "ENOSPC":
+        monkeypatch.setattr(ort, "quantize_static",
+                            _short_write_then(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))))
+    else:
+        monkeypatch.setattr(ort, "quantize_static", _short_write_then(
+            ValueError("Failed to find proper ai.onnx domain")))
+        real = shutil.disk_usage
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=0))
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises(StudioError, match=r"static quantization .* no space left on device") \
+            as raised:
+        _run(recipe, tmp_path / "out")
+    assert "staging" not in str(raised.value)
+    assert sorted(tmp_path.iterdir()) == before  # no compressed-float.onnx, no staging folder
+
+
+@contextlib.contextmanager
+def _small_tmpfs(folder: Path, size: str):
+    folder.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                       check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("mounting a tmpfs needs root (mount -t tmpfs); the simulated test covers it")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_real_full_disk_during_static_quantization(tmp_path, quick_onnx_recipe):
+    recipe = quick_onnx_recipe(tmp_path)  # the demo's ONNX file is 413 KB
+    with _small_tmpfs(tmp_path / "small", "1100k") as small:
+        with pytest.raises(StudioError, match="no space left on device") as raised:
+            _run(recipe, small / "out")
+        assert str(small / "out") in str(raised.value) and "staging" not in str(raised.value)
+        assert list(small.iterdir()) == []

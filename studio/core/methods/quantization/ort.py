@@ -29,6 +29,7 @@ from onnxruntime.quantization import (
 )
 from torch.utils.data import TensorDataset
 
+from studio.core.atomic import out_of_space
 from studio.core.data.task import input_names, model_inputs
 from studio.core.errors import StudioError
 from studio.core.export.onnx_export import save_onnx
@@ -152,9 +153,10 @@ def _preprocess(src: Path, folder: Path, keep: set[str]) -> tuple[Path, str]:
             # into the working folder and logs a warning per dim; keep both in the scratch folder.
             with contextlib.chdir(folder), _quiet("onnxruntime.tools.symbolic_shape_infer"):
                 quant_pre_process(str(src), str(target), **options)
+            names = _node_names(target)  # a full disk leaves a short file, unreadable
         except Exception:  # best effort: the quantizers also work without it
             continue
-        if keep <= _node_names(target):
+        if keep <= names:
             return target, said[number]
     return src, "not pre-processed (quant_pre_process failed); quantized as it is"
 
@@ -387,12 +389,13 @@ def quantize_onnx(src: str | Path, dst: str | Path, mode: Mode,
                 _fp16(source, out, exclude)
             else:
                 _nbits(source, out, bits, block_size, symmetric, exclude, chosen)
+            model = onnx.load(str(out))
         except StudioError:
             raise
         except Exception as error:  # the quantizers raise many types; all mean "cannot"
+            why = out_of_space(error, [dst.parent, tempfile.gettempdir()], src.stat().st_size)
             raise StudioError(f"{mode} quantization of {src.name} failed: "
-                              f"{type(error).__name__}: {error}") from error
-        model = onnx.load(str(out))
+                              f"{why or f'{type(error).__name__}: {error}'}") from error
         if compact_names:
             compact(model)
         save_onnx(model, dst)
