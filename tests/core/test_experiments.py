@@ -85,3 +85,28 @@ def test_pareto_front_minimises_x_and_maximises_y() -> None:
     ]
     assert pareto_front(points, "size") == [0, 1, 3]
     assert pareto_front([], "size") == []
+
+
+def test_a_run_into_an_experiment_goes_through_staging_and_a_killed_one_leaves_no_entry(
+        tmp_path: Path, quick_onnx_recipe) -> None:
+    """The GUI's job runs into experiments/<id>; a killed run's staging folder there is no
+    experiment, and the next run removes it."""
+    from studio.core.engine.run import run_recipe_file
+    from studio.core.jobs import CancelToken
+    from studio.core.run_outputs import STAGING_PREFIX
+
+    project = tmp_path / "project"
+    project.mkdir()
+    recipe = quick_onnx_recipe(project)
+    stale = project / "experiments" / f"{STAGING_PREFIX}killed"
+    stale.mkdir(parents=True)
+    (stale / "model.onnx").write_bytes(b"half")
+    experiment = new_experiment("one", PLAN)
+    out = experiment_dir(project, experiment.id)
+    report = list(run_recipe_file(recipe, out, CancelToken()))[-1].report
+    experiment.report = report
+    save_experiment(project, experiment, {"onnx": Path(report["paths"]["model"])})
+    assert not stale.exists()
+    [loaded] = load_experiments(project)
+    assert artifact_path(project, loaded, "onnx") == out / "model.onnx"
+    assert {p.name for p in (project / "experiments").iterdir()} == {experiment.id}
