@@ -22,7 +22,8 @@ def add_run_command(commands: Any, common: argparse.ArgumentParser) -> None:
                     "were used for what).")
     run.add_argument("recipe", type=Path, help="recipe file (YAML, schema_version 1)")
     run.add_argument("--out", type=Path, required=True, help="folder for model.onnx and "
-                     "report.json (created if missing)")
+                     "report.json (created if missing; an earlier run's outputs there are "
+                     "replaced as a unit, other files left alone)")
     run.add_argument("--device", help="cpu, cuda or auto; overrides the recipe's train.device")
     run.add_argument("--trust", action="store_true",
                      help="allow unpickling a whole module, or a data source that is a Python "

@@ -2,8 +2,9 @@
 measure, as a job that yields events and stops within one batch when cancelled.
 
 The job works on a copy of the model, so the original (and the user's file) is never touched;
-outputs are written atomically, the report last, so a cancelled or failed run never leaves a
-report describing files that are not there.
+outputs are written into a staging folder and moved into the output folder together at the end,
+the report last (:mod:`studio.core.run_outputs`), so a cancelled, failed or killed run leaves the
+output folder as it was.
 """
 
 from __future__ import annotations
