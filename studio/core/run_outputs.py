@@ -86,6 +86,7 @@ class RunOutputs:
     def __init__(self, out_dir: str | Path, names: Iterable[str],
                  inputs: Iterable[str | Path] = ()) -> None:
         self.out_dir = Path(out_dir)
+        self._where = self.out_dir.absolute()  # "." has a parent and a name too
         self._check(set(names), [Path(p) for p in inputs])
         self._remove_stale()
         self.staging, self._lock = self._make_staging()
@@ -135,7 +136,7 @@ class RunOutputs:
         """Remove staging folders of dead runs beside the output folder; refuse to run while a
         live run is writing into the same folder."""
         try:
-            entries = list(self.out_dir.parent.iterdir())
+            entries = list(self._where.parent.iterdir())
         except OSError:
             return  # the parent does not exist yet: nothing stale
         for entry in entries:
@@ -145,7 +146,7 @@ class RunOutputs:
             handle = _lock(entry)
             if handle is None:
                 target = _marker_target(entry)
-                if fcntl is not None and target == self.out_dir.name:
+                if fcntl is not None and target == self._where.name:
                     raise StudioError(f"{self.out_dir}: another run is writing into this "
                                       "folder now; wait for it to end or choose another folder")
                 continue
@@ -155,7 +156,7 @@ class RunOutputs:
                 os.close(handle)
 
     def _make_staging(self) -> tuple[Path, int | None]:
-        parent = self.out_dir.parent
+        parent = self._where.parent
         staging = parent / f"{STAGING_PREFIX}{secrets.token_hex(6)}"
         try:
             parent.mkdir(parents=True, exist_ok=True)
@@ -165,7 +166,7 @@ class RunOutputs:
                               f"{error.strerror or error}") from error
         handle = _lock(staging)
         try:
-            _write_marker(staging, (), self.out_dir.name)
+            _write_marker(staging, (), self._where.name)
         except StudioError:
             shutil.rmtree(staging, ignore_errors=True)
             if handle is not None:
@@ -178,7 +179,7 @@ class RunOutputs:
         names = {p.name for p in self.staging.iterdir() if p.name != MARKER}
         try:
             if not _exists(self.out_dir):
-                _write_marker(self.staging, names, self.out_dir.name)
+                _write_marker(self.staging, names, self._where.name)
                 try:
                     os.rename(self.staging, self.out_dir)  # one step: the whole unit appears
                 except OSError:
@@ -198,7 +199,7 @@ class RunOutputs:
         owned = _owned(out)
         for name in sorted(names):
             self._refuse_clash(name, owned, self._inputs)
-        _write_marker(out, owned | names, out.name)  # a kill below leaves nothing unowned
+        _write_marker(out, owned | names, self._where.name)  # a kill below leaves none unowned
         if last in owned:
             (out / last).unlink(missing_ok=True)  # no report beside a mix of two runs
         for name in sorted(owned - names):
@@ -209,7 +210,7 @@ class RunOutputs:
                 path.unlink(missing_ok=True)
         for name in sorted(names, key=lambda n: n == last):
             os.replace(self.staging / name, out / name)
-        _write_marker(out, names, out.name)
+        _write_marker(out, names, self._where.name)
 
     def discard(self) -> None:
         """Remove the staging folder (and what is left in it) and release its lock."""
