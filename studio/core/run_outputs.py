@@ -27,6 +27,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from studio.core.atomic import write_text_atomic
 from studio.core.errors import StudioError
@@ -40,12 +41,27 @@ MARKER = ".compression-studio.json"
 STAGING_PREFIX = ".compression-studio-staging-"
 
 
-def _owned(folder: Path) -> set[str]:
-    """The names the marker says the studio wrote into ``folder`` (none if it is unreadable)."""
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        files = json.loads((folder / MARKER).read_text(encoding="utf-8")).get("files")
-    except (OSError, ValueError, AttributeError):
-        return set()
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _owned(folder: Path, report: str) -> set[str]:
+    """The names the studio wrote into ``folder``: those its marker lists or, in a folder an
+    earlier version wrote (no marker), ``report`` and the files that report's ``paths`` name
+    in the folder. None if neither can be read."""
+    marker = _read_json(folder / MARKER)
+    if marker is not None:
+        files = marker.get("files")
+    else:
+        paths = (_read_json(folder / report) or {}).get("paths")
+        files = [] if not isinstance(paths, dict) else [
+            Path(p).name for p in paths.values()
+            if isinstance(p, str) and Path(p).parent.absolute() == folder.absolute()]
+        files += [report] if files else []
     if not isinstance(files, list):
         return set()
     return {name for name in files
@@ -80,12 +96,14 @@ class RunOutputs:
     into the output folder; leaving the ``with`` block without committing discards them.
 
     ``names`` are the files the run may write (checked against the folder before any work);
-    ``inputs`` are files the run reads, which it must never replace.
+    ``inputs`` are files the run reads, which it must never replace; ``report`` is the file
+    moved in last (and removed first from an earlier run).
     """
 
     def __init__(self, out_dir: str | Path, names: Iterable[str],
-                 inputs: Iterable[str | Path] = ()) -> None:
+                 inputs: Iterable[str | Path] = (), report: str = "report.json") -> None:
         self.out_dir = Path(out_dir)
+        self.report = report
         self._where = self.out_dir.absolute()  # "." has a parent and a name too
         self._check(set(names), [Path(p) for p in inputs])
         self._remove_stale()
@@ -127,7 +145,7 @@ class RunOutputs:
             raise StudioError(f"{out}: the output folder is a file; give a folder (a new one, "
                               "or an earlier run's)")
         if out.is_dir():
-            owned = _owned(out)
+            owned = _owned(out, self.report)
             for name in sorted(names):
                 self._refuse_clash(name, owned, inputs)
         self._inputs = inputs
@@ -174,8 +192,8 @@ class RunOutputs:
             raise
         return staging, handle
 
-    def commit(self, last: str) -> None:
-        """Move the staged files into the output folder, ``last`` (the report) last."""
+    def commit(self) -> None:
+        """Move the staged files into the output folder, the report last."""
         names = {p.name for p in self.staging.iterdir() if p.name != MARKER}
         try:
             if not _exists(self.out_dir):
@@ -185,18 +203,19 @@ class RunOutputs:
                 except OSError:
                     if not _exists(self.out_dir):
                         raise
-                    self._merge(names, last)  # the folder appeared meanwhile
+                    self._merge(names)  # the folder appeared meanwhile
             else:
-                self._merge(names, last)
+                self._merge(names)
         except OSError as error:
             raise StudioError(f"cannot write into {self.out_dir}: "
                               f"{error.strerror or error}") from error
         self._done = True
         self.discard()
 
-    def _merge(self, names: set[str], last: str) -> None:
+    def _merge(self, names: set[str]) -> None:
+        last = self.report
         out = self.out_dir
-        owned = _owned(out)
+        owned = _owned(out, self.report)
         for name in sorted(names):
             self._refuse_clash(name, owned, self._inputs)
         _write_marker(out, owned | names, self._where.name)  # a kill below leaves none unowned

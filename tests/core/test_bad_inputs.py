@@ -736,6 +736,21 @@ def test_a_second_run_replaces_the_first_as_a_unit_and_keeps_other_files(tmp_pat
     assert not _staging_left(tmp_path)
 
 
+def test_a_folder_written_before_the_marker_is_known_by_its_report(tmp_path, quick_onnx_recipe):
+    out = tmp_path / "out"
+    _run(quick_onnx_recipe(tmp_path), out)
+    (out / run_outputs.MARKER).unlink()  # as an earlier version of the studio left it
+    _run(quick_onnx_recipe(tmp_path), out)
+    assert (out / run_outputs.MARKER).is_file()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "model.onnx").write_text("the user's")
+    (foreign / "report.json").write_text(json.dumps({"paths": {"model": str(out / "model.onnx")}}))
+    with pytest.raises(StudioError, match=r"holds model\.onnx, which the studio did not write"):
+        _run(quick_onnx_recipe(tmp_path), foreign)
+    assert (foreign / "model.onnx").read_text() == "the user's"
+
+
 @pytest.mark.parametrize("moment", ["Quantizing", "Timing"])
 def test_a_cancelled_run_leaves_the_earlier_run_as_it_was(tmp_path, quick_onnx_recipe, moment):
     out = tmp_path / "out"

@@ -101,7 +101,7 @@ def run_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, token: Ca
     ``base_dir`` is where the recipe's data paths start; ``trust`` lets a ``function`` data
     source run. The outputs appear in ``out_dir`` together at the end, or not at all (see
     :mod:`studio.core.run_outputs`)."""
-    with RunOutputs(out_dir, RUN_FILES, [workspace.loaded.path]) as outputs:
+    with RunOutputs(out_dir, RUN_FILES, [workspace.loaded.path], REPORT_FILE) as outputs:
         if workspace.loaded.module is None:  # an ONNX file: no training, onnxruntime only
             from studio.core.engine.run_onnx import run_onnx_workspace  # it imports this module
 
@@ -216,7 +216,7 @@ def finish_report(report: dict[str, Any], data: TaskData, outputs: RunOutputs, m
     if data.splits is not None:
         write_text_atomic(staging / SPLITS_FILE, json.dumps(data.splits.to_json()) + "\n")
     write_text_atomic(staging / REPORT_FILE, json.dumps(report, indent=2) + "\n")
-    outputs.commit(last=REPORT_FILE)
+    outputs.commit()
     yield Artifact("onnx", report["paths"]["model"])
     yield Artifact("report", report["paths"]["report"])
     yield Result(report)
