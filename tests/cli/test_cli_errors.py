@@ -21,14 +21,12 @@ from safetensors.torch import save_file
 from studio.cli.main import main
 from studio.core.demo.model import DEMO_ARCHITECTURE
 from studio.core.errors import StudioError
+from studio.core.run_outputs import STAGING_PREFIX
 from tests.core.crafted import (
     deflated_zip_bomb,
     pt2_with_pickled_sample_inputs,
     pt2_with_pickled_weight,
 )
-
-
-from studio.core.run_outputs import STAGING_PREFIX
 
 PREFIX = "compression-studio: error:"
 FORMATS = (".pt", ".pt2", ".safetensors", ".onnx")

@@ -16,10 +16,8 @@ import os
 import random
 import resource
 import shutil
-import sys
-
-
 import subprocess
+import sys
 import textwrap
 import types
 from collections.abc import Callable
