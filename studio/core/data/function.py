@@ -9,9 +9,10 @@ or project (its folder) is importable without installing it, as users keep such 
 
 from __future__ import annotations
 
+import contextlib
 import pkgutil
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,41 +20,53 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from studio.core.data.consent import FunctionTrustRequired, importable_from, module_specs
 from studio.core.data.samples import Samples, as_inputs, as_labels
-from studio.core.errors import StudioError, TrustRequired
+from studio.core.errors import StudioError
+
+__all__ = ["FunctionTrustRequired", "read_function"]
 
 
-class FunctionTrustRequired(TrustRequired):
-    """Reading this data source would run the named Python function."""
-
-    def __init__(self, target: str) -> None:
-        self.path = Path(target)
-        self.target = target
-        StudioError.__init__(
-            self, f"data source {target}: reading it imports and runs that Python function; "
-            "run it only if you trust its code (CLI: --trust; GUI: confirm the prompt).")
+def _file_of(module: Any) -> str | None:
+    file = getattr(module, "__file__", None)
+    return str(Path(file).resolve()) if isinstance(file, str) else None
 
 
-def _resolve(target: str, base_dir: Path | None) -> Any:
-    folder = str(base_dir.resolve()) if base_dir is not None else None
-    added = folder is not None and folder not in sys.path
-    if added:
-        sys.path.insert(0, folder)
-    try:
-        function = pkgutil.resolve_name(target)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise StudioError(f"data source {target}: cannot import it ({error}); install the "
-                          "package that defines it, put its module beside the recipe, "
-                          "or fix the name") from None
-    except Exception as error:  # the user's module failed while importing
-        raise StudioError(f"data source {target}: importing it raised "
-                          f"{type(error).__name__}: {error}") from None
-    finally:
-        if added:
-            sys.path.remove(folder)
-    if not callable(function):
-        raise StudioError(f"data source {target}: is not a function")
-    return function
+@contextlib.contextmanager
+def _fresh_import(target: str, base_dir: Path | None) -> Iterator[Any]:
+    """The function ``target`` names, imported from the files found now, and forgotten after.
+
+    A module of the same name imported earlier from another file (another project's
+    ``loader.py``) is set aside during the import, and every module imported from the project
+    folder is dropped from ``sys.modules`` afterwards, so the next project gets its own code.
+    """
+    with importable_from(base_dir) as folder:
+        specs = module_specs(target)
+        before = set(sys.modules)
+        set_aside = {spec.name: sys.modules.pop(spec.name) for spec in specs
+                     if spec.name in sys.modules and spec.has_location
+                     and _file_of(sys.modules[spec.name]) != str(Path(str(spec.origin)).resolve())}
+        try:
+            try:
+                function = pkgutil.resolve_name(target)
+            except (ImportError, AttributeError, ValueError) as error:
+                raise StudioError(f"data source {target}: cannot import it ({error}); install "
+                                  "the package that defines it, put its module beside the "
+                                  "recipe, or fix the name") from None
+            except Exception as error:  # the user's module failed while importing
+                raise StudioError(f"data source {target}: importing it raised "
+                                  f"{type(error).__name__}: {error}") from None
+            if not callable(function):
+                raise StudioError(f"data source {target}: is not a function")
+            yield function
+        finally:
+            chain = {spec.name for spec in specs}
+            for name in set(sys.modules) - before:
+                file = _file_of(sys.modules[name])
+                if name in chain or (folder is not None and file is not None
+                                     and Path(file).is_relative_to(folder)):
+                    del sys.modules[name]
+            sys.modules.update(set_aside)
 
 
 def _split_batch(batch: Any, target: str, number: int) -> tuple[Tensor, Tensor | None]:
@@ -83,7 +96,11 @@ def read_function(target: str, trust: bool, max_samples: int,
     looked up in ``base_dir`` too."""
     if not trust:
         raise FunctionTrustRequired(target)
-    function = _resolve(target, base_dir)
+    with _fresh_import(target, base_dir) as function:
+        return _gather(function, target, max_samples)
+
+
+def _gather(function: Any, target: str, max_samples: int) -> Samples:
     inputs: list[Tensor] = []
     labels: list[Tensor] = []
     count = 0

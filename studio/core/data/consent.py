@@ -1,0 +1,149 @@
+"""Consent to run a data function is consent to one piece of code, not to a name.
+
+``loader:batches`` in one project and ``loader:batches`` in another are different programs, so
+what the user allows is a :class:`FunctionCode`: the files importing the function runs (its
+packages' ``__init__.py``, then its module), each with the sha256 of its content. They are found
+the way ``import`` would find them, project folder first, but without importing anything: each
+dotted part is looked up through the import system's finders, so not even a package's
+``__init__.py`` runs before the user has said yes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.machinery
+import sys
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from studio.core.errors import StudioError, TrustRequired
+from studio.core.plan.stages import DataSection
+
+
+class FunctionTrustRequired(TrustRequired):
+    """Reading this data source would run the named Python function (``changed``: the user
+    allowed other code under that name: another project's module, or an older content)."""
+
+    def __init__(self, target: str, changed: bool = False) -> None:
+        self.path = Path(target)
+        self.target = target
+        why = ("its code is not the code you allowed (another project's module of that name, "
+               "or its file changed since)" if changed else
+               "reading it imports and runs that Python function")
+        StudioError.__init__(
+            self, f"data source {target}: {why}; run it only if you trust its code "
+            "(CLI: --trust; GUI: confirm the prompt).")
+
+
+@dataclass(frozen=True)
+class FunctionCode:
+    """A data function and the code its consent covers."""
+
+    target: str
+    files: tuple[tuple[str, str], ...]
+    """(resolved path, sha256) of each file importing ``target`` runs, its module last."""
+
+    @property
+    def module_file(self) -> str | None:
+        return self.files[-1][0] if self.files else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "files": [list(entry) for entry in self.files]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FunctionCode:
+        return cls(str(data["target"]), tuple((str(p), str(h)) for p, h in data["files"]))
+
+
+@contextlib.contextmanager
+def importable_from(folder: Path | None) -> Iterator[str | None]:
+    """``folder`` first on ``sys.path`` for the duration (users keep loaders beside a project);
+    gives its resolved path."""
+    path = str(folder.resolve()) if folder is not None else None
+    added = path is not None and path not in sys.path
+    if added:
+        sys.path.insert(0, path)
+    try:
+        yield path
+    finally:
+        if added:
+            sys.path.remove(path)
+
+
+def _find_spec(name: str, search: list[str] | None) -> importlib.machinery.ModuleSpec | None:
+    """What ``import name`` would load, asked of the finders directly: no parent package is
+    imported and ``sys.modules`` (another project's module of that name) is not consulted."""
+    for finder in sys.meta_path:
+        find = getattr(finder, "find_spec", None)
+        spec = find(name, search) if callable(find) else None
+        if spec is not None:
+            return spec
+    return None
+
+
+def module_specs(target: str) -> list[importlib.machinery.ModuleSpec]:
+    """The specs of ``target``'s module and of each package above it, outermost first (call it
+    with the project folder on the path, see :func:`importable_from`)."""
+    module = target.partition(":")[0]
+    parts = module.split(".")
+    specs: list[importlib.machinery.ModuleSpec] = []
+    search: list[str] | None = None
+    for depth in range(1, len(parts) + 1):
+        name = ".".join(parts[:depth])
+        spec = _find_spec(name, search)
+        if spec is None:
+            raise StudioError(f"data source {target}: cannot import it (no module named "
+                              f"{name!r}); install the package that defines it, put its "
+                              "module beside the recipe, or fix the name")
+        specs.append(spec)
+        locations = spec.submodule_search_locations
+        search = list(locations) if locations is not None else None
+        if search is None and depth < len(parts):
+            raise StudioError(f"data source {target}: {name} is a module, not a package")
+    return specs
+
+
+def _sha256(path: Path, target: str) -> str:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as error:
+        raise StudioError(f"data source {target}: cannot read {path} ({error})") from None
+    return digest.hexdigest()
+
+
+def locate_function(target: str, base_dir: Path | None) -> FunctionCode:
+    """The code ``target`` names, looked up in ``base_dir`` first, without running any of it."""
+    with importable_from(base_dir):
+        specs = module_specs(target)
+    files = []
+    for spec in specs:
+        if spec.has_location and spec.origin:  # built-in and namespace packages hold no file
+            path = Path(spec.origin).resolve()
+            files.append((str(path), _sha256(path, target)))
+    return FunctionCode(target, tuple(files))
+
+
+def data_functions(section: DataSection | None, base_dir: Path | None
+                   ) -> tuple[FunctionCode, ...]:
+    """The code a ``function`` section would run (its data and test functions); none for a
+    section that reads files."""
+    if section is None or section.source != "function":
+        return ()
+    targets = dict.fromkeys(t for t in (section.path, section.test_path) if t is not None)
+    return tuple(locate_function(target, base_dir) for target in targets)
+
+
+def check_consent(section: DataSection | None, base_dir: Path | None,
+                  allowed: Collection[FunctionCode]) -> None:
+    """:class:`FunctionTrustRequired` unless every function ``section`` runs is, file for file
+    and byte for byte, code the user allowed."""
+    allowed_targets = {code.target for code in allowed}
+    for code in data_functions(section, base_dir):
+        if code not in allowed:
+            raise FunctionTrustRequired(code.target, changed=code.target in allowed_targets)

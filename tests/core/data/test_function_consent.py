@@ -1,0 +1,97 @@
+"""Consent to a data function covers one file's content, not a name: two projects each holding
+their own ``loader.py`` get their own code, and allowing one does not allow the other."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from studio.core.data.consent import (
+    FunctionTrustRequired,
+    check_consent,
+    data_functions,
+    locate_function,
+)
+from studio.core.data.sources import load_task
+from studio.core.errors import StudioError
+from studio.core.plan.stages import DataSection
+
+LOADER = '''
+import pathlib
+import numpy as np
+pathlib.Path(__file__).with_name("imported-{name}").touch()
+
+def batches():
+    yield np.full((6, 2), {value}, dtype=np.float32)
+'''
+
+SECTION = DataSection(source="function", path="loader:batches", test_fraction=0.5,
+                      calibration_samples=2)
+
+
+def _project(folder: Path, name: str, value: float) -> Path:
+    folder.mkdir()
+    (folder / "loader.py").write_text(LOADER.format(name=name, value=value), encoding="utf-8")
+    return folder
+
+
+def test_consent_is_for_one_file_and_each_project_reads_its_own_module(tmp_path: Path) -> None:
+    a = _project(tmp_path / "a", "a", 1.0)
+    b = _project(tmp_path / "b", "b", 2.0)
+    code_a = locate_function("loader:batches", a)
+    code_b = locate_function("loader:batches", b)
+    assert code_a.module_file == str((a / "loader.py").resolve())
+    assert code_a != code_b and code_a.target == code_b.target
+    assert not (a / "imported-a").exists()  # locating runs nothing
+
+    check_consent(SECTION, a, [code_a])  # allowed
+    with pytest.raises(FunctionTrustRequired, match="not the code you allowed"):
+        check_consent(SECTION, b, [code_a])  # A's consent does not cover B
+    assert not (b / "imported-b").exists()
+
+    task_a = load_task(SECTION, a, trust=True)
+    assert "loader" not in sys.modules  # not cached for the next project
+    task_b = load_task(SECTION, b, trust=True)
+    assert (a / "imported-a").exists() and (b / "imported-b").exists()
+    assert set(task_a.test.tensors[0].flatten().tolist()) == {1.0}
+    assert set(task_b.test.tensors[0].flatten().tolist()) == {2.0}  # B's data, not A's
+
+
+def test_a_changed_file_needs_consent_again(tmp_path: Path) -> None:
+    a = _project(tmp_path / "a", "a", 1.0)
+    allowed = data_functions(SECTION, a)
+    (a / "loader.py").write_text(LOADER.format(name="a", value=3.0), encoding="utf-8")
+    with pytest.raises(FunctionTrustRequired, match="its file changed"):
+        check_consent(SECTION, a, allowed)
+    check_consent(SECTION, a, data_functions(SECTION, a))
+
+
+def test_a_package_is_located_without_running_its_init(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        f"import pathlib\npathlib.Path({str(tmp_path / 'init-ran')!r}).touch()\n")
+    (package / "data.py").write_text("def batches():\n    yield [[1.0, 2.0]]\n")
+    code = locate_function("pkg.data:batches", tmp_path)
+    assert [Path(path).name for path, _ in code.files] == ["__init__.py", "data.py"]
+    assert not (tmp_path / "init-ran").exists() and "pkg" not in sys.modules
+    with pytest.raises(StudioError, match=r"no module named 'pkg\.missing'"):
+        locate_function("pkg.missing:batches", tmp_path)
+    with pytest.raises(StudioError, match=r"pkg\.data is a module, not a package"):
+        locate_function("pkg.data.deeper:batches", tmp_path)
+
+
+def test_a_module_of_the_same_name_imported_elsewhere_is_not_used(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    a = _project(tmp_path / "a", "a", 1.0)
+    b = _project(tmp_path / "b", "b", 2.0)
+    monkeypatch.syspath_prepend(str(a))
+    import loader  # A's module, imported by someone else and still cached
+
+    monkeypatch.delitem(sys.modules, "loader")
+    monkeypatch.setitem(sys.modules, "loader", loader)
+    task_b = load_task(SECTION, b, trust=True)
+    assert set(task_b.test.tensors[0].flatten().tolist()) == {2.0}
+    assert sys.modules["loader"] is loader  # the other one is put back as it was
