@@ -1,14 +1,20 @@
 """Arrays saved by numpy: a .npz with inputs and optional labels, or a .npy of inputs.
 
 Opened with ``allow_pickle=False``: an object array would be unpickled, which runs code, and
-opening data must never do that. 8-bit arrays are taken for image pixels: scaled to 0..1 and
-normalised like an image folder, with a channel axis added to N x H x W greyscale stacks.
+opening data must never do that. A .npz is a zip, so a few megabytes can inflate to gigabytes:
+only the arrays used are read, and only once their declared sizes (zip header, then the npy
+header's shape × item size) are checked against the file and a memory limit. 8-bit arrays are
+taken for image pixels: scaled to 0..1 and normalised like an image folder, with a channel axis
+added to N x H x W greyscale stacks.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import zipfile
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -32,25 +38,94 @@ def _pick(keys: list[str], wanted: str | None, defaults: tuple[str, ...], what: 
     return next((key for key in defaults if key in keys), None)
 
 
-def _load(path: Path) -> dict[str, np.ndarray] | np.ndarray:
-    # np.load takes any other content for a pickle; say what the file is not, instead.
-    with path.open("rb") as stream:
-        magic = stream.read(6)
-    if not (magic.startswith(b"PK\x03\x04") or magic == b"\x93NUMPY"):
-        raise StudioError(f"{path}: not a readable numpy file (neither .npz nor .npy content)")
+def _memory_bytes() -> int:
     try:
-        if path.suffix.lower() == ".npy":
-            return np.load(path, allow_pickle=False)
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): assume 16 GB
+        return 16 << 30
+
+
+MAX_ARRAY_BYTES = _memory_bytes() // 2
+"""The most the arrays read from one file may take in memory: a small deflated file can declare
+gigabytes, and that must be refused from its headers, before anything is inflated."""
+
+BOMB_RATIO = 200
+BOMB_MIN_BYTES = 256 << 20
+"""A member inflating past both is taken for a bomb: real arrays rarely compress 200×, and
+small ones may (all-zero padding) without harm."""
+
+
+def _size(count: int) -> str:
+    if count < 10**5:
+        return f"{count:,} bytes"
+    return f"{count / 1e9:.1f} GB" if count >= 10**8 else f"{count / 1e6:.1f} MB"
+
+
+def _checked_header(stream: IO[bytes], stored: int, where: str) -> int:
+    """Read a .npy header from ``stream``; its declared bytes must be plain numbers, fit in the
+    ``stored`` bytes that follow the header's start, and stay under :data:`MAX_ARRAY_BYTES`."""
+    start = stream.read(6)
+    if start != b"\x93NUMPY":
+        what = "a Python pickle" if start[:1] == b"\x80" else "not a numpy array"
+        raise StudioError(f"{where}: {what}, not a numpy array; reading it could run code, so "
+                          "it is refused. Save plain numeric arrays (numpy.savez)")
+    version = tuple(stream.read(2))
+    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+        else np.lib.format.read_array_header_2_0
+    try:
+        shape, _, dtype = reader(stream)
     except ValueError as error:
-        if "allow_pickle" in str(error):
-            raise StudioError(f"{path}: holds Python objects (an object array); reading it "
-                              "would run code, so it is refused. Save plain numeric arrays"
-                              ) from None
-        raise StudioError(f"{path}: not a readable numpy file ({error})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as error:
-        raise StudioError(f"{path}: not a readable numpy file ({error})") from None
+        raise StudioError(f"{where}: a damaged numpy header ({error})") from None
+    if dtype.hasobject:
+        raise StudioError(f"{where}: holds Python objects (an object array); reading it would "
+                          "run code, so it is refused. Save plain numeric arrays")
+    declared = math.prod(shape) * dtype.itemsize
+    held = stored - stream.tell()
+    if declared > held:
+        raise StudioError(f"{where}: declares shape {list(shape)} of {dtype} ({_size(declared)})"
+                          f" but holds {_size(held)}; the file is damaged or crafted")
+    return declared
+
+
+def _refuse_if_too_big(total: int, path: Path) -> None:
+    if total > MAX_ARRAY_BYTES:
+        raise StudioError(f"{path}: the arrays it would read take {_size(total)} in memory, "
+                          f"more than the {_size(MAX_ARRAY_BYTES)} the studio allows (half of "
+                          "this machine's memory); use fewer samples")
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    with path.open("rb") as stream:
+        _refuse_if_too_big(_checked_header(stream, path.stat().st_size, str(path)), path)
+    return np.load(path, allow_pickle=False)
+
+
+def _read_members(archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo],
+                  names: list[str], path: Path) -> list[np.ndarray]:
+    """Only the members named: each one's zip and npy headers are checked (against the file's
+    size and the memory limit) before any of them is inflated."""
+    file_size = path.stat().st_size
+    total = 0
+    for name in names:
+        info = members[name]
+        where = f"{path}: array {name!r}"
+        if info.compress_size > file_size:
+            raise StudioError(f"{where}: declares {_size(info.compress_size)} stored in a file "
+                              f"of {_size(file_size)}; the file is damaged or crafted")
+        with archive.open(info) as stream:
+            declared = _checked_header(stream, info.file_size, where)
+        if declared > BOMB_MIN_BYTES and declared > BOMB_RATIO * info.compress_size:
+            raise StudioError(f"{where}: inflates {declared / info.compress_size:.0f}× "
+                              f"({_size(info.compress_size)} stored → {_size(declared)}); "
+                              "refused as a decompression bomb. Save real data uncompressed "
+                              "(numpy.savez)")
+        total += declared
+    _refuse_if_too_big(total, path)
+    arrays = []
+    for name in names:
+        with archive.open(members[name]) as stream:
+            arrays.append(np.lib.format.read_array(stream, allow_pickle=False))
+    return arrays
 
 
 def _pixels(values: np.ndarray, options: ImageOptions, where: str) -> torch.Tensor:
@@ -77,24 +152,38 @@ def read_arrays(path: Path, inputs_key: str | list[str] | None, labels_key: str 
         raise StudioError(f"{path}: the arrays source reads .npz or .npy files")
     if not path.is_file():
         raise StudioError(f"{path}: no such file")
-    loaded = _load(path)
-    if isinstance(loaded, np.ndarray):
-        if isinstance(inputs_key, list):
-            raise StudioError(f"{path}: a .npy holds one array; several named inputs "
-                              f"({', '.join(inputs_key)}) need a .npz with one array each")
-        inputs = _as_model_inputs(loaded, options, f"{path}")
-        return Samples(inputs, None, f"rows of {path.name}")
-    keys = list(loaded)
-    if isinstance(inputs_key, list):
-        chosen = [_pick(keys, key, INPUT_KEYS, "inputs", path) for key in inputs_key]
-    else:
-        chosen = [_pick(keys, inputs_key, INPUT_KEYS, "inputs", path)]
-        if chosen[0] is None:
-            raise StudioError(f"{path}: no inputs array found (looked for "
-                              f"{', '.join(INPUT_KEYS)}); it holds {', '.join(keys)}: name "
-                              "one with inputs_key")
-    label_name = _pick(keys, labels_key, LABEL_KEYS, "labels", path)
+    with path.open("rb") as stream:
+        magic = stream.read(6)
+    # np.load would take any other content for a pickle; say what the file is not, instead.
+    if not (magic.startswith(b"PK\x03\x04") or magic == b"\x93NUMPY"):
+        raise StudioError(f"{path}: not a readable numpy file (neither .npz nor .npy content)")
     several = isinstance(inputs_key, list)
+    try:
+        if path.suffix.lower() == ".npy":
+            if several:
+                raise StudioError(f"{path}: a .npy holds one array; several named inputs "
+                                  f"({', '.join(inputs_key)}) need a .npz with one array each")
+            inputs = _as_model_inputs(_read_npy(path), options, f"{path}")
+            return Samples(inputs, None, f"rows of {path.name}")
+        with zipfile.ZipFile(path) as archive:
+            members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
+            keys = list(members)
+            if isinstance(inputs_key, list):
+                chosen = [_pick(keys, key, INPUT_KEYS, "inputs", path) for key in inputs_key]
+            else:
+                chosen = [_pick(keys, inputs_key, INPUT_KEYS, "inputs", path)]
+                if chosen[0] is None:
+                    raise StudioError(f"{path}: no inputs array found (looked for "
+                                      f"{', '.join(INPUT_KEYS)}); it holds {', '.join(keys)}: "
+                                      "name one with inputs_key")
+            label_name = _pick(keys, labels_key, LABEL_KEYS, "labels", path)
+            names = list(dict.fromkeys([key for key in chosen if key is not None]
+                                       + ([label_name] if label_name else [])))
+            loaded = dict(zip(names, _read_members(archive, members, names, path), strict=True))
+    except ValueError as error:
+        raise StudioError(f"{path}: not a readable numpy file ({error})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, NotImplementedError) as error:
+        raise StudioError(f"{path}: not a readable numpy file ({error})") from None
     named = {key: _as_model_inputs(loaded[key], options, f"{path} ({key!r})" if several
                                    else f"{path}")
              for key in chosen if key is not None}

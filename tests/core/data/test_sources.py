@@ -162,7 +162,8 @@ def test_bad_image_folders(tmp_path: Path, class_folder: Path) -> None:
 
 def test_bad_arrays_and_csv(tmp_path: Path) -> None:
     np.savez(tmp_path / "objects.npz", x=np.array([{"a": 1}, None], dtype=object))
-    with pytest.raises(StudioError, match=r"objects\.npz: holds Python objects.*refused"):
+    with pytest.raises(StudioError, match=r"objects\.npz: array .x.: holds Python "
+                                          r"objects.*refused"):
         load_task(DataSection(source="arrays", path="objects.npz"), tmp_path)
     x = np.ones((10, 3), dtype=np.float32)
     x[7, 1] = np.nan
