@@ -331,6 +331,25 @@ def test_model_whose_forward_raises():
     assert "KeyError" in str(raised.value) and "missing_feature" in str(raised.value)
 
 
+
+def test_token_ids_beyond_a_plain_embedding_are_named():
+    """A hand-written language model: the ids are checked against its first nn.Embedding."""
+    from torch.utils.data import TensorDataset
+
+    from studio.core.data.task import TaskData
+    from studio.core.engine.data_fit import check_torch_data
+
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Flatten(),
+                                torch.nn.Linear(12, 2))
+    ids = torch.randint(0, 10, (6, 3), generator=torch.Generator().manual_seed(0))
+    ids[4, 2] = 12
+    split = TensorDataset(ids)
+    task = TaskData(split, split, split, None, "ids", labelled=False, metric="cosine")
+    with pytest.raises(InputError, match=r"token ids must lie in 0\.\.9 \(embedding '0' holds "
+                                         r"10 tokens\), but the data holds 1 id\(s\) out of "
+                                         r"range: 12 \(the first in training sample 4\)"):
+        check_torch_data(model, task, InputSpec((1, 3), "int64"))
+
 def _poisoned(demo_module: torch.nn.Module, value: float) -> dict[str, torch.Tensor]:
     state = {k: v.clone().contiguous() for k, v in demo_module.state_dict().items()}
     weights = [k for k in state if k.endswith("weight")]

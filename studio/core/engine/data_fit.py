@@ -7,6 +7,7 @@ ONNX file's declared inputs are compared with the samples, symbolic dims matchin
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +34,55 @@ def check_one_input(data: TaskData) -> None:
                          "Give one inputs_key, or open the model's ONNX file")
 
 
+def _vocabulary(model: nn.Module) -> tuple[str, int] | None:
+    """(what, size) of the table token ids index: a Hugging Face model's input embeddings, or
+    else the first ``nn.Embedding`` in the model (what a hand-written language model uses)."""
+    for module in model.modules():
+        getter = getattr(module, "get_input_embeddings", None)
+        if callable(getter):
+            with contextlib.suppress(NotImplementedError, AttributeError):
+                embedding = getter()
+                if isinstance(embedding, nn.Embedding):
+                    return "the model's vocabulary", embedding.num_embeddings
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding):
+            return f"embedding {name!r}", module.num_embeddings
+    return None
+
+
+def check_token_ids(model: nn.Module, data: TaskData) -> None:
+    """Integer inputs are token ids: any outside ``0..size-1`` of the model's vocabulary is named
+    (the model itself would fail with an index error that reads like a wrong shape)."""
+    splits = {"training": data.train, "test": data.test, "calibration": data.calibration}
+    if data.test.tensors[0].is_floating_point():
+        return
+    table = _vocabulary(model)
+    if table is None:
+        return
+    what, size = table
+
+    def outside(ids: torch.Tensor) -> torch.Tensor:
+        return (ids < 0) | (ids >= size)
+
+    found = [(name, dataset.tensors[0]) for name, dataset in splits.items()
+             if bool(outside(dataset.tensors[0]).any())]
+    if not found:
+        return
+    bad = torch.cat([ids[outside(ids)] for _, ids in found]).unique()
+    split, ids = found[0]
+    sample = int(outside(ids).reshape(len(ids), -1).any(1).nonzero()[0, 0])
+    shown = ", ".join(str(int(i)) for i in bad[:8]) + (", ..." if len(bad) > 8 else "")
+    raise InputError(f"data: token ids must lie in 0..{size - 1} ({what} holds {size} tokens), "
+                     f"but the data holds {len(bad)} id(s) out of range: {shown} (the first in "
+                     f"{split} sample {sample}); check that the tokenizer matches the model")
+
+
 @torch.no_grad()
 def check_torch_data(model: nn.Module, data: TaskData, example: InputSpec) -> None:
     """Run two test samples through the model before any work, so data of the wrong shape or
     labels the model has no output for fail at once with a message naming both."""
     check_one_input(data)
+    check_token_ids(model, data)
     inputs = data.test.tensors[0][:2]
     shape = f"[N, {', '.join(str(d) for d in inputs.shape[1:])}] ({str(inputs.dtype)[6:]})"
     expects = f"{list(example.shape)} ({example.dtype})"
