@@ -1,5 +1,6 @@
 """The job child (how the GUI runs jobs) honours the consent given in the window: a data
-function beside the project runs only when the spec carries ``trust``."""
+function beside the project runs only when the spec's ``data_consent`` names its code as it is
+now (not ``trust`` alone, which covers a pickled model); Check Data runs there too."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from studio.core.data.consent import locate_function
 from studio.core.data.function import FunctionTrustRequired
 from studio.core.jobs import CancelToken, Result
 from studio.core.jobs.child import job_events
@@ -22,25 +24,46 @@ def digits():
 '''
 
 
-def _spec(folder: Path, trust: bool) -> dict:
+def _spec(folder: Path, trust: bool, consent: list | None = None, kind: str = "run") -> dict:
     recipe = {"schema_version": 1, "model": {"path": "demo"},
               "data": {"source": "function", "path": "project_loader:digits",
                        "calibration_samples": 8},
               "train": {"epochs": 0}, "export": {"latency_repeats": 1, "latency_batch": 4}}
-    return {"kind": "run", "recipe": recipe, "base_dir": str(folder),
-            "out_dir": str(folder / "out"), "device": None, "trust": trust}
+    return {"kind": kind, "recipe": recipe, "base_dir": str(folder),
+            "out_dir": str(folder / "out"), "device": None, "trust": trust,
+            "data_consent": consent or []}
 
 
 def test_function_beside_the_project_runs_only_with_consent(tmp_path: Path) -> None:
     (tmp_path / "project_loader.py").write_text(LOADER, encoding="utf-8")
     with pytest.raises(FunctionTrustRequired, match="project_loader:digits"):
         list(job_events(_spec(tmp_path, trust=False), CancelToken()))
+    with pytest.raises(FunctionTrustRequired, match="project_loader:digits"):
+        list(job_events(_spec(tmp_path, trust=True), CancelToken()))  # a pickle's trust
     assert not (tmp_path / "out").exists()
 
-    events = list(job_events(_spec(tmp_path, trust=True), CancelToken()))
+    consent = [locate_function("project_loader:digits", tmp_path).to_json()]
+    events = list(job_events(_spec(tmp_path, False, consent), CancelToken()))
     report = events[-1].report if isinstance(events[-1], Result) else None
     assert report is not None
     assert report["data"]["labelled"] is False and report["data"]["metric"] == "cosine"
     assert report["compressed"]["metric"]["value"] > 0.99  # nothing was compressed
     splits = json.loads((tmp_path / "out" / "splits.json").read_text())
     assert splits
+
+
+def test_changed_code_is_refused_and_check_data_reports(tmp_path: Path) -> None:
+    (tmp_path / "project_loader.py").write_text(LOADER, encoding="utf-8")
+    consent = [locate_function("project_loader:digits", tmp_path).to_json()]
+    events = list(job_events(_spec(tmp_path, False, consent, "check_data"), CancelToken()))
+    report = events[-1].report
+    assert report["sizes"]["calibration"] == 8 and report["sample_shape"] == [1, 28, 28]
+    assert report["checked"] and report["problem"] is None and report["metric"] == "cosine"
+
+    (tmp_path / "project_loader.py").write_text(LOADER.replace("16, 1, 28", "16, 3, 28"), "utf-8")
+    with pytest.raises(FunctionTrustRequired, match="not the code you allowed"):
+        list(job_events(_spec(tmp_path, False, consent, "check_data"), CancelToken()))
+    consent = [locate_function("project_loader:digits", tmp_path).to_json()]
+    report = list(job_events(_spec(tmp_path, False, consent, "check_data"),
+                             CancelToken()))[-1].report
+    assert report["sample_shape"] == [3, 28, 28] and "model expects" in report["problem"]

@@ -20,8 +20,8 @@ from studio.core.data.task import TaskData, model_inputs
 from studio.core.errors import InputError
 from studio.core.methods.distill.features import first_tensor
 from studio.core.models.inputs import InputSpec
+from studio.core.models.loaded import LoadedModel
 from studio.core.models.onnx_feeds import Feeder, OnnxInput, feeder_for, graph_outputs
-from studio.core.workspace import Workspace
 
 
 def check_one_input(data: TaskData) -> None:
@@ -146,12 +146,12 @@ def check_onnx_data(data: TaskData, feeder: Feeder, path: Path) -> None:
         _check_input(by_name[feed.name], feed, data, path)
 
 
-def check_data_fits(workspace: Workspace, data: TaskData) -> None:
-    """:class:`InputError` naming both shapes when ``data`` cannot feed the workspace's model."""
-    loaded = workspace.loaded
+def check_data_fits(loaded: LoadedModel, example: InputSpec | None, data: TaskData) -> None:
+    """:class:`InputError` naming both shapes when ``data`` cannot feed the model (a torch model
+    is run on it when its ``example`` input is known)."""
     if loaded.module is None:
         if loaded.onnx_model is not None:
             feeder_for_data(loaded.onnx_model, loaded.path, data)
         return
-    if workspace.example is not None:
-        check_torch_data(loaded.module, data, workspace.example)
+    if example is not None:
+        check_torch_data(loaded.module, data, example)

@@ -4,10 +4,13 @@
 out-of-memory in a job never takes the window down, and cancel is immediate (the parent ends the
 process; the job writes nothing half-done because every output is written atomically).
 
-The spec: ``{"kind": "run" | "sensitivity", "recipe": {...recipe as YAML/JSON data...},
-"base_dir": str | null, "out_dir": str, "device": str | null, "trust": bool, "options": {...}}``.
-``trust`` is the consent the user gave in the window (to a pickled model or a data function);
-without it the child refuses to run code from those files, as the CLI does without ``--trust``.
+The spec: ``{"kind": "run" | "sensitivity" | "check_data", "recipe": {...recipe as YAML/JSON
+data...}, "base_dir": str | null, "out_dir": str, "device": str | null, "trust": bool,
+"data_consent": [...], "options": {...}}``. ``trust`` is the consent the user gave in the window
+to a pickled model; without it the child refuses to unpickle, as the CLI does without ``--trust``.
+A data function runs only when ``data_consent`` lists its code (``FunctionCode.to_json``: module
+files and their sha256), checked again here, so code changed or swapped since the user allowed
+it does not run.
 A failure is reported as one ``log`` event with level ``error`` and exit code 1; a traceback
 goes to stderr.
 """
@@ -23,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from studio.core.data.consent import FunctionCode, check_consent
 from studio.core.errors import StudioError
 from studio.core.jobs.cancel import CancelToken, JobCancelled
 from studio.core.jobs.events import Event, Log, event_to_json
@@ -37,7 +41,7 @@ def job_events(spec: dict[str, Any], token: CancelToken) -> Iterator[Event]:
     recipe = Recipe.model_validate(spec["recipe"])
     base_dir = Path(spec["base_dir"]) if spec.get("base_dir") else None
     kind = spec.get("kind", "run")
-    trust = bool(spec.get("trust", False))
+    trust = _allowed_code(spec, recipe, base_dir)
     if kind == "run":
         from studio.core.engine.run import run_recipe
 
@@ -48,8 +52,22 @@ def job_events(spec: dict[str, Any], token: CancelToken) -> Iterator[Event]:
 
         yield from sensitivity_job(recipe, base_dir, token, device=spec.get("device"),
                                    trust=trust, **spec.get("options", {}))
+    elif kind == "check_data":
+        from studio.core.engine.data_check import data_check_job
+
+        yield from data_check_job(recipe, base_dir, token, trust=trust)
     else:
         raise StudioError(f"unknown job kind {kind!r}")
+
+
+def _allowed_code(spec: dict[str, Any], recipe: Recipe, base_dir: Path | None) -> bool:
+    """The job's ``trust``: the spec's own, or True once the data function is verified to be
+    the code the user allowed (:class:`FunctionTrustRequired` when it is not)."""
+    if recipe.data is None or recipe.data.source != "function":
+        return bool(spec.get("trust", False))
+    allowed = [FunctionCode.from_json(code) for code in spec.get("data_consent", [])]
+    check_consent(recipe.data, base_dir, allowed)
+    return True
 
 
 def _emit(event: Event) -> None:
