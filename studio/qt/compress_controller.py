@@ -106,24 +106,25 @@ class CompressController(QObject):
                 return None
         return self.project_dir
 
-    def _job_trust(self) -> bool | None:
-        """Whether the child may run code: the data function the user allowed by name, or the
-        pickled module they trusted when opening it. ``None``: they refused; start nothing."""
-        data = self.window.data.job_trust()
+    def _job_trust(self) -> dict[str, Any] | None:
+        """What the child may run: ``trust`` unpickles the module the user trusted when opening
+        it; ``data_consent`` is the data function code they allowed, which the child checks
+        again before running it. ``None``: they refused; start nothing."""
+        allowed = self.window.data.job_consent()
         workspace = self.window.workspace
-        if data is None or workspace is None:
+        if allowed is None or workspace is None:
             return None
-        return data or workspace.loaded.format == "pickled_module"
+        return {"trust": bool(allowed) or workspace.loaded.format == "pickled_module",
+                "data_consent": [code.to_json() for code in allowed]}
 
-    def _spec(self, kind: str, folder: Path, out_dir: Path, trust: bool,
+    def _spec(self, kind: str, folder: Path, out_dir: Path, trust: dict[str, Any],
               options: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The child's job: ``trust`` lets it run the data section's function (the user
-        consented to it by name)."""
+        """The child's job, with the consent :meth:`_job_trust` gave."""
         workspace = self.window.workspace
         assert workspace is not None
         recipe = workspace.to_recipe(base=folder)
         return {"kind": kind, "recipe": recipe.model_dump(mode="json"), "base_dir": str(folder),
-                "out_dir": str(out_dir), "device": self.jobs.device(), "trust": trust,
+                "out_dir": str(out_dir), "device": self.jobs.device(), **trust,
                 "options": options or {}}
 
     # --- jobs ------------------------------------------------------------------------------

@@ -1,5 +1,10 @@
 """Connects the Data tab to the open workspace: stores its section (undoably), browses for
-paths, checks the data in the background and asks consent before a data function runs.
+paths, checks the data in a child process and asks consent before a data function runs.
+
+Consent is for a function's code (its module files and their content), not its name: another
+project's ``loader.py``, or this one once edited, is asked about again. Check Data runs in a
+child process like any job, so a data file that inflates to gigabytes or a loader that crashes
+cannot take the window down.
 
 The section lives in ``workspace.stages["data"]``, so it is saved in ``project.yaml``, exported
 with recipes and read by every job, which runs from the project.
@@ -8,20 +13,23 @@ with recipes and read by every job, which runs from the project.
 from __future__ import annotations
 
 import html
+import shutil
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 from pydantic import ValidationError
 from PySide6.QtCore import QObject
 
-from studio.core.data.sources import load_task
-from studio.core.data.task import TaskData, model_inputs
-from studio.core.engine.data_fit import check_data_fits
+from studio.core.data.consent import FunctionCode, data_functions
+from studio.core.engine.data_check import PROBE_FILE, probe_task
+from studio.core.engine.data_fit import check_data_fits, token_vocabulary
 from studio.core.errors import StudioError
 from studio.core.plan.stages import DataSection
-from studio.core.workspace import portable_path
+from studio.core.workspace import Workspace, portable_path
 from studio.qt.data_panel import DataPanel
+from studio.qt.jobs import CANCELLED, FINISHED, ProcessJob
 from studio.qt.plots.metric import metric_axis
 
 if TYPE_CHECKING:
@@ -40,8 +48,9 @@ class DataController(QObject):
         self.window = window
         self.panel = panel
         self.controller: PlanController | None = None
-        self.trusted: set[str] = set()
-        """Functions the user allowed to run in this session."""
+        self.allowed: set[FunctionCode] = set()
+        """The data functions' code the user allowed to run in this session."""
+        self.check_job: ProcessJob | None = None
         panel.edited.connect(self._edited)
         panel.browseRequested.connect(self.browse)
         panel.checkRequested.connect(self.check)
@@ -93,93 +102,131 @@ class DataController(QObject):
             self.panel.set_path(which, portable_path(path, self.base_dir()))
 
     # --- consent ---------------------------------------------------------------------------
-    def consent(self, section: DataSection | None) -> bool:
-        """True when ``section`` runs no code, or the user allows its function (asked once a
-        session per function)."""
-        if section is None or section.source != "function":
-            return True
-        function = str(section.path)
-        if function in self.trusted:
-            return True
-        if not self.window.confirm_function(function):
-            self.window.show_info(f"The data function {function} was not run: it needs your "
-                                  "consent.")
-            return False
-        self.trusted.add(function)
-        return True
+    def consent(self, section: DataSection | None) -> tuple[FunctionCode, ...] | None:
+        """The code ``section`` runs (none for files), each piece allowed by the user (asked
+        once a session per file content); ``None`` when they refused. A function whose module
+        cannot be found raises its StudioError."""
+        codes = data_functions(section, self.base_dir())
+        for code in codes:
+            if code in self.allowed:
+                continue
+            if not self.window.confirm_function(code.target, code.module_file):
+                self.window.show_info(f"The data function {code.target} was not run: it needs "
+                                      "your consent.")
+                return None
+            self.allowed.add(code)
+        return codes
 
-    def job_trust(self) -> bool | None:
-        """For a job about to start: whether it may run the data function; ``None`` when the
-        user refused (the job must not start)."""
-        section = self.section
-        if not self.consent(section):
+    def job_consent(self) -> tuple[FunctionCode, ...] | None:
+        """For a job about to start: the data function code it may run; ``None`` when the user
+        refused or the function cannot be found (said in a notice): the job must not start."""
+        try:
+            return self.consent(self.section)
+        except StudioError as error:
+            self.window.show_error(str(error))
             return None
-        return section is not None and section.source == "function"
 
     # --- check -----------------------------------------------------------------------------
     def check(self) -> None:
-        """Load the data in a worker thread and show its splits, labels, metric and shapes."""
+        """Load the data in a child process and show its splits, labels, metric and shapes."""
         workspace = self.window.workspace
-        if workspace is None:
+        if workspace is None or self.check_job is not None:
             return
         try:
             section = self.panel.section() or DataSection()
         except ValidationError:
             return  # the form already says what is wrong
-        if not self.consent(section):
+        try:
+            codes = self.consent(section)
+        except StudioError as error:
+            self.panel.show_check(str(error), ok=False)
+            return
+        if codes is None:
             self.panel.show_check("Not loaded: the function needs your consent.", ok=False)
             return
-        trust = section.source == "function"
         base = self.base_dir()
-        checked = workspace.loaded.module is None or workspace.example is not None
+        recipe = workspace.to_recipe(base=base).model_copy(update={"data": section})
+        module = workspace.loaded.module
+        out_dir = Path(tempfile.mkdtemp(prefix="studio-check-"))
+        job = ProcessJob({"kind": "check_data", "recipe": recipe.model_dump(mode="json"),
+                          "base_dir": str(base) if base else None, "out_dir": str(out_dir),
+                          "trust": False, "data_consent": [code.to_json() for code in codes],
+                          "vocabulary": token_vocabulary(module) if module else None}, self)
+        job.finished.connect(lambda status, report, error: self._checked(
+            workspace, out_dir, status, report, error))
+        self.check_job = job
         self.panel.show_check("Loading…")
         self.panel.check_button.setEnabled(False)
+        job.start()
 
-        def load_and_check() -> tuple[TaskData, str | None]:
-            task = load_task(section, base, trust=trust)
+    def _checked(self, workspace: Workspace, out_dir: Path, status: str,
+                 report: dict[str, Any] | None, error: str) -> None:
+        """The child read the data: run the model on its probe samples (here, where the model
+        is loaded), then show the result."""
+        job, self.check_job = self.check_job, None
+        if job is not None:
+            job.deleteLater()
+        probe = None
+        if status == FINISHED and report is not None:
             try:
-                check_data_fits(workspace, task)
-            except StudioError as error:  # a shape, dtype or input the model cannot take
-                return task, str(error)
-            return task, None
-
-        def done(result: tuple[TaskData, str | None]) -> None:
+                with np.load(out_dir / PROBE_FILE, allow_pickle=False) as archive:
+                    probe = {name: archive[name] for name in archive.files}
+            except (OSError, ValueError):
+                report, error = None, "the data check left no samples to try"
+        shutil.rmtree(out_dir, ignore_errors=True)
+        if status != FINISHED or report is None or probe is None:
             self.panel.check_button.setEnabled(True)
-            self.panel.show_check(describe_task(*result, checked=checked))
+            self.panel.show_check("Check cancelled." if status == CANCELLED else error, ok=False)
+            return
+        checked = workspace.loaded.module is None or workspace.example is not None
 
-        def failed(error: BaseException) -> None:
+        def fits() -> str | None:
+            if report["problem"] is not None:
+                return report["problem"]
+            try:
+                check_data_fits(workspace.loaded, workspace.example,
+                                probe_task(report, probe))
+            except StudioError as problem:  # a shape, dtype or input the model cannot take
+                return str(problem)
+            return None
+
+        def done(problem: str | None) -> None:
             self.panel.check_button.setEnabled(True)
-            self.panel.show_check(str(error), ok=False)
+            self.panel.show_check(describe_check(report | {"problem": problem,
+                                                           "checked": checked}))
 
-        self.window.run_in_background(load_and_check, done, failed, "Loading the data…")
+        def failed(failure: BaseException) -> None:
+            self.panel.check_button.setEnabled(True)
+            self.panel.show_check(str(failure), ok=False)
+
+        self.window.run_in_background(fits, done, failed, "Trying the data on the model…")
+
+    def shutdown(self, msecs: int = 3000) -> None:
+        """Stop a running check (the window is closing): no process outlives the window."""
+        if self.check_job is not None:
+            self.check_job.cancel()
+            self.check_job.wait(msecs)
 
 
 SPLIT_NAMES = {"train": "training split", "fine_tune": "fine-tuning", "calibration":
                "calibration", "test": "test (evaluation)"}
 
 
-def _shape(shape: tuple[int, ...] | torch.Size) -> str:
-    return "×".join(str(d) for d in shape) or "scalar"
-
-
-def describe_task(task: TaskData, problem: str | None, checked: bool = True) -> str:
+def describe_check(report: dict[str, Any]) -> str:
     """Sizes per split, labels, metric, the sample shape, and whether the data fits the model
-    (``problem`` says why not; nothing is claimed when it could not be ``checked``) (HTML)."""
-    summary = task.summary()
+    (its ``problem`` says why not; nothing is claimed when it was not ``checked``) (HTML)."""
     rows = [(SPLIT_NAMES.get(name, name), f"{count:,}")
-            for name, count in summary["sizes"].items()]
-    labels = f"yes, {task.num_classes} classes" if task.labelled and task.num_classes else \
-        "yes" if task.labelled else "no: scored by agreement with the uncompressed model"
-    rows += [("labelled", labels), ("metric", metric_axis(task.metric).label.lower())]
-    inputs = model_inputs(task.test)
-    for name, values in (inputs if isinstance(inputs, dict) else {"": inputs}).items():
-        rows.append((f"sample {name}".strip(),
-                     f"{_shape(values.shape[1:])} {str(values.dtype).removeprefix('torch.')}"))
-    rows += [(f"constant {name}", str(value.tolist()) if value.size <= 4 else
-              f"{_shape(value.shape)} {value.dtype}") for name, value in task.constants.items()]
+            for name, count in report["sizes"].items()]
+    classes = report.get("num_classes")
+    labels = f"yes, {classes} classes" if report["labelled"] and classes else \
+        "yes" if report["labelled"] else "no: scored by agreement with the uncompressed model"
+    rows += [("labelled", labels), ("metric", metric_axis(report["metric"]).label.lower())]
+    rows += [(f"sample {name}".strip(), text) for name, text in report["samples"]]
+    rows += [(f"constant {name}", text) for name, text in report["constants"]]
     table = "".join(f"<tr><td>{html.escape(key)}&nbsp;&nbsp;</td><td><b>{html.escape(value)}"
                     "</b></td></tr>" for key, value in rows)
+    problem = report.get("problem")
     verdict = f"<p style='color:#b00020'>✗ Does not fit the model: {html.escape(problem)}</p>" \
         if problem else "<p style='color:#1b5e20'>✓ fits the model's input</p>" \
-        if checked else ""
-    return f"<b>{html.escape(task.name)}</b><table>{table}</table>{verdict}"
+        if report.get("checked") else ""
+    return f"<b>{html.escape(report['name'])}</b><table>{table}</table>{verdict}"

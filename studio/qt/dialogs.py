@@ -3,6 +3,7 @@ architecture, give a shape."""
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,14 +47,16 @@ def ask_trust(parent: QWidget, path: Path) -> bool:
         ".onnx) never need this.", "Trust and Open")
 
 
-def ask_run_function(parent: QWidget, function: str) -> bool:
+def ask_run_function(parent: QWidget, function: str, file: str | None) -> bool:
     """Consent before importing a data source ``package.module:function``: it runs its code."""
+    where = f" in <b>{html.escape(file)}</b>" if file else ""
     return _ask_to_run_code(
         parent, "Run code to load the data?",
-        f"The data comes from the Python function <b>{function}</b>.",
-        "Loading it imports that module and runs the function, with your permissions, here "
-        "and in every job that uses this data. Allow it only if you trust the code. Files "
-        "(image folders, .npz/.npy, CSV) never need this.", "Run the Function")
+        f"The data comes from the Python function <b>{html.escape(function)}</b>{where}.",
+        "Loading it imports that module and runs the function, with your permissions, "
+        "for checks and in every job that uses this data. You are asked again if the file "
+        "changes. Allow it only if you trust the code. Files (image folders, .npz/.npy, CSV) "
+        "never need this.", "Run the Function")
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from PySide6.QtWidgets import (
 from superqt.utils import create_worker
 
 from studio.core.atomic import write_text_atomic
+from studio.core.data.consent import check_consent
 from studio.core.data.sources import load_task
 from studio.core.engine.allocate import Target
 from studio.core.engine.sensitivity import estimate_runtime_s, measure_seconds_per_eval
@@ -318,9 +319,10 @@ class MainWindow(QMainWindow):
     def confirm_trust(self, path: Path) -> bool:
         return dialogs.ask_trust(self, path)
 
-    def confirm_function(self, function: str) -> bool:
-        """Consent to import and run a data source function (``package.module:function``)."""
-        return dialogs.ask_run_function(self, function)
+    def confirm_function(self, function: str, file: str | None) -> bool:
+        """Consent to import and run a data source function (``package.module:function``)
+        defined in ``file``."""
+        return dialogs.ask_run_function(self, function, file)
 
     def ask_details(self, path: str, reason: str, architecture: str | None,
                     example: InputSpec | None, need_architecture: bool
@@ -684,14 +686,15 @@ class MainWindow(QMainWindow):
                             ".pt2 file); an ONNX file alone can still be pruned and quantized "
                             "with Compress ▸ Run Plan.")
             return
-        trust = self.data.job_trust()
-        if trust is None:
+        allowed = self.data.job_consent()
+        if allowed is None:
             return
         section = workspace.stages.get("data") or DataSection()
         base = self.data.base_dir()
 
         def measure() -> float:
-            task = load_task(section, base, trust=trust)
+            check_consent(section, base, allowed)  # unchanged since the user allowed it
+            task = load_task(section, base, trust=bool(allowed))
             return estimate_runtime_s(workspace, measure_seconds_per_eval(
                 workspace, subset=100, repeats=1, task=task), measured_subset=100)
 
@@ -754,5 +757,6 @@ class MainWindow(QMainWindow):
             event.ignore()
             return
         self.jobs.shutdown()
+        self.data.shutdown()
         QThreadPool.globalInstance().waitForDone(30_000)
         event.accept()

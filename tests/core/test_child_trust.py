@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from studio.core.data.consent import locate_function
 from studio.core.data.function import FunctionTrustRequired
+from studio.core.engine.data_check import PROBE_FILE
 from studio.core.jobs import CancelToken, Result
 from studio.core.jobs.child import job_events
 
@@ -57,8 +59,10 @@ def test_changed_code_is_refused_and_check_data_reports(tmp_path: Path) -> None:
     consent = [locate_function("project_loader:digits", tmp_path).to_json()]
     events = list(job_events(_spec(tmp_path, False, consent, "check_data"), CancelToken()))
     report = events[-1].report
-    assert report["sizes"]["calibration"] == 8 and report["sample_shape"] == [1, 28, 28]
-    assert report["checked"] and report["problem"] is None and report["metric"] == "cosine"
+    assert report["sizes"]["calibration"] == 8 and report["samples"] == [["", "1×28×28 float32"]]
+    assert report["problem"] is None and report["metric"] == "cosine"
+    probe = np.load(tmp_path / "out" / PROBE_FILE, allow_pickle=False)["input"]
+    assert probe.shape == (2, 1, 28, 28) and probe.dtype == np.float32
 
     (tmp_path / "project_loader.py").write_text(LOADER.replace("16, 1, 28", "16, 3, 28"), "utf-8")
     with pytest.raises(FunctionTrustRequired, match="not the code you allowed"):
@@ -66,4 +70,16 @@ def test_changed_code_is_refused_and_check_data_reports(tmp_path: Path) -> None:
     consent = [locate_function("project_loader:digits", tmp_path).to_json()]
     report = list(job_events(_spec(tmp_path, False, consent, "check_data"),
                              CancelToken()))[-1].report
-    assert report["sample_shape"] == [3, 28, 28] and "model expects" in report["problem"]
+    assert report["samples"] == [["", "3×28×28 float32"]]
+
+
+def test_check_data_names_token_ids_beyond_the_vocabulary(tmp_path: Path) -> None:
+    ids = np.arange(40).reshape(10, 4)
+    np.savez(tmp_path / "ids.npz", input_ids=ids)
+    spec = _spec(tmp_path, False, kind="check_data")
+    spec["recipe"]["data"] = {"source": "arrays", "path": "ids.npz"}
+    spec["vocabulary"] = ["the model's vocabulary", 30]
+    report = list(job_events(spec, CancelToken()))[-1].report
+    assert report["problem"].startswith("data: token ids must lie in 0..29 (the model's "
+                                        "vocabulary holds 30 tokens), but the data holds 10 "
+                                        "id(s) out of range: 30, 31,")

@@ -4,6 +4,7 @@ a data function runs; a compress run scored by agreement on unlabelled data."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from PySide6.QtGui import QDropEvent
 from studio.core.plan.recipe import read_recipe
 from studio.core.plan.stages import DataSection, ExportSection, ImageOptions, TrainSection
 from studio.qt.main_window import MainWindow
+from tests.core.data.conftest import GB, write_bomb
 
 DEMO_NPZ = Path(__file__).resolve().parents[2] / "resources" / "demo" / "mnist-5k.npz"
 
@@ -160,48 +162,107 @@ def test_every_field_survives_the_form(qtbot) -> None:
     assert panel.section() is None  # the defaults: nothing is written to the recipe
 
 
-def test_a_function_source_asks_consent_first(qtbot, demo_window: MainWindow, tmp_path: Path,
-                                              monkeypatch) -> None:
-    module = "studio_test_user_data"
-    marker = tmp_path / "imported"
-    (tmp_path / f"{module}.py").write_text(
-        "import pathlib, numpy as np\n"
-        f"pathlib.Path({str(marker)!r}).touch()\n"
-        "def batches():\n"
-        "    rng = np.random.default_rng(0)\n"
-        "    for _ in range(3):\n"
-        "        yield rng.random((10, 1, 28, 28), dtype=np.float32)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    win = demo_window
+LOADER = """
+import os, pathlib, numpy as np
+pathlib.Path(__file__).with_name("imported-by").write_text(str(os.getpid()))
+
+def batches():
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        yield rng.random((10, CHANNELS, 28, 28), dtype=np.float32)
+"""
+
+
+def _function_project(win: MainWindow, folder: Path, channels: int) -> Path:
+    """The window's model saved as a project in ``folder`` whose data is ``loader:batches``, a
+    loader.py beside it giving samples of ``channels`` channels."""
     panel = win.data_panel
     panel.source.setCurrentIndex(panel.source.findData("function"))
-    panel.path.setText(f"{module}:batches")
-    answers: list[bool] = [False]
-    asked: list[str] = []
+    panel.path.setText("loader:batches")
+    assert win.save_project_to(folder)
+    (folder / "loader.py").write_text(LOADER.replace("CHANNELS", str(channels)))
+    return (folder / "loader.py").resolve()
 
-    def confirm(function: str) -> bool:
-        asked.append(function)
+
+def _answer(win: MainWindow, monkeypatch, answers: list[bool]) -> list[tuple[str, str]]:
+    """Answer the consent question from ``answers``; returns what was asked."""
+    asked: list[tuple[str, str]] = []
+
+    def confirm(function: str, file: str) -> bool:
+        asked.append((function, file))
         return answers.pop(0)
 
     monkeypatch.setattr(win, "confirm_function", confirm)
-    panel.check_button.click()
-    assert asked == [f"{module}:batches"]
-    assert "consent" in panel.check_text
-    assert module not in sys.modules and not marker.exists()  # refused: nothing imported
+    return asked
 
-    assert win.save_project_to(tmp_path / "project")
+
+def test_a_function_source_asks_consent_first(qtbot, demo_window: MainWindow, tmp_path: Path,
+                                              monkeypatch) -> None:
+    win = demo_window
+    loader = _function_project(win, tmp_path / "project", 1)
+    marker = loader.with_name("imported-by")
+    answers = [False]
+    asked = _answer(win, monkeypatch, answers)
+    win.data_panel.check_button.click()
+    assert asked == [("loader:batches", str(loader))]  # the file is named, not only the function
+    assert "consent" in win.data_panel.check_text
+    assert not marker.exists()  # refused: nothing imported
+
     answers.append(False)
     assert win.compress.run_plan() is None  # refused again: no job starts
     assert len(asked) == 2 and win.jobs.model.rowCount() == 0
 
     answers.append(True)
     text = _check(qtbot, win)
-    assert marker.exists() and "no: scored by agreement" in text and "cosine" in text
+    assert "no: scored by agreement" in text and "cosine" in text and "1×28×28" in text
+    assert int(marker.read_text()) != os.getpid()  # it ran in a child process, not the window
+    assert "loader" not in sys.modules
     assert _check(qtbot, win) == text and len(asked) == 3  # asked once a session
     job = win.compress.run_plan()  # allowed: the job may run the function too
     assert job.spec["trust"] is True and len(asked) == 3
+    assert job.spec["data_consent"][0]["files"][0][0] == str(loader)
     with qtbot.waitSignal(job.finished, timeout=30_000):
         job.cancel()
+
+
+def test_consent_for_one_project_does_not_cover_another(qtbot, demo_window: MainWindow,
+                                                        tmp_path: Path, monkeypatch,
+                                                        open_and_wait) -> None:
+    """Allowing loader:batches in project A does not allow project B's loader.py, nor A's once
+    it changed; each project's check shows its own data."""
+    win = demo_window
+    loader_a = _function_project(win, tmp_path / "a", 1)
+    loader_b = _function_project(win, tmp_path / "b", 3)
+    asked = _answer(win, monkeypatch, [True, True, True])
+    open_and_wait(win, str(tmp_path / "a"))
+    assert "1×28×28" in _check(qtbot, win) and asked == [("loader:batches", str(loader_a))]
+
+    open_and_wait(win, str(tmp_path / "b"))
+    text = _check(qtbot, win)
+    assert asked[1:] == [("loader:batches", str(loader_b))]  # asked again, naming B's file
+    assert "3×28×28" in text and "Does not fit the model" in text  # B's data, not A's
+
+    open_and_wait(win, str(tmp_path / "a"))
+    assert "1×28×28" in _check(qtbot, win) and len(asked) == 2  # A is still allowed
+    loader_a.write_text(loader_a.read_text() + "# edited\n")
+    _check(qtbot, win)
+    assert asked[2:] == [("loader:batches", str(loader_a))]  # changed: asked again
+
+
+def test_a_decompression_bomb_is_refused_by_check_data(qtbot, demo_window: MainWindow,
+                                                      tmp_path: Path) -> None:
+    """A 10 MB .npz declaring 10 GB: Check Data (in its child process) names the bomb and the
+    window stays usable."""
+    digits = np.load(DEMO_NPZ)["images"][:40]
+    write_bomb(tmp_path / "bomb.npz", {"x": digits}, "junk", 10 * GB - (10 * GB) % (1 << 24))
+    panel = demo_window.data_panel
+    panel.source.setCurrentIndex(panel.source.findData("arrays"))
+    panel.path.setText(str(tmp_path / "bomb.npz"))
+    panel.calibration.setValue(4)
+    assert "fits the model's input" in _check(qtbot, demo_window)  # the unused 10 GB: unread
+    panel.inputs_key.setText("junk")
+    text = _check(qtbot, demo_window)
+    assert "decompression bomb" in text and "10.0 GB" in text
 
 
 def test_unlabelled_arrays_run_scores_agreement(demo_window: MainWindow, run_plan_and_wait,

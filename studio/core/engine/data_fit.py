@@ -34,7 +34,7 @@ def check_one_input(data: TaskData) -> None:
                          "Give one inputs_key, or open the model's ONNX file")
 
 
-def _vocabulary(model: nn.Module) -> tuple[str, int] | None:
+def token_vocabulary(model: nn.Module) -> tuple[str, int] | None:
     """(what, size) of the table token ids index: a Hugging Face model's input embeddings, or
     else the first ``nn.Embedding`` in the model (what a hand-written language model uses)."""
     for module in model.modules():
@@ -50,16 +50,14 @@ def _vocabulary(model: nn.Module) -> tuple[str, int] | None:
     return None
 
 
-def check_token_ids(model: nn.Module, data: TaskData) -> None:
-    """Integer inputs are token ids: any outside ``0..size-1`` of the model's vocabulary is named
-    (the model itself would fail with an index error that reads like a wrong shape)."""
+def check_token_range(data: TaskData, vocabulary: tuple[str, int]) -> None:
+    """Integer inputs are token ids: any outside ``0..size-1`` of the ``vocabulary`` (what,
+    size) is named (the model itself would fail with an index error that reads like a wrong
+    shape)."""
     splits = {"training": data.train, "test": data.test, "calibration": data.calibration}
     if data.test.tensors[0].is_floating_point():
         return
-    table = _vocabulary(model)
-    if table is None:
-        return
-    what, size = table
+    what, size = vocabulary
 
     def outside(ids: torch.Tensor) -> torch.Tensor:
         return (ids < 0) | (ids >= size)
@@ -82,7 +80,9 @@ def check_torch_data(model: nn.Module, data: TaskData, example: InputSpec) -> No
     """Run two test samples through the model before any work, so data of the wrong shape or
     labels the model has no output for fail at once with a message naming both."""
     check_one_input(data)
-    check_token_ids(model, data)
+    vocabulary = token_vocabulary(model)
+    if vocabulary is not None:
+        check_token_range(data, vocabulary)
     inputs = data.test.tensors[0][:2]
     shape = f"[N, {', '.join(str(d) for d in inputs.shape[1:])}] ({str(inputs.dtype)[6:]})"
     expects = f"{list(example.shape)} ({example.dtype})"

@@ -6,11 +6,12 @@ process; the job writes nothing half-done because every output is written atomic
 
 The spec: ``{"kind": "run" | "sensitivity" | "check_data", "recipe": {...recipe as YAML/JSON
 data...}, "base_dir": str | null, "out_dir": str, "device": str | null, "trust": bool,
-"data_consent": [...], "options": {...}}``. ``trust`` is the consent the user gave in the window
-to a pickled model; without it the child refuses to unpickle, as the CLI does without ``--trust``.
-A data function runs only when ``data_consent`` lists its code (``FunctionCode.to_json``: module
-files and their sha256), checked again here, so code changed or swapped since the user allowed
-it does not run.
+"data_consent": [...], "options": {...}}``; ``check_data`` also takes ``"vocabulary": [what,
+size]`` and leaves its probe samples in ``out_dir``. ``trust`` is the consent the user gave in
+the window to a pickled model; without it the child refuses to unpickle, as the CLI does without
+``--trust``. A data function runs only when ``data_consent`` lists its code
+(``FunctionCode.to_json``: module files and their sha256), checked again here, so code changed or
+swapped since the user allowed it does not run.
 A failure is reported as one ``log`` event with level ``error`` and exit code 1; a traceback
 goes to stderr.
 """
@@ -55,7 +56,8 @@ def job_events(spec: dict[str, Any], token: CancelToken) -> Iterator[Event]:
     elif kind == "check_data":
         from studio.core.engine.data_check import data_check_job
 
-        yield from data_check_job(recipe, base_dir, token, trust=trust)
+        yield from data_check_job(recipe, base_dir, Path(spec["out_dir"]), token, trust=trust,
+                                  vocabulary=spec.get("vocabulary"))
     else:
         raise StudioError(f"unknown job kind {kind!r}")
 

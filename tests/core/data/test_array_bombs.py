@@ -7,7 +7,6 @@ from __future__ import annotations
 import pickle
 import tracemalloc
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,48 +16,7 @@ from studio.core.data import arrays
 from studio.core.data.sources import load_task
 from studio.core.errors import StudioError
 from studio.core.plan.stages import DataSection
-
-GB = 10**9
-
-
-def _deflated_zeros(header: bytes, count: int) -> bytes:
-    """A raw deflate stream of ``header`` then ``count`` zero bytes, built from one compressed
-    chunk repeated (a full flush resets the compressor, so each chunk compresses the same),
-    so gigabytes cost a few megabytes and no time."""
-    chunk_size = 1 << 24
-    assert count % chunk_size == 0
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
-    start = compressor.compress(header) + compressor.flush(zlib.Z_FULL_FLUSH)
-    chunk = compressor.compress(bytes(chunk_size)) + compressor.flush(zlib.Z_FULL_FLUSH)
-    return start + chunk * (count // chunk_size) + compressor.flush()
-
-
-def _npy_header(shape: tuple[int, ...], dtype: str) -> bytes:
-    header = {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": shape}
-    magic = np.lib.format.magic(1, 0)
-    body = repr(header).encode() + b" "
-    body += b" " * (-(len(magic) + 2 + len(body) + 1) % 64) + b"\n"
-    return magic + len(body).to_bytes(2, "little") + body
-
-
-def write_bomb(path: Path, arrays_: dict[str, np.ndarray], bomb: str, declared: int) -> Path:
-    """An .npz holding ``arrays_`` plus member ``bomb``: ``declared`` zero bytes deflated (the
-    CRC is not computed: nothing may read it)."""
-    header = _npy_header((declared,), "u1")
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, array in arrays_.items():
-            with archive.open(f"{name}.npy", "w") as stream:
-                np.lib.format.write_array(stream, array)
-        info = zipfile.ZipInfo(f"{bomb}.npy")
-        with archive.open(info, "w", force_zip64=True) as stream:  # stored: our deflate bytes
-            stream.write(_deflated_zeros(header, declared))
-        info.compress_type = zipfile.ZIP_DEFLATED
-        info.file_size = len(header) + declared
-        end = archive.fp.tell()
-        archive.fp.seek(info.header_offset)
-        archive.fp.write(info.FileHeader(True))
-        archive.fp.seek(end)
-    return path
+from tests.core.data.conftest import GB, npy_header, write_bomb
 
 
 def _peak_mb(function) -> tuple[object, float]:
@@ -108,12 +66,12 @@ def test_a_member_over_the_memory_limit_is_refused(tmp_path: Path, monkeypatch) 
 
 def test_a_header_declaring_more_than_the_member_holds_is_damaged(tmp_path: Path) -> None:
     with zipfile.ZipFile(tmp_path / "lies.npz", "w") as archive:
-        archive.writestr("x.npy", _npy_header((10**6, 10**6), "f4") + bytes(64))
+        archive.writestr("x.npy", npy_header((10**6, 10**6), "f4") + bytes(64))
     with pytest.raises(StudioError, match=r"lies\.npz: array 'x': declares shape \[1000000, "
                                           r"1000000\] of float32 \(4000\.0 GB\) but holds "
                                           r"64 bytes; the file is damaged or crafted"):
         load_task(DataSection(source="arrays", path="lies.npz"), tmp_path)
-    (tmp_path / "lies.npy").write_bytes(_npy_header((10**9,), "f8") + bytes(80))
+    (tmp_path / "lies.npy").write_bytes(npy_header((10**9,), "f8") + bytes(80))
     with pytest.raises(StudioError, match=r"lies\.npy: declares shape \[1000000000\]"):
         load_task(DataSection(source="arrays", path="lies.npy"), tmp_path)
 
