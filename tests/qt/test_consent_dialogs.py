@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,10 @@ def _answer(box: QMessageBox, accept: bool) -> None:
 def test_consent_prompts(qtbot, accept: bool) -> None:
     parent = QWidget()
     qtbot.addWidget(parent)
+    run_function = functools.partial(ask_run_function, file="/projects/a/mydata.py")
     for ask, subject, words in ((ask_trust, Path("model.pt"), "model.pt"),
-                                (ask_run_function, "mydata:batches", "mydata:batches")):
+                                (run_function, "mydata:batches", "mydata:batches"),
+                                (run_function, "mydata:batches", "/projects/a/mydata.py")):
         shown: list[str] = []
 
         def answer(shown: list[str] = shown) -> None:
