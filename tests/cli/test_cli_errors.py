@@ -325,3 +325,26 @@ def test_run_on_a_full_disk_says_no_space_left(capsys, monkeypatch, tmp_path, qu
     assert str(out) in line and "no space left on device" in line
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX)]
+
+
+def test_run_with_bad_npz_data_is_one_line(capsys, tmp_path):
+    """A .npz whose inputs are a raw pickle, or a decompression bomb: one line, exit 2, nothing
+    unpickled or inflated, nothing written."""
+    import pickle
+    import zipfile
+
+    import numpy as np
+
+    from tests.core.data.conftest import GB, write_bomb
+
+    with zipfile.ZipFile(tmp_path / "pickled.npz", "w") as archive:
+        archive.writestr("x.npy", pickle.dumps({"not": "an array"}))
+    write_bomb(tmp_path / "bomb.npz", {"y": np.arange(4)}, "x", GB - GB % (1 << 24))
+    for name, says in (("pickled.npz", "a Python pickle, not a numpy array"),
+                       ("bomb.npz", "decompression bomb")):
+        path = _recipe(tmp_path, "schema_version: 1\nmodel: {path: demo}\n"
+                                 f"data: {{source: arrays, path: {name}}}\n")
+        code, _, err = _run(capsys, "run", str(path), "--out", str(tmp_path / "out"))
+        assert code == 2
+        _assert_one_error_line(err, tmp_path / name, says)
+        assert not (tmp_path / "out").exists()
