@@ -24,7 +24,7 @@ from PySide6.QtCore import QObject
 
 from studio.core.data.consent import FunctionCode, data_functions
 from studio.core.engine.data_check import PROBE_FILE, probe_task
-from studio.core.engine.data_fit import check_data_fits, token_vocabulary
+from studio.core.engine.data_fit import check_data_fits, input_vocabulary
 from studio.core.errors import StudioError
 from studio.core.plan.stages import DataSection
 from studio.core.workspace import Workspace, portable_path
@@ -146,12 +146,11 @@ class DataController(QObject):
             return
         base = self.base_dir()
         recipe = workspace.to_recipe(base=base).model_copy(update={"data": section})
-        module = workspace.loaded.module
         out_dir = Path(tempfile.mkdtemp(prefix="studio-check-"))
         job = ProcessJob({"kind": "check_data", "recipe": recipe.model_dump(mode="json"),
                           "base_dir": str(base) if base else None, "out_dir": str(out_dir),
                           "trust": False, "data_consent": [code.to_json() for code in codes],
-                          "vocabulary": token_vocabulary(module) if module else None}, self)
+                          "vocabulary": input_vocabulary(workspace.loaded)}, self)
         job.finished.connect(lambda status, report, error: self._checked(
             workspace, out_dir, status, report, error))
         self.check_job = job

@@ -350,6 +350,33 @@ def test_token_ids_beyond_a_plain_embedding_are_named():
                                          r"range: 12 \(the first in training sample 4\)"):
         check_torch_data(model, task, InputSpec((1, 3), "int64"))
 
+
+def test_token_ids_beyond_an_onnx_embedding_are_named(tmp_path):
+    """An ONNX export's word embeddings: the Gather that reads the input ids names the table."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+    from torch.utils.data import TensorDataset
+
+    from studio.core.data.task import TaskData
+    from studio.core.engine.data_fit import check_token_range, input_vocabulary
+
+    table = numpy_helper.from_array(np.zeros((10, 4), np.float32), "word_embeddings")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["word_embeddings", "input_ids"], ["hidden"])], "tokens",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "length"])],
+        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "length", 4])],
+        [table])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "tokens.onnx")
+    vocabulary = input_vocabulary(open_model(tmp_path / "tokens.onnx"))
+    assert vocabulary == ("embedding 'word_embeddings'", 10)
+    split = TensorDataset(torch.tensor([[1, 2, 3], [4, 11, -2]]))
+    task = TaskData(split, split, split, None, "ids", labelled=False, metric="cosine")
+    with pytest.raises(InputError, match=r"0\.\.9 \(embedding 'word_embeddings' holds 10 "
+                                         r"tokens\), but the data holds 2 id\(s\) out of "
+                                         r"range: -2, 11 \(the first in training sample 1\)"):
+        check_token_range(task, vocabulary)
+
 def _poisoned(demo_module: torch.nn.Module, value: float) -> dict[str, torch.Tensor]:
     state = {k: v.clone().contiguous() for k, v in demo_module.state_dict().items()}
     weights = [k for k in state if k.endswith("weight")]

@@ -50,6 +50,28 @@ def token_vocabulary(model: nn.Module) -> tuple[str, int] | None:
     return None
 
 
+def onnx_token_vocabulary(model: onnx.ModelProto, input_name: str) -> tuple[str, int] | None:
+    """(what, size) of the embedding table an ONNX file's ``Gather`` reads with its input's
+    token ids (an export's word embeddings), when a weight of the graph is that table."""
+    tables = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and node.input[1:2] == [input_name] \
+                and node.input[0] in tables and tables[node.input[0]].dims:
+            return f"embedding {node.input[0]!r}", int(tables[node.input[0]].dims[0])
+    return None
+
+
+def input_vocabulary(loaded: LoadedModel) -> tuple[str, int] | None:
+    """The vocabulary the model's token ids index, for a torch or an ONNX model; None when
+    its input is not token ids (or the table is not found)."""
+    if loaded.module is not None:
+        return token_vocabulary(loaded.module)
+    if loaded.onnx_model is None:
+        return None
+    return onnx_token_vocabulary(loaded.onnx_model,
+                                 feeder_for(loaded.onnx_model, loaded.path).main.name)
+
+
 def check_token_range(data: TaskData, vocabulary: tuple[str, int]) -> None:
     """Integer inputs are token ids: any outside ``0..size-1`` of the ``vocabulary`` (what,
     size) is named (the model itself would fail with an index error that reads like a wrong
