@@ -62,13 +62,15 @@ def _size(count: int) -> str:
 
 
 def _checked_header(stream: IO[bytes], stored: int, where: str) -> int:
-    """Read a .npy header from ``stream``; its declared bytes must be plain numbers, fit in the
-    ``stored`` bytes that follow the header's start, and stay under :data:`MAX_ARRAY_BYTES`."""
+    """Read a .npy header from ``stream`` and give the bytes it declares, which must be plain
+    numbers and fit in the ``stored`` bytes that follow the header's start."""
     start = stream.read(6)
+    if start[:1] == b"\x80":  # np.load would unpickle it (with allow_pickle) or return bytes
+        raise StudioError(f"{where}: a Python pickle, not a numpy array; reading it could run "
+                          "code, so it is refused. Save plain numeric arrays (numpy.savez)")
     if start != b"\x93NUMPY":
-        what = "a Python pickle" if start[:1] == b"\x80" else "not a numpy array"
-        raise StudioError(f"{where}: {what}, not a numpy array; reading it could run code, so "
-                          "it is refused. Save plain numeric arrays (numpy.savez)")
+        raise StudioError(f"{where}: not a numpy array; save plain numeric arrays "
+                          "(numpy.savez)")
     version = tuple(stream.read(2))
     reader = np.lib.format.read_array_header_1_0 if version == (1, 0) \
         else np.lib.format.read_array_header_2_0
@@ -180,9 +182,7 @@ def read_arrays(path: Path, inputs_key: str | list[str] | None, labels_key: str 
             names = list(dict.fromkeys([key for key in chosen if key is not None]
                                        + ([label_name] if label_name else [])))
             loaded = dict(zip(names, _read_members(archive, members, names, path), strict=True))
-    except ValueError as error:
-        raise StudioError(f"{path}: not a readable numpy file ({error})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, NotImplementedError) as error:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError) as error:
         raise StudioError(f"{path}: not a readable numpy file ({error})") from None
     named = {key: _as_model_inputs(loaded[key], options, f"{path} ({key!r})" if several
                                    else f"{path}")
