@@ -248,6 +248,19 @@ def test_consent_for_one_project_does_not_cover_another(qtbot, demo_window: Main
     assert asked[2:] == [("loader:batches", str(loader_a))]  # changed: asked again
 
 
+def test_a_loader_that_kills_its_process_leaves_the_window_up(
+        qtbot, demo_window: MainWindow, tmp_path: Path, monkeypatch) -> None:
+    """Check Data runs the user's loader in a child process: a crash there is one line."""
+    win = demo_window
+    loader = _function_project(win, tmp_path / "project", 1)
+    loader.write_text("import os, signal\n\ndef batches():\n"
+                      "    os.kill(os.getpid(), signal.SIGKILL)\n    yield []\n")
+    _answer(win, monkeypatch, [True])
+    text = _check(qtbot, win)
+    assert "ended unexpectedly (killed or crashed)" in text and win.isVisible()
+    assert win.workspace is not None and win.data_panel.check_button.isEnabled()
+
+
 def test_a_decompression_bomb_is_refused_by_check_data(qtbot, demo_window: MainWindow,
                                                       tmp_path: Path) -> None:
     """A 10 MB .npz declaring 10 GB: Check Data (in its child process) names the bomb and the
