@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import importlib.machinery
 import sys
 from collections.abc import Collection, Iterator
@@ -87,6 +88,7 @@ def _find_spec(name: str, search: list[str] | None) -> importlib.machinery.Modul
 def module_specs(target: str) -> list[importlib.machinery.ModuleSpec]:
     """The specs of ``target``'s module and of each package above it, outermost first (call it
     with the project folder on the path, see :func:`importable_from`)."""
+    importlib.invalidate_caches()  # a loader.py written a moment ago must be seen
     module = target.partition(":")[0]
     parts = module.split(".")
     specs: list[importlib.machinery.ModuleSpec] = []
