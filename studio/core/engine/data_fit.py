@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from studio.core.data.metrics import check_top1_fits
 from studio.core.data.task import TaskData, model_inputs
-from studio.core.errors import InputError
+from studio.core.errors import InputError, StudioError
 from studio.core.methods.distill.features import first_tensor
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import LoadedModel
@@ -63,13 +63,17 @@ def onnx_token_vocabulary(model: onnx.ModelProto, input_name: str) -> tuple[str,
 
 def input_vocabulary(loaded: LoadedModel) -> tuple[str, int] | None:
     """The vocabulary the model's token ids index, for a torch or an ONNX model; None when
-    its input is not token ids (or the table is not found)."""
+    its input is not token ids, the table is not found, or an ONNX file takes several inputs
+    that are not a transformer's (those are fed by name)."""
     if loaded.module is not None:
         return token_vocabulary(loaded.module)
     if loaded.onnx_model is None:
         return None
-    return onnx_token_vocabulary(loaded.onnx_model,
-                                 feeder_for(loaded.onnx_model, loaded.path).main.name)
+    try:
+        main = feeder_for(loaded.onnx_model, loaded.path).main.name
+    except StudioError:
+        return None
+    return onnx_token_vocabulary(loaded.onnx_model, main)
 
 
 def check_token_range(data: TaskData, vocabulary: tuple[str, int]) -> None:
