@@ -62,7 +62,8 @@ def _fill_image_form(win: MainWindow, monkeypatch, folder: Path) -> list[tuple[s
 
 def _check(qtbot, win: MainWindow) -> str:
     win.data_panel.check_button.click()
-    qtbot.waitUntil(lambda: win.data_panel.check_button.isEnabled(), timeout=30_000)
+    # the check starts a child process (torch import): minutes on a loaded machine
+    qtbot.waitUntil(lambda: win.data_panel.check_button.isEnabled(), timeout=180_000)
     return win.data_panel.check_text
 
 
