@@ -11,7 +11,6 @@ added to N x H x W greyscale stacks.
 from __future__ import annotations
 
 import math
-import os
 import zipfile
 from pathlib import Path
 from typing import IO
@@ -22,6 +21,7 @@ import torch
 from studio.core.data.images import normalise
 from studio.core.data.samples import Samples, as_inputs, as_labels
 from studio.core.errors import StudioError
+from studio.core.limits import memory_budget
 from studio.core.plan.stages import ImageOptions
 
 INPUT_KEYS = ("x", "inputs", "images", "input_ids", "data")
@@ -38,16 +38,12 @@ def _pick(keys: list[str], wanted: str | None, defaults: tuple[str, ...], what: 
     return next((key for key in defaults if key in keys), None)
 
 
-def _memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): assume 16 GB
-        return 16 << 30
+def array_budget() -> int:
+    """The most the arrays read from one file may take in memory (half of it: the model and
+    the splits' copies need the rest). A small deflated file can declare gigabytes, and that
+    must be refused from its headers, before anything is inflated."""
+    return memory_budget() // 2
 
-
-MAX_ARRAY_BYTES = _memory_bytes() // 2
-"""The most the arrays read from one file may take in memory: a small deflated file can declare
-gigabytes, and that must be refused from its headers, before anything is inflated."""
 
 BOMB_RATIO = 200
 BOMB_MIN_BYTES = 256 << 20
@@ -90,9 +86,10 @@ def _checked_header(stream: IO[bytes], stored: int, where: str) -> int:
 
 
 def _refuse_if_too_big(total: int, path: Path) -> None:
-    if total > MAX_ARRAY_BYTES:
+    budget = array_budget()
+    if total > budget:
         raise StudioError(f"{path}: the arrays it would read take {_size(total)} in memory, "
-                          f"more than the {_size(MAX_ARRAY_BYTES)} the studio allows (half of "
+                          f"more than the {_size(budget)} the studio allows (half of "
                           "this machine's memory); use fewer samples")
 
 

@@ -55,7 +55,7 @@ def test_a_used_huge_member_is_refused_from_its_headers(bomb: Path) -> None:
 
 def test_a_member_over_the_memory_limit_is_refused(tmp_path: Path, monkeypatch) -> None:
     np.savez(tmp_path / "big.npz", x=np.zeros((1000, 100), np.float32))
-    monkeypatch.setattr(arrays, "MAX_ARRAY_BYTES", 100_000)
+    monkeypatch.setattr(arrays, "memory_budget", lambda: 200_000)
     with pytest.raises(StudioError, match=r"big\.npz: the arrays it would read take 0\.4 MB in "
                                           r"memory, more than the 0\.1 MB"):
         load_task(DataSection(source="arrays", path="big.npz"), tmp_path)
