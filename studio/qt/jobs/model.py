@@ -106,7 +106,7 @@ class JobsModel(QAbstractTableModel):
         self._tick.timeout.connect(self._tick_times)
         self.view_updates = 0  # how many dataChanged the flushes sent (tests check throttling)
         self._connections: list[QMetaObject.Connection] = []
-        self._shut = False
+        self._shut_down = False
 
     # --- Qt model API -----------------------------------------------------------------------
     def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008 - Qt's signature
@@ -190,7 +190,7 @@ class JobsModel(QAbstractTableModel):
         return sum(1 for row in self.rows if row.status in ("running", "cancelling"))
 
     def _start_queued(self) -> None:
-        if self._shut:
+        if self._shut_down:
             return
         for number, row in enumerate(self.rows):
             if self.running_count() >= self.max_running:
@@ -268,7 +268,7 @@ class JobsModel(QAbstractTableModel):
         """Stop every job and block until none runs (on quit: no thread or process outlives
         the window). A job that ends starts no queued one; afterwards the model's timers are
         stopped and no job's signal reaches it, so nothing arrives at a deleted object."""
-        self._shut = True
+        self._shut_down = True
         for row in self.rows:
             row.handle.shutdown(grace_ms)
         self._flush.stop()

@@ -95,14 +95,15 @@ class JobHandle(QObject):
     def shutdown(self, grace_ms: int = SHUTDOWN_GRACE_MS) -> None:
         """Stop the job and block until its thread or process is gone and ``finished`` was
         emitted: for a closing window, whose blocked event loop fires no timer and delivers no
-        queued signal, so :meth:`cancel`'s asynchronous steps would never complete."""
+        queued signal, so :meth:`cancel`'s asynchronous steps would never complete. A child
+        process still running after ``grace_ms`` is killed."""
         if self._done:
             return
         if not self._started:
             self._finish(CANCELLED, None, "")
             return
         self._shutdown(grace_ms)
-        if not self._done:  # its end was lost (a process the kernel would not reap): say so
+        if not self._done:  # a killed process the kernel did not reap in time: stop waiting
             self._finish(CANCELLED, None, "")
 
     def _shutdown(self, grace_ms: int) -> None:
@@ -187,15 +188,11 @@ class ProcessJob(JobHandle):
     def _shutdown(self, grace_ms: int) -> None:
         """SIGTERM, wait ``grace_ms`` for the child to stop at its next batch, then SIGKILL and
         wait again; ``waitForFinished`` emits the process's ``finished`` before it returns."""
-        self._cancel_asked = True
-        self.status = "cancelling"
-        self._kill_timer.stop()
-        if self.process.state() == QProcess.ProcessState.NotRunning:
-            return
-        self.process.terminate()
-        if not self.process.waitForFinished(grace_ms):
-            self.process.kill()
-            self.process.waitForFinished(REAP_AFTER_KILL_MS)
+        self._stop()
+        self._kill_timer.stop()  # it could not fire while this blocks: the kill comes below
+        if not self.wait(grace_ms):
+            self._kill()
+            self.wait(REAP_AFTER_KILL_MS)
 
     def wait(self, msecs: int = 5000) -> bool:
         if self.process.state() == QProcess.ProcessState.NotRunning:
