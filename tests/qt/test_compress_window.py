@@ -38,7 +38,7 @@ def test_two_experiments_make_points_and_a_front_and_come_back(
     win.controller.set_field([""], "act_bits", "int8")
     for _ in range(2):
         job = win.compress.run_plan()
-        with qtbot.waitSignal(job.finished, timeout=120_000):
+        with qtbot.waitSignal(job.finished, timeout=600_000):
             pass
         win.controller.set_field(["res"], "weight_bits", "fp32")
     points = win.pareto.points()
@@ -65,7 +65,7 @@ def test_a_killed_job_keeps_the_window_and_the_project(qtbot, demo_window: MainW
     job = win.compress.run_plan()
     with qtbot.waitSignal(job.event, timeout=120_000):
         pass
-    with qtbot.waitSignal(job.finished, timeout=120_000) as finished:
+    with qtbot.waitSignal(job.finished, timeout=600_000) as finished:
         job.process.kill()
     assert finished.args[0] == "failed"
     assert win.notices.kind == "error"
@@ -83,7 +83,7 @@ def test_sensitivity_fills_the_heatmap_and_the_tree_then_allocates(
     win = demo_window
     assert win.save_project_to(tmp_path / "project")
     job = win.compress.run_sensitivity("unstructured", subset=100)
-    with qtbot.waitSignal(job.finished, timeout=120_000) as finished:
+    with qtbot.waitSignal(job.finished, timeout=600_000) as finished:
         pass
     assert finished.args[0] == "finished"
     report = win.compress.sensitivity

@@ -76,7 +76,7 @@ class Recorder:
 def test_process_job_runs_the_int8_recipe(qtbot, tmp_path: Path) -> None:
     job = ProcessJob(_int8_spec(tmp_path))
     seen = Recorder(job)
-    with qtbot.waitSignal(job.finished, timeout=120_000):
+    with qtbot.waitSignal(job.finished, timeout=600_000):
         job.start()
     status, report, error = seen.ends[0]
     assert (status, error) == (FINISHED, "")
@@ -264,9 +264,11 @@ def test_jobs_panel_shows_progress_and_cancels(qtbot, tmp_path: Path, training: 
     model = panel.model
     assert model.rowCount() == 2
     assert model.index(1, NAME).data() == "Prune 50% channels + KD"
-    # The log line is shown at the next flush, maybe after the progress it precedes.
-    qtbot.waitUntil(lambda: (model.index(1, PROGRESS).data(FractionRole) or 0) > 0.1
-                    and "Recovering accuracy" in panel.log_view.toPlainText(), timeout=120_000)
+    # Any progress of the training stage (on a loaded machine 10% can take minutes); its log
+    # line is shown at the next flush, maybe after the progress it precedes.
+    qtbot.waitUntil(lambda: "distill" in (model.index(1, PROGRESS).data() or "")
+                    and (model.index(1, PROGRESS).data(FractionRole) or 0) > 0
+                    and "Recovering accuracy" in panel.log_view.toPlainText(), timeout=600_000)
     assert "distill" in model.index(1, PROGRESS).data() and "%" in model.index(1, PROGRESS).data()
     assert model.index(1, STATUS).data() == "running"
     assert panel.cancel_button.isEnabled()
