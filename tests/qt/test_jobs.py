@@ -266,8 +266,10 @@ def test_jobs_panel_shows_progress_and_cancels(qtbot, tmp_path: Path, training: 
     assert model.index(1, NAME).data() == "Prune 50% channels + KD"
     # Any progress of the training stage (on a loaded machine 10% can take minutes); its log
     # line is shown at the next flush, maybe after the progress it precedes.
+    # "Time left" needs a second step of the stage to have a rate.
     qtbot.waitUntil(lambda: "distill" in (model.index(1, PROGRESS).data() or "")
                     and (model.index(1, PROGRESS).data(FractionRole) or 0) > 0
+                    and model.index(1, LEFT).data() != ""
                     and "Recovering accuracy" in panel.log_view.toPlainText(), timeout=600_000)
     assert "distill" in model.index(1, PROGRESS).data() and "%" in model.index(1, PROGRESS).data()
     assert model.index(1, STATUS).data() == "running"
