@@ -221,7 +221,7 @@ def test_a_function_source_asks_consent_first(qtbot, demo_window: MainWindow, tm
     job = win.compress.run_plan()  # allowed: the job may run the function too, unasked
     assert job.spec["trust"] is True and len(asked) == 3
     assert job.spec["data_consent"][0]["files"][0][0] == str(loader)
-    with qtbot.waitSignal(job.finished, timeout=30_000):
+    with qtbot.waitSignal(job.finished, timeout=120_000):
         job.cancel()
 
 
@@ -313,7 +313,7 @@ def test_a_hugging_face_folder_opens_with_roles(qtbot, window: MainWindow, tmp_p
                                      max_position_embeddings=32)
     transformers.BertModel(config).save_pretrained(tmp_path / "bert")
     _pick(window, monkeypatch, str(tmp_path / "bert"))
-    with qtbot.waitSignal(window.workspaceOpened, timeout=60_000):
+    with qtbot.waitSignal(window.workspaceOpened, timeout=120_000):
         window.open_folder_action.trigger()
 
     tree = window.workspace.tree
@@ -343,7 +343,7 @@ def test_a_dropped_folder_without_a_model_gives_a_notice(qtbot, window: MainWind
     mime.setUrls([QUrl.fromLocalFile(str(tmp_path / "empty"))])
     event = QDropEvent(QPoint(10, 10), Qt.DropAction.CopyAction, mime,
                        Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
-    with qtbot.waitSignal(window.openFailed, timeout=30_000):
+    with qtbot.waitSignal(window.openFailed, timeout=120_000):
         window.dropEvent(event)  # a folder goes the same way as a file, not as a project
     assert window.notices.kind == "error" and "empty" in window.notices.text.text()
     assert "project.yaml" not in window.notices.text.text()
@@ -356,7 +356,7 @@ def test_sensitivity_times_the_task_data_and_names_a_missing_file(
     win.data_panel.source.setCurrentIndex(win.data_panel.source.findData("arrays"))
     win.data_panel.path.setText(str(tmp_path / "missing.npz"))
     win.choose_sensitivity()  # times one evaluation on the data, in the background
-    qtbot.waitUntil(lambda: not win.busy_working, timeout=30_000)
+    qtbot.waitUntil(lambda: not win.busy_working, timeout=120_000)
     assert win.notices.kind == "error" and "missing.npz" in win.notices.text.text()
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from PySide6.QtCore import (
     QAbstractTableModel,
+    QMetaObject,
     QModelIndex,
     QObject,
     QPersistentModelIndex,
@@ -22,7 +23,7 @@ from PySide6.QtCore import (
 )
 
 from studio.core.jobs import Artifact, Event, Log, Metric, Progress, Result
-from studio.qt.jobs.runner import CANCELLED, FAILED, FINISHED, JobHandle
+from studio.qt.jobs.runner import CANCELLED, FAILED, FINISHED, SHUTDOWN_GRACE_MS, JobHandle
 
 COLUMNS = ("Name", "Status", "Progress", "Elapsed", "Time left", "Latest metric")
 NAME, STATUS, PROGRESS, ELAPSED, LEFT, METRIC = range(len(COLUMNS))
@@ -104,6 +105,8 @@ class JobsModel(QAbstractTableModel):
         self._tick.setInterval(TICK_MS)
         self._tick.timeout.connect(self._tick_times)
         self.view_updates = 0  # how many dataChanged the flushes sent (tests check throttling)
+        self._connections: list[QMetaObject.Connection] = []
+        self._shut_down = False
 
     # --- Qt model API -----------------------------------------------------------------------
     def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008 - Qt's signature
@@ -155,14 +158,19 @@ class JobsModel(QAbstractTableModel):
 
     # --- jobs -------------------------------------------------------------------------------
     def add_job(self, name: str, handle: JobHandle) -> int:
-        """Add a job; it starts now, or when a running one ends if ``max_running`` are busy."""
+        """Add a job; it starts now, or when a running one ends if ``max_running`` are busy.
+
+        The model becomes the job's parent, so the job, its process and its timers are deleted
+        with the model, in the GUI thread (not by a garbage collection in some other thread)."""
         number = len(self.rows)
         self.beginInsertRows(QModelIndex(), number, number)
         row = JobRow(name, handle)
         self.rows.append(row)
         self.endInsertRows()
-        handle.event.connect(lambda event, r=row: self._on_event(r, event))
-        handle.finished.connect(lambda *end, r=row: self._on_finished(r, *end))
+        handle.setParent(self)
+        self._connections += [
+            handle.event.connect(lambda event, r=row: self._on_event(r, event)),
+            handle.finished.connect(lambda *end, r=row: self._on_finished(r, *end))]
         self._start_queued()
         return number
 
@@ -182,6 +190,8 @@ class JobsModel(QAbstractTableModel):
         return sum(1 for row in self.rows if row.status in ("running", "cancelling"))
 
     def _start_queued(self) -> None:
+        if self._shut_down:
+            return
         for number, row in enumerate(self.rows):
             if self.running_count() >= self.max_running:
                 break
@@ -254,9 +264,15 @@ class JobsModel(QAbstractTableModel):
             if row.status in ("running", "cancelling"):
                 self.dataChanged.emit(self.index(number, ELAPSED), self.index(number, LEFT))
 
-    def wait_all(self, msecs: int = 5000) -> None:
-        """Cancel and wait for every job (on quit: no thread or process outlives the window)."""
-        for number in range(len(self.rows)):
-            self.cancel(number)
+    def shutdown(self, grace_ms: int = SHUTDOWN_GRACE_MS) -> None:
+        """Stop every job and block until none runs (on quit: no thread or process outlives
+        the window). A job that ends starts no queued one; afterwards the model's timers are
+        stopped and no job's signal reaches it, so nothing arrives at a deleted object."""
+        self._shut_down = True
         for row in self.rows:
-            row.handle.wait(msecs)
+            row.handle.shutdown(grace_ms)
+        self._flush.stop()
+        self._tick.stop()
+        for connection in self._connections:
+            QObject.disconnect(connection)
+        self._connections.clear()

@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio.qt.jobs.model import ENDED, PROGRESS, FractionRole, JobsModel
-from studio.qt.jobs.runner import FAILED, JobHandle
+from studio.qt.jobs.runner import FAILED, SHUTDOWN_GRACE_MS, JobHandle
 
 
 class ProgressDelegate(QStyledItemDelegate):
@@ -140,9 +140,10 @@ class JobsPanel(QWidget):
             self.model.cancel(number)
             self._update_buttons()
 
-    def shutdown(self, msecs: int = 3000) -> None:
-        """Cancel every job and wait for it: call from the window's closeEvent."""
-        self.model.wait_all(msecs)
+    def shutdown(self, grace_ms: int = SHUTDOWN_GRACE_MS) -> None:
+        """Stop every job and block until none runs (killing a child that has not stopped
+        within ``grace_ms``): call from the window's closeEvent."""
+        self.model.shutdown(grace_ms)
 
     def _selection_changed(self, *_: Any) -> None:
         number = self.selected_row()

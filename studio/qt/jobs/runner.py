@@ -1,8 +1,9 @@
 """Run core jobs from the GUI without freezing it: in a child process (long jobs) or a thread.
 
-Both runners are a :class:`JobHandle`: ``start()``, ``cancel()``, an ``event`` signal carrying the
-core's plain event dataclasses, and one ``finished(status, report, error)`` signal. The window
-never sees a traceback: every way a job can end becomes a status and a readable sentence.
+Both runners are a :class:`JobHandle`: ``start()``, ``cancel()``, ``shutdown()``, an ``event``
+signal carrying the core's plain event dataclasses, and one ``finished(status, report, error)``
+signal. The window never sees a traceback: every way a job can end becomes a status and a
+readable sentence.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QThread, QTimer, Signal
+from PySide6.QtCore import (
+    QCoreApplication,
+    QObject,
+    QProcess,
+    QProcessEnvironment,
+    QThread,
+    QTimer,
+    Signal,
+)
 
 from studio.core.errors import StudioError
 from studio.core.jobs import CancelToken, Event, JobCancelled, Log, Result
@@ -31,6 +40,12 @@ CANCELLED = "cancelled"
 #: because killing is safe (the child writes every output atomically, the report last) and a
 #: distillation batch under CPU contention can take longer than the 1 s users accept for cancel.
 KILL_AFTER_MS = 500
+#: How long :meth:`JobHandle.shutdown` lets a child stop by itself (the window is closing, so
+#: nothing is shown meanwhile) before it is killed.
+SHUTDOWN_GRACE_MS = 3000
+#: How long a killed child may take to be reaped: SIGKILL cannot be ignored, so this only bounds
+#: a process stuck in the kernel.
+REAP_AFTER_KILL_MS = 30_000
 #: How many of a child's last stderr lines are kept to explain a failure.
 STDERR_LINES = 200
 UNTOUCHED = "the project and the model are untouched"
@@ -75,6 +90,23 @@ class JobHandle(QObject):
         self._stop()
 
     def _stop(self) -> None:
+        raise NotImplementedError
+
+    def shutdown(self, grace_ms: int = SHUTDOWN_GRACE_MS) -> None:
+        """Stop the job and block until its thread or process is gone and ``finished`` was
+        emitted: for a closing window, whose blocked event loop fires no timer and delivers no
+        queued signal, so :meth:`cancel`'s asynchronous steps would never complete. A child
+        process still running after ``grace_ms`` is killed."""
+        if self._done:
+            return
+        if not self._started:
+            self._finish(CANCELLED, None, "")
+            return
+        self._shutdown(grace_ms)
+        if not self._done:  # a killed process the kernel did not reap in time: stop waiting
+            self._finish(CANCELLED, None, "")
+
+    def _shutdown(self, grace_ms: int) -> None:
         raise NotImplementedError
 
     def wait(self, msecs: int = 5000) -> bool:
@@ -136,9 +168,13 @@ class ProcessJob(JobHandle):
         env.insert("PYTHONPATH", os.pathsep.join(p for p in paths if p))
         env.insert("PYTHONUNBUFFERED", "1")
         self.process.setProcessEnvironment(env)
-        # A frozen app (PyInstaller) has no ``python -m``: it would need its own executable
-        # started with a "--job SPEC" switch that calls studio.core.jobs.child.main.
-        self.process.start(sys.executable, ["-m", "studio.core.jobs.child", self._spec_path])
+        self.process.start(*self.command(self._spec_path))
+
+    def command(self, spec_path: str) -> tuple[str, list[str]]:
+        """The program and arguments that run the spec file. A frozen app (PyInstaller) has no
+        ``python -m``: it would return its own executable with a "--job SPEC" switch that calls
+        studio.core.jobs.child.main."""
+        return sys.executable, ["-m", "studio.core.jobs.child", spec_path]
 
     def _stop(self) -> None:
         """Ask the child to stop at its next batch (SIGTERM); kill it if it has not in 0.5 s."""
@@ -148,6 +184,15 @@ class ProcessJob(JobHandle):
             return
         self.process.terminate()
         self._kill_timer.start(KILL_AFTER_MS)
+
+    def _shutdown(self, grace_ms: int) -> None:
+        """SIGTERM, wait ``grace_ms`` for the child to stop at its next batch, then SIGKILL and
+        wait again; ``waitForFinished`` emits the process's ``finished`` before it returns."""
+        self._stop()
+        self._kill_timer.stop()  # it could not fire while this blocks: the kill comes below
+        if not self.wait(grace_ms):
+            self._kill()
+            self.wait(REAP_AFTER_KILL_MS)
 
     def wait(self, msecs: int = 5000) -> bool:
         if self.process.state() == QProcess.ProcessState.NotRunning:
@@ -293,6 +338,14 @@ class ThreadJob(JobHandle):
         self.cancel_time = time.monotonic()
         self.status = "cancelling"
         self.token.cancel()
+
+    def _shutdown(self, grace_ms: int) -> None:
+        """Cancel and wait for the thread however long its batch takes: a thread cannot be
+        killed, and a QThread destroyed while it runs aborts the whole app. Then deliver its
+        queued events and its end here and now."""
+        self._stop()
+        self._thread.wait()
+        QCoreApplication.sendPostedEvents(self)
 
     def wait(self, msecs: int = 5000) -> bool:
         return self._thread.wait(msecs)
