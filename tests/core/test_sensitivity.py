@@ -4,7 +4,6 @@ coupled layers reported together, cancel within one evaluation."""
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any
 
 import pytest
@@ -104,8 +103,7 @@ def test_cancel_stops_within_one_evaluation() -> None:
             seen.append(event)
             if isinstance(event, Progress) and event.done == 2:
                 token.cancel()
-                started = time.perf_counter()
-    assert time.perf_counter() - started < 1.0
+    # no evaluation after the cancel: the outcome, not the wall time (the machine may be slow)
     assert [e.done for e in seen if isinstance(e, Progress)] == [1, 2]
 
 
