@@ -38,6 +38,8 @@ _WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatM
                  "QLinearConv", "QLinearMatMul", "MatMulNBits"}
 _COUNTED_OPS = {"Conv", "ConvInteger", "ConvTranspose", "Gemm", "MatMul", "MatMulInteger"}
 """Ops whose MACs are counted: those that hold nearly all of a network's arithmetic."""
+BODY_SCOPE = "Body"
+"""Op type of the tree node grouping the nodes of one If/Loop/Scan body."""
 _INLINE_ELEMENTS = 1 << 16
 """Initializers up to this size keep their values for shape inference (Reshape targets and
 the like); bigger ones are given to it as typed inputs, so no weight is copied."""
@@ -263,7 +265,7 @@ def build_onnx_tree(model: onnx.ModelProto, model_name: str,
         else:
             holder, _, attribute = walked.body.rpartition("/")
             parent = tree.get(walked.body) if walked.body in tree else tree.add(
-                walked.body, attribute, "Body", tree.get(holder).id)
+                walked.body, attribute, BODY_SCOPE, tree.get(holder).id)
         node_name = walked.name
         if node_name in tree:  # the name of a scope
             node_name = f"{node_name}_{len(tree)}"
