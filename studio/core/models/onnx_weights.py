@@ -59,10 +59,11 @@ def _file_chunks(path: Path, offset: int, length: int, what: str) -> Iterator[by
     with path.open("rb") as stream:
         position = offset
         while position < end:
-            data = position
+            data, hole = position, end
             if hasattr(os, "SEEK_DATA"):
                 try:
                     data = min(os.lseek(stream.fileno(), position, os.SEEK_DATA), end)
+                    hole = min(os.lseek(stream.fileno(), data, os.SEEK_HOLE), end)
                 except OSError:  # ENXIO: only a hole is left up to the end of the file
                     data = end
             if data > position:
@@ -70,7 +71,7 @@ def _file_chunks(path: Path, offset: int, length: int, what: str) -> Iterator[by
                 position = data
                 continue
             stream.seek(position)
-            chunk = stream.read(min(CHUNK_BYTES, end - position))
+            chunk = stream.read(min(CHUNK_BYTES, max(hole, position + 1) - position))
             if not chunk:
                 raise ValueError(f"{path.name} ends before the bytes of {what}")
             position += len(chunk)
