@@ -72,6 +72,7 @@ def inspect_json(workspace: Workspace) -> dict[str, Any]:
         "layers": [_layer_json(node) for node in tree.nodes[1:]],
         "totals": {"params": tree.root.total_params, "macs": tree.root.total_macs,
                    "bytes": tree.root.total_nbytes},
+        "notes": list(tree.notes),
     }
 
 
@@ -100,4 +101,5 @@ def inspect_text(workspace: Workspace, max_depth: int | None = None) -> str:
                  f"{format_count(tree.root.total_params)} params, "
                  f"{format_count(tree.root.total_macs)} MACs, "
                  f"{format_bytes(tree.root.total_nbytes)}; {example}")
+    lines.extend(f"note: {note}" for note in tree.notes)
     return "\n".join(lines)

@@ -479,6 +479,8 @@ class MainWindow(QMainWindow):
         if workspace.example is None and workspace.loaded.module is not None:
             self.show_info("No example input is known for this model, so shapes and MACs are "
                            "empty. Set one with Model ▸ Set Example Input…")
+        elif workspace.tree.notes:  # e.g. an ONNX file whose image size is free
+            self.show_info(" ".join(workspace.tree.notes))
         self.workspaceOpened.emit()
 
     # --- plan and selection ----------------------------------------------------------------

@@ -119,6 +119,12 @@ def test_inspect_wrong_input_shape(capsys):
     _assert_one_error_line(err, "[1, 3, 32, 32]")
 
 
+def test_inspect_onnx_with_an_input_shape_that_does_not_fit(capsys, demo_onnx_path):
+    code, _, err = _run(capsys, "inspect", str(demo_onnx_path), "--input-shape", "1,3,32,32")
+    assert code == 2
+    _assert_one_error_line(err, "does not fit the model's input 'input' of shape")
+
+
 def _nan_model(tmp_path: Path, demo_module: torch.nn.Module) -> Path:
     state = {k: v.clone().contiguous() for k, v in demo_module.state_dict().items()}
     name = next(k for k in state if k.endswith("weight"))

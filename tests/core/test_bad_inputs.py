@@ -205,6 +205,31 @@ def test_onnx_external_data_that_is_cut_short(tmp_path, demo_onnx_path,
     assert str(folder / "model.onnx") in str(raised.value)
 
 
+def test_onnx_external_data_shorter_than_its_shape(tmp_path, demo_onnx_path,
+                                                   save_with_external_data):
+    """The data file holds enough bytes, but an entry declares fewer than the shape needs: the
+    weights are read lazily, so this is checked when the file is opened, not when it runs."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    save_with_external_data(demo_onnx_path, folder / "model.onnx")
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    weight = next(t for t in model.graph.initializer if len(t.dims) == 4)
+    next(e for e in weight.external_data if e.key == "length").value = "16"
+    onnx.save_model(model, str(folder / "model.onnx"))
+    with pytest.raises(ModelLoadError, match=f"weight '{weight.name}' does not fit in "
+                                             "'weights.bin'.*cut short or damaged"):
+        open_model(folder / "model.onnx")
+
+
+def test_onnx_example_input_that_does_not_fit_the_file(demo_onnx_path):
+    """ONNX files take the example input for their shapes (MACs) since issue 11: one that the
+    file's fixed dims contradict is refused, naming the input and its shape."""
+    with pytest.raises(InputError, match=r"the example input of shape \[1, 3, 32, 32\] does "
+                                         r"not fit the model's input 'input' of shape "
+                                         r"\[1, 1, 28, 28\]"):
+        open_workspace(str(demo_onnx_path), example=InputSpec((1, 3, 32, 32)))
+
+
 # --- recipes -------------------------------------------------------------------------------------
 
 def _recipe(tmp_path: Path, body: str, name: str = "recipe.yaml") -> Path:

@@ -335,7 +335,8 @@ def _export_compressed(model: nn.Module, example: torch.Tensor, data: TaskData,
         return []
     float_path = out_dir / "compressed-float.onnx"
     export_onnx(model, example, float_path, opset=export_section.opset)
-    plan = plan_to_ort(build_onnx_tree(onnx.load(str(float_path)), "compressed"), resolved,
+    plan = plan_to_ort(build_onnx_tree(onnx.load(str(float_path), load_external_data=False),
+                                       "compressed", data_dir=float_path.parent), resolved,
                        quantize.weight_only)
     if plan.is_empty:
         float_path.replace(model_path)

@@ -33,7 +33,7 @@ from studio.core.export.measure import (
     run_onnx_outputs,
     zip_bytes,
 )
-from studio.core.export.onnx_export import onnx_file_bytes, save_onnx
+from studio.core.export.onnx_export import onnx_file_bytes, remove_onnx, save_onnx
 from studio.core.graph.onnx_tree import build_onnx_tree
 from studio.core.graph.tree import LayerTree
 from studio.core.jobs import CancelToken, Event, Log, Metric
@@ -157,7 +157,9 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, outputs: RunOutputs
     export_section = recipe.export or ExportSection()
     prune_section = recipe.prune or PruneSection()
     per_channel = quantize.per_channel and _plan_quantizes_to_integers(workspace)
-    repaired = repair_onnx(loaded.onnx_model, PER_CHANNEL_OPSET if per_channel else None)
+    data_dir = loaded.path.parent  # external weights stay there, read when needed
+    repaired = repair_onnx(loaded.onnx_model, PER_CHANNEL_OPSET if per_channel else None,
+                           data_dir)
     model = repaired.model
     data = load_data()
     feeder = feeder_for_data(model, loaded.path, data)
@@ -176,7 +178,7 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, outputs: RunOutputs
     for step in repaired.steps:
         yield Log(f"Repair: {step}")
     yield Log(f"Baseline: measuring {workspace.tree.model_name} in onnxruntime")
-    baseline_path = save_onnx(model, out_dir / BASELINE_FILE)
+    baseline_path = save_onnx(model, out_dir / BASELINE_FILE, data_dir)
     inputs = model_inputs(test)
     baseline_outputs = _outputs(baseline_path, inputs, batch, feeder)
     notes: list[str] = []
@@ -187,7 +189,7 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, outputs: RunOutputs
         except StudioError as error:
             notes.append(f"{error}; the repaired baseline is the reference instead.")
     labels = test.tensors[1] if data.metric == "accuracy" else None
-    tree = build_onnx_tree(model, workspace.tree.model_name)
+    tree = build_onnx_tree(model, workspace.tree.model_name, workspace.example, data_dir)
     baseline = _figures(baseline_path, tree, baseline_outputs, data.metric, labels, reference,
                         reference)
     yield Metric("baseline", data.metric, baseline["metric"]["value"], 0)
@@ -204,13 +206,13 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, outputs: RunOutputs
         yield Log(f"Pruning: {len(partition.unstructured)} weight initializers, unstructured "
                   "by magnitude")
         pruning = prune_initializers(model, partition.unstructured,
-                                     prune_section.global_unstructured)
+                                     prune_section.global_unstructured, data_dir=data_dir)
     pruning["structured_skipped"] = structured
     token.check()
 
     plan = plan_to_ort(tree, resolved, quantize.weight_only)
     model_path = out_dir / MODEL_FILE
-    float_path = save_onnx(model, out_dir / "compressed-float.onnx")
+    float_path = save_onnx(model, out_dir / "compressed-float.onnx", data_dir)
     prepared: list[str] = []
     float_outputs = None
     try:
@@ -221,11 +223,12 @@ def run_onnx_workspace(workspace: Workspace, recipe: Recipe, outputs: RunOutputs
             apply_quant_plan(float_path, model_path, plan, calibration, quantize.per_channel,
                              quantize.calibration, prepared=prepared, feed=feeder)
         else:
-            float_path.replace(model_path)
+            save_onnx(model, model_path, data_dir)
     finally:
-        float_path.unlink(missing_ok=True)
+        remove_onnx(float_path)
     compressed_outputs = _outputs(model_path, inputs, batch, feeder)
-    compressed = _figures(model_path, build_onnx_tree(model, "compressed"), compressed_outputs,
+    compressed = _figures(model_path, build_onnx_tree(model, "compressed", workspace.example,
+                                                      data_dir), compressed_outputs,
                           data.metric, labels, reference,
                           compressed_outputs if float_outputs is None else float_outputs)
     yield Metric("compressed", data.metric, compressed["metric"]["value"], 0)

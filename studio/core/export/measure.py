@@ -35,6 +35,7 @@ from studio.core.errors import StudioError
 from studio.core.export.onnx_export import external_data_files
 from studio.core.graph.onnx_walk import all_graphs
 from studio.core.methods.distill.features import first_tensor
+from studio.core.models.onnx_weights import tensor_dtype, tensor_nbytes
 
 DEFAULT_THREADS = 2
 """Fixed so that timings taken on different days or machines compare like with like."""
@@ -291,11 +292,11 @@ def count_ops(onnx_path: str | Path | onnx.ModelProto) -> dict[str, int]:
 
 def initializer_bytes(onnx_path: str | Path | onnx.ModelProto) -> dict[str, int]:
     """Bytes of the stored tensors by element type (``int8``, ``float32``...): where size goes."""
-    model = onnx_path if isinstance(onnx_path, onnx.ModelProto) else onnx.load(str(onnx_path))
+    model = onnx_path if isinstance(onnx_path, onnx.ModelProto) else onnx.load(
+        str(onnx_path), load_external_data=False)
     totals: Counter[str] = Counter()
     for graph in all_graphs(model.graph):
         for tensor in graph.initializer:
-            name = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).name
-            stored = len(tensor.raw_data) or onnx.numpy_helper.to_array(tensor).nbytes
-            totals[name] += int(stored)  # raw bytes: packed int4 counts half a byte each
+            # From the shape: packed int4 counts half a byte each, external data is not read.
+            totals[tensor_dtype(tensor).name] += tensor_nbytes(tensor)
     return dict(totals.most_common())

@@ -13,14 +13,18 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import onnx
 import torch
+from google.protobuf.message import EncodeError
 from onnx.external_data_helper import uses_external_data
 from torch import Tensor, nn
 
 from studio.core.atomic import write_bytes_atomic
 from studio.core.errors import StudioError
+from studio.core.graph.onnx_walk import all_graphs, subgraphs
+from studio.core.models.onnx_weights import data_chunks, external_tensors, tensor_nbytes
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -74,14 +78,81 @@ def _consolidate(exported: Path, external: bool) -> list[Path]:
     return [folder / data_name] if (folder / data_name).exists() else []
 
 
-def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
+def _single_file_size(model: onnx.ModelProto) -> int | None:
+    """Bytes of ``model`` as one file; None when it cannot be one (external tensors, or past
+    the protobuf limit, where ``ByteSize`` itself raises)."""
+    if next(external_tensors(model), None) is not None:
+        return None
+    try:
+        size = model.ByteSize()
+    except EncodeError:
+        return None
+    return size if size < _SINGLE_FILE_LIMIT else None
+
+
+def _write_tensor(stream: BinaryIO, tensor: onnx.TensorProto, data_dir: Path | None) -> int:
+    """Append the tensor's bytes at a 4 KiB boundary; zero chunks are skipped (left as holes),
+    so a sparse data file stays sparse. Returns the offset."""
+    offset = -(-stream.tell() // 4096) * 4096
+    stream.seek(offset)
+    for chunk in data_chunks(tensor, data_dir):
+        if isinstance(chunk, int) or chunk.count(0) == len(chunk):
+            stream.seek(chunk if isinstance(chunk, int) else len(chunk), os.SEEK_CUR)
+        else:
+            stream.write(chunk)
+    return offset
+
+
+def _stub(tensor: onnx.TensorProto, location: str, offset: int) -> onnx.TensorProto:
+    stub = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
+                            doc_string=tensor.doc_string)
+    stub.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)),
+                       ("length", str(tensor_nbytes(tensor)))):
+        stub.external_data.add(key=key, value=value)
+    return stub
+
+
+def _save_with_data_file(model: onnx.ModelProto, target: Path, data_dir: Path | None) -> None:
+    """``target`` plus ``target.data`` holding every weight over 1 KiB, the weights streamed
+    one at a time (from the source data file, or from memory): ``model`` is not changed."""
+    location = f"{target.name}.data"
+    out = onnx.ModelProto(ir_version=model.ir_version, producer_name=model.producer_name,
+                          producer_version=model.producer_version, domain=model.domain,
+                          model_version=model.model_version, doc_string=model.doc_string)
+    out.opset_import.extend(model.opset_import)
+    out.metadata_props.extend(model.metadata_props)
+    out.functions.extend(model.functions)
+    graph, source = out.graph, model.graph
+    for name in ("node", "input", "output", "value_info", "quantization_annotation",
+                 "sparse_initializer"):
+        getattr(graph, name).extend(getattr(source, name))
+    graph.name, graph.doc_string = source.name, source.doc_string
+    with (target.parent / location).open("wb") as stream:
+        for tensor in source.initializer:
+            if uses_external_data(tensor) or tensor_nbytes(tensor) > 1024:
+                graph.initializer.append(_stub(tensor, location,
+                                               _write_tensor(stream, tensor, data_dir)))
+            else:
+                graph.initializer.append(tensor)
+        # Weights inside If/Loop/Scan bodies came with their nodes; those kept on disk move
+        # into the new data file too.
+        for tensor in (t for sub in subgraphs(graph) for g in all_graphs(sub)
+                       for t in g.initializer if uses_external_data(t)):
+            tensor.CopyFrom(_stub(tensor, location, _write_tensor(stream, tensor, data_dir)))
+        stream.truncate(stream.tell())
+    write_bytes_atomic(target, out.SerializeToString())
+
+
+def save_onnx(model: onnx.ModelProto, path: str | Path, data_dir: Path | None = None) -> Path:
     """Write ``model`` atomically: one file below 2 GB, else ``path`` + ``path.data``.
 
-    A model past 2 GB is changed in place to refer to its data file (copying it would double
-    the memory it takes).
+    ``data_dir`` is the folder the model's external data is read from (it was opened with its
+    data left on disk); such a model is always written with a data file. Weights are copied one
+    at a time, so memory stays bounded, and ``model`` is left as it was.
     """
     path = Path(path)
-    if model.ByteSize() < _SINGLE_FILE_LIMIT:
+    if _single_file_size(model) is not None:
         write_bytes_atomic(path, model.SerializeToString())
         return path
     try:
@@ -91,9 +162,7 @@ def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
         raise StudioError(f"cannot write {path}: {error.strerror or error}") from error
     try:
         target = scratch / path.name
-        onnx.save_model(model, str(target), save_as_external_data=True,
-                        all_tensors_to_one_file=True, location=f"{path.name}.data",
-                        size_threshold=1024)
+        _save_with_data_file(model, target, data_dir)
         os.replace(scratch / f"{path.name}.data", path.parent / f"{path.name}.data")
         os.replace(target, path)
     except (OSError, ValueError) as error:
@@ -101,6 +170,13 @@ def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return path
+
+
+def remove_onnx(path: str | Path) -> None:
+    """Delete an ONNX file this run wrote, with the data file :func:`save_onnx` gave it."""
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    path.with_name(f"{path.name}.data").unlink(missing_ok=True)
 
 
 def _is_tokens(tensor: Tensor) -> bool:

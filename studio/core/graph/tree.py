@@ -81,6 +81,8 @@ class LayerTree:
         self.nodes: list[LayerNode] = []
         self._by_name: dict[str, int] = {}
         self.example_input: tuple[int, ...] | None = None
+        self.notes: list[str] = []
+        """What the figures leave out and why (shapes that could not be inferred), in words."""
 
     def add(self, name: str, label: str, op_type: str, parent: int | None) -> LayerNode:
         siblings = self.nodes[parent].children if parent is not None else []

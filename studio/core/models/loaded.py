@@ -23,6 +23,8 @@ class LoadedModel:
     """One of: safetensors, state_dict, pickled_module, torch_export, onnx."""
     module: nn.Module | None = None
     onnx_model: onnx.ModelProto | None = None
+    """The graph; weights kept in external data stay on disk, read relative to ``path.parent``
+    (pass that folder as ``data_dir`` to save, repair, prune or build the tree of it)."""
     architecture: str | None = None
     example: InputSpec | None = None
     """Example input found in the file itself (metadata, export signature, ONNX inputs)."""

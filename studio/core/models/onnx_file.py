@@ -1,4 +1,10 @@
-"""Load an ONNX file, with its external data only from inside the model's own folder."""
+"""Load an ONNX file, with its external data only from inside the model's own folder.
+
+External data stays on disk: the loaded model holds the graph and the references, the values
+are read where needed (:mod:`studio.core.models.onnx_weights`), so a model past 2 GB costs its
+graph in memory, not its weights (onnx's ``load_external_data_for_model`` took them whole, and
+the tree and the checks copies of them, 3x in all).
+"""
 
 from __future__ import annotations
 
@@ -15,25 +21,18 @@ from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import LoadedModel
 from studio.core.models.onnx_feeds import graph_inputs
 from studio.core.models.onnx_repair import constant_value
+from studio.core.models.onnx_weights import external_span, external_tensors, tensor_nbytes
 
 _EXAMPLE_DTYPES = {"float32", "float16", "bfloat16", "int64", "int32", "bool"}
 
 
-def _external_locations(model: onnx.ModelProto) -> set[str]:
-    locations = set()
-    for tensor in model.graph.initializer:
-        if uses_external_data(tensor):
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    locations.add(entry.value)
-    return locations
-
-
 def _check_external_data(path: Path, model: onnx.ModelProto) -> None:
+    """Every data file inside the model's folder, present, and long enough for its tensors."""
     folder = path.parent.resolve()
-    for location in sorted(_external_locations(model)):
+    for tensor in external_tensors(model):
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
         target = (folder / location).resolve()
-        if not target.is_relative_to(folder):
+        if not location or not target.is_relative_to(folder):
             raise ModelLoadError(
                 f"{path}: refers to external data {location!r} outside its own folder; "
                 "refusing to read it"
@@ -43,12 +42,27 @@ def _check_external_data(path: Path, model: onnx.ModelProto) -> None:
                 f"{path}: its weights are stored in {location!r}, which is missing; "
                 "keep the data file next to the model"
             )
+        try:
+            _, offset, length = external_span(tensor, folder)
+        except ValueError as error:
+            raise ModelLoadError(f"{path}: weight {tensor.name!r} has a damaged external data "
+                                 f"entry ({error}); export it again") from error
+        if length != tensor_nbytes(tensor) or offset < 0 or \
+                offset + length > target.stat().st_size:
+            raise ModelLoadError(
+                f"{path}: weight {tensor.name!r} does not fit in {location!r} (bytes "
+                f"{offset}-{offset + length} of {target.stat().st_size}, shape "
+                f"{list(tensor.dims)}); the data file is cut short or damaged, export it again")
 
 
 def example_from_graph(model: onnx.ModelProto) -> InputSpec | None:
-    """The first fed input (see :func:`graph_inputs`); symbolic dims become 1."""
+    """The first fed input (see :func:`graph_inputs`), a free batch dim taken as 1; None when
+    another dim is free (an image size, a sequence length): guessing 1 there made a detector's
+    MACs 0, so the user gives the example instead."""
     inputs = graph_inputs(model)
     if not inputs or not inputs[0].dims or str(inputs[0].dtype) not in _EXAMPLE_DTYPES:
+        return None
+    if any(not isinstance(d, int) or d <= 0 for d in inputs[0].dims[1:]):
         return None
     dims = tuple(d if isinstance(d, int) and d > 0 else 1 for d in inputs[0].dims)
     return InputSpec(dims, str(inputs[0].dtype))
@@ -66,6 +80,8 @@ def _check_initializers(path: Path, model: onnx.ModelProto) -> None:
     """Every weight must decode to its declared shape (a damaged file can parse as protobuf),
     those held in Constant nodes included."""
     for tensor in model.graph.initializer:
+        if uses_external_data(tensor):
+            continue  # checked against its data file's size
         try:
             numpy_helper.to_array(tensor)  # a view of raw_data: cheap
         except Exception as error:  # onnx/numpy raise several types on inconsistent tensors
@@ -111,10 +127,6 @@ def load_onnx(path: Path) -> LoadedModel:
         raise ModelLoadError(f"{path}: parsed as ONNX but holds no graph nodes; is it ONNX?")
     _drop_oversized_metadata(model)
     _check_external_data(path, model)
-    try:
-        onnx.load_external_data_for_model(model, str(path.parent))
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(f"{path}: could not read its external data: {error}") from error
     _check_initializers(path, model)
     name = model.graph.name or path.stem
     return LoadedModel(name=name if name != "main_graph" else path.stem, path=path,

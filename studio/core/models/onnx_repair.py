@@ -16,13 +16,15 @@ follow, is handled where it bites: quantization pre-processing retries without i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper, version_converter
 
 from studio.core.errors import StudioError
-from studio.core.graph.onnx_walk import subgraphs
+from studio.core.graph.onnx_walk import subgraphs, walk_nodes
+from studio.core.models.onnx_weights import read_array
 
 PER_CHANNEL_OPSET = 13
 """The first opset whose QuantizeLinear/DequantizeLinear take an ``axis`` (per-channel)."""
@@ -63,9 +65,11 @@ def constant_value(node: onnx.NodeProto) -> np.ndarray | None:
     return None
 
 
-def _graph_constants_to_initializers(graph: onnx.GraphProto, as_inputs: bool) -> int:
+def _graph_constants_to_initializers(graph: onnx.GraphProto, as_inputs: bool,
+                                     data_dir: Path | None) -> int:
     outputs = {value.name for value in graph.output}
-    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    initializers = {t.name: t for t in graph.initializer}
+    values: dict[str, np.ndarray] = {}  # constants made here; initializers are read when cast
     feedable = {value.name for value in graph.input}  # IR < 4: an input may override its value
     moved = 0
     kept = []
@@ -73,10 +77,13 @@ def _graph_constants_to_initializers(graph: onnx.GraphProto, as_inputs: bool) ->
         value = None
         if node.op_type == "Constant" and node.output[0] not in outputs:
             value = constant_value(node)
-        elif (node.op_type == "Cast" and node.input[0] in values
+        elif (node.op_type == "Cast" and node.input[0] in values.keys() | initializers.keys()
               and node.input[0] not in feedable and node.output[0] not in outputs):
             to = next(a.i for a in node.attribute if a.name == "to")
-            value = values[node.input[0]].astype(onnx.helper.tensor_dtype_to_np_dtype(to))
+            source = values.get(node.input[0])
+            if source is None:
+                source = read_array(initializers[node.input[0]], data_dir)
+            value = source.astype(onnx.helper.tensor_dtype_to_np_dtype(to))
         if value is None:
             kept.append(node)
             continue
@@ -90,42 +97,30 @@ def _graph_constants_to_initializers(graph: onnx.GraphProto, as_inputs: bool) ->
         moved += 1
     del graph.node[:]
     graph.node.extend(kept)
-    return moved + sum(_graph_constants_to_initializers(sub, False) for sub in subgraphs(graph))
+    return moved + sum(_graph_constants_to_initializers(sub, False, data_dir)
+                       for sub in subgraphs(graph))
 
 
-def constants_to_initializers(model: onnx.ModelProto) -> int:
+def constants_to_initializers(model: onnx.ModelProto, data_dir: Path | None = None) -> int:
     """Turn ``Constant`` nodes, and ``Cast`` nodes of constants, into initializers, in place,
     in the main graph and its subgraphs (each into its own graph). Returns how many.
 
     The graph computes the same: a constant read from an initializer is the same tensor.
     Constants that are graph outputs stay nodes (an initializer cannot be produced by the
     graph). Before IR version 4 an initializer must also be a graph input, so one is added.
+    ``data_dir`` is where external data lives (a cast of an external weight reads it).
     """
-    return _graph_constants_to_initializers(model.graph, model.ir_version < 4)
-
-
-def node_names(graph: onnx.GraphProto) -> list[str]:
-    """The name the layer tree shows for each node: its own, ``<op>_<index>`` when it has
-    none, with ``_<index>`` added when it repeats an earlier node's name."""
-    names: list[str] = []
-    seen: set[str] = set()
-    for index, node in enumerate(graph.node):
-        name = node.name or f"{node.op_type}_{index}"
-        if name in seen:
-            name = f"{name}_{index}"
-        seen.add(name)
-        names.append(name)
-    return names
+    return _graph_constants_to_initializers(model.graph, model.ir_version < 4, data_dir)
 
 
 def name_nodes(graph: onnx.GraphProto) -> int:
-    """Give every node of ``graph`` the name the layer tree shows for it, in place; returns
-    how many were renamed. Plans and the quantizers' node lists address nodes by name, so
-    unnamed or repeated names would be ambiguous."""
+    """Give every node of ``graph`` and of its bodies the name the layer tree shows for it
+    (:func:`node_names`), in place; returns how many were renamed. Plans and the quantizers'
+    node lists address nodes by name, so unnamed or repeated names would be ambiguous."""
     renamed = 0
-    for node, name in zip(graph.node, node_names(graph), strict=True):
-        if node.name != name:
-            node.name = name
+    for walked in list(walk_nodes(graph)):
+        if walked.node.name != walked.name:
+            walked.node.name = walked.name
             renamed += 1
     return renamed
 
@@ -165,10 +160,12 @@ def upgrade_opset(model: onnx.ModelProto, target: int = PER_CHANNEL_OPSET) -> on
                           "(quantize.per_channel: false)") from error
 
 
-def repair_onnx(model: onnx.ModelProto, min_opset: int | None = PER_CHANNEL_OPSET) -> Repaired:
+def repair_onnx(model: onnx.ModelProto, min_opset: int | None = PER_CHANNEL_OPSET,
+                data_dir: Path | None = None) -> Repaired:
     """A copy of ``model`` in the form the quantizers need (``model`` itself is untouched).
 
     ``min_opset``: upgrade to this opset when the model's is lower (None: keep the opset).
+    ``data_dir``: the folder of the model's external data, which stays on disk.
     """
     repaired = onnx.ModelProto()
     repaired.CopyFrom(model)
@@ -182,7 +179,7 @@ def repair_onnx(model: onnx.ModelProto, min_opset: int | None = PER_CHANNEL_OPSE
         repaired = upgrade_opset(repaired, min_opset)
         steps.append(f"Upgraded opset {opset} → {min_opset} with onnx's version converter "
                      "(per-channel int8 needs opset 13).")
-    moved = constants_to_initializers(repaired)
+    moved = constants_to_initializers(repaired, data_dir)
     if moved:
         steps.append(f"Moved {moved} constant tensor(s) (Constant nodes, casts of constants) "
                      "into initializers, where the quantizers and pruning look for weights.")

@@ -121,15 +121,15 @@ def test_external_data_model_repairs_and_quantizes(tmp_path, save_with_external_
     path = save_with_external_data(exported, folder / "model.onnx", "model.weights")
     assert external_data_files(path) == [folder / "model.weights"]
 
-    repaired = repair_onnx(load_onnx(path).onnx_model)
+    repaired = repair_onnx(load_onnx(path).onnx_model, data_dir=folder)  # weights stay there
     assert default_opset(repaired.model) == 13
-    fixed = save_onnx(repaired.model, tmp_path / "repaired.onnx")
-    assert external_data_files(fixed) == []  # small: one file, the weights inside
+    fixed = save_onnx(repaired.model, tmp_path / "repaired.onnx", folder)
+    assert external_data_files(fixed) == [tmp_path / "repaired.onnx.data"]  # kept outside
     quantized = quantize_onnx(fixed, tmp_path / "int8.onnx", "static",
                               TensorDataset(torch.randn(32, *TINY_SHAPE[1:])))
     inputs = np.random.default_rng(2).standard_normal((8, *TINY_SHAPE[1:])).astype(np.float32)
     assert _cosine(_outputs(quantized, inputs), _outputs(path, inputs)) > 0.99
-    assert external_data_files(quantized) == []
+    assert external_data_files(quantized) == [tmp_path / "int8.onnx.data"]
 
 
 def test_constants_inside_subgraphs_move_into_their_own_graph():

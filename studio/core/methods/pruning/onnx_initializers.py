@@ -2,13 +2,16 @@
 without their torch module.
 
 The weights are zeroed in place with the same mask functions the torch path uses (per layer,
-or one global threshold). Only unstructured pruning is possible here: removing channels needs
+or one global threshold). Nodes inside If/Loop/Scan bodies are reached by the names the layer
+tree gives them; a weight kept in an external data file is read one tensor at a time. Only
+unstructured pruning is possible here: removing channels needs
 the dependency graph of the torch model, and importance other than magnitude needs gradients.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,38 +19,48 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from studio.core.graph.onnx_walk import all_graphs, walk_nodes
 from studio.core.methods.pruning import DENSE_ZEROS_NOTE
 from studio.core.methods.pruning.unstructured import DEFAULT_LAYER_CAP, global_masks, layer_masks
+from studio.core.models.onnx_weights import read_array, tensor_dtype
 
 WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 """Op -> which input is the weight (as the layer tree reads it)."""
 
 
+def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Every graph's initializers by name (names are unique across a model's graphs)."""
+    return {t.name: t for graph in all_graphs(model.graph) for t in graph.initializer}
+
+
 def weight_initializers(model: onnx.ModelProto) -> dict[str, str]:
-    """Node name -> the float initializer holding its weight, for nodes that have one."""
-    initializers = {t.name: t for t in model.graph.initializer}
+    """Node name (as the layer tree names it) -> the float initializer holding its weight,
+    for nodes that have one, in bodies of control-flow nodes too."""
+    initializers = _initializers(model)
     found = {}
-    for node in model.graph.node:
+    for walked in walk_nodes(model.graph):
+        node = walked.node
         index = WEIGHT_INPUT.get(node.op_type)
         tensor = initializers.get(node.input[index]) if index is not None \
             and len(node.input) > index else None
-        if tensor is not None and np.issubdtype(
-                onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type), np.floating):
-            found[node.name] = tensor.name
+        if tensor is not None and np.issubdtype(tensor_dtype(tensor), np.floating):
+            found[walked.name] = tensor.name
     return found
 
 
 def prune_initializers(model: onnx.ModelProto, sparsity: Mapping[str, float],
                        global_threshold: bool = False,
-                       layer_cap: float = DEFAULT_LAYER_CAP) -> dict[str, Any]:
+                       layer_cap: float = DEFAULT_LAYER_CAP, data_dir: Path | None = None
+                       ) -> dict[str, Any]:
     """Zero the smallest-magnitude weights of each node in ``sparsity`` (node name ->
     fraction), in place; returns a JSON-ready report of what was asked and achieved.
 
     A weight shared by several nodes is pruned once, at the first node's fraction.
     ``global_threshold`` draws one threshold across all the weights (the same total count
-    removed), each layer losing at most ``layer_cap``.
+    removed), each layer losing at most ``layer_cap``. ``data_dir``: where the model's
+    external data is read from; a pruned weight is held in the model from then on.
     """
-    initializers = {t.name: t for t in model.graph.initializer}
+    initializers = _initializers(model)
     weight_of = weight_initializers(model)
     owners: dict[str, str] = {}  # initializer -> node that prunes it
     skipped: list[str] = []
@@ -57,7 +70,7 @@ def prune_initializers(model: onnx.ModelProto, sparsity: Mapping[str, float],
             skipped.append(node_name)
         else:
             owners.setdefault(weight, node_name)
-    weights = {owner: numpy_helper.to_array(initializers[weight])
+    weights = {owner: read_array(initializers[weight], data_dir)
                for weight, owner in owners.items()}
     scores = {name: torch.from_numpy(np.abs(array).astype(np.float32))
               for name, array in weights.items()}

@@ -33,10 +33,11 @@ from studio.core.atomic import out_of_space
 from studio.core.data.task import input_names, model_inputs
 from studio.core.errors import StudioError
 from studio.core.export.onnx_export import save_onnx
-from studio.core.graph.onnx_walk import subgraphs
+from studio.core.graph.onnx_walk import all_graphs, subgraphs
 from studio.core.methods.quantization.mask_path import mask_path_nodes
 from studio.core.models.onnx_feeds import Feeder, feeder_for
 from studio.core.models.onnx_file import fixed_batch_size
+from studio.core.models.onnx_weights import external_tensors, read_array
 
 Mode = Literal["static", "dynamic", "fp16", "nbits", "int4", "int2"]
 MODES: tuple[str, ...] = ("static", "dynamic", "fp16", "nbits", "int4", "int2")
@@ -132,6 +133,13 @@ def _node_names(path: Path) -> set[str]:
     return {n.name for n in onnx.load(str(path), load_external_data=False).graph.node}
 
 
+def has_external_data(path: Path) -> bool:
+    """Whether the file keeps weights in a data file (always so past 2 GB): the quantizers
+    must then write one too (``use_external_data_format``); one protobuf cannot hold them."""
+    return next(external_tensors(onnx.load(str(path), load_external_data=False)), None) \
+        is not None
+
+
 def _preprocess(src: Path, folder: Path, keep: set[str]) -> tuple[Path, str]:
     """quant_pre_process (shape inference + ORT's basic graph optimisation), as ORT advises.
 
@@ -216,19 +224,19 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _drop_zero_bias_zero_points(graph: onnx.GraphProto) -> None:
+def _drop_zero_bias_zero_points(graph: onnx.GraphProto, data_dir: Path | None) -> None:
     initializers = {t.name: t for t in graph.initializer}
     for node in graph.node:
         if node.op_type != "DequantizeLinear" or len(node.input) < 3:
             continue
         x, zero = initializers.get(node.input[0]), initializers.get(node.input[2])
         if x is not None and zero is not None and x.data_type == onnx.TensorProto.INT32 \
-                and not numpy_helper.to_array(zero).any():
+                and not read_array(zero, data_dir).any():
             del node.input[2]
     drop_unused_initializers(graph)
 
 
-def compact(model: onnx.ModelProto) -> onnx.ModelProto:
+def compact(model: onnx.ModelProto, data_dir: Path | None = None) -> onnx.ModelProto:
     """Shorten intermediate tensor names and drop cached shapes and doc strings, in place.
 
     Node names (which hold the layer scopes) and the graph's inputs and outputs keep their
@@ -237,7 +245,7 @@ def compact(model: onnx.ModelProto) -> onnx.ModelProto:
     demo's int8 file this removes about 8 % of the bytes; onnxruntime re-infers the shapes.
     """
     graph = model.graph
-    _drop_zero_bias_zero_points(graph)
+    _drop_zero_bias_zero_points(graph, data_dir)
     del graph.value_info[:]
     if next(subgraphs(graph), None) is not None:
         return model  # subgraphs read outer names; renaming them all is not worth the risk
@@ -262,6 +270,8 @@ def compact(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _dynamic(src: Path, out: Path, per_channel: bool, exclude: list[str],
              nodes: list[str] | None, extra_options: dict[str, Any]) -> None:
+    """``EnableSubgraph`` lets the quantizer reach MatMuls inside If/Loop/Scan bodies, named
+    as the layer tree names them (the repair step names them so)."""
     # The dynamic quantizer first rewrites each Gemm "X" as MatMul "X_MatMul" (+ Add) and only
     # then reads the node lists, so a Gemm named in them must be named by its new name too.
     gemms = {n.name for n in onnx.load(str(src), load_external_data=False).graph.node
@@ -273,7 +283,8 @@ def _dynamic(src: Path, out: Path, per_channel: bool, exclude: list[str],
     quantize_dynamic(str(src), str(out), per_channel=per_channel, weight_type=QuantType.QInt8,
                      nodes_to_exclude=aliased(exclude),
                      nodes_to_quantize=aliased(nodes) if nodes is not None else None,
-                     extra_options=extra_options)
+                     use_external_data_format=has_external_data(src),
+                     extra_options={"EnableSubgraph": True, **extra_options})
 
 
 def _static(src: Path, out: Path, calibration: TensorDataset | None, per_channel: bool,
@@ -298,6 +309,7 @@ def _static(src: Path, out: Path, calibration: TensorDataset | None, per_channel
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     nodes_to_exclude=[*exclude, *mask_path], nodes_to_quantize=nodes,
                     calibrate_method=CALIBRATION_METHODS[calibrate_method],
+                    use_external_data_format=has_external_data(src),
                     extra_options=extra_options)
 
 
@@ -320,12 +332,13 @@ def _nbits(src: Path, out: Path, bits: int, block_size: int, symmetric: bool,
     chosen = {renamed.get(n, n) for n in nodes} if nodes is not None else None
     skip = {renamed.get(current(n), current(n)) for n in exclude}
     if chosen is not None:  # the quantizer takes every MatMul it is not told to skip
-        skip |= {n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in chosen}
+        skip |= {n.name for graph in all_graphs(model.graph) for n in graph.node
+                 if n.op_type == "MatMul" and n.name not in chosen}
     with _keep_root_logging():
         quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size,
                                          is_symmetric=symmetric, nodes_to_exclude=sorted(skip))
         quantizer.process()
-    onnx.save(quantizer.model.model, str(out))
+    save_onnx(quantizer.model.model, out)
 
 
 def _fp16(src: Path, out: Path, exclude: list[str]) -> None:
@@ -333,7 +346,7 @@ def _fp16(src: Path, out: Path, exclude: list[str]) -> None:
 
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True,
                                      node_block_list=exclude or None)
-    onnx.save(model, str(out))
+    save_onnx(model, out)
 
 
 def quantize_onnx(src: str | Path, dst: str | Path, mode: Mode,
@@ -374,7 +387,12 @@ def quantize_onnx(src: str | Path, dst: str | Path, mode: Mode,
     with tempfile.TemporaryDirectory(prefix=f".{dst.name}.", dir=dst.parent) as scratch:
         folder = Path(scratch)
         source = src
-        if preprocess and mode in ("static", "dynamic"):
+        if preprocess and mode in ("static", "dynamic") and has_external_data(src):
+            how = ("not pre-processed: the model keeps its weights in a data file, and "
+                   "pre-processing would hold several copies of them in memory")
+            if prepared is not None:
+                prepared.append(f"{mode} quantization: {how}")
+        elif preprocess and mode in ("static", "dynamic"):
             source, how = _preprocess(src, folder, set(exclude) | set(chosen or ()))
             if prepared is not None:
                 prepared.append(f"{mode} quantization: {how}")
@@ -389,7 +407,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, mode: Mode,
                 _fp16(source, out, exclude)
             else:
                 _nbits(source, out, bits, block_size, symmetric, exclude, chosen)
-            model = onnx.load(str(out))
+            model = onnx.load(str(out), load_external_data=False)  # weights stay in the scratch
         except StudioError:
             raise
         except Exception as error:  # the quantizers raise many types; all mean "cannot"
@@ -397,6 +415,6 @@ def quantize_onnx(src: str | Path, dst: str | Path, mode: Mode,
             raise StudioError(f"{mode} quantization of {src.name} failed: "
                               f"{why or f'{type(error).__name__}: {error}'}") from error
         if compact_names:
-            compact(model)
-        save_onnx(model, dst)
+            compact(model, folder)
+        save_onnx(model, dst, folder)
     return dst

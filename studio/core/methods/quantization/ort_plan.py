@@ -29,6 +29,7 @@ import onnx
 from torch.utils.data import TensorDataset
 
 from studio.core.export.onnx_export import save_onnx
+from studio.core.graph.onnx_tree import BODY_SCOPE
 from studio.core.graph.tree import LayerNode, LayerTree
 from studio.core.methods.quantization.ort import quantize_onnx
 from studio.core.models.onnx_feeds import Feeder
@@ -83,6 +84,11 @@ def _governing(tree: LayerTree, node: LayerNode, resolved: Mapping[str, Resolved
         if candidate.name in resolved:
             return candidate.name, resolved[candidate.name]
     return None, None
+
+
+def _in_body(tree: LayerTree, node: LayerNode) -> bool:
+    """Whether the node lies in the body of an If/Loop/Scan node (see the ONNX layer tree)."""
+    return any(ancestor.op_type == BODY_SCOPE for ancestor in tree.ancestors(node))
 
 
 def _layers(names: list[str]) -> str:
@@ -166,6 +172,16 @@ def plan_to_ort(tree_onnx: LayerTree, resolved_by_torch_name: Mapping[str, Resol
     if int16_layers:
         notes.append(f"{_layers(int16_layers)}: ORT CPU has no int16 integer kernels; int16 "
                      "activations are treated as float activations.")
+    in_bodies = [n for n in static if _in_body(tree_onnx, tree_onnx.get(n))]
+    if static and in_bodies:
+        notes.append(
+            f"{_layers([layer_of[n] for n in in_bodies])}: inside If/Loop/Scan bodies, which "
+            "onnxruntime's static (QDQ) quantizer does not reach; left float. Dynamic int8 "
+            "(act_bits unset), fp16 and int4 weight-only do reach them.")
+        for name in in_bodies:
+            decisions[name] = "float (static int8 does not reach If/Loop/Scan bodies)"
+        floats += in_bodies
+        static = [n for n in static if n not in in_bodies]
     if static:
         mode = "static"
         if dynamic:
@@ -221,7 +237,8 @@ def apply_quant_plan(src: str | Path, dst: str | Path, plan: QuantPlan,
             nodes = [n for n, b in plan.matmul_nbits.items() if b == bits]
             steps.append({"mode": "nbits", "nodes": nodes, "bits": bits})
         if not steps:  # nothing to quantize: the file is copied as it is
-            return save_onnx(onnx.load(str(current)), dst)
+            return save_onnx(onnx.load(str(current), load_external_data=False), dst,
+                             current.parent)
         for number, step in enumerate(steps):
             target = dst if number == len(steps) - 1 else Path(scratch) / f"step{number}.onnx"
             quantize_onnx(current, target, calibration=calibration, per_channel=per_channel,
