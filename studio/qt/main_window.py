@@ -69,6 +69,7 @@ from studio.qt.plan_controller import PlanController
 from studio.qt.plots import CurvesPlot, ParetoPlot, PlanDiffView, SensitivityHeatmap
 from studio.qt.plots.metric import metric_axis
 from studio.qt.recent import RecentFiles
+from studio.qt.run_settings import RunSettingsController, RunSettingsPanel
 from studio.qt.totals import TotalsPanel
 from studio.qt.tree_filter import LayerFilterProxy
 from studio.qt.tree_model import NODE_ID_ROLE, LayerTreeModel
@@ -186,6 +187,7 @@ class MainWindow(QMainWindow):
     def _build_docks(self) -> None:
         """Data, jobs, experiments (Pareto plot and plan diff), training curves, sensitivity."""
         self.data_panel = DataPanel()
+        self.run_settings = RunSettingsPanel(exclude=("data",))  # data has its own tab
         self.jobs = JobsPanel()
         self.pareto = ParetoPlot()
         self.plan_diff = PlanDiffView()
@@ -198,7 +200,7 @@ class MainWindow(QMainWindow):
         experiments.setSizes([700, 300])
         docks = []
         for title, widget in (("Experiments", experiments), ("Data", self.data_panel),
-                              ("Jobs", self.jobs), ("Training", self.curves),
+                              ("Run settings", self.run_settings), ("Jobs", self.jobs), ("Training", self.curves),
                               ("Sensitivity", self.heatmap)):
             dock = QDockWidget(title, self)
             dock.setObjectName(f"dock-{title.lower()}")
@@ -211,6 +213,7 @@ class MainWindow(QMainWindow):
         self.docks = docks
         self.dock = {dock.windowTitle(): dock for dock in docks}
         self.data = DataController(self, self.data_panel)
+        self.settings_controller = RunSettingsController(self.run_settings, self)
         self.compress = CompressController(self, self.jobs, self.pareto, self.curves,
                                            self.heatmap, self.plan_diff)
 
@@ -283,7 +286,9 @@ class MainWindow(QMainWindow):
         self.allocate_action = self._action("&Allocate to Target…", self.choose_target)
         self.export_plot_action = self._action("E&xport Plot…", self.choose_plot_export)
         self.data_action = self._action("&Data…", self.show_data_panel)
-        compress.addActions([self.data_action, self.run_action, self.sensitivity_action,
+        self.run_settings_action = self._action("Run &Settings…",
+                                                lambda: self.show_dock("Run settings"))
+        compress.addActions([self.data_action, self.run_settings_action, self.run_action, self.sensitivity_action,
                              self.allocate_action])
         compress.addSeparator()
         compress.addAction(self.export_plot_action)
@@ -305,7 +310,7 @@ class MainWindow(QMainWindow):
     def _set_model_actions_enabled(self, enabled: bool) -> None:
         for action in (self.save_action, self.save_as_action, self.export_action,
                        self.example_action, self.run_action, self.sensitivity_action,
-                       self.allocate_action, self.data_action):
+                       self.allocate_action, self.data_action, self.run_settings_action):
             action.setEnabled(enabled)
 
     def _fill_recent_menu(self) -> None:
@@ -390,8 +395,11 @@ class MainWindow(QMainWindow):
             self.open_path(path)
 
     def show_data_panel(self) -> None:
-        self.dock["Data"].show()
-        self.dock["Data"].raise_()
+        self.show_dock("Data")
+
+    def show_dock(self, title: str) -> None:
+        self.dock[title].show()
+        self.dock[title].raise_()
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         if any(url.isLocalFile() for url in event.mimeData().urls()):
@@ -474,6 +482,7 @@ class MainWindow(QMainWindow):
             self.welcome.set_recent(self.recent.paths())
         self.controller.stagesChanged.connect(lambda _key: self.autosave_timer.start())
         self.data.attach(self.controller)
+        self.settings_controller.attach(self.controller)
         self.compress.load_history()
         self._restore_autosave()
         if workspace.example is None and workspace.loaded.module is not None:
@@ -565,12 +574,8 @@ class MainWindow(QMainWindow):
             check_layer_names(recipe, self.workspace.tree, "autosave")
         except StudioError:
             return
-        stack = self.controller.undo_stack
-        stack.beginMacro("Restore autosaved edits")  # one step, so one Undo discards them
-        self.controller.replace_plan(recipe.to_plan(), "Restore autosaved plan")
-        for key in changed:
-            self.controller.set_stage(key, stages.get(key))
-        stack.endMacro()
+        # one step, so one Undo discards them
+        self.controller.replace_recipe(recipe.to_plan(), stages, "Restore autosaved edits")
         self.show_info("Restored plan edits that were not saved (autosave). Edit ▸ Undo "
                        "discards them.")
 
@@ -643,8 +648,10 @@ class MainWindow(QMainWindow):
         except StudioError as error:
             self.show_error(str(error))
             return
-        self.controller.replace_plan(recipe.to_plan(), f"Import recipe {path.name}")
-        self.show_info(f"Applied the plan from {path.name} (Undo restores the previous plan).")
+        self.controller.replace_recipe(recipe.to_plan(), recipe.stages(),
+                                       f"Import recipe {path.name}")
+        self.show_info(f"Applied the plan and run settings from {path.name} (Undo restores "
+                       "the previous ones).")
 
     def choose_recipe_to_export(self) -> None:
         path = self.ask_path("save", "Export Recipe", "Recipes (*.yaml *.yml)")

@@ -12,6 +12,8 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QUndoCommand, QUndoStack
 
 from studio.core.plan import LayerSpec, Plan, ResolvedSpec
+from studio.core.plan.recipe import STAGE_KEYS
+from studio.core.plan.schema import is_opt_in
 from studio.core.workspace import Workspace
 
 
@@ -44,10 +46,20 @@ class SetSpecsCommand(QUndoCommand):
         self.controller.apply_specs(self.before)
 
 
+PRESENCE = "<section>"
+"""Marks an edit that adds or removes a whole section (an opt-in section ticked on or off)."""
+
+
 def _changed_fields(before: BaseModel | None, after: BaseModel | None) -> frozenset[str]:
-    old = before.model_dump() if before is not None else {}
-    new = after.model_dump() if after is not None else {}
-    return frozenset(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+    """The fields an edit changes; an absent section counts as its defaults (and, for an
+    opt-in section, adding or removing it is a change of its own)."""
+    model = type(after if after is not None else before)
+    old = (before or model()).model_dump()
+    new = (after or model()).model_dump()
+    changed = {key for key in old.keys() | new.keys() if old.get(key) != new.get(key)}
+    if is_opt_in(model) and (before is None) != (after is None):
+        changed.add(PRESENCE)
+    return frozenset(changed)
 
 
 class SetStageCommand(QUndoCommand):
@@ -71,6 +83,7 @@ class SetStageCommand(QUndoCommand):
                 or other.fields != self.fields:
             return False
         self.after = other.after
+        self.setObsolete(self.after == self.before)  # typed back to where it was: no step
         return True
 
     def redo(self) -> None:
@@ -126,6 +139,19 @@ class PlanController(QObject):
         before = {name: self.plan.spec(name) for name in names}
         after = {name: plan.spec(name) for name in names}
         self.undo_stack.push(SetSpecsCommand(self, before, after, text))
+
+    def replace_recipe(self, plan: Plan, stages: dict[str, BaseModel], text: str) -> None:
+        """Swap in a whole plan and every job section (an imported recipe, an experiment, an
+        autosave) as one undoable step; sections absent from ``stages`` are removed."""
+        if plan == self.plan and all(stages.get(key) == self.workspace.stages.get(key)
+                                     for key in STAGE_KEYS):
+            return
+        self.undo_stack.beginMacro(text)
+        if plan != self.plan:
+            self.replace_plan(plan, text)
+        for key in STAGE_KEYS:
+            self.set_stage(key, stages.get(key))
+        self.undo_stack.endMacro()
 
     def apply_specs(self, specs: dict[str, LayerSpec]) -> None:
         for name, spec in specs.items():

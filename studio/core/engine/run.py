@@ -320,6 +320,8 @@ def _recover(workspace: Workspace, original: nn.Module, model: nn.Module, data: 
                      reference=reference)
     stages["recover"] = {"kind": stage, "epochs": section.epochs,
                          "torch_metric": {"name": data.metric, "value": value}}
+    if stage == "distill" and recipe.distill is not None:
+        stages["recover"]["distill"] = recipe.distill.model_dump(mode="json")
     yield Metric(stage, data.metric, value, section.epochs)
 
 
@@ -331,7 +333,8 @@ def _export_compressed(model: nn.Module, example: torch.Tensor, data: TaskData,
     if quantize.qat and qat_layers(model):
         convert_qat_to_ort_static(model, example, model_path, data.calibration,
                                   quantize.calibration, export_section.opset)
-        stages["quantize"] = {"mode": "qat-static"}
+        stages["quantize"] = {"mode": "qat-static", "calibration": quantize.calibration,
+                              "per_channel": True}
         return []
     float_path = out_dir / "compressed-float.onnx"
     export_onnx(model, example, float_path, opset=export_section.opset)
@@ -346,7 +349,9 @@ def _export_compressed(model: nn.Module, example: torch.Tensor, data: TaskData,
     apply_quant_plan(float_path, model_path, plan, data.calibration, quantize.per_channel,
                      quantize.calibration)
     float_path.unlink(missing_ok=True)
-    stages["quantize"] = {"mode": plan.mode, "excluded_nodes": list(plan.exclude_nodes),
+    stages["quantize"] = {"mode": plan.mode, "calibration": quantize.calibration,
+                          "per_channel": quantize.per_channel,
+                          "excluded_nodes": list(plan.exclude_nodes),
                           "matmul_nbits": plan.matmul_nbits, "decisions": plan.decisions}
     return plan.notes
 

@@ -37,7 +37,6 @@ from studio.core.plan.stages import (
 )
 
 SCHEMA_VERSION = 1
-STAGE_KEYS = ("data", "train", "prune", "distill", "quantize", "export")
 
 
 class _Section(BaseModel):
@@ -138,6 +137,13 @@ class Recipe(_Section):
         if not isinstance(other, Recipe):
             return NotImplemented
         return self.model_dump() == other.model_dump()
+
+
+STAGE_KEYS: tuple[str, ...] = tuple(
+    key for key in Recipe.model_fields
+    if key not in ("schema_version", "model", "example_input", "plan"))
+"""The job sections (data, train, prune, distill, quantize, export), in the order ``Recipe``
+declares them: a section added there is saved, autosaved and shown in the GUI's forms."""
 
 
 def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:

@@ -3,14 +3,20 @@ distillation, quantization and export. Each is optional; a missing one means its
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Attribute docstrings become field descriptions: the one help text that the CLI's
+    # errors, the recipe docs and the GUI's generated forms (tooltips) all read.
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    opt_in: ClassVar[bool] = False
+    """True when the section's presence switches its step on (distillation): the GUI offers
+    it as a checkable group instead of treating an absent section as its defaults."""
 
 
 class ImageOptions(_Section):
@@ -24,6 +30,7 @@ class ImageOptions(_Section):
     mean: list[float] = Field(default_factory=lambda: [0.0])
     """Per channel (or one value for all), applied to pixels scaled to 0..1."""
     std: list[float] = Field(default_factory=lambda: [1.0])
+    """Per channel (or one value for all): pixels are divided by it after the mean."""
 
 
 class DataSection(_Section):
@@ -40,6 +47,7 @@ class DataSection(_Section):
     """
 
     source: Literal["demo", "images", "arrays", "csv", "function"] = "demo"
+    """demo, images, arrays, csv or function (see the section's help)."""
     path: str | None = None
     """Folder (images), .npz/.npy (arrays) or .csv file; for ``function``: ``pkg.mod:fn``."""
     test_path: str | None = None
@@ -60,7 +68,9 @@ class DataSection(_Section):
     metric: Literal["auto", "accuracy", "cosine", "top1_agreement", "mse"] = "auto"
     """auto: accuracy with labels, cosine agreement with the uncompressed model without."""
     image: ImageOptions = Field(default_factory=ImageOptions)
+    """How image files become tensors (``images`` sources)."""
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    """Share of the data held out for evaluation when there is no ``test_path``."""
     split_seed: int = 0
     """Seed of the shuffle that draws the test and calibration splits."""
     calibration_samples: int = Field(default=256, ge=1, le=100_000)
@@ -117,41 +127,71 @@ class TrainSection(_Section):
     """Recovery fine-tuning after pruning (and QAT); ``epochs: 0`` skips it."""
 
     epochs: int = Field(default=1, ge=0, le=1000)
+    """Passes over the training split; 0 skips recovery (and QAT's fine-tuning)."""
     lr: float = Field(default=1e-3, gt=0, le=1.0)
+    """Learning rate of the AdamW optimiser."""
     batch_size: int = Field(default=64, ge=1, le=65536)
+    """Samples per training step."""
     weight_decay: float = Field(default=0.0, ge=0)
+    """AdamW's decoupled weight decay; 0 is off."""
     seed: int = 0
+    """Seed of the shuffling and of any random initialisation, so runs repeat."""
     device: str = Field(default="cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$")
+    """cpu, auto (a GPU when there is one) or cuda / cuda:N."""
 
 
 class PruneSection(_Section):
+    """How the plan's sparsity is reached."""
+
     importance: Literal["magnitude", "taylor"] = "magnitude"
+    """Which weights go first: smallest magnitude, or smallest Taylor score (|weight x
+    gradient| on the calibration split; needs labels)."""
     schedule: Literal["oneshot", "agp"] = "oneshot"
-    agp_steps: int = Field(default=4, ge=1, le=100)
+    """oneshot: cut everything before recovery; agp: raise unstructured sparsity gradually
+    during recovery (Zhu & Gupta's cubic schedule; needs train epochs > 0)."""
+    agp_steps: int = Field(default=4, ge=1, le=100, title="AGP steps")
+    """AGP: mask updates per quarter of the training run (more: a smoother ramp)."""
     global_unstructured: bool = False
+    """Rank unstructured weights across all layers together instead of layer by layer."""
     reconstruct: bool = True
     """After cutting heads or FFN width, re-fit each cut block's output projection by least
     squares to the uncompressed model's outputs on the calibration split (no labels needed)."""
 
 
 class FeaturePair(_Section):
-    student: str
-    teacher: str
+    """Match one intermediate layer of the student to one of the teacher."""
+
+    student: str = Field(min_length=1)
+    """Layer name in the compressed model."""
+    teacher: str = Field(min_length=1)
+    """Layer name in the uncompressed model."""
     weight: float = Field(default=1.0, ge=0)
+    """Weight of this pair's MSE in the loss."""
 
 
 class DistillSection(_Section):
     """Knowledge distillation during recovery; the uncompressed model is the teacher."""
 
+    opt_in: ClassVar[bool] = True
+
     temperature: float = Field(default=4.0, gt=0, le=100)
+    """Softens both models' scores before the KL term; higher shares more of the teacher's
+    ranking of the wrong classes."""
     alpha: float = Field(default=0.7, ge=0, le=1)
-    features: list[FeaturePair] = Field(default_factory=list)
+    """Weight of the distillation term; 1 - alpha weighs the cross-entropy on labels."""
+    features: list[FeaturePair] = Field(default_factory=list, title="Feature pairs")
+    """Intermediate layers to match (student layer, teacher layer, weight)."""
     relation_weight: float = Field(default=0.0, ge=0)
+    """Weight of matching the batch's pairwise similarities (relational KD); 0 is off."""
 
 
 class QuantizeSection(_Section):
+    """How the plan's int bits are carried out in onnxruntime."""
+
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    """How static int8 picks activation ranges on the calibration split."""
     per_channel: bool = True
+    """One weight scale per output channel instead of one per tensor (more accurate)."""
     qat: bool = False
     """Fine-tune with fake quantization at the plan's bits before exporting."""
     weight_only: bool = False
@@ -161,6 +201,11 @@ class QuantizeSection(_Section):
 
 
 class ExportSection(_Section):
+    """The ONNX file and how its speed is measured."""
+
     opset: int = Field(default=17, ge=13, le=23)
+    """ONNX opset of the exported files (per-channel int8 needs 13 or more)."""
     latency_batch: int = Field(default=64, ge=1, le=4096)
+    """Batch size timed beside batch 1."""
     latency_repeats: int = Field(default=20, ge=1, le=10_000)
+    """Timed runs per batch size (the median is reported)."""
