@@ -19,7 +19,6 @@ from studio.core.engine.run_onnx import check_onnx_recipe
 from studio.core.errors import StudioError
 from studio.core.jobs import Metric
 from studio.core.plan.plan import Plan
-from studio.core.plan.recipe import PlanSection
 from studio.core.project.experiments import (
     Experiment,
     experiment_dir,
@@ -144,9 +143,8 @@ class CompressController(QObject):
         if folder is None:
             return None
         self.window.save()  # the job reads the plan from the project as it is now
-        plan = workspace.to_recipe(base=folder).plan.model_dump(mode="json", exclude_none=True)
-        experiment = new_experiment(f"experiment {len(self.experiments) + 1}", plan,
-                                    status="cancelled")
+        experiment = new_experiment(f"experiment {len(self.experiments) + 1}",
+                                    recipe=workspace.to_recipe(base=folder), status="cancelled")
         out_dir = experiment_dir(folder, experiment.id)
         job = ProcessJob(self._spec("run", folder, out_dir, trust))
         job.event.connect(self._on_event)
@@ -241,15 +239,22 @@ class CompressController(QObject):
                          f"{result.predicted_drop * 100:.2f} points). {notes}")
 
     def restore_plan(self, experiment_id: str) -> None:
-        """Clicking a point puts that experiment's plan back in the tree (undoable)."""
+        """Clicking a point puts that experiment's plan and run settings back (one undoable
+        step); the baseline's point clears the plan, and an experiment saved before
+        experiments kept their whole recipe brings back its plan only."""
         controller = self.window.controller
         if controller is None:
             return
-        plan = Plan() if experiment_id == "baseline" else PlanSection.model_validate(
-            self.experiments[experiment_id].plan).to_plan()
-        name = "the baseline" if experiment_id == "baseline" else \
-            self.experiments[experiment_id].name
-        controller.replace_plan(plan, f"Restore the plan of {name}")
+        if experiment_id == "baseline":
+            controller.replace_plan(Plan(), "Restore the plan of the baseline")
+            return
+        experiment = self.experiments[experiment_id]
+        plan, sections = experiment.settings()
+        if sections is None:
+            controller.replace_plan(plan, f"Restore the plan of {experiment.name}")
+        else:
+            controller.replace_recipe(plan, sections, f"Restore the settings of "
+                                                      f"{experiment.name}")
 
     def compare(self, first: str, second: str) -> None:
         plans = {key: ({} if key == "baseline" else self.experiments[key].plan)

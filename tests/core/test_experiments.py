@@ -110,3 +110,31 @@ def test_a_run_into_an_experiment_goes_through_staging_and_a_killed_one_leaves_n
     [loaded] = load_experiments(project)
     assert artifact_path(project, loaded, "onnx") == out / "model.onnx"
     assert {p.name for p in (project / "experiments").iterdir()} == {experiment.id}
+
+
+def test_an_experiment_keeps_its_whole_recipe_and_old_ones_their_plan(tmp_path: Path) -> None:
+    from studio.core.plan.recipe import parse_recipe
+    from studio.core.plan.stages import DistillSection, QuantizeSection
+
+    recipe = parse_recipe("schema_version: 1\nmodel: {path: demo}\n"
+                          "plan: {defaults: {weight_bits: int8}}\n"
+                          "distill: {temperature: 2.0, features: [{student: res, teacher: res}]}"
+                          "\nquantize: {calibration: entropy, per_channel: false}\n")
+    save_experiment(tmp_path, new_experiment("whole", recipe=recipe))
+    [loaded] = load_experiments(tmp_path)
+    plan, sections = loaded.settings()
+    assert plan == recipe.to_plan()
+    assert loaded.plan == {"defaults": {"weight_bits": "int8"}, "layers": {}}
+    assert sections == {"distill": DistillSection(temperature=2.0, features=[
+        {"student": "res", "teacher": "res"}]),
+        "quantize": QuantizeSection(calibration="entropy", per_channel=False)}
+
+    old = new_experiment("before recipes were kept", PLAN)
+    data = old.to_json()
+    del data["recipe"]  # as experiment.json files were written before
+    folder = experiment_dir(tmp_path / "old", old.id)
+    folder.mkdir(parents=True)
+    (folder / EXPERIMENT_FILE).write_text(json.dumps(data))
+    [loaded] = load_experiments(tmp_path / "old")
+    plan, sections = loaded.settings()
+    assert sections is None and plan.spec("res.conv2").sparsity == 0.5

@@ -4,16 +4,27 @@ autosaved and exported, and runs from the window that carry every setting out.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import numpy_helper
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLineEdit, QSpinBox
 
 from studio.core.plan.recipe import read_recipe
 from studio.core.plan.schema import job_sections, section_fields
-from studio.core.plan.stages import DistillSection, ExportSection, TrainSection
+from studio.core.plan.stages import DataSection, DistillSection, ExportSection, TrainSection
+from studio.core.project.experiments import (
+    EXPERIMENT_FILE,
+    experiment_dir,
+    load_experiments,
+    new_experiment,
+)
 from studio.qt.main_window import MainWindow
+
+DEMO_NPZ = Path(__file__).resolve().parents[2] / "resources" / "demo" / "mnist-5k.npz"
 
 
 def widget(win: MainWindow, section: str, field: str):
@@ -137,7 +148,10 @@ def _opset(path: Path) -> int:
 def test_a_run_from_the_window_carries_every_setting(demo_window: MainWindow, tmp_path: Path,
                                                      run_plan_and_wait) -> None:
     win = demo_window
-    win.data_panel.train_samples.setValue(256)
+    with np.load(DEMO_NPZ) as digits:  # 320 labelled digits: 240 to train on, 80 to test
+        np.savez(tmp_path / "digits.npz", x=digits["images"][:320], y=digits["labels"][:320])
+    win.controller.set_stage("data", DataSection(source="arrays", path=str(
+        tmp_path / "digits.npz"), test_fraction=0.25, calibration_samples=32))
     win.controller.set_field([""], "sparsity", 0.3)  # unstructured: AGP ramps it up
     win.controller.set_field([""], "weight_bits", "int8")
     win.controller.set_field([""], "act_bits", "int8")
@@ -188,3 +202,33 @@ def test_a_run_from_the_window_carries_every_setting(demo_window: MainWindow, tm
     assert "recover" not in report["stages"]
     saved = read_recipe(tmp_path / "project" / "project.yaml")
     assert saved.export == ExportSection(opset=15, latency_batch=8, latency_repeats=2)
+
+    first = load_experiments(tmp_path / "project")[0]
+    win.pareto._on_points_clicked([first.id], Qt.KeyboardModifier.NoModifier)  # a click
+    assert win.run_settings.boxes["distill"].isChecked()  # the whole recipe came back
+    assert widget(win, "quantize", "qat").isChecked()
+    assert widget(win, "export", "opset").value() == 13
+    assert widget(win, "train", "epochs").value() == 1
+    assert win.workspace.to_recipe().distill.features[0].weight == 0.25
+    win.undo_action.trigger()  # one step
+    assert widget(win, "export", "opset").value() == 15 and not \
+        win.run_settings.boxes["distill"].isChecked()
+
+
+def test_an_old_experiment_without_its_recipe_restores_its_plan(
+        demo_window: MainWindow, tmp_path: Path, make_window, open_and_wait) -> None:
+    win = demo_window
+    assert win.save_project_to(tmp_path / "project")
+    old = new_experiment("old", {"defaults": {"sparsity": 0.4}}, {"compressed": {
+        "metric": {"name": "accuracy", "value": 0.9}, "onnx_bytes": 1000, "macs": 10}})
+    data = old.to_json()
+    del data["recipe"]  # written before experiments kept their recipe
+    folder = experiment_dir(tmp_path / "project", old.id)
+    folder.mkdir(parents=True)
+    (folder / EXPERIMENT_FILE).write_text(json.dumps(data))
+    other = make_window()
+    open_and_wait(other, str(tmp_path / "project"))
+    widget(other, "export", "opset").setValue(14)
+    other.pareto._on_points_clicked([old.id], Qt.KeyboardModifier.NoModifier)
+    assert other.workspace.plan.spec("").sparsity == 0.4
+    assert widget(other, "export", "opset").value() == 14  # settings unknown: left alone

@@ -19,8 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
 from studio.core.atomic import write_text_atomic
 from studio.core.errors import StudioError
+from studio.core.plan.plan import Plan
+from studio.core.plan.recipe import PlanSection, Recipe
 
 EXPERIMENTS_DIR = "experiments"
 EXPERIMENT_FILE = "experiment.json"
@@ -41,6 +45,21 @@ class Experiment:
     error: str | None = None
     artifacts: dict[str, str] = field(default_factory=dict)
     """Kind -> path relative to the experiment's folder."""
+    recipe: dict[str, Any] | None = None
+    """The whole recipe it ran (plan, data and every job section), as JSON data; ``None`` in
+    experiments saved before experiments kept it (only their plan is known)."""
+
+    def settings(self) -> tuple[Plan, dict[str, BaseModel] | None]:
+        """The plan and the job sections it ran with (``None``: not recorded, an older
+        experiment). A recipe this version cannot read counts as not recorded."""
+        if self.recipe is not None:
+            try:
+                recipe = Recipe.model_validate(self.recipe)
+            except ValidationError:
+                pass
+            else:
+                return recipe.to_plan(), recipe.stages()
+        return PlanSection.model_validate(self.plan or {}).to_plan(), None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,10 +98,14 @@ def new_experiment_id() -> str:
 
 def new_experiment(name: str, plan: Mapping[str, Any] | None = None,
                    report: dict[str, Any] | None = None, status: str = "finished",
-                   error: str | None = None) -> Experiment:
-    """An experiment stamped now, with a fresh id."""
+                   error: str | None = None, recipe: Recipe | None = None) -> Experiment:
+    """An experiment stamped now, with a fresh id; ``recipe`` (the whole one it runs) also
+    gives the plan when ``plan`` is not given."""
+    if plan is None and recipe is not None:
+        plan = recipe.plan.model_dump(mode="json", exclude_none=True)
     return Experiment(new_experiment_id(), name, now_iso(), status, dict(plan or {}), report,
-                      error)
+                      error, recipe=None if recipe is None else
+                      recipe.model_dump(mode="json", exclude_none=True))
 
 
 def experiments_dir(project_dir: str | Path) -> Path:
