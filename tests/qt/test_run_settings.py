@@ -71,7 +71,8 @@ def test_edits_are_validated_undoable_and_saved(qtbot, demo_window: MainWindow, 
     win = demo_window
     device = widget(win, "train", "device")
     device.setText("gpu")
-    assert "device" in win.run_settings.problem and "border" in device.styleSheet()
+    assert win.run_settings.problem.startswith("device: 'gpu' is not accepted: cpu, auto")
+    assert "border" in device.styleSheet()
     assert "train" not in win.workspace.stages  # never stored
     device.setText("cpu")
     assert win.run_settings.problem == "" and not device.styleSheet()

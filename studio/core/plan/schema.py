@@ -104,9 +104,9 @@ def section_fields(model: type[BaseModel]) -> list[FieldForm]:
             elif isinstance(item, annotated_types.Lt):
                 limits.update(high=item.lt, high_open=True)
         default = None if info.is_required() else info.get_default(call_default_factory=True)
-        forms.append(FieldForm(name, info.title or label_of(name), kind, " ".join((info.description or
-                                                                     "").split()),
-                               default, optional, choices=choices, model=nested, **limits))
+        help_text = " ".join((info.description or "").split())
+        forms.append(FieldForm(name, info.title or label_of(name), kind, help_text, default,
+                               optional, choices=choices, model=nested, **limits))
     return forms
 
 
