@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio.core.plan.stages import DataSection
+from studio.qt.schema_form import INVALID_STYLE
 
 SOURCES = {
     "demo": "Built-in demo digits",
@@ -53,7 +54,6 @@ PATH_HINTS = {
     "csv": "file.csv with numeric columns",
     "function": "package.module:function returning batches",
 }
-_INVALID = "border: 1px solid #b00020;"
 
 
 def _floats(text: str) -> list[float] | str:
@@ -362,7 +362,7 @@ class DataPanel(QWidget):
         field, message = describe_problem(error) if error is not None else ("", "")
         self.error.setText(message)
         for name, widget in self._fields.items():
-            widget.setStyleSheet(_INVALID if name == field else "")
+            widget.setStyleSheet(INVALID_STYLE if name == field else "")
 
     @property
     def problem(self) -> str:
