@@ -191,7 +191,8 @@ class QuantizeSection(_Section):
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     """How static int8 picks activation ranges on the calibration split."""
     per_channel: bool = True
-    """One weight scale per output channel instead of one per tensor (more accurate)."""
+    """One weight scale per output channel instead of one per tensor (more accurate); QAT
+    exports always use one per channel."""
     qat: bool = False
     """Fine-tune with fake quantization at the plan's bits before exporting."""
     weight_only: bool = False
