@@ -173,10 +173,13 @@ def _text_editor(field: FieldForm) -> _Editor:
             return None
         try:  # "0.5, 0.5" is a list; "[28, 28]" too
             value = yaml.safe_load(text)
-            return yaml.safe_load(f"[{text}]") if isinstance(value, str) and "," in text \
-                else value
+            if isinstance(value, str) and "," in text:
+                value = yaml.safe_load(f"[{text}]")
         except yaml.YAMLError:
             return text  # the schema then names the field
+        if isinstance(field.default, (list, tuple)) and not isinstance(value, (list, tuple)):
+            return [value]  # one value where a list is expected ("0.5": one for all)
+        return value
 
     def put(value: Any) -> None:
         if value is None:

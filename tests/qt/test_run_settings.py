@@ -233,3 +233,42 @@ def test_an_old_experiment_without_its_recipe_restores_its_plan(
     other.pareto._on_points_clicked([old.id], Qt.KeyboardModifier.NoModifier)
     assert other.workspace.plan.spec("").sparsity == 0.4
     assert widget(other, "export", "opset").value() == 14  # settings unknown: left alone
+
+
+def test_every_section_survives_its_generated_form(qtbot) -> None:
+    from studio.qt.schema_form import SchemaForm
+
+    values = {"data": DataSection(source="arrays", path="x.npz", inputs_key=["a", "b"],
+                                  test_fraction=0.3, train_samples=64),
+              "distill": DistillSection(temperature=3.0, features=[
+                  {"student": "res", "teacher": "res.conv1", "weight": 0.5}])}
+    for key, model in job_sections().items():
+        form = SchemaForm(model)
+        qtbot.addWidget(form)
+        form.set_value(None)
+        assert form.value() == model(), key
+        if key in values:
+            form.set_value(values[key])
+            assert form.value() == values[key], key
+
+
+def test_a_new_section_shows_up_without_touching_the_window(qtbot, monkeypatch) -> None:
+    from pydantic import BaseModel, Field
+
+    from studio.qt import run_settings
+
+    class SearchSection(BaseModel):
+        """A search over plans (a section a later step could declare)."""
+
+        trials: int = Field(default=20, ge=1, le=500, description="plans to try")
+
+    sections = {**job_sections(), "search": SearchSection}
+    monkeypatch.setattr(run_settings, "job_sections", lambda: sections)
+    panel = run_settings.RunSettingsPanel(exclude=("data",))
+    qtbot.addWidget(panel)
+    trials = panel.forms["search"].editors["trials"].widget
+    assert (trials.minimum(), trials.maximum(), trials.toolTip()) == (1, 500, "plans to try")
+    edits = []
+    panel.edited.connect(lambda key, value: edits.append((key, value)))
+    trials.setValue(40)
+    assert edits == [("search", SearchSection(trials=40))]
