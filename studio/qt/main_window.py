@@ -39,7 +39,6 @@ from PySide6.QtWidgets import (
 )
 from superqt.utils import create_worker
 
-from studio.core.engine.allocate import Target
 from studio.core.errors import ArchitectureRequired, InputError, StudioError, TrustRequired
 from studio.core.graph.tree import LayerTree
 from studio.core.models.inputs import InputSpec
@@ -692,31 +691,15 @@ class MainWindow(QMainWindow):
                                "Timing one evaluation on the data…")
 
     def _ask_sensitivity(self, seconds: float) -> None:
-        kinds = ["unstructured", "channels"]
-        kind, ok = QInputDialog.getItem(
-            self, "Sensitivity analysis", "Sweep each layer's sparsity (and bits) by\n"
-            f"(about {seconds:.0f} s on 500 test samples; it runs in the background):", kinds,
-            0, False)
-        if ok:
+        kind = dialogs.ask_sweep(self, seconds)
+        if kind is not None:
             self.compress.run_sensitivity(kind)
 
     def choose_target(self) -> None:
-        metric = metric_axis((self.compress.sensitivity or {}).get("metric"))
-        targets = {"size (fraction of the original bytes)": ("size", 0.25),
-                   "MACs (fraction of the original)": ("macs", 0.5),
-                   f"{metric.label.lower()} drop (points: hundredths)": ("accuracy_drop", 0.5)}
-        label, ok = QInputDialog.getItem(self, "Allocate to a target", "Target:", list(targets),
-                                         0, False)
-        if not ok:
-            return
-        kind, default = targets[label]
-        value, ok = QInputDialog.getDouble(self, "Allocate to a target", label, default, 0.0,
-                                           100.0, 3)
-        if ok:
-            try:
-                self.compress.allocate_to(Target(kind, value))
-            except StudioError as error:
-                self.show_error(str(error))
+        target = dialogs.ask_target(self, metric_axis(
+            (self.compress.sensitivity or {}).get("metric")).label)
+        if target is not None:
+            self.compress.allocate_to(target)
 
     def choose_plot_export(self) -> None:
         path = self.ask_path("save", "Export the Pareto plot", "PNG image (*.png);;CSV (*.csv)")
