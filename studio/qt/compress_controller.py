@@ -15,9 +15,9 @@ from PySide6.QtCore import QObject
 
 from studio.core.atomic import write_text_atomic
 from studio.core.engine.allocate import Target, allocate
-from studio.core.engine.run_onnx import check_onnx_recipe
 from studio.core.errors import StudioError
 from studio.core.jobs import Metric
+from studio.core.pipeline.pipeline import check_recipe_fits
 from studio.core.plan.plan import Plan
 from studio.core.plan.recipe import PlanSection
 from studio.core.project.experiments import (
@@ -133,12 +133,11 @@ class CompressController(QObject):
         workspace = self.window.workspace
         if workspace is None:
             return None
-        if workspace.loaded.module is None:  # an ONNX file: say at once what it cannot do
-            try:
-                check_onnx_recipe(workspace.to_recipe(), Path(workspace.model_path), "Run Plan")
-            except StudioError as error:
-                self.window.show_error(str(error))
-                return None
+        try:  # say at once what the model's backend cannot do (an ONNX file cannot train)
+            check_recipe_fits(workspace, workspace.to_recipe(), "Run Plan")
+        except StudioError as error:
+            self.window.show_error(str(error))
+            return None
         trust = self._job_trust()
         folder = self._require_project() if trust is not None else None
         if folder is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import (
@@ -37,7 +37,12 @@ from studio.core.plan.stages import (
 )
 
 SCHEMA_VERSION = 1
-STAGE_KEYS = ("data", "train", "prune", "distill", "quantize", "export")
+S = TypeVar("S", bound=BaseModel)
+SECTIONS: dict[type[BaseModel], str] = {
+    DataSection: "data", TrainSection: "train", PruneSection: "prune",
+    DistillSection: "distill", QuantizeSection: "quantize", ExportSection: "export"}
+"""Each job section's model and its key in a recipe: the settings the pipeline's steps read."""
+STAGE_KEYS = tuple(SECTIONS.values())
 
 
 class _Section(BaseModel):
@@ -125,6 +130,11 @@ class Recipe(_Section):
                              layers={k: v for k, v in plan.specs.items() if k != ROOT}),
             **(stages or {}),
         )
+
+    def section(self, section: type[S]) -> S:
+        """The job section of that type, or its defaults when the recipe leaves it out."""
+        value = getattr(self, SECTIONS[section])
+        return value if value is not None else section()
 
     def stages(self) -> dict[str, Any]:
         """The job sections that are set (data, train, prune, distill, quantize, export)."""
