@@ -4,6 +4,7 @@ here; each backend runs the steps whose needs it provides."""
 from __future__ import annotations
 
 from studio.core.pipeline.step import Need, Step
+from studio.core.pipeline.steps.bn_recalibration import BnRecalibration
 from studio.core.pipeline.steps.onnx_prune import OnnxPrune
 from studio.core.pipeline.steps.onnx_quantize import OnnxQuantize
 from studio.core.pipeline.steps.prune import Prune
@@ -16,6 +17,7 @@ STEPS: tuple[Step, ...] = (
     Repair(),
     Prune(),
     OnnxPrune(),
+    BnRecalibration(),
     PrepareQat(),
     Recover(),
     TorchQuantize(),
