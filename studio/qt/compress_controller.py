@@ -89,12 +89,9 @@ class CompressController(QObject):
 
     def _point(self, experiment: Experiment, which: str = "compressed") -> dict[str, Any]:
         baseline = which == "baseline"
-        figures = (experiment.report or {}).get(which) or {}
-        metric = figures.get("metric") if isinstance(figures, dict) else None
         return {"id": "baseline" if baseline else experiment.id,
                 "name": "baseline" if baseline else experiment.name,
                 "plan": {} if baseline else experiment.plan,
-                "metric": metric.get("name") if isinstance(metric, dict) else None,
                 **experiment_point(experiment, which)}
 
     def _require_project(self) -> Path | None:
