@@ -17,6 +17,7 @@ from studio.core.atomic import write_text_atomic
 from studio.core.engine.allocate import Target, allocate
 from studio.core.errors import StudioError
 from studio.core.jobs import Metric
+from studio.core.jobs.kinds import JobSpec
 from studio.core.pipeline.pipeline import check_recipe_fits
 from studio.core.plan.plan import Plan
 from studio.core.plan.recipe import PlanSection
@@ -119,10 +120,9 @@ class CompressController(QObject):
         """The child's job, with the consent :meth:`_job_trust` gave."""
         workspace = self.window.workspace
         assert workspace is not None
-        recipe = workspace.to_recipe(base=folder)
-        return {"kind": kind, "recipe": recipe.model_dump(mode="json"), "base_dir": str(folder),
-                "out_dir": str(out_dir), "device": self.jobs.device(), **trust,
-                "options": options or {}}
+        return JobSpec(kind, workspace.to_recipe(base=folder), folder, out_dir,
+                       self.jobs.device(), trust["trust"], options or {},
+                       trust["data_consent"]).to_json()
 
     # --- jobs ------------------------------------------------------------------------------
     def run_plan(self) -> ProcessJob | None:
