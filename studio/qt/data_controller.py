@@ -178,7 +178,8 @@ class DataController(QObject):
             self.panel.check_button.setEnabled(True)
             self.panel.show_check("Check cancelled." if status == CANCELLED else error, ok=False)
             return
-        checked = workspace.loaded.module is None or workspace.example is not None
+        checked = (not workspace.loaded.capabilities.traces_example
+                   or workspace.example is not None)
 
         def fits() -> str | None:
             if report["problem"] is not None:

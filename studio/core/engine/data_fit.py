@@ -175,9 +175,7 @@ def check_onnx_data(data: TaskData, feeder: Feeder, path: Path) -> None:
 def check_data_fits(loaded: LoadedModel, example: InputSpec | None, data: TaskData) -> None:
     """:class:`InputError` naming both shapes when ``data`` cannot feed the model (a torch model
     is run on it when its ``example`` input is known)."""
-    if loaded.module is None:
-        if loaded.onnx_model is not None:
-            feeder_for_data(loaded.onnx_model, loaded.path, data)
-        return
-    if example is not None:
+    if loaded.capabilities.backend == "onnx":
+        feeder_for_data(loaded.onnx_model, loaded.path, data)
+    elif example is not None:
         check_torch_data(loaded.module, data, example)

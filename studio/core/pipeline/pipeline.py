@@ -46,8 +46,13 @@ def refusals(workspace: Workspace, recipe: Recipe, backend: type[Backend] | Back
     return [reason for step in unmet(backend.provides) for reason in step.asks_for(recipe)]
 
 
+BACKENDS: dict[str, type[TorchBackend] | type[OnnxBackend]] = {
+    "torch": TorchBackend, "onnx": OnnxBackend}
+"""Run backends by the name a loaded model's capabilities give."""
+
+
 def backend_class(workspace: Workspace) -> type[TorchBackend] | type[OnnxBackend]:
-    return TorchBackend if workspace.loaded.module is not None else OnnxBackend
+    return BACKENDS[workspace.loaded.capabilities.backend]
 
 
 def check_recipe_fits(workspace: Workspace, recipe: Recipe, source: str = "recipe") -> None:
