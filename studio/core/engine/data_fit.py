@@ -18,10 +18,10 @@ from torch import Tensor, nn
 from studio.core.data.metrics import check_top1_fits
 from studio.core.data.task import TaskData, model_inputs
 from studio.core.errors import InputError, StudioError
-from studio.core.methods.distill.features import first_tensor
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import LoadedModel
 from studio.core.models.onnx_feeds import Feeder, OnnxInput, feeder_for, graph_outputs
+from studio.core.util import first_tensor
 
 
 def check_one_input(data: TaskData) -> None:
