@@ -40,7 +40,8 @@ PARITY_SAMPLES = 256
 
 class TorchBackend:
     name = "torch"
-    provides = frozenset({Need.TORCH, Need.LABELS, Need.GPU})
+    provides = frozenset({Need.TORCH, Need.LABELS} | ({Need.GPU} if torch.cuda.is_available()
+                                                      else set()))
 
     def __init__(self, recipe: Recipe, base_dir: Path | None, trust: bool) -> None:
         section = recipe.section(TrainSection)
