@@ -14,8 +14,9 @@ from studio.core.data.consent import locate_function
 from studio.core.data.function import FunctionTrustRequired
 from studio.core.engine.data_check import PROBE_FILE
 from studio.core.errors import StudioError
-from studio.core.jobs import CancelToken, Result
-from studio.core.jobs.kinds import KINDS, JobSpec, job_events
+from studio.core.jobs import CancelToken, Result, kinds
+from studio.core.jobs.child import job_events
+from studio.core.jobs.kinds import KINDS, JobSpec
 
 LOADER = '''
 import torch
@@ -93,6 +94,7 @@ def test_check_data_names_token_ids_beyond_the_vocabulary(tmp_path: Path) -> Non
 
 
 def test_an_unknown_kind_is_named_with_the_known_ones(tmp_path: Path) -> None:
+    spec = JobSpec.from_json(_spec(tmp_path, False, kind="prune-all"))
     with pytest.raises(StudioError, match="unknown job kind 'prune-all'; known: run, "):
-        _events(_spec(tmp_path, False, kind="prune-all"))
+        list(kinds.job_events(spec, CancelToken()))
     assert {"run", "sensitivity", "check_data"} <= set(KINDS)

@@ -5,26 +5,49 @@ out-of-memory in a job never takes the window down, and cancel is immediate (the
 process; the job writes nothing half-done because every output is written atomically).
 
 The spec is a :class:`JobSpec` as JSON; its ``kind`` names one of the registered kinds
-(``studio.core.jobs.kinds``). A failure is reported as one ``log`` event with level ``error``
-and exit code 1; a traceback goes to stderr.
+(``studio.core.jobs.kinds``). A data function runs only when ``data_consent`` lists its code
+(``FunctionCode.to_json``: module files and their sha256), checked again here, so code changed
+or swapped since the user allowed it does not run. A failure is reported as one ``log`` event
+with level ``error`` and exit code 1; a traceback goes to stderr.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
+from studio.core.data.consent import FunctionCode, check_consent
 from studio.core.errors import StudioError
+from studio.core.jobs import kinds
 from studio.core.jobs.cancel import CancelToken, JobCancelled
 from studio.core.jobs.events import Event, Log, event_to_json
-from studio.core.jobs.kinds import JobSpec, job_events
+from studio.core.jobs.kinds import JobSpec
 
 EXIT_FAILED = 1
 EXIT_CANCELLED = 130
+
+
+def job_events(spec: JobSpec, token: CancelToken) -> Iterator[Event]:
+    """The events of the job ``spec`` describes, once the code it may run is verified."""
+    yield from kinds.job_events(dataclasses.replace(spec, trust=_allowed_code(spec)), token)
+
+
+def _allowed_code(spec: JobSpec) -> bool:
+    """The job's ``trust``: the spec's own (a pickled model the user trusted), or True once the
+    data function is verified to be the code the user allowed (:class:`FunctionTrustRequired`
+    when it is not)."""
+    data = spec.recipe.data
+    if data is None or data.source != "function":
+        return spec.trust
+    check_consent(data, spec.base_dir,
+                  [FunctionCode.from_json(code) for code in spec.data_consent])
+    return True
 
 
 def _emit(event: Event) -> None:

@@ -2,21 +2,18 @@
 job by its kind's name and a :class:`JobSpec`, so a new kind (a search, a data check) is one
 entry in :data:`KINDS`.
 
-The spec is plain data, so it crosses the process boundary as JSON (see ``child``). ``trust`` is
-the consent the user gave to a pickled model (or, in the CLI, ``--trust``); a data function runs
-only when ``data_consent`` lists its code (``FunctionCode.to_json``: module files and their
-sha256), checked again before it runs, so code changed since the user allowed it does not run.
+The spec is plain data, so it crosses the process boundary as JSON (see ``child``, which also
+checks ``data_consent`` there). ``trust`` lets the job run code from the model or data files:
+the CLI's ``--trust``, or the consent the child verified.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from studio.core.data.consent import FunctionCode, check_consent
 from studio.core.engine.data_check import data_check_job
 from studio.core.engine.run import run_recipe
 from studio.core.engine.sensitivity import sensitivity_job
@@ -97,20 +94,9 @@ KINDS: dict[str, JobKind] = {kind.name: kind for kind in (
 )}
 
 
-def _allowed_code(spec: JobSpec) -> bool:
-    """The job's ``trust``: the spec's own, or True once the data function is verified to be
-    the code the user allowed (:class:`FunctionTrustRequired` when it is not)."""
-    data = spec.recipe.data
-    if data is None or data.source != "function":
-        return spec.trust
-    check_consent(data, spec.base_dir,
-                  [FunctionCode.from_json(code) for code in spec.data_consent])
-    return True
-
-
 def job_events(spec: JobSpec, token: CancelToken) -> Iterator[Event]:
     """The events of the job ``spec`` describes."""
     kind = KINDS.get(spec.kind)
     if kind is None:
         raise StudioError(f"unknown job kind {spec.kind!r}; known: {', '.join(KINDS)}")
-    yield from kind.events(dataclasses.replace(spec, trust=_allowed_code(spec)), token)
+    yield from kind.events(spec, token)
