@@ -42,7 +42,7 @@ def run_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, token: Ca
     """The whole job on an open model and its plan (the recipe gives the settings; ``device``
     overrides ``train.device``). ``base_dir`` is where the recipe's data paths start;
     ``trust`` lets a ``function`` data source run."""
-    if device:
+    if device and workspace.loaded.capabilities.can_train:  # nothing else trains
         train = recipe.section(TrainSection).model_copy(update={"device": device})
         recipe = recipe.model_copy(update={"train": train})
     yield from run_pipeline(workspace, recipe, Path(out_dir), token, source, base_dir, trust)
