@@ -68,15 +68,17 @@ class ProgressPrinter:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from studio.core.engine.run import run_recipe_file
+    from studio.core.jobs.kinds import JobSpec, job_events
+    from studio.core.plan.recipe import read_recipe
 
+    spec = JobSpec("run", read_recipe(args.recipe), args.recipe.parent, args.out, args.device,
+                   args.trust, source=str(args.recipe))
     token = CancelToken()
     previous = signal.signal(signal.SIGINT, lambda *_: token.cancel())
     printer = ProgressPrinter(sys.stderr)
     result: Result | None = None
     try:
-        for event in run_recipe_file(args.recipe, args.out, token, trust=args.trust,
-                                     device=args.device):
+        for event in job_events(spec, token):
             if args.jsonl:
                 print(json.dumps(event_to_json(event)), flush=True)
             else:

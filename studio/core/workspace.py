@@ -20,9 +20,8 @@ from studio.core.plan.recipe import ModelSection, Recipe, check_layer_names
 def build_tree(loaded: LoadedModel, example: InputSpec | None) -> LayerTree:
     """Layer tree of a loaded model; torch models are traced on ``example`` when given, ONNX
     models have their shapes inferred for it."""
-    if loaded.onnx_model is not None:
+    if loaded.capabilities.backend == "onnx":
         return build_onnx_tree(loaded.onnx_model, loaded.name, example, loaded.path.parent)
-    assert loaded.module is not None
     return build_torch_tree(loaded.module, example, loaded.name, loaded.type_names)
 
 

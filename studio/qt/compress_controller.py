@@ -17,9 +17,9 @@ from PySide6.QtCore import QObject, Signal
 
 from studio.core.data.consent import FunctionCode
 from studio.core.engine.allocate import Target, allocate
-from studio.core.engine.run_onnx import check_onnx_recipe
 from studio.core.errors import StudioError
 from studio.core.jobs import Metric
+from studio.core.pipeline.pipeline import check_recipe_fits
 from studio.core.plan.plan import Plan
 from studio.core.project.experiments import (
     Experiment,
@@ -88,12 +88,9 @@ class CompressController(QObject):
 
     def _point(self, experiment: Experiment, which: str = "compressed") -> dict[str, Any]:
         baseline = which == "baseline"
-        figures = (experiment.report or {}).get(which) or {}
-        metric = figures.get("metric") if isinstance(figures, dict) else None
         return {"id": "baseline" if baseline else experiment.id,
                 "name": "baseline" if baseline else experiment.name,
                 "plan": {} if baseline else experiment.plan,
-                "metric": metric.get("name") if isinstance(metric, dict) else None,
                 **experiment_point(experiment, which)}
 
     def _require_project(self) -> Path | None:
@@ -138,12 +135,11 @@ class CompressController(QObject):
         workspace = session.workspace
         if workspace is None:
             return None
-        if workspace.loaded.module is None:  # an ONNX file: say at once what it cannot do
-            try:
-                check_onnx_recipe(workspace.to_recipe(), Path(workspace.model_path), "Run Plan")
-            except StudioError as error:
-                self.notice.emit("error", str(error))
-                return None
+        try:  # say at once what the model's backend cannot do (an ONNX file cannot train)
+            check_recipe_fits(workspace, workspace.to_recipe(), "Run Plan")
+        except StudioError as error:
+            self.notice.emit("error", str(error))
+            return None
         consent = self._job_trust()
         folder = self._require_project() if consent is not None else None
         if folder is None:

@@ -26,6 +26,7 @@ from studio.core.data.consent import FunctionCode, data_functions
 from studio.core.engine.data_check import PROBE_FILE, probe_task
 from studio.core.engine.data_fit import check_data_fits, input_vocabulary
 from studio.core.errors import StudioError
+from studio.core.jobs.kinds import JobSpec
 from studio.core.plan.stages import DataSection
 from studio.core.workspace import Workspace, portable_path
 from studio.qt.data_panel import DataPanel
@@ -147,10 +148,10 @@ class DataController(QObject):
         base = self.base_dir()
         recipe = workspace.to_recipe(base=base).model_copy(update={"data": section})
         out_dir = Path(tempfile.mkdtemp(prefix="studio-check-"))
-        job = ProcessJob({"kind": "check_data", "recipe": recipe.model_dump(mode="json"),
-                          "base_dir": str(base) if base else None, "out_dir": str(out_dir),
-                          "trust": False, "data_consent": [code.to_json() for code in codes],
-                          "vocabulary": input_vocabulary(workspace.loaded)}, self)
+        spec = JobSpec("check_data", recipe, base, out_dir,
+                       options={"vocabulary": input_vocabulary(workspace.loaded)},
+                       data_consent=[code.to_json() for code in codes])
+        job = ProcessJob(spec.to_json(), self)
         job.finished.connect(lambda status, report, error: self._checked(
             workspace, out_dir, status, report, error))
         self.check_job = job
@@ -177,7 +178,8 @@ class DataController(QObject):
             self.panel.check_button.setEnabled(True)
             self.panel.show_check("Check cancelled." if status == CANCELLED else error, ok=False)
             return
-        checked = workspace.loaded.module is None or workspace.example is not None
+        checked = (not workspace.loaded.capabilities.traces_example
+                   or workspace.example is not None)
 
         def fits() -> str | None:
             if report["problem"] is not None:

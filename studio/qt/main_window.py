@@ -489,7 +489,7 @@ class MainWindow(QMainWindow):
         self.data.attach(controller)
         self.settings_controller.attach(controller)
         self._restore_autosave()
-        if workspace.example is None and workspace.loaded.module is not None:
+        if workspace.example is None and workspace.loaded.capabilities.traces_example:
             self.show_info("No example input is known for this model, so shapes and MACs are "
                            "empty. Set one with Model ▸ Set Example Input…")
         elif workspace.tree.notes:  # e.g. an ONNX file whose image size is free
@@ -677,7 +677,7 @@ class MainWindow(QMainWindow):
     def choose_sensitivity(self) -> None:
         """Time one evaluation on the task's data (in the background), then ask how to sweep."""
         workspace = self.workspace
-        if workspace is None or workspace.loaded.module is None:
+        if workspace is None or not workspace.loaded.capabilities.can_sweep:
             self.show_error("Sensitivity analysis needs the torch model (a .pt/.safetensors/"
                             ".pt2 file); an ONNX file alone can still be pruned and quantized "
                             "with Compress ▸ Run Plan.")

@@ -13,8 +13,10 @@ import pytest
 from studio.core.data.consent import locate_function
 from studio.core.data.function import FunctionTrustRequired
 from studio.core.engine.data_check import PROBE_FILE
-from studio.core.jobs import CancelToken, Result
+from studio.core.errors import StudioError
+from studio.core.jobs import CancelToken, Result, kinds
 from studio.core.jobs.child import job_events
+from studio.core.jobs.kinds import KINDS, JobSpec
 
 LOADER = '''
 import torch
@@ -36,16 +38,23 @@ def _spec(folder: Path, trust: bool, consent: list | None = None, kind: str = "r
             "data_consent": consent or []}
 
 
+def _events(spec: dict) -> list:
+    """The job's events, its spec read as the child reads it."""
+    parsed = JobSpec.from_json(json.loads(json.dumps(spec)))
+    assert JobSpec.from_json(parsed.to_json()) == parsed
+    return list(job_events(parsed, CancelToken()))
+
+
 def test_function_beside_the_project_runs_only_with_consent(tmp_path: Path) -> None:
     (tmp_path / "project_loader.py").write_text(LOADER, encoding="utf-8")
     with pytest.raises(FunctionTrustRequired, match="project_loader:digits"):
-        list(job_events(_spec(tmp_path, trust=False), CancelToken()))
+        _events(_spec(tmp_path, trust=False))
     with pytest.raises(FunctionTrustRequired, match="project_loader:digits"):
-        list(job_events(_spec(tmp_path, trust=True), CancelToken()))  # a pickle's trust
+        _events(_spec(tmp_path, trust=True))  # a pickle's trust
     assert not (tmp_path / "out").exists()
 
     consent = [locate_function("project_loader:digits", tmp_path).to_json()]
-    events = list(job_events(_spec(tmp_path, False, consent), CancelToken()))
+    events = _events(_spec(tmp_path, False, consent))
     report = events[-1].report if isinstance(events[-1], Result) else None
     assert report is not None
     assert report["data"]["labelled"] is False and report["data"]["metric"] == "cosine"
@@ -57,7 +66,7 @@ def test_function_beside_the_project_runs_only_with_consent(tmp_path: Path) -> N
 def test_changed_code_is_refused_and_check_data_reports(tmp_path: Path) -> None:
     (tmp_path / "project_loader.py").write_text(LOADER, encoding="utf-8")
     consent = [locate_function("project_loader:digits", tmp_path).to_json()]
-    events = list(job_events(_spec(tmp_path, False, consent, "check_data"), CancelToken()))
+    events = _events(_spec(tmp_path, False, consent, "check_data"))
     report = events[-1].report
     assert report["sizes"]["calibration"] == 8 and report["samples"] == [["", "1×28×28 float32"]]
     assert report["problem"] is None and report["metric"] == "cosine"
@@ -66,10 +75,9 @@ def test_changed_code_is_refused_and_check_data_reports(tmp_path: Path) -> None:
 
     (tmp_path / "project_loader.py").write_text(LOADER.replace("16, 1, 28", "16, 3, 28"), "utf-8")
     with pytest.raises(FunctionTrustRequired, match="not the code you allowed"):
-        list(job_events(_spec(tmp_path, False, consent, "check_data"), CancelToken()))
+        _events(_spec(tmp_path, False, consent, "check_data"))
     consent = [locate_function("project_loader:digits", tmp_path).to_json()]
-    report = list(job_events(_spec(tmp_path, False, consent, "check_data"),
-                             CancelToken()))[-1].report
+    report = _events(_spec(tmp_path, False, consent, "check_data"))[-1].report
     assert report["samples"] == [["", "3×28×28 float32"]]
 
 
@@ -78,8 +86,15 @@ def test_check_data_names_token_ids_beyond_the_vocabulary(tmp_path: Path) -> Non
     np.savez(tmp_path / "ids.npz", input_ids=ids)
     spec = _spec(tmp_path, False, kind="check_data")
     spec["recipe"]["data"] = {"source": "arrays", "path": "ids.npz"}
-    spec["vocabulary"] = ["the model's vocabulary", 30]
-    report = list(job_events(spec, CancelToken()))[-1].report
+    spec["options"] = {"vocabulary": ["the model's vocabulary", 30]}
+    report = _events(spec)[-1].report
     assert report["problem"].startswith("data: token ids must lie in 0..29 (the model's "
                                         "vocabulary holds 30 tokens), but the data holds 10 "
                                         "id(s) out of range: 30, 31,")
+
+
+def test_an_unknown_kind_is_named_with_the_known_ones(tmp_path: Path) -> None:
+    spec = JobSpec.from_json(_spec(tmp_path, False, kind="prune-all"))
+    with pytest.raises(StudioError, match="unknown job kind 'prune-all'; known: run, "):
+        list(kinds.job_events(spec, CancelToken()))
+    assert {"run", "sensitivity", "check_data"} <= set(KINDS)

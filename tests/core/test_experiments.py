@@ -38,7 +38,8 @@ def test_round_trip_copies_artifacts(tmp_path: Path) -> None:
     copied = artifact_path(tmp_path / "project", loaded, "onnx")
     assert copied is not None and copied.read_bytes() == b"onnx bytes"
     assert copied.parent == folder
-    assert experiment_point(loaded) == {"accuracy": 0.97, "onnx_bytes": 120_000.0,
+    assert experiment_point(loaded) == {"metric": "accuracy", "value": 0.97,
+                                        "higher_is_better": True, "onnx_bytes": 120_000.0,
                                         "macs": 20_000_000.0, "latency_ms": 9.5}
 
 
@@ -56,7 +57,7 @@ def test_corrupt_and_half_written_entries_are_skipped(tmp_path: Path) -> None:
     history = load_experiments_report(tmp_path)
     assert [e.name for e in history.experiments] == ["a", "c"]
     assert len(history.problems) == 1 and broken.id in history.problems[0]
-    assert experiment_point(history.experiments[1])["accuracy"] is None
+    assert experiment_point(history.experiments[1])["value"] is None
 
 
 def test_ids_sort_by_time_and_are_unique() -> None:
@@ -75,13 +76,13 @@ def test_unknown_fields_and_largest_batch() -> None:
 
 def test_pareto_front_minimises_x_and_maximises_y() -> None:
     points = [
-        {"size": 10, "accuracy": 0.90},   # 0: front (smallest)
-        {"size": 20, "accuracy": 0.95},   # 1: front
-        {"size": 25, "accuracy": 0.94},   # 2: dominated by 1
-        {"size": 30, "accuracy": 0.99},   # 3: front
-        {"size": 40, "accuracy": 0.99},   # 4: dominated by 3 (same y, larger x)
-        {"size": 5, "accuracy": None},    # 5: no value, left out
-        {"size": 12, "accuracy": 0.89},   # 6: dominated by 0
+        {"size": 10, "value": 0.90},   # 0: front (smallest)
+        {"size": 20, "value": 0.95},   # 1: front
+        {"size": 25, "value": 0.94},   # 2: dominated by 1
+        {"size": 30, "value": 0.99},   # 3: front
+        {"size": 40, "value": 0.99},   # 4: dominated by 3 (same y, larger x)
+        {"size": 5, "value": None},    # 5: no value, left out
+        {"size": 12, "value": 0.89},   # 6: dominated by 0
     ]
     assert pareto_front(points, "size") == [0, 1, 3]
     assert pareto_front([], "size") == []
@@ -138,3 +139,15 @@ def test_an_experiment_keeps_its_whole_recipe_and_old_ones_their_plan(tmp_path: 
     [loaded] = load_experiments(tmp_path / "old")
     plan, sections = loaded.settings()
     assert sections is None and plan.spec("res.conv2").sparsity == 0.5
+
+
+def test_a_metric_keeps_its_name_and_direction() -> None:
+    """Cosine and MSE are not stored as "accuracy"; for MSE the front keeps the lowest."""
+    mse = new_experiment("m", PLAN, {"compressed": {"metric": {
+        "name": "mse", "value": 0.02, "higher_is_better": False}, "onnx_bytes": 10}})
+    point = experiment_point(mse)
+    assert (point["metric"], point["value"], point["higher_is_better"]) == ("mse", 0.02, False)
+    points = [{"size": 10, "value": 0.05}, {"size": 20, "value": 0.01},
+              {"size": 30, "value": 0.03}]
+    assert pareto_front(points, "size", higher_is_better=False) == [0, 1]
+    assert pareto_front(points, "size") == [0]  # read as higher-better, 0 beats both

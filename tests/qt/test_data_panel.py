@@ -300,7 +300,7 @@ def test_unlabelled_arrays_run_scores_agreement(demo_window: MainWindow, run_pla
     assert win.pareto.metric.title == "Cosine agreement"
     assert win.pareto.plot_item.getAxis("left").labelText == "Cosine agreement"
     compressed = next(p for p in points if p["id"] != "baseline")
-    assert 0.5 < compressed["accuracy"] <= 1.0  # cosine of the outputs, not a class accuracy
+    assert 0.5 < compressed["value"] <= 1.0  # cosine of the outputs, not a class accuracy
     assert "cosine agreement" in win.pareto._tip(0, 0, compressed["id"])
 
 

@@ -22,15 +22,15 @@ CTRL = Qt.KeyboardModifier.ControlModifier
 
 # c and d are dominated on every axis; a, b and the baseline trade size/latency/MACs for accuracy.
 POINTS = [
-    {"id": "baseline", "name": "Baseline", "accuracy": 0.976, "onnx_bytes": 547_000,
+    {"id": "baseline", "name": "Baseline", "value": 0.976, "onnx_bytes": 547_000,
      "macs": 2_300_000, "latency_ms": 10.5, "plan": {}},
-    {"id": "a", "name": "int8", "accuracy": 0.975, "onnx_bytes": 147_000, "macs": 2_300_000,
+    {"id": "a", "name": "int8", "value": 0.975, "onnx_bytes": 147_000, "macs": 2_300_000,
      "latency_ms": 4.1, "plan": {}},
-    {"id": "b", "name": "50% channels", "accuracy": 0.950, "onnx_bytes": 100_000,
+    {"id": "b", "name": "50% channels", "value": 0.950, "onnx_bytes": 100_000,
      "macs": 1_100_000, "latency_ms": 3.0, "plan": {}},
-    {"id": "c", "name": "dominated 1", "accuracy": 0.940, "onnx_bytes": 300_000,
+    {"id": "c", "name": "dominated 1", "value": 0.940, "onnx_bytes": 300_000,
      "macs": 2_300_000, "latency_ms": 9.0, "plan": {}},
-    {"id": "d", "name": "dominated 2", "accuracy": 0.960, "onnx_bytes": 560_000,
+    {"id": "d", "name": "dominated 2", "value": 0.960, "onnx_bytes": 560_000,
      "macs": 2_400_000, "latency_ms": 11.0, "plan": {}},
 ]
 
@@ -89,7 +89,7 @@ def test_pareto_plot_recomputes_the_front_per_axis(pareto: ParetoPlot) -> None:
 
 
 def test_adding_a_better_point_moves_the_front(pareto: ParetoPlot) -> None:
-    pareto.add_point({"id": "e", "name": "best", "accuracy": 0.99, "onnx_bytes": 90_000,
+    pareto.add_point({"id": "e", "name": "best", "value": 0.99, "onnx_bytes": 90_000,
                       "macs": 900_000, "latency_ms": 2.0, "plan": {}})
     assert pareto.front_ids() == ["e"]
 

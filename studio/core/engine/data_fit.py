@@ -18,10 +18,10 @@ from torch import Tensor, nn
 from studio.core.data.metrics import check_top1_fits
 from studio.core.data.task import TaskData, model_inputs
 from studio.core.errors import InputError, StudioError
-from studio.core.methods.distill.features import first_tensor
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import LoadedModel
 from studio.core.models.onnx_feeds import Feeder, OnnxInput, feeder_for, graph_outputs
+from studio.core.util import first_tensor
 
 
 def check_one_input(data: TaskData) -> None:
@@ -175,9 +175,7 @@ def check_onnx_data(data: TaskData, feeder: Feeder, path: Path) -> None:
 def check_data_fits(loaded: LoadedModel, example: InputSpec | None, data: TaskData) -> None:
     """:class:`InputError` naming both shapes when ``data`` cannot feed the model (a torch model
     is run on it when its ``example`` input is known)."""
-    if loaded.module is None:
-        if loaded.onnx_model is not None:
-            feeder_for_data(loaded.onnx_model, loaded.path, data)
-        return
-    if example is not None:
+    if loaded.capabilities.backend == "onnx":
+        feeder_for_data(loaded.onnx_model, loaded.path, data)
+    elif example is not None:
         check_torch_data(loaded.module, data, example)

@@ -162,7 +162,7 @@ def sensitivity_workspace(workspace: Workspace, token: CancelToken,
     digits when None); the workspace's model is never changed (the job works on a copy and
     restores every weight it touched before the next cell). Last event: Result."""
     started = time.perf_counter()
-    if workspace.loaded.module is None:
+    if not workspace.loaded.capabilities.can_sweep:
         raise StudioError("sensitivity: ONNX-only models are not supported yet; open the torch "
                           "model")
     if task is not None:
@@ -341,7 +341,7 @@ def measure_seconds_per_eval(workspace: Workspace, subset: int = 500, device: st
                              repeats: int = 2, task: TaskData | None = None) -> float:
     """Time of one evaluation on ``subset`` samples (best of ``repeats`` after a warm-up
     batch), so the GUI can show an estimate before the sweep starts. Runs on a copy."""
-    if workspace.loaded.module is None:
+    if not workspace.loaded.capabilities.can_sweep:
         raise StudioError("sensitivity: ONNX-only models are not supported yet")
     target = resolve_device(device or "cpu")
     model = copy.deepcopy(workspace.loaded.module).to(target).eval()

@@ -34,8 +34,8 @@ from studio.core.data.task import model_inputs
 from studio.core.errors import StudioError
 from studio.core.export.onnx_export import external_data_files
 from studio.core.graph.onnx_walk import all_graphs
-from studio.core.methods.distill.features import first_tensor
 from studio.core.models.onnx_weights import tensor_dtype, tensor_nbytes
+from studio.core.util import first_tensor
 
 DEFAULT_THREADS = 2
 """Fixed so that timings taken on different days or machines compare like with like."""

@@ -17,28 +17,11 @@ from studio.core.graph.macs import MacCounter
 from studio.core.graph.roles import annotate_roles
 from studio.core.graph.tree import LayerTree
 from studio.core.models.inputs import InputSpec
+from studio.core.util import first_tensor
 
 
 def module_type_name(module: nn.Module) -> str:
     return type(module).__name__
-
-
-def _first_tensor(value: Any) -> torch.Tensor | None:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, (list, tuple)):
-        for item in value:
-            found = _first_tensor(item)
-            if found is not None:
-                return found
-    if isinstance(value, dict):
-        for item in value.values():
-            found = _first_tensor(item)
-            if found is not None:
-                return found
-    if hasattr(value, "to_tuple"):  # transformers' ModelOutput
-        return _first_tensor(value.to_tuple())
-    return None
 
 
 def build_torch_tree(
@@ -99,12 +82,12 @@ def _trace(module: nn.Module, example: InputSpec, tree: LayerTree, ids: dict[int
 
     def leave(sub: nn.Module, inputs: Any, output: Any) -> None:
         node = tree.nodes[stack.pop()]
-        tensor = _first_tensor(output)
+        tensor = first_tensor(output)
         if node.output_shape is None and tensor is not None:
             node.output_shape = tuple(tensor.shape)
         if node.children or tensor is None:
             return
-        given = _first_tensor(inputs)
+        given = first_tensor(inputs)
         source = channel_source.get(id(given)) if given is not None else None
         if node.input_from is None:
             node.input_from = source

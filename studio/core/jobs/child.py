@@ -4,20 +4,16 @@
 out-of-memory in a job never takes the window down, and cancel is immediate (the parent ends the
 process; the job writes nothing half-done because every output is written atomically).
 
-The spec: ``{"kind": "run" | "sensitivity" | "check_data", "recipe": {...recipe as YAML/JSON
-data...}, "base_dir": str | null, "out_dir": str, "device": str | null, "trust": bool,
-"data_consent": [...], "options": {...}}``; ``check_data`` also takes ``"vocabulary": [what,
-size]`` and leaves its probe samples in ``out_dir``. ``trust`` is the consent the user gave in
-the window to a pickled model; without it the child refuses to unpickle, as the CLI does without
-``--trust``. A data function runs only when ``data_consent`` lists its code
-(``FunctionCode.to_json``: module files and their sha256), checked again here, so code changed or
-swapped since the user allowed it does not run.
-A failure is reported as one ``log`` event with level ``error`` and exit code 1; a traceback
-goes to stderr.
+The spec is a :class:`JobSpec` as JSON; its ``kind`` names one of the registered kinds
+(``studio.core.jobs.kinds``). A data function runs only when ``data_consent`` lists its code
+(``FunctionCode.to_json``: module files and their sha256), checked again here, so code changed
+or swapped since the user allowed it does not run. A failure is reported as one ``log`` event
+with level ``error`` and exit code 1; a traceback goes to stderr.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -25,50 +21,32 @@ import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from studio.core.data.consent import FunctionCode, check_consent
 from studio.core.errors import StudioError
+from studio.core.jobs import kinds
 from studio.core.jobs.cancel import CancelToken, JobCancelled
 from studio.core.jobs.events import Event, Log, event_to_json
-from studio.core.plan.recipe import Recipe
+from studio.core.jobs.kinds import JobSpec
 
 EXIT_FAILED = 1
 EXIT_CANCELLED = 130
 
 
-def job_events(spec: dict[str, Any], token: CancelToken) -> Iterator[Event]:
-    """The events of the job ``spec`` describes (imports each kind's engine lazily)."""
-    recipe = Recipe.model_validate(spec["recipe"])
-    base_dir = Path(spec["base_dir"]) if spec.get("base_dir") else None
-    kind = spec.get("kind", "run")
-    trust = _allowed_code(spec, recipe, base_dir)
-    if kind == "run":
-        from studio.core.engine.run import run_recipe
-
-        yield from run_recipe(recipe, base_dir, Path(spec["out_dir"]), token, trust=trust,
-                              device=spec.get("device"))
-    elif kind == "sensitivity":
-        from studio.core.engine.sensitivity import sensitivity_job
-
-        yield from sensitivity_job(recipe, base_dir, token, device=spec.get("device"),
-                                   trust=trust, **spec.get("options", {}))
-    elif kind == "check_data":
-        from studio.core.engine.data_check import data_check_job
-
-        yield from data_check_job(recipe, base_dir, Path(spec["out_dir"]), token, trust=trust,
-                                  vocabulary=spec.get("vocabulary"))
-    else:
-        raise StudioError(f"unknown job kind {kind!r}")
+def job_events(spec: JobSpec, token: CancelToken) -> Iterator[Event]:
+    """The events of the job ``spec`` describes, once the code it may run is verified."""
+    yield from kinds.job_events(dataclasses.replace(spec, trust=_allowed_code(spec)), token)
 
 
-def _allowed_code(spec: dict[str, Any], recipe: Recipe, base_dir: Path | None) -> bool:
-    """The job's ``trust``: the spec's own, or True once the data function is verified to be
-    the code the user allowed (:class:`FunctionTrustRequired` when it is not)."""
-    if recipe.data is None or recipe.data.source != "function":
-        return bool(spec.get("trust", False))
-    allowed = [FunctionCode.from_json(code) for code in spec.get("data_consent", [])]
-    check_consent(recipe.data, base_dir, allowed)
+def _allowed_code(spec: JobSpec) -> bool:
+    """The job's ``trust``: the spec's own (a pickled model the user trusted), or True once the
+    data function is verified to be the code the user allowed (:class:`FunctionTrustRequired`
+    when it is not)."""
+    data = spec.recipe.data
+    if data is None or data.source != "function":
+        return spec.trust
+    check_consent(data, spec.base_dir,
+                  [FunctionCode.from_json(code) for code in spec.data_consent])
     return True
 
 
@@ -82,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     token = CancelToken()
     signal.signal(signal.SIGTERM, lambda *_: token.cancel())
     try:
-        spec = json.loads(Path(args[0]).read_text(encoding="utf-8"))
+        spec = JobSpec.from_json(json.loads(Path(args[0]).read_text(encoding="utf-8")))
         for event in job_events(spec, token):
             _emit(event)
     except JobCancelled:

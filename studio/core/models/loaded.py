@@ -13,6 +13,26 @@ from studio.core.models.inputs import InputSpec
 DEMO = "demo"
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What the studio can do with a loaded model, so that the faces ask it rather than test
+    which of ``module`` and ``onnx_model`` is set."""
+
+    backend: str
+    """``torch`` or ``onnx``: which run backend carries out its recipes."""
+    can_train: bool
+    """Fine-tuning, distillation, QAT and Taylor importance (need autograd on a module)."""
+    can_sweep: bool
+    """Sensitivity sweeps (change one layer at a time on a copy of the module)."""
+    traces_example: bool
+    """Its tree's shapes and MACs come from running an example input (without one they are
+    empty); an ONNX file declares its own."""
+
+
+TORCH = Capabilities("torch", can_train=True, can_sweep=True, traces_example=True)
+ONNX = Capabilities("onnx", can_train=False, can_sweep=False, traces_example=False)
+
+
 @dataclass
 class LoadedModel:
     """A model opened from a file: exactly one of ``module`` and ``onnx_model`` is set."""
@@ -31,3 +51,7 @@ class LoadedModel:
     type_names: dict[str, str] = field(default_factory=dict)
     """Original class names of modules whose classes the file format does not keep."""
     metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return TORCH if self.module is not None else ONNX

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from studio.core.errors import ArchitectureRequired, ModelLoadError, TrustRequired
@@ -13,31 +15,67 @@ from studio.core.models.torch_files import load_safetensors, load_torch_export, 
 from studio.core.resources import resource_path
 
 DEMO_CHECKPOINT = ("demo", "demo-cnn.safetensors")
-MODEL_SUFFIXES = (".pt", ".pth", ".pt2", ".safetensors", ".onnx")
+Loader = Callable[[Path, "str | None", bool], LoadedModel]
+"""(path, architecture, trust) -> the model."""
+
+
+@dataclass(frozen=True)
+class ModelFormat:
+    """A file format the studio opens: its extensions, how its first bytes look (for files
+    whose extension is wrong or missing), and its reader. A new format is one entry in
+    :data:`FORMATS`."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    sniff: Callable[[Path, bytes], bool]
+    load: Loader
+
+
+def _zip_names(path: Path) -> list[str] | None:
+    try:
+        return zipfile.ZipFile(path).namelist()
+    except (zipfile.BadZipFile, UnicodeDecodeError, ValueError, EOFError):
+        return None  # damaged: a name that is not UTF-8, a bad directory, a short file
+
+
+def _is_torch_export(path: Path, head: bytes) -> bool:
+    names = _zip_names(path) if head.startswith(b"PK") else None
+    return names is not None and any(name.endswith("archive_format") or
+                                     "serialized_exported_program" in name for name in names)
+
+
+def _is_torch_zip(path: Path, head: bytes) -> bool:
+    return head.startswith(b"PK") and _zip_names(path) is not None
+
+
+FORMATS: tuple[ModelFormat, ...] = (  # sniffed in this order: a .pt2 is also a zip
+    ModelFormat("onnx", (".onnx",),
+                # protobuf field 1 (ir_version), varint: how ONNX files begin
+                lambda _path, head: head[:1] == b"\x08",
+                lambda path, _arch, _trust: load_onnx(path)),
+    ModelFormat("safetensors", (".safetensors",),
+                lambda _path, head: len(head) >= 9 and head[8:9] == b"{",
+                lambda path, arch, _trust: load_safetensors(path, arch)),
+    ModelFormat("torch_export", (".pt2",), _is_torch_export,
+                lambda path, _arch, trust: load_torch_export(path, trust)),
+    ModelFormat("torch", (".pt", ".pth"), _is_torch_zip, load_torch_file),
+)
+MODEL_SUFFIXES = tuple(suffix for kind in FORMATS for suffix in kind.suffixes)
 
 
 def demo_path() -> Path:
     return resource_path(*DEMO_CHECKPOINT)
 
 
-def _sniff(path: Path) -> str | None:
+def _by_suffix(suffix: str) -> ModelFormat | None:
+    return next((kind for kind in FORMATS if suffix in kind.suffixes), None)
+
+
+def _sniff(path: Path) -> ModelFormat | None:
     """Guess the format from the first bytes, for files whose extension is wrong or missing."""
     with path.open("rb") as handle:
         head = handle.read(16)
-    if head.startswith(b"PK"):
-        try:
-            names = zipfile.ZipFile(path).namelist()
-        except (zipfile.BadZipFile, UnicodeDecodeError, ValueError, EOFError):
-            return None  # damaged: a name that is not UTF-8, a bad directory, a short file
-        if any(name.endswith("archive_format") or "serialized_exported_program" in name
-               for name in names):
-            return ".pt2"
-        return ".pt"
-    if len(head) >= 9 and head[8:9] == b"{":
-        return ".safetensors"
-    if head[:1] == b"\x08":  # protobuf field 1 (ir_version), varint: how ONNX files begin
-        return ".onnx"
-    return None
+    return next((kind for kind in FORMATS if kind.sniff(path, head)), None)
 
 
 def open_model(path: str | Path, architecture: str | None = None,
@@ -58,30 +96,17 @@ def open_model(path: str | Path, architecture: str | None = None,
         raise ModelLoadError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise ModelLoadError(f"{path}: the file is empty")
-    suffix = path.suffix.lower()
-    if suffix not in MODEL_SUFFIXES:
-        suffix = _sniff(path) or suffix
+    kind = _by_suffix(path.suffix.lower()) or _sniff(path)
+    if kind is None:
+        raise ModelLoadError(f"{path}: unknown model format; open a .pt/.pth, .pt2, "
+                             ".safetensors or .onnx file")
     try:
-        return _load_as(path, suffix, architecture, trust)
+        return kind.load(path, architecture, trust)
     except (TrustRequired, ArchitectureRequired):
         raise
     except ModelLoadError as error:
         sniffed = _sniff(path)
-        if sniffed is None or sniffed == suffix or {sniffed, suffix} <= {".pt", ".pth"}:
+        if sniffed is None or sniffed is kind:
             raise
-        raise ModelLoadError(f"{error}; its content looks like a {sniffed} file: rename it to "
-                             f"{path.stem}{sniffed}") from error
-
-
-def _load_as(path: Path, suffix: str, architecture: str | None, trust: bool) -> LoadedModel:
-    if suffix == ".onnx":
-        return load_onnx(path)
-    if suffix == ".safetensors":
-        return load_safetensors(path, architecture)
-    if suffix == ".pt2":
-        return load_torch_export(path, trust)
-    if suffix in (".pt", ".pth"):
-        return load_torch_file(path, architecture, trust)
-    raise ModelLoadError(
-        f"{path}: unknown model format; open a .pt/.pth, .pt2, .safetensors or .onnx file"
-    )
+        raise ModelLoadError(f"{error}; its content looks like a {sniffed.suffixes[0]} file: "
+                             f"rename it to {path.stem}{sniffed.suffixes[0]}") from error

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -37,6 +37,7 @@ from studio.core.plan.stages import (
 )
 
 SCHEMA_VERSION = 1
+S = TypeVar("S", bound=BaseModel)
 
 
 class _Section(BaseModel):
@@ -125,6 +126,11 @@ class Recipe(_Section):
             **(stages or {}),
         )
 
+    def section(self, section: type[S]) -> S:
+        """The job section of that type, or its defaults when the recipe leaves it out."""
+        value = getattr(self, SECTIONS[section])
+        return value if value is not None else section()
+
     def stages(self) -> dict[str, Any]:
         """The job sections that are set (data, train, prune, distill, quantize, export)."""
         return {key: getattr(self, key) for key in STAGE_KEYS if getattr(self, key) is not None}
@@ -144,6 +150,16 @@ STAGE_KEYS: tuple[str, ...] = tuple(
     if key not in ("schema_version", "model", "example_input", "plan"))
 """The job sections (data, train, prune, distill, quantize, export), in the order ``Recipe``
 declares them: a section added there is saved, autosaved and shown in the GUI's forms."""
+
+
+def _section_model(key: str) -> type[BaseModel]:
+    """The section model of ``Recipe.<key>`` (declared as ``Model | None``)."""
+    return next(arg for arg in get_args(Recipe.model_fields[key].annotation)
+                if arg is not type(None))
+
+
+SECTIONS: dict[type[BaseModel], str] = {_section_model(key): key for key in STAGE_KEYS}
+"""Each job section's model and its key in a recipe: the settings the pipeline's steps read."""
 
 
 def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:

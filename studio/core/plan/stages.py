@@ -156,6 +156,10 @@ class PruneSection(_Section):
     reconstruct: bool = True
     """After cutting heads or FFN width, re-fit each cut block's output projection by least
     squares to the uncompressed model's outputs on the calibration split (no labels needed)."""
+    bn_recalibration: bool = Field(
+        default=False, description="after pruning, re-estimate every BatchNorm's running "
+        "mean and variance on the calibration split (no labels, no training): recovers much "
+        "of what pruning lost when there is no fine-tuning")
 
 
 class FeaturePair(_Section):

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from studio.core.atomic import write_text_atomic
+from studio.core.data.metrics import higher_is_better
 from studio.core.errors import StudioError
 from studio.core.plan.plan import Plan
 from studio.core.plan.recipe import PlanSection, Recipe
@@ -187,34 +188,38 @@ def _latency(figures: Mapping[str, Any]) -> float | None:
     return float(batches[max(batches)]) if batches else None
 
 
-def _figures_point(figures: Mapping[str, Any]) -> dict[str, float | None]:
+def _figures_point(figures: Mapping[str, Any]) -> dict[str, Any]:
     metric = figures.get("metric") or {}
-    value = metric.get("value") if isinstance(metric, Mapping) else None
+    if not isinstance(metric, Mapping):
+        metric = {}
+    value, name = metric.get("value"), metric.get("name") or "accuracy"  # the oldest: unnamed
+    direction = metric.get("higher_is_better")
     onnx_bytes = figures.get("onnx_bytes")
     macs = figures.get("macs")
-    return {"accuracy": None if value is None else float(value),
+    return {"metric": name, "value": None if value is None else float(value),
+            "higher_is_better": higher_is_better(name) if direction is None else bool(direction),
             "onnx_bytes": None if onnx_bytes is None else float(onnx_bytes),
             "macs": None if macs is None else float(macs),
             "latency_ms": _latency(figures)}
 
 
-def experiment_point(experiment: Experiment, which: str = "compressed"
-                     ) -> dict[str, float | None]:
-    """The plot's numbers for one experiment: accuracy, onnx_bytes, macs, latency_ms (batch
-    64, or the largest batch timed); ``None`` where the report lacks one. ``which`` picks the
-    run report's ``compressed`` or ``baseline`` figures."""
+def experiment_point(experiment: Experiment, which: str = "compressed") -> dict[str, Any]:
+    """The plot's numbers for one experiment: its metric by its own name (``metric``, with
+    ``value`` and ``higher_is_better``: cosine is not accuracy, and MSE is better lower),
+    onnx_bytes, macs, latency_ms (batch 64, or the largest batch timed); ``None`` where the
+    report lacks one. ``which`` picks the run report's ``compressed`` or ``baseline``
+    figures."""
     report = experiment.report or {}
     figures = report.get(which)
-    if not isinstance(figures, Mapping):
-        return {"accuracy": None, "onnx_bytes": None, "macs": None, "latency_ms": None}
-    return _figures_point(figures)
+    return _figures_point(figures if isinstance(figures, Mapping) else {})
 
 
-def pareto_front(points: Sequence[Mapping[str, Any]], x_key: str,
-                 y_key: str = "accuracy") -> list[int]:
-    """Indices of the points no other point beats (smaller or equal x and larger or equal y,
+def pareto_front(points: Sequence[Mapping[str, Any]], x_key: str, y_key: str = "value",
+                 higher_is_better: bool = True) -> list[int]:
+    """Indices of the points no other point beats (smaller or equal x and better or equal y,
     strictly better in one), sorted by x. Points missing either value are left out."""
-    usable = [(float(p[x_key]), float(p[y_key]), i) for i, p in enumerate(points)
+    sign = 1.0 if higher_is_better else -1.0
+    usable = [(float(p[x_key]), sign * float(p[y_key]), i) for i, p in enumerate(points)
               if p.get(x_key) is not None and p.get(y_key) is not None]
     usable.sort(key=lambda item: (item[0], -item[1], item[2]))
     front: list[int] = []

@@ -21,6 +21,7 @@ from studio.core.data.sources import load_task
 from studio.core.engine.sensitivity import estimate_runtime_s, measure_seconds_per_eval
 from studio.core.errors import StudioError
 from studio.core.graph.tree import LayerTree
+from studio.core.jobs.kinds import JobSpec
 from studio.core.models.inputs import InputSpec
 from studio.core.plan.recipe import Recipe, check_layer_names, dump_recipe, read_recipe
 from studio.core.plan.stages import DataSection
@@ -205,10 +206,9 @@ class Session:
         """What the child process runs (see :mod:`studio.core.jobs.child`); ``consent``:
         ``trust`` (unpickle the module the user trusted) and ``data_consent`` (the data
         function code they allowed, which the child checks again)."""
-        folder = self.project_dir
-        return {"kind": kind, "recipe": self.job_recipe().model_dump(mode="json"),
-                "base_dir": str(folder) if folder else None, "out_dir": str(out_dir),
-                "device": device, **consent, "options": dict(options or {})}
+        return JobSpec(kind, self.job_recipe(), self.project_dir, out_dir, device,
+                       bool(consent.get("trust")), dict(options or {}),
+                       list(consent.get("data_consent") or [])).to_json()
 
     def load_history(self) -> list[str]:
         """Read the project's experiments and sensitivity sweep; one line per part skipped."""

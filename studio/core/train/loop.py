@@ -13,10 +13,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
+from studio.core.data.metrics import MetricTotals
 from studio.core.data.task import batches
+from studio.core.errors import StudioError
 from studio.core.jobs import CancelToken, Event, Metric, Progress
-from studio.core.methods.quantization.qat import FakeQuantMixin
+from studio.core.util import first_tensor
 
+LEARNS_FROM_BATCHES = "learns_from_batches"
+"""A module class setting this attribute true keeps training mode while the rest of the model
+is in eval mode (QAT layers learning their activation ranges), like batch norms."""
 LossFn = Callable[[nn.Module, Tensor, Tensor | None], Tensor]
 """(model, inputs, labels) -> scalar loss; labels are None for unlabelled data."""
 
@@ -33,8 +38,6 @@ class TrainConfig:
 
 def resolve_device(choice: str) -> torch.device:
     """``auto`` picks CUDA when present; asking for CUDA without it is a clear error."""
-    from studio.core.errors import StudioError
-
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if choice.startswith("cuda") and not torch.cuda.is_available():
@@ -44,8 +47,6 @@ def resolve_device(choice: str) -> torch.device:
 
 def cross_entropy(model: nn.Module, inputs: Tensor, labels: Tensor | None) -> Tensor:
     if labels is None:
-        from studio.core.errors import StudioError
-
         raise StudioError("fine-tuning with cross entropy needs labels; unlabelled data is "
                           "trained by matching the uncompressed model's outputs")
     return nn.functional.cross_entropy(model(inputs), labels)
@@ -65,7 +66,8 @@ def train_without_dropout(model: nn.Module) -> None:
     MiniLM it inflated the matching loss by half and stalled recovery."""
     model.eval()
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm | FakeQuantMixin):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) or getattr(
+                module, LEARNS_FROM_BATCHES, False):
             module.train()
 
 
@@ -121,10 +123,6 @@ def evaluate(model: nn.Module, data: TensorDataset, token: CancelToken | None = 
     """``metric`` of ``model`` on ``data``: top-1 accuracy against its labels, or agreement
     (cosine, top1_agreement, mse) with ``reference``, the uncompressed model's outputs on the
     same samples in order (see :func:`studio.core.export.measure.torch_outputs`)."""
-    from studio.core.data.metrics import MetricTotals
-    from studio.core.errors import StudioError
-    from studio.core.methods.distill.features import first_tensor
-
     if metric != "accuracy" and reference is None:
         raise StudioError(f"evaluating {metric} needs the uncompressed model's outputs")
     model.eval()

@@ -33,11 +33,12 @@ AXES: dict[str, Axis] = {
 """The x axes the Pareto plot offers, in combo order."""
 
 
-def pareto_front(points: Sequence[Mapping[str, object]], x_key: str,
-                 y_key: str = "accuracy") -> list[str]:
-    """Ids of the non-dominated points (minimise ``x_key``, maximise ``y_key``), by rising x;
+def pareto_front(points: Sequence[Mapping[str, object]], x_key: str, y_key: str = "value",
+                 higher_is_better: bool = True) -> list[str]:
+    """Ids of the non-dominated points (minimise ``x_key``, best ``y_key``), by rising x;
     the core's :func:`studio.core.project.experiments.pareto_front` decides."""
-    return [str(points[index]["id"]) for index in core_pareto_front(points, x_key, y_key)]
+    return [str(points[index]["id"])
+            for index in core_pareto_front(points, x_key, y_key, higher_is_better)]
 
 
 def step_line(xy: Sequence[tuple[float, float]]) -> tuple[list[float], list[float]]:

@@ -1,6 +1,6 @@
 """The task metric against size, latency or MACs: every experiment a point, the Pareto front a
 staircase. The metric is the experiments' own (accuracy, or agreement with the uncompressed model
-for unlabelled data); each point's ``accuracy`` key holds its value and ``metric`` its name.
+for unlabelled data); each point's ``value`` key holds its value and ``metric`` its name.
 
 Experiments arrive one at a time as jobs finish (not a stream), so each change redraws at once.
 """
@@ -38,7 +38,7 @@ def point_summary(point: Mapping[str, object]) -> str:
         value = point.get(key)
         return "—" if value is None else format(float(value) * scale, fmt)  # type: ignore[arg-type]
 
-    value = point.get("accuracy")
+    value = point.get("value")
     return "\n".join([
         str(point.get("name") or point.get("id")),
         metric_axis(point.get("metric")).text(None if value is None else float(value)),  # type: ignore[arg-type]
@@ -161,10 +161,10 @@ class ParetoPlot(QWidget):
 
     def _usable(self) -> list[dict]:
         return [p for p in self._points.values()
-                if p.get(self._x_key) is not None and p.get("accuracy") is not None]
+                if p.get(self._x_key) is not None and p.get("value") is not None]
 
     def _xy(self, point: Mapping[str, object]) -> tuple[float, float]:
-        y = float(point["accuracy"]) * self._metric.scale  # type: ignore[arg-type]
+        y = float(point["value"]) * self._metric.scale  # type: ignore[arg-type]
         return AXES[self._x_key].value(point), y
 
     @property
@@ -180,9 +180,8 @@ class ParetoPlot(QWidget):
         self.plot_item.setLabel("left", self._metric.title)
         usable = self._usable()
         # The front keeps the best metric: the lowest where lower is better (MSE).
-        sign = 1.0 if self._metric.higher_is_better else -1.0
-        self._front = pareto_front([{**p, "score": sign * float(p["accuracy"])} for p in usable],
-                                   self._x_key, "score")
+        self._front = pareto_front(usable, self._x_key, "value",
+                                   self._metric.higher_is_better)
         on_front = set(self._front)
 
         spots = [{"pos": self._xy(p), "data": pid,
@@ -254,7 +253,7 @@ class ParetoPlot(QWidget):
     def export_csv(self, path: str | Path) -> Path:
         """One row per experiment; ``on_front`` is for the x axis shown now."""
         on_front = set(self._front)
-        rows = [[p.get("id"), p.get("name"), p.get("metric") or "accuracy", p.get("accuracy"),
+        rows = [[p.get("id"), p.get("name"), p.get("metric") or "accuracy", p.get("value"),
                  p.get("onnx_bytes"),
                  p.get("macs"), p.get("latency_ms"), int(str(p["id"]) in on_front)]
                 for p in self._points.values()]

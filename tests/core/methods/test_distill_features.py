@@ -7,7 +7,8 @@ import torch
 from torch import Tensor, nn
 
 from studio.core.errors import StudioError
-from studio.core.methods.distill import FeatureCapture, first_tensor
+from studio.core.methods.distill import FeatureCapture
+from studio.core.util import first_tensor
 
 
 class TupleBlock(nn.Module):

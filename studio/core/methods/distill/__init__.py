@@ -16,7 +16,7 @@ from studio.core.methods.distill.distiller import (
     training_parameters,
 )
 from studio.core.methods.distill.evaluate import TeacherAgreement, teacher_agreement
-from studio.core.methods.distill.features import FeatureCapture, find_modules, first_tensor
+from studio.core.methods.distill.features import FeatureCapture, find_modules
 from studio.core.methods.distill.losses import (
     align_features,
     distillation_loss,
@@ -49,7 +49,6 @@ __all__ = [
     "distillation_loss",
     "feature_kd_loss",
     "find_modules",
-    "first_tensor",
     "freeze",
     "logit_kd_loss",
     "make_kd_loss",

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from studio.core.errors import StudioError
-from studio.core.methods.distill.features import FeatureCapture, first_tensor
+from studio.core.methods.distill.features import FeatureCapture
 from studio.core.methods.distill.losses import (
     distillation_loss,
     feature_kd_loss,
@@ -24,6 +24,7 @@ from studio.core.methods.distill.losses import (
     soft_targets,
 )
 from studio.core.methods.distill.projection import FeatureProjector
+from studio.core.util import first_tensor
 
 
 class FeaturePair(NamedTuple):

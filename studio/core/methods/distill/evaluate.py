@@ -11,8 +11,8 @@ from torch.utils.data import TensorDataset
 
 from studio.core.data.task import batches
 from studio.core.jobs import CancelToken
-from studio.core.methods.distill.features import first_tensor
 from studio.core.train.loop import resolve_device
+from studio.core.util import first_tensor
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ leaves it exactly as it was found.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
@@ -15,21 +15,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from studio.core.errors import StudioError
-
-
-def first_tensor(output: Any) -> Tensor | None:
-    """The first tensor in a module's output: itself, or the first in a tuple, list or mapping
-    (HF-style ``ModelOutput``); ``None`` when there is none."""
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, Mapping):
-        output = list(output.values())
-    if isinstance(output, (tuple, list)):
-        for item in output:
-            found = first_tensor(item)
-            if found is not None:
-                return found
-    return None
+from studio.core.util import first_tensor
 
 
 def find_modules(model: nn.Module, names: Iterable[str], role: str = "model"

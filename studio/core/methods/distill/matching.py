@@ -21,8 +21,9 @@ from torch import Tensor, nn
 
 from studio.core.errors import StudioError
 from studio.core.methods.distill.distiller import freeze
-from studio.core.methods.distill.features import FeatureCapture, first_tensor
+from studio.core.methods.distill.features import FeatureCapture
 from studio.core.methods.distill.losses import logit_kd_loss
+from studio.core.util import first_tensor
 
 MatchKind = Literal["logits", "embedding"]
 

@@ -47,6 +47,7 @@ from studio.core.methods.pruning.structured import (
 )
 from studio.core.plan.estimate import kept_channels
 from studio.core.train.loop import LossFn, cross_entropy
+from studio.core.util import first_tensor
 
 # ---------------------------------------------------------------------------- attention heads
 
@@ -274,11 +275,6 @@ class SkippedBlock(nn.Module):
         return x
 
 
-def _first_tensor(value: Any) -> Tensor | None:
-    found = [t for t in tp.utils.flatten_as_list(value) if isinstance(t, Tensor)]
-    return found[0] if found else None
-
-
 def _block_io(model: nn.Module, names: Iterable[str], example_inputs: Any
               ) -> dict[str, tuple[Tensor, Tensor, int]]:
     """(input, output, tuple length) of each named block on one forward pass."""
@@ -286,8 +282,8 @@ def _block_io(model: nn.Module, names: Iterable[str], example_inputs: Any
     handles = []
     for name in names:
         def hook(_m: nn.Module, args: tuple, kwargs: dict, output: Any, name: str = name) -> None:
-            x = args[0] if args else _first_tensor(kwargs)
-            y = output if isinstance(output, Tensor) else _first_tensor(output)
+            x = args[0] if args else first_tensor(kwargs)
+            y = output if isinstance(output, Tensor) else first_tensor(output)
             length = len(output) if isinstance(output, tuple) else 0
             if isinstance(x, Tensor) and y is not None and name not in seen:
                 seen[name] = (x.detach(), y.detach(), length)

@@ -52,6 +52,9 @@ def _check_bits(name: str, bits: int, what: str) -> None:
 class FakeQuantMixin:
     """Fake quant of the weight (and optionally the input) of a Conv or Linear module."""
 
+    learns_from_batches = True
+    """Its activation range follows the batches it sees (see ``train.loop``)."""
+
     weight: Tensor
     weight_bits: int
     act_bits: int | None

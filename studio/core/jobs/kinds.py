@@ -1,0 +1,102 @@
+"""Every kind of job, registered in one place: the child process, the CLI and the GUI start a
+job by its kind's name and a :class:`JobSpec`, so a new kind (a search, a data check) is one
+entry in :data:`KINDS`.
+
+The spec is plain data, so it crosses the process boundary as JSON (see ``child``, which also
+checks ``data_consent`` there). ``trust`` lets the job run code from the model or data files:
+the CLI's ``--trust``, or the consent the child verified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from studio.core.engine.data_check import data_check_job
+from studio.core.engine.run import run_recipe
+from studio.core.engine.sensitivity import sensitivity_job
+from studio.core.errors import StudioError
+from studio.core.jobs.cancel import CancelToken
+from studio.core.jobs.events import Event
+from studio.core.plan.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    kind: str
+    recipe: Recipe
+    base_dir: Path | None = None
+    """Where the recipe's relative paths (model, data) start."""
+    out_dir: Path | None = None
+    device: str | None = None
+    trust: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the kind's own (a sensitivity sweep's levels, check_data's
+    ``vocabulary``, ...)."""
+    data_consent: list[dict[str, Any]] = field(default_factory=list)
+    source: str = "recipe"
+    """How messages name the recipe (its file, "Run Plan")."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "recipe": self.recipe.model_dump(mode="json"),
+                "base_dir": None if self.base_dir is None else str(self.base_dir),
+                "out_dir": None if self.out_dir is None else str(self.out_dir),
+                "device": self.device, "trust": self.trust, "options": dict(self.options),
+                "data_consent": list(self.data_consent), "source": self.source}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> JobSpec:
+        return cls(kind=str(data.get("kind", "run")),
+                   recipe=Recipe.model_validate(data["recipe"]),
+                   base_dir=Path(data["base_dir"]) if data.get("base_dir") else None,
+                   out_dir=Path(data["out_dir"]) if data.get("out_dir") else None,
+                   device=data.get("device"), trust=bool(data.get("trust", False)),
+                   options=dict(data.get("options") or {}),
+                   data_consent=list(data.get("data_consent") or []),
+                   source=str(data.get("source", "recipe")))
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    title: str
+    events: Callable[[JobSpec, CancelToken], Iterator[Event]]
+    """The job itself: a generator of events that checks the token at every batch."""
+
+
+def _out_dir(spec: JobSpec) -> Path:
+    if spec.out_dir is None:
+        raise StudioError(f"{spec.source}: a {spec.kind} job needs a folder for its outputs")
+    return spec.out_dir
+
+
+def _run(spec: JobSpec, token: CancelToken) -> Iterator[Event]:
+    yield from run_recipe(spec.recipe, spec.base_dir, _out_dir(spec), token, spec.trust,
+                          spec.device, spec.source)
+
+
+def _sensitivity(spec: JobSpec, token: CancelToken) -> Iterator[Event]:
+    yield from sensitivity_job(spec.recipe, spec.base_dir, token, device=spec.device,
+                               trust=spec.trust, **spec.options)
+
+
+def _check_data(spec: JobSpec, token: CancelToken) -> Iterator[Event]:
+    yield from data_check_job(spec.recipe, spec.base_dir, _out_dir(spec), token,
+                              trust=spec.trust, vocabulary=spec.options.get("vocabulary"))
+
+
+KINDS: dict[str, JobKind] = {kind.name: kind for kind in (
+    JobKind("run", "Run a recipe: compress, export ONNX, measure", _run),
+    JobKind("sensitivity", "Sweep each layer's sparsity and bits", _sensitivity),
+    JobKind("check_data", "Load the data and check it fits the model", _check_data),
+)}
+
+
+def job_events(spec: JobSpec, token: CancelToken) -> Iterator[Event]:
+    """The events of the job ``spec`` describes."""
+    kind = KINDS.get(spec.kind)
+    if kind is None:
+        raise StudioError(f"unknown job kind {spec.kind!r}; known: {', '.join(KINDS)}")
+    yield from kind.events(spec, token)

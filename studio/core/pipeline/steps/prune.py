@@ -1,0 +1,90 @@
+"""Prune the torch model by the plan: channels (with torch-pruning's dependency graph), heads
+and FFN width, unstructured (one-shot or gradual AGP during recovery) and N:M; then re-fit the
+output projections of cut transformer blocks."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Generator
+from typing import Any
+
+from studio.core.errors import StudioError
+from studio.core.graph.tree import LayerTree
+from studio.core.jobs import Event, Log
+from studio.core.methods.pruning import RETRACE_NOTE, apply_plan_pruning, partition_plan
+from studio.core.methods.pruning.reconstruct import reconstruct_pruned
+from studio.core.methods.pruning.schedule import GradualPruner
+from studio.core.pipeline.context import RunContext
+from studio.core.pipeline.step import Need, StageReport, Step
+from studio.core.plan.plan import ResolvedSpec
+from studio.core.plan.recipe import Recipe
+from studio.core.plan.stages import PruneSection, TrainSection
+
+
+def _without_unstructured(tree: LayerTree, resolved: list[ResolvedSpec],
+                          names: set[str]) -> list[ResolvedSpec]:
+    """The plan minus the unstructured layers an AGP schedule will prune during training."""
+    return [dataclasses.replace(spec, sparsity=0.0) if node.name in names else spec
+            for node, spec in zip(tree.nodes, resolved, strict=True)]
+
+
+class Prune(Step):
+    name = "prune"
+    settings = PruneSection
+    needs = frozenset({Need.TORCH})
+
+    def asks_for(self, recipe: Recipe) -> list[str]:
+        taylor = recipe.prune is not None and recipe.prune.importance == "taylor"
+        return ["prune.importance: taylor (needs gradients)"] if taylor else []
+
+    def run(self, context: RunContext) -> Generator[Event, None, StageReport]:
+        section, train = context.settings(PruneSection), context.settings(TrainSection)
+        workspace, data, model = context.workspace, context.task, context.model
+        tree = workspace.tree
+        resolved = workspace.plan.resolve(tree)
+        partition = partition_plan(tree, resolved)
+        gradual = section.schedule == "agp" and partition.unstructured and train.epochs > 0
+        if gradual:
+            resolved = _without_unstructured(tree, resolved, set(partition.unstructured))
+        if partition.is_empty:
+            return {"notes": []}
+        if section.importance == "taylor" and not data.labelled:
+            raise StudioError("prune.importance: taylor scores weights by the gradient of the "
+                              "task loss, which needs labels; this data has none, so use "
+                              "magnitude")
+        transformer = (f"{len(partition.heads)} attentions by heads, {len(partition.ffn)} FFNs "
+                       "by width, " if partition.heads or partition.ffn else "")
+        yield Log(f"Pruning: {transformer}{len(partition.channels)} layers by channels, "
+                  f"{len(partition.unstructured)} unstructured"
+                  f"{' (gradual, AGP)' if gradual else ''}, {len(partition.nm)} N:M")
+        context.token.check()
+        assert workspace.example is not None
+        result = apply_plan_pruning(model, tree, resolved, workspace.example.make_tensor(),
+                                    data.calibration if section.importance == "taylor"
+                                    else None, section.importance, section.global_unstructured)
+        report: dict[str, Any] = result.report
+        if section.reconstruct and (partition.heads or partition.ffn):
+            context.token.check()
+            rebuilt = reconstruct_pruned(model, workspace.loaded.module, partition.heads,
+                                         partition.ffn, data.calibration.tensors[0],
+                                         getattr(model, "pad_token_id", None),
+                                         check=context.token.check)
+            if rebuilt is not None:
+                report["reconstruct"] = rebuilt
+                errors = rebuilt["layers"].values()
+                yield Log(f"Reconstruction: re-fitted {len(errors)} output projections on "
+                          f"{rebuilt['tokens']} calibration tokens; mean relative error "
+                          f"{sum(e['before'] for e in errors) / len(errors):.3f} -> "
+                          f"{sum(e['after'] for e in errors) / len(errors):.3f}")
+        context.after_step = result.masks.hook(model) if result.masks.masks else None
+        if gradual:
+            steps = train.epochs * -(-len(data.train) // train.batch_size)
+            context.after_step = GradualPruner(
+                model, partition.unstructured, ramp_steps=max(1, steps * 3 // 4),
+                every=max(1, steps // (4 * section.agp_steps)), base=result.masks)
+            report["unstructured"]["schedule"] = {"kind": "agp", "ramp_steps": steps * 3 // 4}
+        context.sparse_layers = len(partition.unstructured) + len(partition.nm)
+        for note in report.get("notes", []):
+            if note != RETRACE_NOTE:  # the run's trees are rebuilt; the GUI's is the user's
+                context.note(note)
+        return report
