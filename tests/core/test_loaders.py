@@ -243,10 +243,15 @@ def test_onnx_with_external_data(tmp_path, demo_onnx_path, demo_module, demo_inp
     assert (tmp_path / "model.weights").stat().st_size > 4 * 100_000  # the weights went there
     assert target.stat().st_size < 20_000
 
-    loaded = open_model(target)
+    loaded = open_model(target)  # the weights stay on disk: the graph is read, not the data
+    assert all(not init.raw_data for init in loaded.onnx_model.graph.initializer)
+    assert build_tree(loaded, None).nodes[0].total_params == build_tree(
+        open_model(demo_onnx_path), None).nodes[0].total_params  # counted from the shapes
     sample = demo_input[:1]
-    np.testing.assert_allclose(_onnx_outputs(loaded.onnx_model, sample),
-                               _outputs(demo_module, sample).numpy(), rtol=1e-4, atol=1e-5)
+    session = ort.InferenceSession(str(loaded.path), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {session.get_inputs()[0].name: sample.numpy()})[0]
+    np.testing.assert_allclose(outputs, _outputs(demo_module, sample).numpy(), rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_onnx_external_data_outside_its_folder_is_refused(tmp_path, demo_onnx_path,
