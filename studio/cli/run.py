@@ -26,8 +26,9 @@ def add_run_command(commands: Any, common: argparse.ArgumentParser) -> None:
                      "replaced as a unit, other files left alone)")
     run.add_argument("--device", help="cpu, cuda or auto; overrides the recipe's train.device")
     run.add_argument("--trust", action="store_true",
-                     help="allow unpickling a whole module, or a data source that is a Python "
-                          "function (both run code)")
+                     help="allow unpickling a whole module, a data source that is a Python "
+                          "function, or a model architecture outside the studio's own that "
+                          "the recipe names (all run code)")
     run.add_argument("--jsonl", action="store_true",
                      help="print every event as one JSON line on stdout (for other programs)")
     run.set_defaults(handler=run_command)

@@ -43,6 +43,19 @@ class ArchitectureRequired(ModelLoadError):
         )
 
 
+class ArchitectureConsentRequired(TrustRequired):
+    """A recipe or project names a model factory outside the studio's registry: building the
+    model imports that module and calls the function, code chosen by whoever wrote the file."""
+
+    def __init__(self, path: Path, architecture: str) -> None:
+        self.path = Path(path)
+        self.architecture = architecture
+        StudioError.__init__(
+            self, f"{path}: names the architecture {architecture!r}, which is not one of the "
+            "studio's own models; building it imports that module and runs the function. Allow "
+            "it only if you trust the file (CLI: --trust; GUI: confirm the prompt).")
+
+
 class TooLargeError(ModelLoadError):
     """A file declares more data than memory holds, or far more than its size explains."""
 

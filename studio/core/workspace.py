@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from studio.core.errors import InputError
+from studio.core.errors import ArchitectureConsentRequired, InputError
 from studio.core.graph.onnx_tree import build_onnx_tree
 from studio.core.graph.torch_tree import build_torch_tree
 from studio.core.graph.tree import LayerTree
+from studio.core.models.factory import is_built_in
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import DEMO, LoadedModel
 from studio.core.models.loader import open_model
@@ -76,15 +77,28 @@ def open_workspace(path: str, architecture: str | None = None, trust: bool = Fal
     return Workspace(loaded, build_tree(loaded, chosen), chosen, path)
 
 
+def _recipe_architecture(named: str | None, trust: bool, source: str) -> str | None:
+    """The factory a recipe or project names, if it may be called: a registered one, or any
+    when the user trusts the file (CLI ``--trust``, the window's prompt). A project folder sent
+    by someone else is a file like a model file; its ``architecture`` is their choice of code."""
+    if named is None or trust or is_built_in(named):
+        return named
+    raise ArchitectureConsentRequired(Path(source), named)
+
+
 def open_recipe_workspace(recipe: Recipe, base: Path | None, trust: bool = False,
-                          source: str = "recipe") -> Workspace:
-    """Open the model a recipe (or project) names, with its example input and plan."""
+                          source: str = "recipe", architecture: str | None = None
+                          ) -> Workspace:
+    """Open the model a recipe (or project) names, with its example input and plan;
+    ``architecture``: one the user named (CLI ``--arch``, the window's consent), used instead
+    of the recipe's."""
     if recipe.model is None:
         raise ValueError("recipe has no model section")
     example = recipe.example_input.to_spec() if recipe.example_input else None
+    architecture = architecture or _recipe_architecture(recipe.model.architecture, trust, source)
     try:
-        workspace = open_workspace(resolve_path(recipe.model.path, base),
-                                   recipe.model.architecture, trust, example)
+        workspace = open_workspace(resolve_path(recipe.model.path, base), architecture, trust,
+                                   example)
     except InputError as error:
         if example is None:
             raise

@@ -19,6 +19,7 @@ from studio.core.data.consent import FunctionCode
 from studio.core.engine.allocate import Target, allocate
 from studio.core.errors import StudioError
 from studio.core.jobs import Metric
+from studio.core.models.factory import is_built_in
 from studio.core.pipeline.pipeline import check_recipe_fits
 from studio.core.plan.plan import Plan
 from studio.core.project.experiments import (
@@ -105,13 +106,15 @@ class CompressController(QObject):
 
     def _job_trust(self) -> dict[str, Any] | None:
         """What the child may run: ``trust`` unpickles the module the user trusted when opening
-        it; ``data_consent`` is the data function code they allowed, which the child checks
-        again before running it. ``None``: they refused; start nothing."""
+        it, or calls the architecture they named or allowed (one outside the registry);
+        ``data_consent`` is the data function code they allowed, which the child checks again
+        before running it. ``None``: they refused; start nothing."""
         allowed = self.job_consent()
         workspace = self.session.core.workspace
         if allowed is None or workspace is None:
             return None
-        return {"trust": bool(allowed) or workspace.loaded.format == "pickled_module",
+        custom = workspace.architecture is not None and not is_built_in(workspace.architecture)
+        return {"trust": bool(allowed) or custom or workspace.loaded.format == "pickled_module",
                 "data_consent": [code.to_json() for code in allowed]}
 
     def _start(self, kind: str, out_dir: Path, consent: dict[str, Any],

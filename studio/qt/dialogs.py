@@ -61,6 +61,18 @@ def ask_run_function(parent: QWidget, function: str, file: str | None) -> bool:
         "never need this.", "Run the Function")
 
 
+def ask_build_architecture(parent: QWidget, architecture: str, file: Path) -> bool:
+    """Consent before calling a model factory a project or recipe names outside the studio's
+    own: importing its module and calling it runs its code."""
+    return _ask_to_run_code(
+        parent, "Run code to build the model?",
+        f"<b>{html.escape(file.name)}</b> builds its model with the Python function "
+        f"<b>{html.escape(architecture)}</b>, which is not one of the studio's own models.",
+        f"Opening it imports that module and calls the function, with your permissions "
+        f"({html.escape(str(file))}). Allow it only if you trust where the project came from.",
+        "Run the Function")
+
+
 @dataclass(frozen=True)
 class ModelDetails:
     architecture: str | None

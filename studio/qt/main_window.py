@@ -39,12 +39,18 @@ from PySide6.QtWidgets import (
 )
 from superqt.utils import create_worker
 
-from studio.core.errors import ArchitectureRequired, InputError, StudioError, TrustRequired
+from studio.core.errors import (
+    ArchitectureConsentRequired,
+    ArchitectureRequired,
+    InputError,
+    StudioError,
+    TrustRequired,
+)
 from studio.core.graph.tree import LayerTree
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import DEMO
 from studio.core.plan.estimate import estimate
-from studio.core.plan.recipe import read_recipe
+from studio.core.plan.recipe import Recipe, read_recipe
 from studio.core.project.project import project_file
 from studio.core.project.session import (
     Opened,
@@ -335,6 +341,11 @@ class MainWindow(QMainWindow):
     def confirm_trust(self, path: Path) -> bool:
         return dialogs.ask_trust(self, path)
 
+    def confirm_architecture(self, architecture: str, file: Path) -> bool:
+        """Consent to import and call a model factory that a project or recipe ``file``
+        names outside the studio's registry."""
+        return dialogs.ask_build_architecture(self, architecture, file)
+
     def confirm_function(self, function: str, file: str | None) -> bool:
         """Consent to import and run a data source function (``package.module:function``)
         defined in ``file``."""
@@ -441,9 +452,19 @@ class MainWindow(QMainWindow):
             self.welcome.set_recent(self.recent.paths())
 
     def _open_failed(self, error: BaseException, path: str, architecture: str | None,
-                     trust: bool, example: InputSpec | None) -> None:
+                     trust: bool, example: InputSpec | None,
+                     reopen: Callable[[str], None] | None = None) -> None:
+        """Ask for what opening ``path`` lacked and open it again, or say why it stays closed;
+        ``reopen``: open it again with the architecture the user allowed (default: the path)."""
         project = is_project(path)
-        if isinstance(error, TrustRequired):
+        if isinstance(error, ArchitectureConsentRequired):
+            if self.confirm_architecture(error.architecture, error.path):
+                (reopen or (lambda allowed: self.open_path(path, allowed, trust, example)))(
+                    error.architecture)
+                return
+            self.show_info(f"{Path(path).name} was not opened: building its model runs "
+                           f"{error.architecture}, which needs your consent.")
+        elif isinstance(error, TrustRequired):
             if self.confirm_trust(error.path):
                 self.open_path(path, architecture, True, example)
                 return
@@ -627,11 +648,7 @@ class MainWindow(QMainWindow):
         open the model it names."""
         try:
             if self.controller is None:
-                recipe = read_recipe(path)
-                self.run_in_background(
-                    lambda: open_recipe_target(recipe, path), self._opened,
-                    lambda error: self._open_failed(error, str(path), None, False, None),
-                    f"Opening the model of {path.name}…")
+                self._open_recipe_model(read_recipe(path), path)
                 return
             recipe = self.session.read_recipe(path)
         except StudioError as error:
@@ -641,6 +658,15 @@ class MainWindow(QMainWindow):
                                        f"Import recipe {path.name}")
         self.show_info(f"Applied the plan and run settings from {path.name} (Undo restores "
                        "the previous ones).")
+
+    def _open_recipe_model(self, recipe: Recipe, path: Path,
+                           architecture: str | None = None) -> None:
+        self.run_in_background(
+            lambda: open_recipe_target(recipe, path, architecture), self._opened,
+            lambda error: self._open_failed(
+                error, str(path), architecture, False, None,
+                lambda allowed: self._open_recipe_model(recipe, path, allowed)),
+            f"Opening the model of {path.name}…")
 
     def choose_recipe_to_export(self) -> None:
         path = self.ask_path("save", "Export Recipe", "Recipes (*.yaml *.yml)")

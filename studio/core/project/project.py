@@ -26,9 +26,12 @@ def save_project(workspace: Workspace, path: str | Path) -> Path:
     return manifest
 
 
-def load_project(path: str | Path, trust: bool = False) -> Workspace:
+def load_project(path: str | Path, trust: bool = False,
+                 architecture: str | None = None) -> Workspace:
+    """Open a project; ``architecture``: the factory the user named or allowed (see
+    :func:`~studio.core.workspace.open_recipe_workspace`)."""
     manifest = project_file(path)
     recipe = read_recipe(manifest)
     if recipe.model is None:
         raise RecipeError(str(manifest), [Problem("model", "a project must name its model")])
-    return open_recipe_workspace(recipe, manifest.parent, trust, str(manifest))
+    return open_recipe_workspace(recipe, manifest.parent, trust, str(manifest), architecture)

@@ -58,18 +58,20 @@ class Opened:
 
 def open_target(path: str, architecture: str | None = None, trust: bool = False,
                 example: InputSpec | None = None) -> Opened:
-    """Load a project folder or manifest, a model file or folder, or ``demo`` (blocking)."""
+    """Load a project folder or manifest, a model file or folder, or ``demo`` (blocking);
+    ``architecture``: one the user named or allowed, used instead of the file's."""
     if is_project(path):
         manifest = project_file(path)
-        return Opened(load_project(manifest, trust), manifest, str(manifest))
+        return Opened(load_project(manifest, trust, architecture), manifest, str(manifest))
     return Opened(open_workspace(path, architecture, trust, example), None, path)
 
 
-def open_recipe_target(recipe: Recipe, path: Path) -> Opened:
-    """Open the model a recipe file names, with its plan and settings (blocking)."""
+def open_recipe_target(recipe: Recipe, path: Path, architecture: str | None = None) -> Opened:
+    """Open the model a recipe file names, with its plan and settings (blocking);
+    ``architecture``: the factory the user allowed."""
     if recipe.model is None:
         raise StudioError(f"{path}: names no model; open a model first")
-    workspace = open_recipe_workspace(recipe, path.parent, False, str(path))
+    workspace = open_recipe_workspace(recipe, path.parent, False, str(path), architecture)
     return Opened(workspace, None, workspace.model_path)
 
 
