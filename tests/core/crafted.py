@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import shutil
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -94,3 +96,39 @@ def deflated_zip_bomb(target: Path, megabytes: int = 128) -> Path:
                 for _ in range(numel * 4 // len(chunk)):
                     handle.write(chunk)
     return target
+
+
+_ARCHITECTURE_MODULE = '''
+from pathlib import Path
+
+_MARKER = Path({marker!r})
+_MARKER.write_text("imported\\n")
+
+
+def build():
+    from studio.core.demo.model import build_demo_cnn
+
+    with _MARKER.open("a") as marker:
+        marker.write("called\\n")
+    return build_demo_cnn()
+'''
+
+
+def project_naming_its_architecture(folder: Path, weights: Path, marker: Path
+                                    ) -> tuple[Path, str]:
+    """A project folder whose ``project.yaml`` builds its model (the demo's state dict
+    ``weights``, copied in) with ``build`` from a module beside it, not a registered factory:
+    importing that module writes ``marker``, calling ``build`` adds a line. The module is named
+    after the folder so no other test has imported it; put the folder on ``sys.path`` to let it
+    import. Returns the manifest and the architecture it names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    module = "beside_" + re.sub(r"\W", "_", folder.parent.name + "_" + folder.name)
+    (folder / f"{module}.py").write_text(_ARCHITECTURE_MODULE.format(marker=str(marker)),
+                                         encoding="utf-8")
+    shutil.copyfile(weights, folder / "weights.pt")
+    architecture = f"{module}:build"
+    manifest = folder / "project.yaml"
+    manifest.write_text(json.dumps({
+        "schema_version": 1, "model": {"path": "weights.pt", "architecture": architecture},
+        "example_input": {"shape": [1, 1, 28, 28]}}), encoding="utf-8")
+    return manifest, architecture

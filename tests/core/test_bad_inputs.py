@@ -33,6 +33,7 @@ from studio.core.atomic import write_text_atomic
 from studio.core.demo.model import DEMO_ARCHITECTURE, DEMO_INPUT_SHAPE
 from studio.core.engine.run import run_recipe_file
 from studio.core.errors import (
+    ArchitectureConsentRequired,
     ArchitectureRequired,
     InputError,
     ModelLoadError,
@@ -48,9 +49,11 @@ from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import LoadedModel
 from studio.core.models.loader import open_model
 from studio.core.plan.recipe import read_recipe
+from studio.core.project.project import load_project
 from studio.core.workspace import build_tree, open_workspace
 from tests.core.crafted import (
     deflated_zip_bomb,
+    project_naming_its_architecture,
     pt2_with_pickled_sample_inputs,
     pt2_with_pickled_weight,
     pt2_with_program_edit,
@@ -632,6 +635,25 @@ def test_only_registered_factories_named_in_a_file_run_unasked(tmp_path, monkeyp
     assert raised.value.suggestion == named and not marker.exists()
     assert open_model(path, architecture=DEMO_ARCHITECTURE).architecture == DEMO_ARCHITECTURE
     assert not marker.exists()
+
+
+def test_a_project_naming_a_factory_outside_the_registry_runs_it_only_when_allowed(
+        tmp_path, monkeypatch, valid_model_files):
+    marker = tmp_path / "code-ran.txt"
+    manifest, architecture = project_naming_its_architecture(
+        tmp_path / "project", valid_model_files[".pt"], marker)
+    monkeypatch.syspath_prepend(str(manifest.parent))
+    with pytest.raises(ArchitectureConsentRequired) as raised:
+        load_project(manifest.parent)
+    assert raised.value.architecture == architecture and raised.value.path == manifest
+    assert f"{manifest}: names the architecture {architecture!r}" in str(raised.value)
+    with pytest.raises(ArchitectureConsentRequired, match="--trust"):  # a recipe run, untrusted
+        list(run_recipe_file(manifest, tmp_path / "out", CancelToken()))
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+    assert load_project(manifest, architecture=architecture).architecture == architecture
+    assert marker.read_text() == "imported\ncalled\n"
+    assert load_project(manifest, trust=True).architecture == architecture
 
 
 def test_a_registered_factory_named_in_a_file_is_used(tmp_path, demo_module):
