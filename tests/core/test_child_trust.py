@@ -1,6 +1,7 @@
 """The job child (how the GUI runs jobs) honours the consent given in the window: a data
 function beside the project runs only when the spec's ``data_consent`` names its code as it is
-now (not ``trust`` alone, which covers a pickled model); Check Data runs there too."""
+now (not ``trust`` alone, which covers a pickled model or an architecture outside the
+registry); Check Data runs there too."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import pytest
 from studio.core.data.consent import locate_function
 from studio.core.data.function import FunctionTrustRequired
 from studio.core.engine.data_check import PROBE_FILE
-from studio.core.errors import StudioError
+from studio.core.errors import ArchitectureConsentRequired, StudioError
 from studio.core.jobs import CancelToken, Result, kinds
 from studio.core.jobs.child import job_events
 from studio.core.jobs.kinds import KINDS, JobSpec
+from studio.core.plan.recipe import read_recipe
+from tests.core.crafted import project_naming_its_architecture
 
 LOADER = '''
 import torch
@@ -98,3 +101,24 @@ def test_an_unknown_kind_is_named_with_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(StudioError, match="unknown job kind 'prune-all'; known: run, "):
         list(kinds.job_events(spec, CancelToken()))
     assert {"run", "sensitivity", "check_data"} <= set(KINDS)
+
+
+def test_an_architecture_outside_the_registry_is_called_only_with_the_windows_trust(
+        tmp_path: Path, monkeypatch, valid_model_files) -> None:
+    marker = tmp_path / "code-ran.txt"
+    manifest, architecture = project_naming_its_architecture(
+        tmp_path / "project", valid_model_files[".pt"], marker)
+    monkeypatch.syspath_prepend(str(manifest.parent))
+    np.savez(manifest.parent / "digits.npz",
+             images=np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32))
+    spec = _spec(manifest.parent, trust=False)
+    project = read_recipe(manifest).model_dump(mode="json")
+    spec["recipe"].update(model=project["model"], example_input=project["example_input"])
+    spec["recipe"]["data"] = {"source": "arrays", "path": "digits.npz", "calibration_samples": 8}
+    with pytest.raises(ArchitectureConsentRequired, match=architecture):
+        _events(spec)
+    assert not marker.exists() and not (manifest.parent / "out").exists()
+
+    events = _events({**spec, "trust": True})  # what the window sends once the user allowed it
+    assert isinstance(events[-1], Result) and events[-1].report["compressed"]["params"] > 0
+    assert marker.read_text().startswith("imported\ncalled\n")
