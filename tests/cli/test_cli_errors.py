@@ -14,6 +14,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -24,6 +25,7 @@ from studio.core.errors import StudioError
 from studio.core.run_outputs import STAGING_PREFIX
 from tests.core.crafted import (
     deflated_zip_bomb,
+    project_naming_its_architecture,
     pt2_with_pickled_sample_inputs,
     pt2_with_pickled_weight,
 )
@@ -235,6 +237,29 @@ def test_inspect_never_calls_a_studio_function_a_file_names(capsys, tmp_path, mo
     assert code == 2
     assert "--arch" in _assert_one_error_line(err, path, "studio.core.demo.train:main")
     assert not marker.exists()
+
+
+def test_run_calls_an_architecture_outside_the_registry_only_with_trust(
+        capsys, tmp_path, monkeypatch, valid_model_files):
+    marker = tmp_path / "code-ran.txt"
+    manifest, architecture = project_naming_its_architecture(
+        tmp_path / "project", valid_model_files[".pt"], marker)
+    monkeypatch.syspath_prepend(str(manifest.parent))
+    np.savez(manifest.parent / "digits.npz",
+             images=np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32))
+    recipe = json.loads(manifest.read_text(encoding="utf-8"))
+    recipe.update(data={"source": "arrays", "path": "digits.npz", "calibration_samples": 8},
+                  train={"epochs": 0}, export={"latency_repeats": 1, "latency_batch": 4})
+    manifest.write_text(json.dumps(recipe), encoding="utf-8")
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, "run", str(manifest), "--out", str(out))
+    assert code == 2
+    assert "--trust" in _assert_one_error_line(err, manifest, repr(architecture))
+    assert not marker.exists() and not out.exists()
+
+    assert _run(capsys, "run", str(manifest), "--out", str(out), "--trust")[0] == 0
+    assert marker.read_text().startswith("imported\ncalled\n")
+    assert (out / "model.onnx").is_file()
 
 
 def test_inspect_of_a_zip_bomb_is_one_line(capsys, tmp_path):
