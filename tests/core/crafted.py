@@ -102,7 +102,8 @@ _ARCHITECTURE_MODULE = '''
 from pathlib import Path
 
 _MARKER = Path({marker!r})
-_MARKER.write_text("imported\\n")
+with _MARKER.open("a") as marker:
+    marker.write("imported\\n")
 
 
 def build():
@@ -118,7 +119,7 @@ def project_naming_its_architecture(folder: Path, weights: Path, marker: Path
                                     ) -> tuple[Path, str]:
     """A project folder whose ``project.yaml`` builds its model (the demo's state dict
     ``weights``, copied in) with ``build`` from a module beside it, not a registered factory:
-    importing that module writes ``marker``, calling ``build`` adds a line. The module is named
+    importing that module adds a line to ``marker``, calling ``build`` another. The module is named
     after the folder so no other test has imported it; put the folder on ``sys.path`` to let it
     import. Returns the manifest and the architecture it names."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ import pytest
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox, QWidget
 
-from studio.qt.dialogs import ask_run_function, ask_trust
+from studio.qt.dialogs import ask_build_architecture, ask_run_function, ask_trust
 
 
 def _answer(box: QMessageBox, accept: bool) -> None:
@@ -26,9 +26,12 @@ def test_consent_prompts(qtbot, accept: bool) -> None:
     parent = QWidget()
     qtbot.addWidget(parent)
     run_function = functools.partial(ask_run_function, file="/projects/a/mydata.py")
+    build = functools.partial(ask_build_architecture, file=Path("/projects/a/project.yaml"))
     for ask, subject, words in ((ask_trust, Path("model.pt"), "model.pt"),
                                 (run_function, "mydata:batches", "mydata:batches"),
-                                (run_function, "mydata:batches", "/projects/a/mydata.py")):
+                                (run_function, "mydata:batches", "/projects/a/mydata.py"),
+                                (build, "mynets:build", "mynets:build"),
+                                (build, "mynets:build", "project.yaml")):
         shown: list[str] = []
 
         def answer(shown: list[str] = shown) -> None:

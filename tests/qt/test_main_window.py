@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from PySide6.QtCore import QItemSelectionModel, QMimeData, QPoint, Qt, QUrl
 from PySide6.QtGui import QDropEvent
@@ -222,6 +225,61 @@ def test_crafted_pt2_asks_for_consent_and_runs_nothing_when_declined(
     with qtbot.waitSignal(window.openFailed, timeout=30_000):
         window.open_path(str(path))
     assert asked == [path] and window.workspace is None and not marker.exists()
+
+
+def test_a_project_naming_its_own_architecture_asks_and_its_jobs_get_the_consent(
+        qtbot, window: MainWindow, tmp_path: Path, monkeypatch, open_and_wait,
+        run_plan_and_wait, valid_model_files) -> None:
+    from tests.core.crafted import project_naming_its_architecture
+
+    marker = tmp_path / "code-ran.txt"
+    manifest, architecture = project_naming_its_architecture(
+        tmp_path / "project", valid_model_files[".pt"], marker)
+    monkeypatch.syspath_prepend(str(manifest.parent))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(manifest.parent),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    np.savez(manifest.parent / "digits.npz",
+             images=np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32))
+    recipe = json.loads(manifest.read_text(encoding="utf-8"))
+    recipe.update(data={"source": "arrays", "path": "digits.npz", "calibration_samples": 8},
+                  train={"epochs": 0}, export={"latency_repeats": 1, "latency_batch": 4})
+    manifest.write_text(json.dumps(recipe), encoding="utf-8")
+    asked: list[tuple[str, Path]] = []
+    monkeypatch.setattr(window, "confirm_architecture",
+                        lambda arch, file: asked.append((arch, file)) or False)
+    with qtbot.waitSignal(window.openFailed, timeout=30_000):
+        window.open_path(str(manifest.parent))
+    assert asked == [(architecture, manifest)] and window.workspace is None
+    assert not marker.exists() and architecture in window.notices.text.text()
+
+    monkeypatch.setattr(window, "confirm_architecture", lambda arch, file: True)
+    open_and_wait(window, str(manifest.parent))
+    assert window.workspace.architecture == architecture
+    assert marker.read_text() == "imported\ncalled\n"
+    assert run_plan_and_wait(window)["compressed"]["params"] > 0
+    assert marker.read_text().startswith("imported\ncalled\nimported\ncalled\n")  # the child
+
+
+def test_a_recipe_naming_its_own_architecture_asks_before_opening_its_model(
+        qtbot, window: MainWindow, tmp_path: Path, monkeypatch, valid_model_files) -> None:
+    from tests.core.crafted import project_naming_its_architecture
+
+    marker = tmp_path / "code-ran.txt"
+    manifest, architecture = project_naming_its_architecture(
+        tmp_path / "shared", valid_model_files[".pt"], marker)
+    recipe = manifest.rename(manifest.with_name("recipe.yaml"))
+    monkeypatch.syspath_prepend(str(recipe.parent))
+    answers = iter([False, True])
+    asked: list[tuple[str, Path]] = []
+    monkeypatch.setattr(window, "confirm_architecture",
+                        lambda arch, file: asked.append((arch, file)) or next(answers))
+    with qtbot.waitSignal(window.openFailed, timeout=30_000):
+        window.import_recipe(recipe)
+    assert asked == [(architecture, recipe)] and not marker.exists()
+    with qtbot.waitSignal(window.workspaceOpened, timeout=30_000):
+        window.import_recipe(recipe)
+    assert window.workspace.architecture == architecture and len(asked) == 2
+    assert marker.read_text() == "imported\ncalled\n"
 
 
 def test_state_dict_asks_for_architecture_and_input(window: MainWindow, tmp_path: Path,
