@@ -20,7 +20,6 @@ from studio.core.data.sources import load_task
 from studio.core.data.split import metric_for_output
 from studio.core.data.task import first_rows, model_inputs
 from studio.core.engine.data_fit import feeder_for_data
-from studio.core.engine.notes import drop_advice
 from studio.core.errors import InputError, StudioError
 from studio.core.export.measure import (
     Feed,
@@ -33,7 +32,6 @@ from studio.core.export.onnx_export import onnx_file_bytes, save_onnx
 from studio.core.graph.onnx_tree import build_onnx_tree
 from studio.core.graph.tree import LayerTree
 from studio.core.jobs import Event, Log
-from studio.core.methods.quantization.ort_plan import QuantPlan
 from studio.core.models.onnx_feeds import Feeder, graph_outputs
 from studio.core.models.onnx_file import fixed_batch_size
 from studio.core.pipeline.context import RunContext
@@ -79,8 +77,6 @@ class OnnxBackend:
         """The user's file's outputs on the test split: what agreement is measured against."""
         self.tree: LayerTree | None = None
         """The prepared (repaired) graph's layer tree: what the plan is mapped onto."""
-        self.quant_plan: QuantPlan | None = None
-        """The plan the quantize step carried out (what the drop advice names)."""
         self.made_from: Outputs | None = None
         """Outputs of the float graph the compressed file was quantized from (parity); None
         when it was not quantized."""
@@ -192,16 +188,6 @@ class OnnxBackend:
             nonzero_params=root.total_params - root.total_zeros, macs=root.total_macs,
             onnx_bytes=onnx_file_bytes(path), zip_bytes=zip_bytes(path),
             parity=measured["parity"])
-
-    def drop_advice(self, context: RunContext) -> str | None:
-        """Advice an ONNX-only run can follow: no fine-tuning; static int8 for dynamic convs."""
-        plan, tree = self.quant_plan, self.tree
-        if plan is None or tree is None:
-            return drop_advice(can_train=False)
-        convs = plan.mode == "dynamic" and any(tree.get(n).op_type.startswith("Conv")
-                                               for n in plan.quantize_nodes)
-        quantized = [n for n, said in plan.decisions.items() if not said.startswith("float")]
-        return drop_advice(can_train=False, dynamic_convs=convs, quantized_layers=quantized)
 
     def latency_feeds(self, context: RunContext) -> dict[int, Feed]:
         assert self.feeder is not None

@@ -106,9 +106,6 @@ class TorchBackend:
             parity=compare_outputs(torch_outputs(model, checked).numpy(),
                                    outputs[:len(checked)].astype(np.float32)))
 
-    def drop_advice(self, context: RunContext) -> str | None:
-        return None
-
     def latency_feeds(self, context: RunContext) -> dict[int, Feed]:
         batches = (1, context.settings(ExportSection).latency_batch)
         return dict(inputs_for_batches(context.task.test, batches))
