@@ -71,7 +71,7 @@ class TorchBackend:
         check_torch_data(original, data, workspace.example)
         self.reference = torch_outputs(original, data.test.tensors[0])
         data = metric_for_output(context.settings(DataSection), data, "output",
-                                 tuple(self.reference.shape), context.source)
+                                 ("N", *self.reference.shape[1:]), context.source)
         context.data = data
         yield Log(f"Data: {data.name}; {'labelled' if data.labelled else 'unlabelled'}, metric "
                   f"{data.metric} ({data.metric_reason}); {len(data.train)} to fine-tune on, "

@@ -66,6 +66,7 @@ def test_auto_measures_mse_and_a_damaged_model_reads_worse(files: Path, tmp_path
     assert (baseline["name"], compressed["name"]) == ("mse", "mse")
     assert baseline["value"] < 1e-10 < compressed["value"]  # the damage shows
     assert compressed["higher_is_better"] is False
+    assert report["compressed"]["agreement"]["cosine"] == pytest.approx(1.0)  # blind to it
 
 
 @pytest.mark.parametrize("name", ["vad.pt", "vad.onnx"])
