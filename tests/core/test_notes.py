@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
 from studio.core.engine.notes import drop_advice, honesty_notes
+from studio.core.engine.run import run_recipe
+from studio.core.jobs import CancelToken, Result
+from studio.core.plan.recipe import Recipe
 
 
 def _figures(metric: str, value: float) -> dict:
@@ -38,3 +48,34 @@ def test_advice_fits_what_the_model_allows() -> None:
                                    onnx_only))
     assert "fine-tun" not in notes[0] and "distill" not in notes[0]
     assert "static int8" in notes[0] and "'/a/Conv', '/c/Gemm'" in notes[0]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_conv_torch_model_after_dynamic_int8_is_advised_what_its_path_can_do(
+        tmp_path: Path) -> None:
+    """A real torch run: dynamic int8 gives each batch's activations one range, which a few
+    large inputs stretch, so the convolutions lose most of their signal; the note names static
+    int8, the torch layers to keep float, QAT and fine-tuning (the torch path can train)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 4, 3, padding=1), nn.Flatten()).eval()
+    torch.save(model, tmp_path / "convs.pt")
+    images = np.random.default_rng(0).normal(size=(40, 3, 6, 6)).astype(np.float32)
+    images[::4] *= 1000.0  # every batch holds large samples: the small ones fall to zero
+    np.savez(tmp_path / "images.npz", x=images)
+    recipe = Recipe.model_validate({
+        "schema_version": 1, "model": {"path": str(tmp_path / "convs.pt")},
+        "example_input": {"shape": [1, 3, 6, 6]},
+        "plan": {"defaults": {"weight_bits": "int8"}}, "train": {"epochs": 0},
+        "data": {"source": "arrays", "path": "images.npz", "calibration_samples": 8},
+        "export": {"latency_batch": 4, "latency_repeats": 1}})
+    events = run_recipe(recipe, tmp_path, tmp_path / "out", CancelToken(), trust=True)
+    report = next(e for e in events if isinstance(e, Result)).report
+    assert report["stages"]["quantize"]["mode"] == "dynamic"
+    assert report["compressed"]["metric"]["name"] == "cosine"
+    note = _dropped(report["notes"])[0]
+    assert "static int8 for the convolutions" in note
+    assert "exclude: true in plan.layers; the first and last often are: '0', '4'" in note
+    assert "quantization-aware training (quantize: {qat: true}" in note
+    assert "more fine-tuning epochs" in note

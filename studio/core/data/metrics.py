@@ -149,6 +149,24 @@ def check_top1_fits(name: str, shape: Sequence[int | str], outputs_in_model: int
                           "([batch, classes]); use cosine or mse")
 
 
+def one_value_per_sample(shape: Sequence[int | str]) -> bool:
+    """Whether an output of this shape ([batch, ...]) holds one value per sample ([N], [N, 1]):
+    every dim after the batch known to be 1. Per-sample cosine of one value is only whether
+    the signs agree, so it reads 1.0 whatever the model does."""
+    return all(isinstance(dim, int) and dim == 1 for dim in shape[1:])
+
+
+def check_cosine_fits(name: str, shape: Sequence[int | str], where: str = "data") -> None:
+    """A :class:`StudioError` when ``cosine`` is asked of an output with one value per sample
+    (see :func:`one_value_per_sample`)."""
+    if one_value_per_sample(shape):
+        dims = ", ".join(str(d) for d in shape)
+        raise StudioError(f"{where}: metric cosine compares each sample's outputs as a vector, "
+                          f"but the model's output {name!r} (shape [{dims}]) gives one value per "
+                          "sample, whose cosine is only its sign (1.0 whatever the model does); "
+                          "use mse (or auto)")
+
+
 def agreement(reference: np.ndarray | Tensor, outputs: np.ndarray | Tensor,
               outputs_in_model: int = 1) -> dict[str, float | None]:
     """All three agreement figures; ``top1_agreement`` is None unless the outputs are class

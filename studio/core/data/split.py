@@ -3,9 +3,13 @@ the fine-tuning subset and the calibration draw (from the training split only)."
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+
 import torch
 from torch.utils.data import TensorDataset
 
+from studio.core.data.metrics import check_cosine_fits, one_value_per_sample
 from studio.core.data.samples import Samples
 from studio.core.data.task import NamedInputs, Splits, TaskData
 from studio.core.errors import StudioError
@@ -24,13 +28,39 @@ def _dataset(samples: Samples, index: torch.Tensor, labelled: bool) -> TensorDat
 
 
 def resolve_metric(section: DataSection, labelled: bool, where: str) -> str:
-    """``auto`` means accuracy with labels and cosine agreement without."""
+    """``auto`` means accuracy with labels and cosine agreement without, until the model's
+    output is known (:func:`metric_for_output`)."""
     if section.metric == "auto":
         return "accuracy" if labelled else "cosine"
     if section.metric == "accuracy" and not labelled:
         raise StudioError(f"{where}: metric accuracy needs labels, and this data has none (or "
                           "labelled: false); use cosine, top1_agreement or mse")
     return section.metric
+
+
+def metric_for_output(section: DataSection, data: TaskData, name: str,
+                      shape: Sequence[int | str], where: str) -> TaskData:
+    """The task metric once the model's first output (``name`` of ``shape``) is known, and why:
+    ``auto`` on unlabelled data takes MSE for one value per sample (cosine would read only its
+    sign) and cosine otherwise; cosine asked for on such an output is refused."""
+    metric, reason = _chosen_metric(section, data.metric, name, shape, where)
+    return dataclasses.replace(data, metric=metric, metric_reason=reason)
+
+
+def _chosen_metric(section: DataSection, metric: str, name: str, shape: Sequence[int | str],
+                   where: str) -> tuple[str, str]:
+    dims = "[" + ", ".join(["N", *(str(d) for d in shape[1:])]) + "]"
+    if section.metric != "auto":
+        if metric == "cosine":
+            check_cosine_fits(name, shape, where)
+        return metric, "asked for in the recipe"
+    if metric == "accuracy":
+        return metric, "auto: the data has labels"
+    if one_value_per_sample(shape):
+        return "mse", (f"auto: unlabelled data, and output {name!r} {dims} gives one value per "
+                       "sample, whose cosine would be only its sign")
+    return "cosine", (f"auto: unlabelled data, compared with the original's output {name!r} "
+                      f"{dims}")
 
 
 def split_task(pool: Samples, test: Samples | None, section: DataSection, name: str,

@@ -91,6 +91,8 @@ class TaskData:
     labelled: bool = True
     metric: str = "accuracy"
     """accuracy, or cosine / top1_agreement / mse agreement with the uncompressed model."""
+    metric_reason: str = ""
+    """Why this metric (set by a run once the model's output is known)."""
     splits: Splits | None = field(default=None, compare=False)
     constants: dict[str, np.ndarray] = field(default_factory=dict, compare=False)
     """Model inputs fed the same value with every batch (``data.constants``), by name."""
@@ -108,6 +110,8 @@ class TaskData:
         summary = {"name": self.name, "source": self.splits.source if self.splits else None,
                    "labelled": self.labelled, "metric": self.metric,
                    "num_classes": self.num_classes, "sizes": sizes}
+        if self.metric_reason:
+            summary["metric_reason"] = self.metric_reason
         if self.input_names or self.constants:
             summary["inputs"] = {"arrays": list(self.input_names),
                                  "constants": {name: value.tolist()

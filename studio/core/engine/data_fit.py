@@ -137,10 +137,14 @@ def _shape(dims: tuple[int | str, ...]) -> str:
 
 def feeder_for_data(model: onnx.ModelProto, path: Path, data: TaskData) -> Feeder:
     """How ``data`` feeds the file's inputs (see :func:`feeder_for`), checked before any work:
-    every input given, of the shape and type the file declares (:func:`check_onnx_data`), and
-    a top-1 metric asked only of class scores."""
+    every input given, of the shape and type the file declares (:func:`check_onnx_data`), token
+    ids inside the vocabulary the file's embedding ``Gather`` reads, and a top-1 metric asked
+    only of class scores."""
     feeder = feeder_for(model, path, data.input_names, data.constants)
     check_onnx_data(data, feeder, path)
+    vocabulary = None if data.input_names else onnx_token_vocabulary(model, feeder.main.name)
+    if vocabulary is not None:
+        check_token_range(data, vocabulary)
     outputs = graph_outputs(model)
     if data.metric == "top1_agreement" and outputs and outputs[0].dims is not None:
         check_top1_fits(outputs[0].name, outputs[0].dims, len(outputs), path.name)

@@ -16,23 +16,27 @@ SCORES = ("accuracy", "cosine", "top1_agreement")
 
 def drop_advice(can_train: bool, dynamic_convs: bool = False,
                 quantized_layers: Sequence[str] = ()) -> str:
-    """What the user can do about a metric drop with this model, and only that: an ONNX-only
-    model cannot be fine-tuned here, so it is never told to fine-tune. ``quantized_layers``
-    (in graph order) names the usual suspects to leave float: the first and the last."""
+    """What the user can do about a metric drop with this model, and only that, for torch and
+    ONNX-only runs alike: a model that cannot train here (an ONNX file) is never told to
+    fine-tune. ``quantized_layers`` (in graph order, named as ``plan.layers`` takes them) names
+    the usual suspects to leave float: the first and the last."""
     steps = []
     if dynamic_convs:
         steps.append("using static int8 for the convolutions (act_bits: int8, calibrated on your "
                      "data) instead of dynamic int8, which gives their activations one range "
                      "per batch at run time")
-    if can_train:
-        steps += ["training longer (more fine-tuning epochs) or distilling",
-                  "compressing the most sensitive layers less"]
-    else:
+    if quantized_layers or not can_train:
         edges = list(dict.fromkeys([*quantized_layers[:1], *quantized_layers[-1:]]))
         suspects = (f"; the first and last often are: {', '.join(repr(n) for n in edges)}"
                     if edges else "")
         steps.append(f"keeping the most sensitive layers float (exclude: true in "
                      f"plan.layers{suspects})")
+    if can_train:
+        if quantized_layers:
+            steps.append("quantization-aware training (quantize: {qat: true} with train "
+                         "epochs), so the weights learn the int8 grid")
+        steps += ["training longer (more fine-tuning epochs) or distilling",
+                  "compressing the most sensitive layers less"]
     return "; or ".join(steps)
 
 

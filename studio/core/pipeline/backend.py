@@ -38,7 +38,3 @@ class Backend(Protocol):
 
     def latency_feeds(self, context: RunContext) -> dict[int, Feed]:
         """Batch size -> inputs to time both files on."""
-
-    def drop_advice(self, context: RunContext) -> str | None:
-        """What the user can do about a metric drop with this model (None: the default
-        advice for a model that can be trained)."""

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel
 
 from studio.core.data.task import TaskData
+from studio.core.graph.tree import LayerTree
 from studio.core.jobs import CancelToken
+from studio.core.methods.quantization.ort_plan import QuantPlan
 from studio.core.plan.recipe import Recipe
 from studio.core.workspace import Workspace
 
@@ -45,6 +47,10 @@ class RunContext:
     sparse_layers: int = 0
     """Layers left holding zeros stored densely (unstructured or N:M)."""
     quantized: bool = False
+    quant_plan: QuantPlan | None = None
+    """The quantization plan the quantize step carried out, and the ONNX tree it was made
+    for (``quant_tree``): what the drop advice names."""
+    quant_tree: LayerTree | None = None
     compressed: bool = False
 
     def settings(self, section: type[S]) -> S:

@@ -17,9 +17,9 @@ import onnx
 from torch.utils.data import TensorDataset
 
 from studio.core.data.sources import load_task
+from studio.core.data.split import metric_for_output
 from studio.core.data.task import first_rows, model_inputs
 from studio.core.engine.data_fit import feeder_for_data
-from studio.core.engine.notes import drop_advice
 from studio.core.errors import InputError, StudioError
 from studio.core.export.measure import (
     Feed,
@@ -32,8 +32,7 @@ from studio.core.export.onnx_export import onnx_file_bytes, save_onnx
 from studio.core.graph.onnx_tree import build_onnx_tree
 from studio.core.graph.tree import LayerTree
 from studio.core.jobs import Event, Log
-from studio.core.methods.quantization.ort_plan import QuantPlan
-from studio.core.models.onnx_feeds import Feeder
+from studio.core.models.onnx_feeds import Feeder, graph_outputs
 from studio.core.models.onnx_file import fixed_batch_size
 from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.step import Need
@@ -78,8 +77,6 @@ class OnnxBackend:
         """The user's file's outputs on the test split: what agreement is measured against."""
         self.tree: LayerTree | None = None
         """The prepared (repaired) graph's layer tree: what the plan is mapped onto."""
-        self.quant_plan: QuantPlan | None = None
-        """The plan the quantize step carried out (what the drop advice names)."""
         self.made_from: Outputs | None = None
         """Outputs of the float graph the compressed file was quantized from (parity); None
         when it was not quantized."""
@@ -108,15 +105,33 @@ class OnnxBackend:
         if data.metric == "accuracy" and len(self.test.tensors) < 2:
             raise StudioError("accuracy needs labels; this data has none (use an agreement "
                               "metric)")
+        name, shape = self._first_output(model, loaded.path)
+        data = metric_for_output(context.settings(DataSection), data, name, shape,
+                                 context.source)
         context.data = data
         yield Log(f"Data: {data.name}; {'labelled' if data.labelled else 'unlabelled'}, metric "
-                  f"{data.metric}; {len(self.test)} to test, {len(self.calibration)} to "
-                  "calibrate")
+                  f"{data.metric} ({data.metric_reason}); {len(self.test)} to test, "
+                  f"{len(self.calibration)} to calibrate")
         if self.feeder.describe():
             yield Log(f"Inputs: {self.feeder.describe()}")
         if self.batch:
             context.note(f"The file fixes its batch size at {self.batch}; timed and measured "
                          "at that batch only.")
+
+    def _first_output(self, model: onnx.ModelProto, path: Path
+                      ) -> tuple[str, tuple[int | str, ...]]:
+        """The first output's name and shape: as the file declares it when every dim after the
+        batch is known, else as the file gives it on the first test batch."""
+        declared = graph_outputs(model)[0]
+        if declared.dims is not None and all(isinstance(d, int) for d in declared.dims[1:]):
+            return declared.name, declared.dims
+        assert self.feeder is not None
+        rows = model_inputs(first_rows(self.test, self.batch or 1))
+        try:
+            outputs = run_onnx_outputs(path, rows, self.batch or 1, feed=self.feeder)
+        except Exception:  # onnxruntime's own types; the baseline says why it cannot run
+            return declared.name, declared.dims or ("N", "unknown")
+        return declared.name, np.shape(outputs[declared.name])
 
     def outputs(self, path: Path) -> Outputs:
         """Every output of the file on the test inputs, by name (per-token ones on real tokens
@@ -173,16 +188,6 @@ class OnnxBackend:
             nonzero_params=root.total_params - root.total_zeros, macs=root.total_macs,
             onnx_bytes=onnx_file_bytes(path), zip_bytes=zip_bytes(path),
             parity=measured["parity"])
-
-    def drop_advice(self, context: RunContext) -> str | None:
-        """Advice an ONNX-only run can follow: no fine-tuning; static int8 for dynamic convs."""
-        plan, tree = self.quant_plan, self.tree
-        if plan is None or tree is None:
-            return drop_advice(can_train=False)
-        convs = plan.mode == "dynamic" and any(tree.get(n).op_type.startswith("Conv")
-                                               for n in plan.quantize_nodes)
-        quantized = [n for n, said in plan.decisions.items() if not said.startswith("float")]
-        return drop_advice(can_train=False, dynamic_convs=convs, quantized_layers=quantized)
 
     def latency_feeds(self, context: RunContext) -> dict[int, Feed]:
         assert self.feeder is not None

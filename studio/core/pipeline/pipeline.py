@@ -27,6 +27,7 @@ from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.onnx_backend import TORCH_HINT, OnnxBackend
 from studio.core.pipeline.registry import steps_for, unmet
 from studio.core.pipeline.step import Phase, Step
+from studio.core.pipeline.steps.ptq import drop_advice_for
 from studio.core.pipeline.torch_backend import TorchBackend
 from studio.core.plan.recipe import Recipe
 from studio.core.plan.stages import ExportSection
@@ -121,7 +122,7 @@ def _run(context: RunContext, outputs: RunOutputs) -> Iterator[Event]:
         baseline=baseline, compressed=compressed, stages=context.stages,
         notes=[*context.notes, *honesty_notes(baseline.to_json(), compressed.to_json(),
                                               context.sparse_layers, context.quantized,
-                                              backend.drop_advice(context))],
+                                              drop_advice_for(context))],
         elapsed_s=round(time.perf_counter() - started, 2))
     yield from _finish(report, context, outputs, baseline_path)
 

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from studio.core.data.metrics import agreement
 from studio.core.data.sources import load_task
+from studio.core.data.split import metric_for_output
 from studio.core.engine.data_fit import check_torch_data
 from studio.core.errors import StudioError
 from studio.core.export.measure import (
@@ -68,10 +69,13 @@ class TorchBackend:
         torch.manual_seed(self._seed)
         data = load_task(context.settings(DataSection), self._base_dir, self._trust)
         check_torch_data(original, data, workspace.example)
+        self.reference = torch_outputs(original, data.test.tensors[0])
+        data = metric_for_output(context.settings(DataSection), data, "output",
+                                 ("N", *self.reference.shape[1:]), context.source)
         context.data = data
         yield Log(f"Data: {data.name}; {'labelled' if data.labelled else 'unlabelled'}, metric "
-                  f"{data.metric}; {len(data.train)} to fine-tune on, {len(data.test)} to test")
-        self.reference = torch_outputs(original, data.test.tensors[0])
+                  f"{data.metric} ({data.metric_reason}); {len(data.train)} to fine-tune on, "
+                  f"{len(data.test)} to test")
 
     def write_baseline(self, context: RunContext, path: Path) -> Figures:
         original = context.workspace.loaded.module
@@ -101,9 +105,6 @@ class TorchBackend:
             onnx_bytes=onnx_file_bytes(path), zip_bytes=zip_bytes(path),
             parity=compare_outputs(torch_outputs(model, checked).numpy(),
                                    outputs[:len(checked)].astype(np.float32)))
-
-    def drop_advice(self, context: RunContext) -> str | None:
-        return None
 
     def latency_feeds(self, context: RunContext) -> dict[int, Feed]:
         batches = (1, context.settings(ExportSection).latency_batch)

@@ -47,7 +47,8 @@ def test_labelled_image_folder_runs_and_records_its_splits(tmp_path: Path,
     assert isinstance(events[-1], Result)
     assert report == json.loads((tmp_path / "out" / REPORT_FILE).read_text())
     assert report["data"] == {"name": "images: images", "source": "images", "labelled": True,
-                              "metric": "accuracy", "num_classes": 2,
+                              "metric": "accuracy",
+                              "metric_reason": "auto: the data has labels", "num_classes": 2,
                               "sizes": {"train": 9, "fine_tune": 9, "calibration": 9,
                                         "test": 3}}
     for which in ("baseline", "compressed"):

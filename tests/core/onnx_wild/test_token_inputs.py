@@ -156,3 +156,22 @@ def test_static_int8_leaves_the_attention_mask_path_float(
     assert not quantized_from & set(path_nodes)
     assert any("MatMul" in name for name in quantized_from)
     assert any("attention-mask path left float" in line for line in prepared)
+
+
+def test_token_ids_beyond_the_file_s_vocabulary_are_named_before_any_work(
+        exported: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
+    """The vocabulary is the table the file's Gather reads with input_ids (100 tokens)."""
+    path, _ = exported
+    ids = _ids(20, 4)
+    ids[3, 0], ids[11, 2] = 100, -1
+    np.savez(tmp_path / "ids.npz", input_ids=ids.numpy())
+    recipe = Recipe.model_validate({
+        "schema_version": 1, "model": {"path": str(path)},
+        "plan": {"defaults": {"weight_bits": "int8"}},
+        "data": {"source": "arrays", "path": "ids.npz", "calibration_samples": 8}})
+    with pytest.raises(StudioError, match=r"^data: token ids must lie in 0\.\.99 \(embedding "
+                                          r"'[\w.]+' holds 100 tokens\), but the data holds 2 "
+                                          r"id\(s\) out of range: -1, 100 \(the first in \w+ "
+                                          r"sample \d+\); check that the tokenizer matches"):
+        list(run_recipe(recipe, tmp_path, tmp_path / "out", CancelToken()))
+    assert not (tmp_path / "out").exists()

@@ -57,6 +57,8 @@ class QuantPlan:
     """Layer -> bits asked for that only quantization-aware training can approach."""
     decisions: dict[str, str] = field(default_factory=dict)
     """Weighted node -> what happens to it, in words (for reports and the GUI)."""
+    layers: dict[str, str] = field(default_factory=dict)
+    """Node -> the layer governing it, as the plan names layers (what ``plan.layers`` takes)."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -216,7 +218,7 @@ def plan_to_ort(tree_onnx: LayerTree, resolved_by_torch_name: Mapping[str, Resol
     exclude = not_fp16 if mode == "fp16" else [*floats, *float_other, *nbits]
     return QuantPlan(mode=mode, exclude_nodes=tuple(dict.fromkeys(exclude)),
                      quantize_nodes=tuple(chosen), matmul_nbits=nbits, qat_layers=qat,
-                     decisions=decisions, notes=notes)
+                     decisions=decisions, layers=layer_of, notes=notes)
 
 
 def apply_quant_plan(src: str | Path, dst: str | Path, plan: QuantPlan,

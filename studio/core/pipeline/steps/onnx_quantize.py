@@ -25,8 +25,7 @@ class OnnxQuantize(Step):
         assert isinstance(backend, OnnxBackend)
         tree = backend.tree
         assert tree is not None
-        plan = backend.quant_plan = quant_plan(context, tree,
-                                               resolved_by_name(tree, context.workspace.plan))
+        plan = quant_plan(context, tree, resolved_by_name(tree, context.workspace.plan))
         data_dir = backend.data_dir(context)
         float_path = save_onnx(context.model, context.out_dir / FLOAT_FILE, data_dir)
         prepared: list[str] = []

@@ -10,6 +10,7 @@ from typing import Any
 
 from torch.utils.data import TensorDataset
 
+from studio.core.engine.notes import drop_advice
 from studio.core.export.onnx_export import remove_onnx
 from studio.core.graph.tree import LayerTree
 from studio.core.jobs import Event, Log
@@ -23,7 +24,25 @@ FLOAT_FILE = "compressed-float.onnx"
 
 def quant_plan(context: RunContext, tree: LayerTree,
                resolved: Mapping[str, ResolvedSpec]) -> QuantPlan:
-    return plan_to_ort(tree, resolved, context.settings(QuantizeSection).weight_only)
+    """The ORT plan for the float file whose tree is ``tree``, kept in the context for
+    :func:`drop_advice_for`."""
+    plan = plan_to_ort(tree, resolved, context.settings(QuantizeSection).weight_only)
+    context.quant_plan, context.quant_tree = plan, tree
+    return plan
+
+
+def drop_advice_for(context: RunContext) -> str:
+    """What the user can do about a metric drop with this model and the plan carried out,
+    phrased by what its backend can do (fine-tuning and QAT need a model that can train)."""
+    can_train = context.workspace.loaded.capabilities.can_train
+    plan, tree = context.quant_plan, context.quant_tree
+    if plan is None or tree is None:
+        return drop_advice(can_train)
+    convs = plan.mode == "dynamic" and any(tree.get(n).op_type.startswith("Conv")
+                                           for n in plan.quantize_nodes)
+    quantized = [plan.layers.get(n, n) for n, said in plan.decisions.items()
+                 if not said.startswith("float")]
+    return drop_advice(can_train, dynamic_convs=convs, quantized_layers=quantized)
 
 
 def quantize_file(context: RunContext, float_path: Path, plan: QuantPlan,
