@@ -7,7 +7,9 @@ child process like any job, so a data file that inflates to gigabytes or a loade
 cannot take the window down.
 
 The section lives in ``workspace.stages["data"]``, so it is saved in ``project.yaml``, exported
-with recipes and read by every job, which runs from the project.
+with recipes and read by every job, which runs from the project. The controller reads the open
+workspace through the session, asks its questions through the callables it is given and says
+what happened through :attr:`DataController.notice`; it never touches the window.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from __future__ import annotations
 import html
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
-from PySide6.QtCore import QObject
+from PySide6.QtCore import QObject, Signal
 
 from studio.core.data.consent import FunctionCode, data_functions
 from studio.core.engine.data_check import PROBE_FILE, probe_task
@@ -32,10 +35,7 @@ from studio.core.workspace import Workspace, portable_path
 from studio.qt.data_panel import DataPanel
 from studio.qt.jobs import CANCELLED, FINISHED, ProcessJob
 from studio.qt.plots.metric import metric_axis
-
-if TYPE_CHECKING:
-    from studio.qt.main_window import MainWindow
-    from studio.qt.plan_controller import PlanController
+from studio.qt.session import QtSession
 
 FILE_FILTERS = {
     "arrays": "Arrays (*.npz *.npy);;All (*)",
@@ -43,40 +43,57 @@ FILE_FILTERS = {
 }
 
 
+Background = Callable[[Callable[[], Any], Callable[[Any], None],
+                       Callable[[BaseException], None], str], None]
+"""Runs a task in a worker thread: ``(task, done, failed, status message)``."""
+
+
 class DataController(QObject):
-    def __init__(self, window: MainWindow, panel: DataPanel) -> None:
-        super().__init__(window)
-        self.window = window
+    notice = Signal(str, str)
+    """(kind, message): ``"error"`` or ``"info"``, for the window's notice bar."""
+
+    def __init__(self, session: QtSession, panel: DataPanel,
+                 ask_path: Callable[[str, str, str], str | None],
+                 confirm_function: Callable[[str, str | None], bool],
+                 run_in_background: Background, parent: QObject | None = None) -> None:
+        """``ask_path(kind, caption, filter)``: a path from a file or folder dialog (``None``:
+        cancelled); ``confirm_function(target, file)``: consent to run a data function;
+        ``run_in_background``: see :data:`Background`."""
+        super().__init__(parent)
+        self.session = session
         self.panel = panel
-        self.controller: PlanController | None = None
+        self.ask_path = ask_path
+        self.confirm_function = confirm_function
+        self.run_in_background = run_in_background
         self.allowed: set[FunctionCode] = set()
         """The data functions' code the user allowed to run in this session."""
         self.check_job: ProcessJob | None = None
         panel.edited.connect(self._edited)
         panel.browseRequested.connect(self.browse)
         panel.checkRequested.connect(self.check)
+        session.opened.connect(self._opened)
 
     @property
     def section(self) -> DataSection | None:
-        workspace = self.window.workspace
+        workspace = self.session.core.workspace
         return workspace.stages.get("data") if workspace is not None else None
 
     def base_dir(self) -> Path | None:
         """Relative data paths are read from the project's folder."""
-        return self.window.project_path.parent if self.window.project_path else None
+        return self.session.core.base_dir
 
-    def attach(self, controller: PlanController) -> None:
+    def _opened(self) -> None:
         """A workspace was opened: show its section and follow its undo stack."""
-        self.controller = controller
-        controller.stagesChanged.connect(self._stage_changed)
+        assert self.session.plan is not None
+        self.session.plan.stagesChanged.connect(self._stage_changed)
         self.panel.setEnabled(True)
         self.panel.set_section(self.section)
         self.panel.show_check("Check the data to see its splits and shapes.")
 
     # --- edits -----------------------------------------------------------------------------
     def _edited(self, section: DataSection | None) -> None:
-        if self.controller is not None:
-            self.controller.set_stage("data", section)
+        if self.session.plan is not None:
+            self.session.plan.set_stage("data", section)
 
     def _stage_changed(self, key: str) -> None:
         """Undo/redo (or a restored plan) changed the section: show it, unless the form
@@ -95,9 +112,9 @@ class DataController(QObject):
         source = self.panel.source.currentData()
         caption = "Test data" if which == "test_path" else "Data"
         if source == "images":
-            path = self.window.ask_path("folder", f"{caption}: image folder")
+            path = self.ask_path("folder", f"{caption}: image folder", "")
         else:
-            path = self.window.ask_path("open", f"{caption} file",
+            path = self.ask_path("open", f"{caption} file",
                                         FILE_FILTERS.get(source, "All (*)"))
         if path:
             self.panel.set_path(which, portable_path(path, self.base_dir()))
@@ -111,9 +128,9 @@ class DataController(QObject):
         for code in codes:
             if code in self.allowed:
                 continue
-            if not self.window.confirm_function(code.target, code.module_file):
-                self.window.show_info(f"The data function {code.target} was not run: it needs "
-                                      "your consent.")
+            if not self.confirm_function(code.target, code.module_file):
+                self.notice.emit("info", f"The data function {code.target} was not run: it "
+                                         "needs your consent.")
                 return None
             self.allowed.add(code)
         return codes
@@ -124,13 +141,13 @@ class DataController(QObject):
         try:
             return self.consent(self.section)
         except StudioError as error:
-            self.window.show_error(str(error))
+            self.notice.emit("error", str(error))
             return None
 
     # --- check -----------------------------------------------------------------------------
     def check(self) -> None:
         """Load the data in a child process and show its splits, labels, metric and shapes."""
-        workspace = self.window.workspace
+        workspace = self.session.core.workspace
         if workspace is None or self.check_job is not None:
             return
         try:
@@ -200,7 +217,7 @@ class DataController(QObject):
             self.panel.check_button.setEnabled(True)
             self.panel.show_check(str(failure), ok=False)
 
-        self.window.run_in_background(fits, done, failed, "Trying the data on the model…")
+        self.run_in_background(fits, done, failed, "Trying the data on the model…")
 
     def shutdown(self, msecs: int = 3000) -> None:
         """Stop a running check (the window is closing): no process outlives the window."""

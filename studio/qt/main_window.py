@@ -213,7 +213,13 @@ class MainWindow(QMainWindow):
         docks[0].raise_()
         self.docks = docks
         self.dock = {dock.windowTitle(): dock for dock in docks}
-        self.data = DataController(self, self.data_panel)
+        # lambdas: the questions are looked up when asked (tests answer them on the window)
+        self.data = DataController(
+            self.qsession, self.data_panel,
+            lambda kind, caption, file_filter: self.ask_path(kind, caption, file_filter),
+            lambda target, file: self.confirm_function(target, file),
+            self.run_in_background, self)
+        self.data.notice.connect(self.notices.show_notice)
         self.settings_controller = RunSettingsController(self.run_settings, self)
         self.compress = CompressController(self.qsession, self.jobs, self.pareto, self.curves,
                                            self.heatmap, self.plan_diff, self.data.job_consent,
@@ -507,7 +513,6 @@ class MainWindow(QMainWindow):
         self._update_title()
         self._update_status()
         controller.stagesChanged.connect(lambda _key: self.autosave_timer.start())
-        self.data.attach(controller)
         self.settings_controller.attach(controller)
         self._restore_autosave()
         if workspace.example is None and workspace.loaded.capabilities.traces_example:
