@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio.core.plan.stages import DataSection
-from studio.qt.schema_form import INVALID_STYLE
+from studio.qt.form_validation import INVALID_STYLE, emit_if_valid, first_problem, problem_label
 
 SOURCES = {
     "demo": "Built-in demo digits",
@@ -94,14 +94,13 @@ def _constants_text(constants: dict[str, Any]) -> str:
 
 def describe_problem(error: ValidationError) -> tuple[str, str]:
     """(field, sentence) for the first thing the schema refused, as the user named it."""
-    item = error.errors()[0]
-    field = ".".join(str(part) for part in item["loc"])
-    message = item["msg"].removeprefix("Value error, ")
-    if item["type"] == "list_type" and field.startswith("image."):
-        message = "give numbers separated by commas, one per channel or one for all"
+    location, message = first_problem(error, lambda _location: "")  # no patterns here
+    field = ".".join(str(part) for part in location)
+    if error.errors()[0]["type"] == "list_type" and field.startswith("image."):
+        message = f"{field}: give numbers separated by commas, one per channel or one for all"
     if not field and "needs path" in message:  # the section's own check: outline the path
         return "path", message
-    return field, f"{field}: {message}" if field else message
+    return field, message
 
 
 class _PathRow(QWidget):
@@ -238,9 +237,7 @@ class DataPanel(QWidget):
         check_layout.addWidget(self.check_button, 0, Qt.AlignmentFlag.AlignLeft)
         check_layout.addWidget(self.check_result, 1)
 
-        self.error = QLabel()
-        self.error.setStyleSheet("color: #b00020;")
-        self.error.setWordWrap(True)
+        self.error = problem_label()
         columns = QHBoxLayout()
         columns.addWidget(source_box, 5)
         columns.addWidget(split_box, 4)
@@ -350,13 +347,7 @@ class DataPanel(QWidget):
         if self._loading:
             return
         self._update_visibility()
-        try:
-            section = self.section()
-        except ValidationError as error:
-            self._show_problem(error)
-            return
-        self._show_problem(None)
-        self.edited.emit(section)
+        emit_if_valid(self.section, self._show_problem, self.edited)
 
     def _show_problem(self, error: ValidationError | None) -> None:
         field, message = describe_problem(error) if error is not None else ("", "")

@@ -39,27 +39,12 @@ from PySide6.QtWidgets import (
 )
 
 from studio.core.plan.schema import FieldForm, model_help, section_fields
+from studio.qt.form_validation import INVALID_STYLE, emit_if_valid, first_problem, problem_label
 
-INVALID_STYLE = "border: 1px solid #b00020;"
-ERROR_COLOUR = "#b00020"
 NOT_SET = "not set"
 INT_LIMIT = 2**31 - 1
 FLOAT_LIMIT = 1e9
 FLOAT_DECIMALS = 6
-
-
-def first_problem(error: ValidationError, help_of: Callable[[tuple[Any, ...]], str]
-                  ) -> tuple[tuple[Any, ...], str]:
-    """(location, sentence) of the first thing the schema refused; a text that does not match
-    its field's pattern is explained by the field's help (``help_of(location)``), not by the
-    regular expression."""
-    item = error.errors()[0]
-    location = tuple(item["loc"])
-    message = item["msg"].removeprefix("Value error, ")
-    if item["type"] == "string_pattern_mismatch" and help_of(location):
-        message = f"{item['input']!r} is not accepted: {help_of(location).rstrip('.')}"
-    field = ".".join(str(part) for part in location)
-    return location, f"{field}: {message}" if field else message
 
 
 class _FloatSpin(QDoubleSpinBox):
@@ -337,9 +322,7 @@ class SchemaForm(QWidget):
                 self.layout_.addRow(label, editor.widget)
             for signal in editor.changed:
                 signal.connect(self._changed)
-        self.error = QLabel()
-        self.error.setStyleSheet(f"color: {ERROR_COLOUR};")
-        self.error.setWordWrap(True)
+        self.error = problem_label()
         if show_problems:
             self.layout_.addRow(self.error)
         self.set_value(None)
@@ -389,13 +372,7 @@ class SchemaForm(QWidget):
         if self._loading:
             return
         self.touched.emit()
-        try:
-            value = self.value()
-        except ValidationError as error:
-            self.show_problem(error)
-            return
-        self.show_problem(None)
-        self.edited.emit(value)
+        emit_if_valid(self.value, self.show_problem, self.edited)
 
     def show_problem(self, error: ValidationError | None) -> None:
         """Name what the schema refused in red and outline its editor (``None``: clear)."""
