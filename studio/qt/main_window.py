@@ -220,7 +220,8 @@ class MainWindow(QMainWindow):
             lambda target, file: self.confirm_function(target, file),
             self.run_in_background, self)
         self.data.notice.connect(self.notices.show_notice)
-        self.settings_controller = RunSettingsController(self.run_settings, self)
+        self.settings_controller = RunSettingsController(self.qsession, self.run_settings,
+                                                        self)
         self.compress = CompressController(self.qsession, self.jobs, self.pareto, self.curves,
                                            self.heatmap, self.plan_diff, self.data.job_consent,
                                            self.save_as, self)
@@ -513,7 +514,6 @@ class MainWindow(QMainWindow):
         self._update_title()
         self._update_status()
         controller.stagesChanged.connect(lambda _key: self.autosave_timer.start())
-        self.settings_controller.attach(controller)
         self._restore_autosave()
         if workspace.example is None and workspace.loaded.capabilities.traces_example:
             self.show_info("No example input is known for this model, so shapes and MACs are "

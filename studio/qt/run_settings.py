@@ -17,6 +17,7 @@ from PySide6.QtWidgets import QGroupBox, QHBoxLayout, QScrollArea, QVBoxLayout, 
 from studio.core.plan.schema import is_opt_in, job_sections, label_of, model_help
 from studio.qt.plan_controller import PlanController
 from studio.qt.schema_form import SchemaForm
+from studio.qt.session import QtSession
 
 COLUMN_WIDTH = 250
 
@@ -107,17 +108,25 @@ class RunSettingsPanel(QWidget):
 
 
 class RunSettingsController(QObject):
-    """Stores the panel's sections in the plan controller's workspace, one undoable edit each."""
+    """Stores the panel's sections in the session's open workspace, one undoable edit each."""
 
-    def __init__(self, panel: RunSettingsPanel, parent: QObject | None = None) -> None:
+    def __init__(self, session: QtSession, panel: RunSettingsPanel,
+                 parent: QObject | None = None) -> None:
         super().__init__(parent)
+        self.session = session
         self.panel = panel
-        self.controller: PlanController | None = None
         panel.edited.connect(self._edited)
+        session.opened.connect(self._opened)
 
-    def attach(self, controller: PlanController) -> None:
+    @property
+    def controller(self) -> PlanController | None:
+        """The open workspace's plan controller (its undo stack)."""
+        return self.session.plan
+
+    def _opened(self) -> None:
         """A workspace was opened: show its sections and follow its undo stack."""
-        self.controller = controller
+        controller = self.controller
+        assert controller is not None
         controller.stagesChanged.connect(self._stage_changed)
         self.panel.setEnabled(True)
         for key in self.panel.forms:
