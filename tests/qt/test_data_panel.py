@@ -212,6 +212,7 @@ def test_a_function_source_asks_consent_first(qtbot, demo_window: MainWindow, tm
     answers.append(False)
     assert win.compress.run_plan() is None  # refused again: no job starts
     assert len(asked) == 2 and win.jobs.model.rowCount() == 0
+    assert win.notices.kind == "info" and "needs your consent" in win.notices.text.text()
 
     answers.append(True)
     text = _check(qtbot, win)
