@@ -28,6 +28,7 @@ from studio.core.project.experiments import (
     experiment_point,
     new_experiment,
 )
+from studio.core.reports.sensitivity_report import SensitivityReport
 from studio.qt.jobs import ProcessJob
 from studio.qt.plots import CurvesPlot, ParetoPlot, PlanDiffView, SensitivityHeatmap
 from studio.qt.plots.metric import metric_axis
@@ -69,7 +70,7 @@ class CompressController(QObject):
         return self.session.core.experiments
 
     @property
-    def sensitivity(self) -> dict[str, Any] | None:
+    def sensitivity(self) -> SensitivityReport | None:
         return self.session.core.sensitivity
 
     # --- project history -------------------------------------------------------------------
@@ -205,8 +206,11 @@ class CompressController(QObject):
             if status == "failed":
                 self.notice.emit("error", f"Sensitivity analysis failed: {error}")
             return
-        try:
-            self.session.core.set_sensitivity(report)
+        try:  # the child sends JSON; typed from here on
+            self.session.core.set_sensitivity(SensitivityReport.from_json(report))
+        except ValueError as failure:
+            self.notice.emit("error", f"Sensitivity analysis sent no usable result ({failure})")
+            return
         except StudioError as failure:
             self.notice.emit("error", str(failure))
         self.notice.emit("info", "Sensitivity analysis finished: see the Sensitivity tab; "
@@ -232,7 +236,7 @@ class CompressController(QObject):
         controller.replace_plan(result.plan, f"Allocate to {target.kind} {target.value}")
         verdict = "meets" if result.met else "does not meet"
         notes = " ".join(result.notes)
-        metric = metric_axis(self.sensitivity.get("metric")).label.lower()
+        metric = metric_axis(self.sensitivity.metric).label.lower()
         self.notice.emit("info", f"The proposed plan {verdict} the target (predicted {metric} "
                                  f"drop {result.predicted_drop * 100:.2f} points). {notes}")
 

@@ -727,8 +727,8 @@ class MainWindow(QMainWindow):
             self.compress.run_sensitivity(kind)
 
     def choose_target(self) -> None:
-        target = dialogs.ask_target(self, metric_axis(
-            (self.compress.sensitivity or {}).get("metric")).label)
+        sweep = self.compress.sensitivity
+        target = dialogs.ask_target(self, metric_axis(sweep.metric if sweep else None).label)
         if target is not None:
             self.compress.allocate_to(target)
 

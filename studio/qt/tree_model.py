@@ -11,6 +11,7 @@ from PySide6.QtGui import QColor, QFont
 
 from studio.core.graph.tree import LayerNode, LayerTree
 from studio.core.plan import Plan, ResolvedSpec
+from studio.core.reports.sensitivity_report import SensitivityReport
 from studio.qt.columns import COLUMNS, PLAN_COLUMNS, SENSITIVITY_COLUMN
 from studio.qt.plots.metric import MetricAxis, metric_axis
 
@@ -48,18 +49,17 @@ class LayerTreeModel(QAbstractItemModel):
         self._resolved = resolved
         self.endResetModel()
 
-    def set_sensitivity(self, report: dict | None) -> None:
+    def set_sensitivity(self, report: SensitivityReport | None) -> None:
         """Show each layer's metric drop at 50% sparsity (or the nearest level swept)."""
         self._sensitivity.clear()
-        self._sensitivity_metric = metric_axis((report or {}).get("metric"))
-        sweep = (report or {}).get("sparsity") or {}
-        levels = sweep.get("levels") or []
-        if levels:
+        self._sensitivity_metric = metric_axis(report.metric if report else None)
+        levels = report.sparsity.levels if report else []
+        if report is not None and levels:
             column = min(range(len(levels)), key=lambda i: abs(levels[i] - 0.5))
-            for name, row in zip(report["layers"], sweep.get("drop", []), strict=False):
-                if row and row[column] is not None:
+            for name, row in report.sparsity.rows(report.layers).items():
+                if row[column] is not None:
                     detail = ", ".join(f"{level:.0%}: {self._drop_text(drop, '+')}"
-                                       for level, drop in zip(levels, row, strict=False)
+                                       for level, drop in zip(levels, row, strict=True)
                                        if drop is not None)
                     self._sensitivity[name] = (row[column], detail)
         if self._tree is not None and len(self._tree):

@@ -3,8 +3,6 @@ demo checks the whole path from sensitivity to an editable plan."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from studio.core.engine.allocate import Target, allocate
@@ -14,19 +12,20 @@ from studio.core.jobs import CancelToken, Result
 from studio.core.plan.estimate import estimate
 from studio.core.plan.plan import Plan
 from studio.core.plan.spec import LayerSpec
+from studio.core.reports.sensitivity_report import SensitivityReport
 from studio.core.workspace import Workspace, open_workspace
 
 LAYERS = ["stem.0", "block1.0", "block2.0", "res.conv1.0", "res.conv2", "head.2"]
 
 
-def _report(granularity: str = "unstructured") -> dict[str, Any]:
+def _report(granularity: str = "unstructured") -> SensitivityReport:
     """res.conv2 and block2.0 barely care; res.conv1.0 and block1.0 care a lot."""
     sensitive = {"stem.0": 0.3, "block1.0": 0.5, "block2.0": 0.002, "res.conv1.0": 0.6,
                  "res.conv2": 0.001, "head.2": 0.2}
     groups = {name: [name] for name in LAYERS}
     if granularity == "channels":
         groups["block2.0"] = groups["res.conv2"] = ["res.conv2", "block2.0"]
-    return {
+    return SensitivityReport.from_json({
         "kind": "sensitivity", "metric": "accuracy", "baseline": 0.99, "subset": 100,
         "granularity": granularity, "layers": LAYERS,
         "sparsity": {"levels": [0.25, 0.5, 0.75],
@@ -35,7 +34,7 @@ def _report(granularity: str = "unstructured") -> dict[str, Any]:
         "bits": {"levels": ["int8", "int4", "int2"],
                  "drop": [[s * 0.05, s * 0.3, s * 1.5] for s in sensitive.values()]},
         "groups": groups,
-    }
+    })
 
 
 @pytest.fixture
@@ -94,7 +93,8 @@ def test_real_sweep_then_allocation(workspace: Workspace) -> None:
     events = list(sensitivity_workspace(workspace, CancelToken(), (0.5,), ("int8", "int4"),
                                         subset=100, layers=["block1.0", "res.conv1.0",
                                                             "res.conv2"]))
-    report = events[-1].report if isinstance(events[-1], Result) else {}
+    assert isinstance(events[-1], Result)
+    report = SensitivityReport.from_json(events[-1].report)
     result = allocate(workspace.tree, report, Target("size", 0.4))
     assert result.met and result.estimate.ratio("nbytes") <= 0.4
     resolved = result.plan.resolve(workspace.tree)  # valid against the tree

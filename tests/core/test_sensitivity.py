@@ -23,6 +23,7 @@ from studio.core.engine.sensitivity import (
 )
 from studio.core.jobs import CancelToken, JobCancelled, Metric, Progress, Result
 from studio.core.plan.recipe import parse_recipe
+from studio.core.reports.sensitivity_report import SensitivityReport
 from studio.core.workspace import Workspace, open_workspace
 
 LAYERS = ["stem.0", "block1.0", "res.conv1.0"]
@@ -30,9 +31,11 @@ LEVELS = (0.25, 0.5, 0.9)
 BITS = ("int8", "int2")
 
 
-def _result(events: list[Any]) -> dict[str, Any]:
+def _result(events: list[Any]) -> SensitivityReport:
+    """The Result event's JSON, read back as the typed report the project stores."""
     assert isinstance(events[-1], Result)
-    return events[-1].report
+    assert events[-1].report["schema_version"] == 1
+    return SensitivityReport.from_json(events[-1].report)
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +51,13 @@ def unstructured() -> tuple[Workspace, dict[str, torch.Tensor], list[Any]]:
 def test_one_value_per_layer_and_level(unstructured: Any) -> None:
     _, _, events = unstructured
     report = _result(events)
-    assert report["kind"] == "sensitivity" and report["subset"] == 200
-    assert report["layers"] == LAYERS and 0.9 < report["baseline"] <= 1.0
-    assert report["sparsity"]["levels"] == list(LEVELS)
-    assert report["bits"]["levels"] == list(BITS)
+    assert report.subset == 200 and report.metric == "accuracy"
+    assert report.layers == LAYERS and 0.9 < report.baseline.value <= 1.0
+    assert report.baseline.higher_is_better
+    assert report.sparsity.levels == list(LEVELS)
+    assert report.bits.levels == list(BITS)
     for sweep, levels in (("sparsity", LEVELS), ("bits", BITS)):
-        rows = report[sweep]["drop"]
+        rows = report.sweep(sweep).drop
         assert len(rows) == len(LAYERS)
         assert all(len(row) == len(levels) and None not in row for row in rows)
     cells = [parse_cell_name(e.name) for e in events
@@ -66,11 +70,11 @@ def test_one_value_per_layer_and_level(unstructured: Any) -> None:
 
 def test_drops_grow_with_sparsity_and_fewer_bits(unstructured: Any) -> None:
     report = _result(unstructured[2])
-    rows = report["sparsity"]["drop"]
+    rows = report.sparsity.drop
     growing = sum(row[-1] >= row[0] - 0.005 for row in rows)  # one sample of 200 is 0.005
     assert growing >= len(rows) - 1
     assert max(row[-1] for row in rows) > 0.05  # 90% of the first layers really hurts
-    bits = report["bits"]["drop"]
+    bits = report.bits.drop
     assert sum(row[1] >= row[0] for row in bits) >= len(bits) - 1
 
 
@@ -86,11 +90,11 @@ def test_channels_report_coupled_layers_together() -> None:
     events = list(sensitivity_workspace(workspace, CancelToken(), (0.5,), (), "channels",
                                         subset=100, layers=["block2.0", "res.conv2", "head.2"]))
     report = _result(events)
-    assert sorted(report["groups"]["res.conv2"]) == ["block2.0", "res.conv2"]
-    rows = dict(zip(report["layers"], report["sparsity"]["drop"], strict=True))
+    assert sorted(report.groups["res.conv2"]) == ["block2.0", "res.conv2"]
+    rows = report.sparsity.rows(report.layers)
     assert rows["block2.0"] == rows["res.conv2"] and rows["res.conv2"][0] is not None
-    assert rows["head.2"] == [None] and "output" in report["skipped"]["head.2"]
-    assert report["evaluations"] == 3  # baseline, the coupled group once, head.2 counted
+    assert rows["head.2"] == [None] and "output" in report.skipped["head.2"]
+    assert report.evaluations == 3  # baseline, the coupled group once, head.2 counted
 
 
 def test_cancel_stops_within_one_evaluation() -> None:

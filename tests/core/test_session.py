@@ -3,6 +3,7 @@ sensitivity results, observed through its events as the window's adapter observe
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,10 @@ from studio.core.plan.stages import ExportSection, QuantizeSection
 from studio.core.project.experiments import new_experiment
 from studio.core.project.session import Session, is_project, open_target
 from studio.core.project.studies import SENSITIVITY_FILE
+from studio.core.reports.sensitivity_report import SensitivityReport
 
+SWEEP_V0 = Path(__file__).parent / "fixtures" / "sensitivity_v0.json"
+"""A sweep as main wrote it before the report was typed (no schema_version)."""
 REPORT = {"compressed": {"metric": {"name": "accuracy", "value": 0.9}, "onnx_bytes": 1000}}
 
 
@@ -64,13 +68,14 @@ def test_experiments_and_sensitivity_are_kept_by_the_core(tmp_path: Path) -> Non
     session.record_experiment(experiment)
     session.record_experiment(new_experiment("b", {}, None, status="failed", error="boom"))
     assert list(session.experiments) == [experiment.id] and events[-1] == "experiment"
-    session.set_sensitivity({"metric": "accuracy", "layers": ["res.conv1"]})
+    sweep = SensitivityReport.from_json(json.loads(SWEEP_V0.read_text()))
+    session.set_sensitivity(sweep)
     assert events[-1] == "sensitivity"
     assert (tmp_path / "project" / SENSITIVITY_FILE).is_file()
 
     other = Session(tmp_path / "recovery")
     assert other.install(open_target(str(tmp_path / "project"))) == []
-    assert other.sensitivity == {"metric": "accuracy", "layers": ["res.conv1"]}
+    assert other.sensitivity == sweep
     [restored] = other.experiments.values()
     assert restored.settings()[1] == {"export": ExportSection(opset=13)}
 

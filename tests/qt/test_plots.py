@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PySide6.QtCore import Qt
 
+from studio.core.reports.sensitivity_report import SensitivityReport
 from studio.qt.plots import (
     CurvesPlot,
     ParetoPlot,
@@ -191,7 +192,7 @@ def test_curves_split_loss_from_metrics_and_export(qtbot, tmp_path: Path) -> Non
 def test_heatmap_shows_each_sweep(qtbot, tmp_path: Path) -> None:
     heat = SensitivityHeatmap()
     qtbot.addWidget(heat)
-    heat.set_report(REPORT)
+    heat.set_report(SensitivityReport.from_json(REPORT))
     assert heat.values().shape == (4, 3)
     np.testing.assert_allclose(heat.values(), REPORT["sparsity"]["drop"])
     assert "classifier.fc2" in heat.cell_tip(3, 2) and "12 pp" in heat.cell_tip(3, 2)
@@ -222,7 +223,7 @@ def test_screenshots(qtbot, pareto: ParetoPlot) -> None:
     for step in range(300):
         curves.append("recover", "loss", step, 2.0 / (1 + step / 30))
         curves.append("recover", "accuracy", step, 0.9 + 0.07 * step / 300)
-    heat.set_report(REPORT)
+    heat.set_report(SensitivityReport.from_json(REPORT))
     diff.set_plans({"defaults": {"sparsity": 0.5}}, {"defaults": {"sparsity": 0.7}})
     pareto._on_points_clicked(["a"], CTRL)
     pareto._on_points_clicked(["b"], CTRL)

@@ -25,6 +25,7 @@ from studio.core.graph.tree import LayerTree
 from studio.core.plan.estimate import Estimate, estimate
 from studio.core.plan.plan import Plan
 from studio.core.plan.spec import LayerSpec
+from studio.core.reports.sensitivity_report import SensitivityReport
 
 TargetKind = Literal["size", "macs", "accuracy_drop"]
 _EPSILON = 1e-4
@@ -90,26 +91,19 @@ class _Step:
         return self.saving / max(self.cost, _EPSILON)
 
 
-def _rows(report: Mapping[str, Any], sweep: str) -> tuple[list[Any], dict[str, list[Any]]]:
-    section = report.get(sweep) or {"levels": [], "drop": []}
-    return list(section["levels"]), dict(zip(report["layers"], section["drop"], strict=True))
-
-
 class _Allocator:
     """The greedy search; kept as one object so its tables are computed once."""
 
-    def __init__(self, tree: LayerTree, report: Mapping[str, Any], target: Target,
+    def __init__(self, tree: LayerTree, report: SensitivityReport, target: Target,
                  pinned: Mapping[str, LayerSpec], base: Plan) -> None:
-        if report.get("kind") != "sensitivity":
-            raise StudioError("allocation needs a sensitivity report (kind: sensitivity)")
         self.tree, self.target, self.pinned, self.base = tree, target, pinned, base
-        self.granularity = str(report.get("granularity", "unstructured"))
+        self.granularity = report.granularity
         self.notes: list[str] = []
-        self.s_levels, s_rows = _rows(report, "sparsity")
-        self.b_levels, b_rows = _rows(report, "bits")
+        self.s_levels, s_rows = report.sparsity.levels, report.sparsity.rows(report.layers)
+        self.b_levels, b_rows = report.bits.levels, report.bits.rows(report.layers)
         resolved = base.resolve(tree)
         layers = []
-        for name in report["layers"]:
+        for name in report.layers:
             if name not in tree or not tree.get(name).prunable:
                 self.notes.append(f"{name}: not a prunable layer of this model; left as it is")
             elif name in pinned:
@@ -125,12 +119,12 @@ class _Allocator:
         self.measure = "macs" if target.kind == "macs" else "nbytes"
         self.table = self._figures_table()
 
-    def _sparsity_units(self, report: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    def _sparsity_units(self, report: SensitivityReport) -> list[tuple[str, ...]]:
         """Channel cuts move whole dependency groups; a group holding a pinned or unswept
         layer is never cut (it would be cut partly, which the engine refuses)."""
         if self.granularity != "channels":
             return [(name,) for name in self.layers]
-        groups: Mapping[str, list[str]] = report.get("groups", {})
+        groups = report.groups
         units, seen = [], set()
         for name in self.layers:
             if name in seen:
@@ -245,7 +239,7 @@ class _Allocator:
         return state, taken
 
 
-def allocate(tree: LayerTree, report: Mapping[str, Any], target: Target,
+def allocate(tree: LayerTree, report: SensitivityReport, target: Target,
              pinned: Mapping[str, LayerSpec] | None = None,
              base_plan: Plan | None = None) -> Allocation:
     """Propose per-layer sparsity and weight bits meeting ``target`` from a sensitivity
@@ -265,7 +259,7 @@ def allocate(tree: LayerTree, report: Mapping[str, Any], target: Target,
     notes = list(allocator.notes)
     notes.append("Predicted drop sums the single-layer drops of the sweep (a first-order "
                  "assumption); evaluate the plan to know the real one.")
-    metric = str(report.get("metric", "accuracy"))
+    metric = report.metric
     if target.kind == "accuracy_drop" and metric != "accuracy":
         notes.append(f"The sweep measured {metric} (agreement with the uncompressed model, no "
                      f"labels), so the budget of {target.value:g} points allows a "

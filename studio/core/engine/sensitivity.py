@@ -23,13 +23,12 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from studio.core.data.metrics import drop, higher_is_better
+from studio.core.data.metrics import drop
 from studio.core.data.sources import load_task
 from studio.core.data.task import TaskData, demo_task
 from studio.core.engine.data_fit import check_one_input
@@ -43,6 +42,8 @@ from studio.core.methods.pruning.unstructured import layer_masks
 from studio.core.plan.recipe import Recipe
 from studio.core.plan.spec import BITS_PER_ELEMENT
 from studio.core.plan.stages import DataSection
+from studio.core.reports.run_report import MetricValue
+from studio.core.reports.sensitivity_report import SensitivityReport, SweepTable
 from studio.core.train.loop import evaluate, resolve_device
 from studio.core.workspace import Workspace, open_recipe_workspace
 
@@ -160,7 +161,8 @@ def sensitivity_workspace(workspace: Workspace, token: CancelToken,
                           task: TaskData | None = None) -> Iterator[Event]:
     """The sweep on an open model, scored on ``task``'s test split with its metric (the demo
     digits when None); the workspace's model is never changed (the job works on a copy and
-    restores every weight it touched before the next cell). Last event: Result."""
+    restores every weight it touched before the next cell). Last event: Result, carrying a
+    :class:`SensitivityReport` as JSON."""
     started = time.perf_counter()
     if not workspace.loaded.capabilities.can_sweep:
         raise StudioError("sensitivity: ONNX-only models are not supported yet; open the torch "
@@ -224,25 +226,14 @@ def sensitivity_workspace(workspace: Workspace, token: CancelToken,
             yield Progress(STAGE, sweep.done, total)
 
     elapsed = time.perf_counter() - started
-    report: dict[str, Any] = {
-        "kind": "sensitivity",
-        "model": workspace.tree.model_name,
-        "metric": metric,
-        "higher_is_better": higher_is_better(metric),
-        "baseline": sweep.baseline,
-        "subset": len(data),
-        "granularity": granularity,
-        "device": str(target),
-        "layers": names,
-        "sparsity": {"levels": sparsity_levels, "drop": [sparsity[name] for name in names]},
-        "bits": {"levels": bit_levels, "drop": [bits[name] for name in names]},
-        "groups": groups,
-        "skipped": skipped,
-        "evaluations": sweep.done,
-        "seconds_per_eval": round(elapsed / max(1, sweep.done), 4),
-        "elapsed_s": round(elapsed, 2),
-    }
-    yield Result(report)
+    report = SensitivityReport(
+        model=workspace.tree.model_name, baseline=MetricValue.of(metric, sweep.baseline),
+        subset=len(data), granularity=granularity, device=str(target), layers=names,
+        sparsity=SweepTable(sparsity_levels, [sparsity[name] for name in names]),
+        bits=SweepTable(bit_levels, [bits[name] for name in names]), groups=groups,
+        skipped=skipped, evaluations=sweep.done,
+        seconds_per_eval=round(elapsed / max(1, sweep.done), 4), elapsed_s=round(elapsed, 2))
+    yield Result(report.to_json())  # JSON: the event crosses the process boundary
 
 
 def _units(names: list[str], groups: dict[str, list[str]]) -> list[list[str]]:

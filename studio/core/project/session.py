@@ -34,6 +34,7 @@ from studio.core.project.autosave import (
 from studio.core.project.experiments import Experiment, load_experiments_report, save_experiment
 from studio.core.project.project import PROJECT_FILE, load_project, project_file, save_project
 from studio.core.project.studies import load_sensitivity, save_sensitivity
+from studio.core.reports.sensitivity_report import SensitivityReport
 from studio.core.workspace import Workspace, build_tree, open_recipe_workspace, open_workspace
 
 Listener = Callable[[str, Any], None]
@@ -86,7 +87,7 @@ class Session:
         """Edits not saved yet (the GUI's undo stack says so: it knows when edits are undone)."""
         self.experiments: dict[str, Experiment] = {}
         """The project's finished experiments with a report, oldest first."""
-        self.sensitivity: dict[str, Any] | None = None
+        self.sensitivity: SensitivityReport | None = None
         self._listeners: list[Listener] = []
 
     # --- observers -------------------------------------------------------------------------
@@ -245,7 +246,7 @@ class Session:
             self.experiments[experiment.id] = experiment
             self._notify("experiment", experiment)
 
-    def set_sensitivity(self, report: dict[str, Any]) -> None:
+    def set_sensitivity(self, report: SensitivityReport) -> None:
         """Keep a finished sweep (in the project, when there is one) and tell observers;
         raises :class:`StudioError` when it cannot be written (it is still kept in memory)."""
         self.sensitivity = report

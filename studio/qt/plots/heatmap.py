@@ -7,7 +7,7 @@ sweep's levels. The colours diverge at zero: red is worse than the baseline, blu
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import QPointF, Qt, Signal
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QSplitter, QVBoxLayout, QWidget
 
+from studio.core.reports.sensitivity_report import SensitivityReport
 from studio.qt.plots.export import export_png, style_plot, write_csv
 from studio.qt.plots.metric import metric_axis
 
@@ -43,7 +44,7 @@ class SensitivityHeatmap(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self._report: dict = {}
+        self._report: SensitivityReport | None = None
         self._sweep = "sparsity"
         self._matrix = np.zeros((0, 0))
         self._layers: list[str] = []
@@ -99,11 +100,11 @@ class SensitivityHeatmap(QWidget):
 
     # --- data ------------------------------------------------------------------------------
 
-    def set_report(self, report: Mapping[str, object]) -> None:
-        """Show ``report`` (the core's sensitivity dict); keeps the sweep choice if it exists."""
-        self._report = dict(report)
-        sweeps = [key for key in SWEEPS if isinstance(self._report.get(key), Mapping)]
-        metric = metric_axis(self._report.get("metric"))  # type: ignore[arg-type]
+    def set_report(self, report: SensitivityReport) -> None:
+        """Show ``report``; keeps the sweep choice if that sweep has levels."""
+        self._report = report
+        sweeps = [key for key in SWEEPS if report.sweep(key).levels] or list(SWEEPS)
+        metric = metric_axis(report.metric)
         # Accuracy and top-1 agreement are fractions; a drop reads best in percentage points.
         self._scale, self._unit = (100.0, " pp") if metric.unit == "%" else (1.0, "")
         drop = f"{metric.label} drop{self._unit and ' (pp)'}"
@@ -114,7 +115,7 @@ class SensitivityHeatmap(QWidget):
         for key in sweeps:
             self.sweep_combo.addItem(SWEEPS[key], key)
         self.sweep_combo.blockSignals(False)
-        sweep = self._sweep if self._sweep in sweeps else (sweeps[0] if sweeps else "sparsity")
+        sweep = self._sweep if self._sweep in sweeps else sweeps[0]
         self.set_sweep(sweep)
 
     def set_sweep(self, sweep: str) -> None:
@@ -126,16 +127,13 @@ class SensitivityHeatmap(QWidget):
         if index >= 0 and index != self.sweep_combo.currentIndex():
             self.sweep_combo.setCurrentIndex(index)  # re-enters with the same sweep
             return
-        section = self._report.get(sweep)
-        self._layers = [str(name) for name in self._report.get("layers", [])]
-        if isinstance(section, Mapping):
-            self._levels = list(section.get("levels", []))
-            drops = np.asarray(section.get("drop", []), dtype=float)
-        else:
-            self._levels, drops = [], np.zeros((0, 0))
-        drops = drops.reshape(len(self._layers), len(self._levels)) if drops.size else \
-            np.zeros((len(self._layers), len(self._levels)))
-        self._matrix = drops
+        if self._report is None:
+            return
+        table = self._report.sweep(sweep)
+        self._layers, self._levels = list(self._report.layers), list(table.levels)
+        # A cell that could not be made (None) shows as a dash: NaN.
+        self._matrix = np.asarray(table.drop, dtype=float).reshape(len(self._layers),
+                                                                    len(self._levels))
         self._pinned = None
         self._draw()
 
