@@ -88,7 +88,7 @@ def test_sensitivity_fills_the_heatmap_and_the_tree_then_allocates(
     assert finished.args[0] == "finished"
     report = win.compress.sensitivity
     values = win.heatmap.values()
-    assert values.shape == (len(report["layers"]), len(report["sparsity"]["levels"]))
+    assert values.shape == (len(report.layers), len(report.sparsity.levels))
     assert (tmp_path / "project" / "sensitivity.json").is_file()
     cell = win.tree_model.index_of(win.workspace.tree.get("res.conv2").id, SENSITIVITY_COLUMN)
     assert win.tree_model.data(cell).endswith("pt")
