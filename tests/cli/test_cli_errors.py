@@ -189,7 +189,6 @@ def test_run_refuses_nan_weights(capsys, tmp_path, demo_module):
 
 
 def test_run_names_the_input_a_multi_input_onnx_file_is_missing(capsys, tmp_path):
-    import numpy as np
     import onnx
     from onnx import TensorProto, helper
 
@@ -243,14 +242,8 @@ def test_run_calls_an_architecture_outside_the_registry_only_with_trust(
         capsys, tmp_path, monkeypatch, valid_model_files):
     marker = tmp_path / "code-ran.txt"
     manifest, architecture = project_naming_its_architecture(
-        tmp_path / "project", valid_model_files[".pt"], marker)
+        tmp_path / "project", valid_model_files[".pt"], marker, runnable=True)
     monkeypatch.syspath_prepend(str(manifest.parent))
-    np.savez(manifest.parent / "digits.npz",
-             images=np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32))
-    recipe = json.loads(manifest.read_text(encoding="utf-8"))
-    recipe.update(data={"source": "arrays", "path": "digits.npz", "calibration_samples": 8},
-                  train={"epochs": 0}, export={"latency_repeats": 1, "latency_batch": 4})
-    manifest.write_text(json.dumps(recipe), encoding="utf-8")
     out = tmp_path / "out"
     code, _, err = _run(capsys, "run", str(manifest), "--out", str(out))
     assert code == 2
@@ -363,8 +356,6 @@ def test_run_with_bad_npz_data_is_one_line(capsys, tmp_path):
     unpickled or inflated, nothing written."""
     import pickle
     import zipfile
-
-    import numpy as np
 
     from tests.core.data.conftest import GB, write_bomb
 

@@ -11,6 +11,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -115,13 +116,14 @@ def build():
 '''
 
 
-def project_naming_its_architecture(folder: Path, weights: Path, marker: Path
-                                    ) -> tuple[Path, str]:
+def project_naming_its_architecture(folder: Path, weights: Path, marker: Path,
+                                    runnable: bool = False) -> tuple[Path, str]:
     """A project folder whose ``project.yaml`` builds its model (the demo's state dict
     ``weights``, copied in) with ``build`` from a module beside it, not a registered factory:
     importing that module adds a line to ``marker``, calling ``build`` another. The module is named
     after the folder so no other test has imported it; put the folder on ``sys.path`` to let it
-    import. Returns the manifest and the architecture it names."""
+    import. ``runnable`` adds 16 random digits (``digits.npz``) and the quickest job sections,
+    so a run of the project is short. Returns the manifest and the architecture it names."""
     folder.mkdir(parents=True, exist_ok=True)
     module = "beside_" + re.sub(r"\W", "_", folder.parent.name + "_" + folder.name)
     (folder / f"{module}.py").write_text(_ARCHITECTURE_MODULE.format(marker=str(marker)),
@@ -129,7 +131,13 @@ def project_naming_its_architecture(folder: Path, weights: Path, marker: Path
     shutil.copyfile(weights, folder / "weights.pt")
     architecture = f"{module}:build"
     manifest = folder / "project.yaml"
-    manifest.write_text(json.dumps({
+    recipe: dict[str, object] = {
         "schema_version": 1, "model": {"path": "weights.pt", "architecture": architecture},
-        "example_input": {"shape": [1, 1, 28, 28]}}), encoding="utf-8")
+        "example_input": {"shape": [1, 1, 28, 28]}}
+    if runnable:
+        np.savez(folder / "digits.npz",
+                 images=np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32))
+        recipe.update(data={"source": "arrays", "path": "digits.npz", "calibration_samples": 8},
+                      train={"epochs": 0}, export={"latency_repeats": 1, "latency_batch": 4})
+    manifest.write_text(json.dumps(recipe), encoding="utf-8")
     return manifest, architecture

@@ -107,10 +107,8 @@ def test_an_architecture_outside_the_registry_is_called_only_with_the_windows_tr
         tmp_path: Path, monkeypatch, valid_model_files) -> None:
     marker = tmp_path / "code-ran.txt"
     manifest, architecture = project_naming_its_architecture(
-        tmp_path / "project", valid_model_files[".pt"], marker)
+        tmp_path / "project", valid_model_files[".pt"], marker, runnable=True)
     monkeypatch.syspath_prepend(str(manifest.parent))
-    np.savez(manifest.parent / "digits.npz",
-             images=np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32))
     spec = _spec(manifest.parent, trust=False)
     project = read_recipe(manifest).model_dump(mode="json")
     spec["recipe"].update(model=project["model"], example_input=project["example_input"])

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 from PySide6.QtCore import QItemSelectionModel, QMimeData, QPoint, Qt, QUrl
 from PySide6.QtGui import QDropEvent
@@ -234,16 +232,10 @@ def test_a_project_naming_its_own_architecture_asks_and_its_jobs_get_the_consent
 
     marker = tmp_path / "code-ran.txt"
     manifest, architecture = project_naming_its_architecture(
-        tmp_path / "project", valid_model_files[".pt"], marker)
+        tmp_path / "project", valid_model_files[".pt"], marker, runnable=True)
     monkeypatch.syspath_prepend(str(manifest.parent))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(manifest.parent),
                                                       os.environ.get("PYTHONPATH", "")]))
-    np.savez(manifest.parent / "digits.npz",
-             images=np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32))
-    recipe = json.loads(manifest.read_text(encoding="utf-8"))
-    recipe.update(data={"source": "arrays", "path": "digits.npz", "calibration_samples": 8},
-                  train={"epochs": 0}, export={"latency_repeats": 1, "latency_batch": 4})
-    manifest.write_text(json.dumps(recipe), encoding="utf-8")
     asked: list[tuple[str, Path]] = []
     monkeypatch.setattr(window, "confirm_architecture",
                         lambda arch, file: asked.append((arch, file)) or False)
