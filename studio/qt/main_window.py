@@ -1,18 +1,18 @@
-"""The studio's main window: layer tree, plan inspector and totals, with file handling.
+"""The studio's main window: the layout (layer tree, plan inspector, totals and docks), the
+controllers and the actions wired to them.
 
-Models open in a worker thread so a large model never freezes the window; every failure shows up
-as a non-modal notice naming the file and the fix. The only modal questions are consent
-(unpickling runs code) and details the file cannot give (architecture, example input).
+The file flows live in :class:`~studio.qt.project_controller.ProjectController`, the data tab,
+runs and run settings in their own controllers; the window answers their modal questions
+(consent, paths, details the file cannot give) and shows their notices, never blocking on work.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSettings, QStandardPaths, Qt, QThreadPool, QTimer, Signal
+from PySide6.QtCore import QSettings, QStandardPaths, Qt, QThreadPool, Signal
 from PySide6.QtGui import (
     QAction,
     QCloseEvent,
@@ -39,25 +39,11 @@ from PySide6.QtWidgets import (
 )
 from superqt.utils import create_worker
 
-from studio.core.errors import (
-    ArchitectureConsentRequired,
-    ArchitectureRequired,
-    InputError,
-    StudioError,
-    TrustRequired,
-)
-from studio.core.graph.tree import LayerTree
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import DEMO
 from studio.core.plan.estimate import estimate
-from studio.core.plan.recipe import Recipe, read_recipe
-from studio.core.project.project import project_file
 from studio.core.project.session import (
-    Opened,
     Session,
-    is_project,
-    open_recipe_target,
-    open_target,
 )
 from studio.core.workspace import Workspace
 from studio.qt import dialogs
@@ -70,6 +56,7 @@ from studio.qt.notices import NoticeBar
 from studio.qt.plan_controller import PlanController
 from studio.qt.plots import CurvesPlot, ParetoPlot, PlanDiffView, SensitivityHeatmap
 from studio.qt.plots.metric import metric_axis
+from studio.qt.project_controller import ProjectController
 from studio.qt.recent import RecentFiles
 from studio.qt.run_settings import RunSettingsController, RunSettingsPanel
 from studio.qt.session import QtSession
@@ -78,15 +65,9 @@ from studio.qt.tree_filter import LayerFilterProxy
 from studio.qt.tree_model import NODE_ID_ROLE, LayerTreeModel
 from studio.qt.welcome import WelcomePage
 
-log = logging.getLogger(__name__)
-AUTOSAVE_DELAY_MS = 2000
-"""Plan edits are autosaved this long after the last one."""
-MODEL_FILTER = "Models and projects (*.pt *.pth *.pt2 *.safetensors *.onnx project.yaml);;All (*)"
-
 
 class MainWindow(QMainWindow):
     workspaceOpened = Signal()
-    openFailed = Signal(str)
 
     def __init__(self, settings: QSettings | None = None,
                  recovery_dir: Path | None = None) -> None:
@@ -95,10 +76,6 @@ class MainWindow(QMainWindow):
         self.session = Session(recovery_dir or Path(QStandardPaths.writableLocation(
             QStandardPaths.StandardLocation.AppDataLocation)) / "recovery")
         self.qsession = QtSession(self.session, self)
-        self.autosave_timer = QTimer(self)
-        self.autosave_timer.setSingleShot(True)
-        self.autosave_timer.setInterval(AUTOSAVE_DELAY_MS)
-        self.autosave_timer.timeout.connect(self.autosave_now)
         self.recent = RecentFiles(self.settings)
         self._workers: set[Any] = set()
         self.undo_group = QUndoGroup(self)
@@ -111,7 +88,7 @@ class MainWindow(QMainWindow):
         self._build_actions()
         self.qsession.opened.connect(self._install)
         self.qsession.dirtyChanged.connect(lambda _dirty: self._update_title())
-        self.qsession.saved.connect(self._saved)
+        self.qsession.saved.connect(lambda _manifest: self._update_title())
         self.qsession.historyLoaded.connect(
             lambda: self.tree_model.set_sensitivity(self.session.sensitivity))
         self.qsession.sensitivityChanged.connect(self.tree_model.set_sensitivity)
@@ -132,9 +109,6 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
 
         self.welcome = WelcomePage()
-        self.welcome.openRequested.connect(self.choose_and_open)
-        self.welcome.demoRequested.connect(lambda: self.open_path(DEMO))
-        self.welcome.recentRequested.connect(self.open_path)
         self.pages.addWidget(self.welcome)
 
         editor = QSplitter(Qt.Orientation.Horizontal)
@@ -187,6 +161,14 @@ class MainWindow(QMainWindow):
 
     def _build_docks(self) -> None:
         """Data, jobs, experiments (Pareto plot and plan diff), training curves, sensitivity."""
+        self.project = ProjectController(self.qsession, self, self.recent,
+                                         self.run_in_background, self)
+        self.project.notice.connect(self.notices.show_notice)
+        self.project.status.connect(self.statusBar().showMessage)
+        self.project.recentChanged.connect(self.welcome.set_recent)
+        self.welcome.openRequested.connect(self.project.choose_and_open)
+        self.welcome.demoRequested.connect(lambda: self.project.open_path(DEMO))
+        self.welcome.recentRequested.connect(self.project.open_path)
         self.data_panel = DataPanel()
         self.run_settings = RunSettingsPanel(exclude=("data",))  # data has its own tab
         self.jobs = JobsPanel()
@@ -224,7 +206,7 @@ class MainWindow(QMainWindow):
                                                         self)
         self.compress = CompressController(self.qsession, self.jobs, self.pareto, self.curves,
                                            self.heatmap, self.plan_diff, self.data.job_consent,
-                                           self.save_as, self)
+                                           self.project.save_as, self)
         self.compress.notice.connect(self.notices.show_notice)
 
     # --- the session, as the controllers and tests read it ----------------------------------
@@ -267,17 +249,18 @@ class MainWindow(QMainWindow):
 
     def _build_actions(self) -> None:
         pixmap = QStyle.StandardPixmap
-        self.open_action = self._action("&Open Model or Project…", self.choose_and_open,
+        self.open_action = self._action("&Open Model or Project…", self.project.choose_and_open,
                                         QKeySequence.StandardKey.Open, pixmap.SP_DialogOpenButton)
-        self.open_folder_action = self._action("Open Model &Folder…", self.choose_and_open_folder)
-        self.demo_action = self._action("Open &Demo", lambda: self.open_path(DEMO))
-        self.save_action = self._action("&Save Project", self.save, QKeySequence.StandardKey.Save,
-                                        pixmap.SP_DialogSaveButton)
-        self.save_as_action = self._action("Save Project &As…", self.save_as,
+        self.open_folder_action = self._action("Open Model &Folder…",
+                                               self.project.choose_and_open_folder)
+        self.demo_action = self._action("Open &Demo", lambda: self.project.open_path(DEMO))
+        self.save_action = self._action("&Save Project", self.project.save,
+                                        QKeySequence.StandardKey.Save, pixmap.SP_DialogSaveButton)
+        self.save_as_action = self._action("Save Project &As…", self.project.save_as,
                                            QKeySequence.StandardKey.SaveAs)
-        self.import_action = self._action("&Import Recipe…", self.choose_recipe_to_import)
-        self.export_action = self._action("&Export Recipe…", self.choose_recipe_to_export)
-        self.example_action = self._action("Set &Example Input…", self.choose_example_input)
+        self.import_action = self._action("&Import Recipe…", self.project.choose_recipe_to_import)
+        self.export_action = self._action("&Export Recipe…", self.project.choose_recipe_to_export)
+        self.example_action = self._action("Set &Example Input…", self.project.choose_example_input)
         quit_action = self._action("&Quit", self.close, QKeySequence.StandardKey.Quit)
         self.undo_action = self.undo_group.createUndoAction(self, "&Undo")
         self.undo_action.setShortcut(QKeySequence.StandardKey.Undo)
@@ -340,7 +323,7 @@ class MainWindow(QMainWindow):
     def _fill_recent_menu(self) -> None:
         self.recent_menu.clear()
         for path in self.recent.paths():
-            self.recent_menu.addAction(path, lambda p=path: self.open_path(p))
+            self.recent_menu.addAction(path, lambda p=path: self.project.open_path(p))
         if self.recent_menu.isEmpty():
             self.recent_menu.addAction("(none)").setEnabled(False)
 
@@ -369,6 +352,12 @@ class MainWindow(QMainWindow):
                    | QMessageBox.StandardButton.Cancel)
         return QMessageBox.question(self, "Unsaved plan", "Save the changes to the plan first?",
                                     buttons, QMessageBox.StandardButton.Save)
+
+    def ask_example_input(self, current: str) -> str | None:
+        text, ok = QInputDialog.getText(self, "Example input",
+                                        "Shape, batch first (append :int64 for token ids):",
+                                        QLineEdit.EchoMode.Normal, current)
+        return text.strip() if ok and text.strip() else None
 
     def ask_path(self, kind: str, caption: str, file_filter: str = "") -> str | None:
         """A path from a file dialog: ``kind`` is "open", "save" or "folder"."""
@@ -410,19 +399,7 @@ class MainWindow(QMainWindow):
     def busy_working(self) -> bool:
         return bool(self._workers)
 
-    # --- opening ---------------------------------------------------------------------------
-    def choose_and_open(self) -> None:
-        path = self.ask_path("open", "Open Model or Project", MODEL_FILTER)
-        if path:
-            self.open_path(path)
-
-    def choose_and_open_folder(self) -> None:
-        """A Hugging Face or sentence-transformers folder (config and safetensors), or a
-        project folder."""
-        path = self.ask_path("folder", "Open Model Folder")
-        if path:
-            self.open_path(path)
-
+    # --- docks and drops -------------------------------------------------------------------
     def show_data_panel(self) -> None:
         self.show_dock("Data")
 
@@ -438,61 +415,7 @@ class MainWindow(QMainWindow):
         files = [url.toLocalFile() for url in event.mimeData().urls() if url.isLocalFile()]
         if files:
             event.acceptProposedAction()
-            self.open_path(files[0])
-
-    def open_path(self, path: str, architecture: str | None = None, trust: bool = False,
-                  example: InputSpec | None = None) -> None:
-        """Open a model file, a project folder or ``demo``, in the background."""
-        if not self.maybe_save():
-            return
-        message = f"Opening project {project_file(path).parent.name}…" if is_project(path) \
-            else f"Opening {Path(path).name}…"
-        self.run_in_background(
-            lambda: open_target(path, architecture, trust, example), self._opened,
-            lambda error: self._open_failed(error, path, architecture, trust, example), message)
-
-    def _opened(self, opened: Opened) -> None:
-        for problem in self.session.install(opened):  # the session emits opened: _install
-            self.show_info(problem)
-        if opened.shown_as != DEMO:
-            self.recent.add(opened.shown_as)
-            self.welcome.set_recent(self.recent.paths())
-
-    def _open_failed(self, error: BaseException, path: str, architecture: str | None,
-                     trust: bool, example: InputSpec | None,
-                     reopen: Callable[[str], None] | None = None) -> None:
-        """Ask for what opening ``path`` lacked and open it again, or say why it stays closed;
-        ``reopen``: open it again with the architecture the user allowed (default: the path)."""
-        project = is_project(path)
-        if isinstance(error, ArchitectureConsentRequired):
-            if self.confirm_architecture(error.architecture, error.path):
-                (reopen or (lambda allowed: self.open_path(path, allowed, trust, example)))(
-                    error.architecture)
-                return
-            self.show_info(f"{Path(path).name} was not opened: building its model runs "
-                           f"{error.architecture}, which needs your consent.")
-        elif isinstance(error, TrustRequired):
-            if self.confirm_trust(error.path):
-                self.open_path(path, architecture, True, example)
-                return
-            self.show_info(f"{Path(path).name} was not opened: it needs your trust to unpickle.")
-        elif isinstance(error, (ArchitectureRequired, InputError)) and not project:
-            need_architecture = isinstance(error, ArchitectureRequired)
-            suggestion = error.suggestion if isinstance(error, ArchitectureRequired) \
-                else architecture
-            details = self.ask_details(path, str(error), suggestion, example, need_architecture)
-            if details is not None:
-                self.open_path(path, details.architecture or architecture, trust,
-                               details.example or example)
-                return
-            self.show_error(str(error))
-        elif isinstance(error, StudioError):
-            self.show_error(str(error))
-        else:
-            log.error("unexpected error opening %s", path, exc_info=error)
-            self.show_error(f"Could not open {path}: unexpected {type(error).__name__}: {error}. "
-                            "This is a bug in the studio; the details are in its log.")
-        self.openFailed.emit(str(error))
+            self.project.open_path(files[0])
 
     def _install(self) -> None:
         """Show the workspace the session just opened (or re-traced)."""
@@ -513,13 +436,6 @@ class MainWindow(QMainWindow):
         self._update_totals()
         self._update_title()
         self._update_status()
-        controller.stagesChanged.connect(lambda _key: self.autosave_timer.start())
-        self._restore_autosave()
-        if workspace.example is None and workspace.loaded.capabilities.traces_example:
-            self.show_info("No example input is known for this model, so shapes and MACs are "
-                           "empty. Set one with Model ▸ Set Example Input…")
-        elif workspace.tree.notes:  # e.g. an ONNX file whose image size is free
-            self.show_info(" ".join(workspace.tree.notes))
         self.workspaceOpened.emit()
 
     # --- plan and selection ----------------------------------------------------------------
@@ -535,7 +451,6 @@ class MainWindow(QMainWindow):
 
     def _plan_changed(self, names: list[str]) -> None:
         assert self.controller is not None
-        self.autosave_timer.start()
         self.tree_model.plan_changed(self.controller.resolved, names)
         self.inspector.refresh()
         self._update_totals()
@@ -551,148 +466,13 @@ class MainWindow(QMainWindow):
         if text.strip():
             self.view.expandAll()
 
-    # --- example input ---------------------------------------------------------------------
-    def choose_example_input(self) -> None:
-        if self.workspace is None:
-            return
-        current = str(self.workspace.example) if self.workspace.example else ""
-        text, ok = QInputDialog.getText(self, "Example input",
-                                        "Shape, batch first (append :int64 for token ids):",
-                                        QLineEdit.EchoMode.Normal, current)
-        if ok and text.strip():
-            try:
-                self.set_example_input(InputSpec.parse(text))
-            except StudioError as error:
-                self.show_error(str(error))
-
-    def set_example_input(self, example: InputSpec) -> None:
-        """Re-trace the model on a new example input, keeping the plan."""
-        if self.workspace is None:
-            return
-
-        def done(tree: LayerTree) -> None:
-            for problem in self.session.retraced(tree, example):
-                self.show_info(problem)
-
-        self.run_in_background(lambda: self.session.trace(example), done,
-                               lambda error: self.show_error(str(error)),
-                               f"Tracing on {example}…")
-
-    # --- autosave ------------------------------------------------------------------------
-    def autosave_now(self) -> None:
-        """Write the plan and settings beside the project (or to the recovery folder) if they
-        have edits."""
-        try:
-            self.session.autosave()
-        except StudioError as error:
-            self.statusBar().showMessage(f"Autosave failed: {error}", 10000)
-
-    def _restore_autosave(self) -> None:
-        assert self.controller is not None
-        recipe = self.session.pending_autosave()
-        if recipe is None:
-            return
-        # one step, so one Undo discards them
-        self.controller.replace_recipe(recipe.to_plan(), recipe.stages(),
-                                       "Restore autosaved edits")
-        self.show_info("Restored plan edits that were not saved (autosave). Edit ▸ Undo "
-                       "discards them.")
-
-    # --- saving ----------------------------------------------------------------------------
-    @property
-    def dirty(self) -> bool:
-        return self.session.dirty
-
-    def maybe_save(self) -> bool:
-        """False if the user cancels; saves or discards unsaved plan edits otherwise."""
-        if not self.dirty:
-            return True
-        answer = self.ask_save_changes()
-        if answer == QMessageBox.StandardButton.Save:
-            return self.save()
-        if answer == QMessageBox.StandardButton.Discard:
-            self.session.discard_autosave()
-            return True
-        return False
-
-    def save(self) -> bool:
-        if self.project_path is None:
-            return self.save_as()
-        return self.save_project_to(self.project_path)
-
-    def save_as(self) -> bool:
-        path = self.ask_path("save", "Save Project (a folder is created)", "")
-        return bool(path) and self.save_project_to(Path(path))
-
-    def save_project_to(self, path: Path) -> bool:
-        if self.workspace is None:
-            return False
-        try:
-            self.session.save(path)  # the session emits saved: _saved
-        except StudioError as error:
-            self.show_error(str(error))
-            return False
-        return True
-
-    def _saved(self, manifest: str) -> None:
-        if self.controller is not None:
-            self.controller.undo_stack.setClean()
-        self.recent.add(manifest)
-        self.welcome.set_recent(self.recent.paths())
-        self._update_title()
-        self.statusBar().showMessage(f"Saved {manifest}", 5000)
-
-    # --- recipes ---------------------------------------------------------------------------
-    def choose_recipe_to_import(self) -> None:
-        path = self.ask_path("open", "Import Recipe", "Recipes (*.yaml *.yml);;All (*)")
-        if path:
-            self.import_recipe(Path(path))
-
-    def import_recipe(self, path: Path) -> None:
-        """Apply a recipe's plan and run settings to the open model (one undoable step), or
-        open the model it names."""
-        try:
-            if self.controller is None:
-                self._open_recipe_model(read_recipe(path), path)
-                return
-            recipe = self.session.read_recipe(path)
-        except StudioError as error:
-            self.show_error(str(error))
-            return
-        self.controller.replace_recipe(recipe.to_plan(), recipe.stages(),
-                                       f"Import recipe {path.name}")
-        self.show_info(f"Applied the plan and run settings from {path.name} (Undo restores "
-                       "the previous ones).")
-
-    def _open_recipe_model(self, recipe: Recipe, path: Path,
-                           architecture: str | None = None) -> None:
-        self.run_in_background(
-            lambda: open_recipe_target(recipe, path, architecture), self._opened,
-            lambda error: self._open_failed(
-                error, str(path), architecture, False, None,
-                lambda allowed: self._open_recipe_model(recipe, path, allowed)),
-            f"Opening the model of {path.name}…")
-
-    def choose_recipe_to_export(self) -> None:
-        path = self.ask_path("save", "Export Recipe", "Recipes (*.yaml *.yml)")
-        if path:
-            self.export_recipe(Path(path).with_suffix(Path(path).suffix or ".yaml"))
-
-    def export_recipe(self, path: Path) -> None:
-        try:
-            self.session.export_recipe(path)
-        except StudioError as error:
-            self.show_error(str(error))
-            return
-        self.statusBar().showMessage(f"Exported recipe {path}", 5000)
-
     # --- window ----------------------------------------------------------------------------
     def _update_title(self) -> None:
         parts = ["Compression Studio"]
         if self.workspace is not None:
             name = self.project_path.parent.name if self.project_path else \
                 self.workspace.tree.model_name
-            parts.append(f"{name}{' *' if self.dirty else ''}")
+            parts.append(f"{name}{' *' if self.session.dirty else ''}")
         self.setWindowTitle(" — ".join(parts))
 
     def _update_status(self) -> None:
@@ -753,7 +533,7 @@ class MainWindow(QMainWindow):
         return answer == QMessageBox.StandardButton.Yes
 
     def closeEvent(self, event: QCloseEvent) -> None:
-        if not self.maybe_save():
+        if not self.project.maybe_save():
             event.ignore()
             return
         if self.jobs.model.running_count() and not self.ask_stop_jobs():

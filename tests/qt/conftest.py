@@ -100,7 +100,7 @@ def make_window(qtbot, settings: QSettings, monkeypatch,
         # Closing a window with edits asks to save; a test that ends (or fails) keeps the
         # autosave for the next window instead of blocking on the question.
         monkeypatch.setattr(win, "ask_save_changes", lambda: QMessageBox.StandardButton.Cancel)
-        monkeypatch.setattr(win, "maybe_save", lambda: True)
+        monkeypatch.setattr(win.project, "maybe_save", lambda: True)
         # Closing with jobs running asks too; the test's end stops them instead of blocking.
         monkeypatch.setattr(win, "ask_stop_jobs", lambda: True)
         qtbot.addWidget(win)
@@ -124,7 +124,7 @@ def open_and_wait(qtbot) -> Callable[..., None]:
 
     def opener(win: MainWindow, path: str, **kwargs: object) -> None:
         with qtbot.waitSignal(win.workspaceOpened, timeout=HANG_MS):
-            win.open_path(path, **kwargs)
+            win.project.open_path(path, **kwargs)
 
     return opener
 

@@ -26,14 +26,14 @@ def _plan_training(win: MainWindow, tmp_path: Path, epochs: int) -> None:
     win.controller.set_field([""], "sparsity", 0.5)
     win.controller.set_field([""], "granularity", "channels")
     win.controller.set_field(["head"], "exclude", True)
-    assert win.save_project_to(tmp_path / "project")
+    assert win.project.save_project_to(tmp_path / "project")
 
 
 def test_two_experiments_make_points_and_a_front_and_come_back(
         qtbot, demo_window: MainWindow, tmp_path: Path, make_window, open_and_wait) -> None:
     win = demo_window
     _fast_settings(win)
-    assert win.save_project_to(tmp_path / "project")
+    assert win.project.save_project_to(tmp_path / "project")
     win.controller.set_field([""], "weight_bits", "int8")
     win.controller.set_field([""], "act_bits", "int8")
     for _ in range(2):
@@ -81,7 +81,7 @@ def test_sensitivity_fills_the_heatmap_and_the_tree_then_allocates(
     from studio.qt.columns import SENSITIVITY_COLUMN
 
     win = demo_window
-    assert win.save_project_to(tmp_path / "project")
+    assert win.project.save_project_to(tmp_path / "project")
     job = win.compress.run_sensitivity("unstructured", subset=100)
     with qtbot.waitSignal(job.finished, timeout=600_000) as finished:
         pass
@@ -141,7 +141,7 @@ def test_an_onnx_model_runs_and_training_says_it_needs_torch(
     _fast_settings(win)
     del win.workspace.stages["train"]  # no fine-tuning: the ONNX file is pruned as it is
     win.controller.set_field([""], "sparsity", 0.3)
-    assert win.save_project_to(tmp_path / "project")
+    assert win.project.save_project_to(tmp_path / "project")
     run_plan_and_wait(win)
     assert len(win.pareto.points()) == 2
 

@@ -78,7 +78,7 @@ def test_image_folder_is_saved_restored_exported_and_undoable(
                            calibration_samples=4,
                            image=ImageOptions(size=(28, 28), channels=1, mean=[0.5], std=[0.25]))
     assert win.workspace.stages["data"] == expected
-    assert win.data_panel.problem == "" and win.dirty
+    assert win.data_panel.problem == "" and win.session.dirty
 
     win.undo_action.trigger()  # one step per field: the calibration count goes back
     assert win.workspace.stages["data"].calibration_samples == 256
@@ -86,10 +86,10 @@ def test_image_folder_is_saved_restored_exported_and_undoable(
     win.redo_action.trigger()
     assert win.workspace.stages["data"] == expected
 
-    assert win.save_project_to(tmp_path / "project")
+    assert win.project.save_project_to(tmp_path / "project")
     saved = read_recipe(tmp_path / "project" / "project.yaml")
     assert saved.data == expected
-    win.export_recipe(tmp_path / "recipe.yaml")
+    win.project.export_recipe(tmp_path / "recipe.yaml")
     assert read_recipe(tmp_path / "recipe.yaml").data == expected
 
     other = make_window()
@@ -180,7 +180,7 @@ def _function_project(win: MainWindow, folder: Path, channels: int) -> Path:
     panel = win.data_panel
     panel.source.setCurrentIndex(panel.source.findData("function"))
     panel.path.setText("loader:batches")
-    assert win.save_project_to(folder)
+    assert win.project.save_project_to(folder)
     (folder / "loader.py").write_text(LOADER.replace("CHANNELS", str(channels)))
     return (folder / "loader.py").resolve()
 
@@ -295,7 +295,7 @@ def test_unlabelled_arrays_run_scores_agreement(demo_window: MainWindow, run_pla
     win.workspace.stages |= {"train": TrainSection(epochs=0),
                              "export": ExportSection(latency_repeats=2, latency_batch=8)}
     win.controller.set_field([""], "sparsity", 0.3)
-    assert win.save_project_to(tmp_path / "project")
+    assert win.project.save_project_to(tmp_path / "project")
     report = run_plan_and_wait(win)
     assert report["data"]["labelled"] is False
     points = win.pareto.points()
@@ -346,7 +346,7 @@ def test_a_dropped_folder_without_a_model_gives_a_notice(qtbot, window: MainWind
     mime.setUrls([QUrl.fromLocalFile(str(tmp_path / "empty"))])
     event = QDropEvent(QPoint(10, 10), Qt.DropAction.CopyAction, mime,
                        Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
-    with qtbot.waitSignal(window.openFailed, timeout=120_000):
+    with qtbot.waitSignal(window.project.openFailed, timeout=120_000):
         window.dropEvent(event)  # a folder goes the same way as a file, not as a project
     assert window.notices.kind == "error" and "empty" in window.notices.text.text()
     assert "project.yaml" not in window.notices.text.text()
@@ -368,7 +368,7 @@ def test_unsaved_data_edits_come_back_after_a_crash(demo_window: MainWindow, mak
     win = demo_window
     win.data_panel.metric.setCurrentIndex(win.data_panel.metric.findData("top1_agreement"))
     win.data_panel.calibration.setValue(32)
-    win.autosave_now()
+    win.project.autosave_now()
     section = win.workspace.stages["data"]
     win.controller.undo_stack.setClean()  # the "crash"
 

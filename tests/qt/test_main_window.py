@@ -143,7 +143,7 @@ def test_save_and_reopen_project(qtbot, demo_window: MainWindow, tmp_path: Path,
     type_sparsity(qtbot, win, "25")
     choose(win.inspector.act_bits, "int8")
     folder = tmp_path / "my-project"
-    assert win.save_project_to(folder)
+    assert win.project.save_project_to(folder)
     assert not win.windowTitle().endswith("*")
     assert (folder / "project.yaml").is_file()
     plan = win.workspace.plan.copy()
@@ -161,20 +161,20 @@ def test_recipe_round_trip_and_bad_recipe(qtbot, demo_window: MainWindow, tmp_pa
     select(win, "block1.0")
     choose(win.inspector.granularity, "2:4")
     recipe = tmp_path / "plan.yaml"
-    win.export_recipe(recipe)
+    win.project.export_recipe(recipe)
     assert read_recipe(recipe).plan.layers["block1.0"].granularity == "2:4"
     plan = win.workspace.plan.copy()
     win.undo_action.trigger()
     assert win.workspace.plan.specs == {}
 
-    win.import_recipe(recipe)
+    win.project.import_recipe(recipe)
     assert win.workspace.plan == plan
     win.undo_action.trigger()  # an import is one undoable step
     assert win.workspace.plan.specs == {}
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("schema_version: 1\nplan:\n  layers:\n    res.conv_1: {sparsity: 0.2}\n")
-    win.import_recipe(bad)
+    win.project.import_recipe(bad)
     assert win.notices.isVisible() and win.notices.kind == "error"
     assert "res.conv1" in win.notices.text.text() and "line 4" in win.notices.text.text()
     assert win.workspace.plan.specs == {}
@@ -185,8 +185,8 @@ def test_bad_files_give_a_notice_and_keep_the_window(qtbot, demo_window: MainWin
     win = demo_window
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"\x08\x07garbage that is not a protobuf" * 3)
-    with qtbot.waitSignal(win.openFailed, timeout=120_000):
-        win.open_path(str(broken))
+    with qtbot.waitSignal(win.project.openFailed, timeout=120_000):
+        win.project.open_path(str(broken))
     assert win.notices.kind == "error" and "broken.onnx" in win.notices.text.text()
     assert win.workspace.tree.model_name == "demo-cnn"  # the open model is untouched
     select(win, "stem.0")
@@ -200,8 +200,8 @@ def test_pickled_module_needs_consent(qtbot, window: MainWindow, tmp_path: Path,
     torch.save(torch.nn.Sequential(torch.nn.Linear(4, 3)), path)
     asked: list[Path] = []
     monkeypatch.setattr(window, "confirm_trust", lambda p: asked.append(p) or False)
-    with qtbot.waitSignal(window.openFailed, timeout=120_000):
-        window.open_path(str(path))
+    with qtbot.waitSignal(window.project.openFailed, timeout=120_000):
+        window.project.open_path(str(path))
     assert asked == [path] and window.workspace is None
     assert "trust" in window.notices.text.text()
 
@@ -220,8 +220,8 @@ def test_crafted_pt2_asks_for_consent_and_runs_nothing_when_declined(
     path = pt2_with_pickled_weight(valid_model_files[".pt2"], tmp_path / "evil.pt2", marker)
     asked: list[Path] = []
     monkeypatch.setattr(window, "confirm_trust", lambda p: asked.append(p) or False)
-    with qtbot.waitSignal(window.openFailed, timeout=30_000):
-        window.open_path(str(path))
+    with qtbot.waitSignal(window.project.openFailed, timeout=30_000):
+        window.project.open_path(str(path))
     assert asked == [path] and window.workspace is None and not marker.exists()
 
 
@@ -239,8 +239,8 @@ def test_a_project_naming_its_own_architecture_asks_and_its_jobs_get_the_consent
     asked: list[tuple[str, Path]] = []
     monkeypatch.setattr(window, "confirm_architecture",
                         lambda arch, file: asked.append((arch, file)) or False)
-    with qtbot.waitSignal(window.openFailed, timeout=30_000):
-        window.open_path(str(manifest.parent))
+    with qtbot.waitSignal(window.project.openFailed, timeout=30_000):
+        window.project.open_path(str(manifest.parent))
     assert asked == [(architecture, manifest)] and window.workspace is None
     assert not marker.exists() and architecture in window.notices.text.text()
 
@@ -265,11 +265,11 @@ def test_a_recipe_naming_its_own_architecture_asks_before_opening_its_model(
     asked: list[tuple[str, Path]] = []
     monkeypatch.setattr(window, "confirm_architecture",
                         lambda arch, file: asked.append((arch, file)) or next(answers))
-    with qtbot.waitSignal(window.openFailed, timeout=30_000):
-        window.import_recipe(recipe)
+    with qtbot.waitSignal(window.project.openFailed, timeout=30_000):
+        window.project.import_recipe(recipe)
     assert asked == [(architecture, recipe)] and not marker.exists()
     with qtbot.waitSignal(window.workspaceOpened, timeout=30_000):
-        window.import_recipe(recipe)
+        window.project.import_recipe(recipe)
     assert window.workspace.architecture == architecture and len(asked) == 2
     assert marker.read_text() == "imported\ncalled\n"
 
@@ -328,21 +328,21 @@ def test_unsaved_edits_come_back_after_a_crash(demo_window: MainWindow, recovery
                                                open_and_wait) -> None:
     win = demo_window
     win.controller.set_field(["res"], "sparsity", 0.3)
-    win.autosave_now()  # what the 2 s timer does after an edit
+    win.project.autosave_now()  # what the 2 s timer does after an edit
     plan = win.workspace.plan.copy()
     win.controller.undo_stack.setClean()  # the "crash": the window goes without saving
 
     other = make_window()
     open_and_wait(other, "demo")
     assert other.workspace.plan == plan
-    assert other.dirty and "autosave" in other.notices.text.text()
+    assert other.session.dirty and "autosave" in other.notices.text.text()
     other.undo_action.trigger()  # the user can discard what was restored
     assert other.workspace.plan.specs == {}
 
-    assert other.save_project_to(tmp_path / "project")  # saving removes the autosave
+    assert other.project.save_project_to(tmp_path / "project")  # saving removes the autosave
     assert not any(recovery_dir.glob("*.yaml"))
     other.controller.set_field(["stem.0"], "exclude", True)
-    other.autosave_now()
+    other.project.autosave_now()
     assert (tmp_path / "project" / "project.autosave.yaml").is_file()
     other.controller.undo_stack.setClean()
 

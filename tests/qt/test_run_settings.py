@@ -94,12 +94,12 @@ def test_edits_are_validated_undoable_and_saved(qtbot, demo_window: MainWindow, 
     widget(win, "distill", "features").table.item(0, 1).setText("res")
     expected = DistillSection(temperature=2.5, features=[
         {"student": "res", "teacher": "res", "weight": 0.5}])
-    assert win.workspace.stages["distill"] == expected and win.dirty
+    assert win.workspace.stages["distill"] == expected and win.session.dirty
 
     recipe = tmp_path / "settings.yaml"
-    win.export_recipe(recipe)
+    win.project.export_recipe(recipe)
     assert read_recipe(recipe).distill == expected
-    assert win.save_project_to(tmp_path / "project")
+    assert win.project.save_project_to(tmp_path / "project")
     other = make_window()
     open_and_wait(other, str(tmp_path / "project"))
     assert other.run_settings.boxes["distill"].isChecked()
@@ -110,7 +110,7 @@ def test_edits_are_validated_undoable_and_saved(qtbot, demo_window: MainWindow, 
     win.run_settings.boxes["distill"].setChecked(False)  # off again: the section goes
     widget(win, "export", "opset").setValue(15)
     assert "distill" not in win.workspace.stages
-    win.import_recipe(recipe)  # the whole recipe comes back, as one undo step
+    win.project.import_recipe(recipe)  # the whole recipe comes back, as one undo step
     assert win.workspace.stages["distill"] == expected and "export" not in win.workspace.stages
     assert win.run_settings.boxes["distill"].isChecked()
     assert widget(win, "export", "opset").value() == 17
@@ -123,7 +123,7 @@ def test_unsaved_settings_come_back_after_a_crash(demo_window: MainWindow, make_
                                                    open_and_wait) -> None:
     win = demo_window
     pick(widget(win, "quantize", "calibration"), "entropy")
-    win.autosave_now()
+    win.project.autosave_now()
     win.controller.undo_stack.setClean()  # the "crash"
     other = make_window()
     open_and_wait(other, "demo")
@@ -168,7 +168,7 @@ def test_a_run_from_the_window_carries_every_setting(demo_window: MainWindow, tm
     widget(win, "export", "opset").setValue(13)
     widget(win, "export", "latency_batch").setValue(8)
     widget(win, "export", "latency_repeats").setValue(2)
-    assert win.save_project_to(tmp_path / "project")
+    assert win.project.save_project_to(tmp_path / "project")
 
     report = run_plan_and_wait(win)
     stages = report["stages"]
@@ -219,7 +219,7 @@ def test_a_run_from_the_window_carries_every_setting(demo_window: MainWindow, tm
 def test_an_old_experiment_without_its_recipe_restores_its_plan(
         demo_window: MainWindow, tmp_path: Path, make_window, open_and_wait) -> None:
     win = demo_window
-    assert win.save_project_to(tmp_path / "project")
+    assert win.project.save_project_to(tmp_path / "project")
     old = new_experiment("old", {"defaults": {"sparsity": 0.4}}, {"compressed": {
         "metric": {"name": "accuracy", "value": 0.9}, "onnx_bytes": 1000, "macs": 10}})
     data = old.to_json()
