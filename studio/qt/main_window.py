@@ -42,9 +42,7 @@ from superqt.utils import create_worker
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import DEMO
 from studio.core.plan.estimate import estimate
-from studio.core.project.session import (
-    Session,
-)
+from studio.core.project.session import Session
 from studio.core.workspace import Workspace
 from studio.qt import dialogs
 from studio.qt.compress_controller import CompressController
