@@ -349,3 +349,18 @@ def test_unsaved_edits_come_back_after_a_crash(demo_window: MainWindow, recovery
     third = make_window()
     open_and_wait(third, str(tmp_path / "project"))
     assert third.workspace.plan.spec("stem.0").exclude is True
+
+
+def test_a_new_example_input_retraces_and_keeps_the_plan(qtbot, demo_window: MainWindow,
+                                                         monkeypatch) -> None:
+    win = demo_window
+    win.controller.set_field(["res"], "sparsity", 0.5)
+    monkeypatch.setattr(win, "ask_example_input", lambda current: "1x1x56x56")
+    with qtbot.waitSignal(win.workspaceOpened, timeout=60_000):  # re-traced in the background
+        win.project.choose_example_input()
+    assert str(win.workspace.example) == "1,1,56,56"
+    assert cell(win, "stem.0", 2) == "1×32×56×56"
+    assert win.workspace.plan.spec("res").sparsity == 0.5
+    monkeypatch.setattr(win, "ask_example_input", lambda current: "0x1")
+    win.project.choose_example_input()
+    assert win.notices.kind == "error" and "input shape [0, 1]" in win.notices.text.text()
