@@ -4,14 +4,16 @@ Long jobs run out of process (:class:`ProcessJob`), so a crash or out-of-memory 
 window down; every finished experiment is saved into the project (by the core session) as it
 finishes, so the history and the Pareto plot survive a closed window, a crash or a killed job.
 The controller reads the open workspace through the session, follows its signals and says what
-happened through :attr:`CompressController.notice`; it never touches the window.
+happened through :attr:`CompressController.notice`; it never touches the window. Its modal
+questions (how to sweep, which target, where to export) go through the
+:class:`CompressQuestions` it is given.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from PySide6.QtCore import QObject, Signal
 
@@ -29,6 +31,7 @@ from studio.core.project.experiments import (
     new_experiment,
 )
 from studio.core.reports.sensitivity_report import SensitivityReport
+from studio.qt.data_controller import Background
 from studio.qt.jobs import ProcessJob
 from studio.qt.plots import CurvesPlot, ParetoPlot, PlanDiffView, SensitivityHeatmap
 from studio.qt.plots.metric import metric_axis
@@ -38,6 +41,15 @@ if TYPE_CHECKING:
     from studio.qt.jobs import JobsPanel
 
 
+class CompressQuestions(Protocol):
+    """The modal questions the compression flows ask (the window answers them; tests replace
+    them on the window, so they are looked up when asked)."""
+
+    def ask_path(self, kind: str, caption: str, file_filter: str = "") -> str | None: ...
+    def ask_sweep(self, seconds: float) -> str | None: ...
+    def ask_target(self, metric_label: str) -> Target | None: ...
+
+
 class CompressController(QObject):
     notice = Signal(str, str)
     """(kind, message): ``"error"`` or ``"info"``, for the window's notice bar."""
@@ -45,11 +57,12 @@ class CompressController(QObject):
     def __init__(self, session: QtSession, jobs: JobsPanel, pareto: ParetoPlot,
                  curves: CurvesPlot, heatmap: SensitivityHeatmap, diff: PlanDiffView,
                  job_consent: Callable[[], tuple[FunctionCode, ...] | None],
-                 choose_project: Callable[[], bool],
-                 parent: QObject | None = None) -> None:
+                 choose_project: Callable[[], bool], questions: CompressQuestions,
+                 run_in_background: Background, parent: QObject | None = None) -> None:
         """``job_consent``: the data function code a job about to start may run (``None``:
         refused);
-        ``choose_project``: ask where to save a project not saved yet (False: cancelled)."""
+        ``choose_project``: ask where to save a project not saved yet (False: cancelled);
+        ``run_in_background``: see :data:`~studio.qt.data_controller.Background`."""
         super().__init__(parent)
         self.session = session
         self.jobs = jobs
@@ -59,6 +72,8 @@ class CompressController(QObject):
         self.diff = diff
         self.job_consent = job_consent
         self.choose_project = choose_project
+        self.questions = questions
+        self.run_in_background = run_in_background
         pareto.pointClicked.connect(self.restore_plan)
         pareto.compareRequested.connect(self.compare)
         session.historyLoaded.connect(self.load_history)
@@ -186,6 +201,27 @@ class CompressController(QObject):
             self.notice.emit("info", f"{experiment.name} finished and was saved in the "
                                      "project.")
 
+    def choose_sensitivity(self) -> None:
+        """Time one evaluation on the task's data (in the background), then ask how to sweep."""
+        workspace = self.session.core.workspace
+        if workspace is None or not workspace.loaded.capabilities.can_sweep:
+            self.notice.emit("error", "Sensitivity analysis needs the torch model (a .pt/"
+                             ".safetensors/.pt2 file); an ONNX file alone can still be pruned "
+                             "and quantized with Compress ▸ Run Plan.")
+            return
+        allowed = self.job_consent()
+        if allowed is None:
+            return
+        self.run_in_background(lambda: self.session.core.sensitivity_seconds(allowed),
+                               self._ask_sweep,
+                               lambda error: self.notice.emit("error", str(error)),
+                               "Timing one evaluation on the data…")
+
+    def _ask_sweep(self, seconds: float) -> None:
+        kind = self.questions.ask_sweep(seconds)
+        if kind is not None:
+            self.run_sensitivity(kind)
+
     def run_sensitivity(self, granularity: str = "unstructured", subset: int = 500
                         ) -> ProcessJob | None:
         consent = self._job_trust()
@@ -217,6 +253,14 @@ class CompressController(QObject):
                                  "Compress ▸ Allocate to Target uses it.")
 
     # --- plans -----------------------------------------------------------------------------
+    def choose_target(self) -> None:
+        """Ask for a target (the metric named as the sensitivity sweep measured it), then
+        allocate to it."""
+        sweep = self.sensitivity
+        target = self.questions.ask_target(metric_axis(sweep.metric if sweep else None).label)
+        if target is not None:
+            self.allocate_to(target)
+
     def allocate_to(self, target: Target) -> None:
         """Propose a plan for ``target`` from the sensitivity results; layers the user set
         explicitly are pinned. The proposal is one undoable edit."""
@@ -239,6 +283,20 @@ class CompressController(QObject):
         metric = metric_axis(self.sensitivity.metric).label.lower()
         self.notice.emit("info", f"The proposed plan {verdict} the target (predicted {metric} "
                                  f"drop {result.predicted_drop * 100:.2f} points). {notes}")
+
+    def export_plot(self) -> None:
+        """Ask where, then write the Pareto plot as CSV (by extension) or PNG."""
+        path = self.questions.ask_path("save", "Export the Pareto plot",
+                                       "PNG image (*.png);;CSV (*.csv)")
+        if not path:
+            return
+        try:
+            if path.lower().endswith(".csv"):
+                self.pareto.export_csv(path)
+            else:
+                self.pareto.export_png(path if path.lower().endswith(".png") else f"{path}.png")
+        except OSError as error:
+            self.notice.emit("error", f"cannot write {path}: {error}")
 
     def restore_plan(self, experiment_id: str) -> None:
         """Clicking a point puts that experiment's plan and run settings back (one undoable

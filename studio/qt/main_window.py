@@ -2,8 +2,9 @@
 controllers and the actions wired to them.
 
 The file flows live in :class:`~studio.qt.project_controller.ProjectController`, the data tab,
-runs and run settings in their own controllers; the window answers their modal questions
-(consent, paths, details the file cannot give) and shows their notices, never blocking on work.
+runs (with sensitivity, targets and plot export) and run settings in their own controllers; the
+window answers their modal questions (consent, paths, sweeps, targets, details the file cannot
+give) and shows their notices, never blocking on work.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from PySide6.QtWidgets import (
 )
 from superqt.utils import create_worker
 
+from studio.core.engine.allocate import Target
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import DEMO
 from studio.core.plan.estimate import estimate
@@ -53,7 +55,6 @@ from studio.qt.jobs import JobsPanel
 from studio.qt.notices import NoticeBar
 from studio.qt.plan_controller import PlanController
 from studio.qt.plots import CurvesPlot, ParetoPlot, PlanDiffView, SensitivityHeatmap
-from studio.qt.plots.metric import metric_axis
 from studio.qt.project_controller import ProjectController
 from studio.qt.recent import RecentFiles
 from studio.qt.run_settings import RunSettingsController, RunSettingsPanel
@@ -204,7 +205,8 @@ class MainWindow(QMainWindow):
                                                         self)
         self.compress = CompressController(self.qsession, self.jobs, self.pareto, self.curves,
                                            self.heatmap, self.plan_diff, self.data.job_consent,
-                                           self.project.save_as, self)
+                                           self.project.save_as, self,
+                                           self.run_in_background, self)
         self.compress.notice.connect(self.notices.show_notice)
 
     # --- the session, as the controllers and tests read it ----------------------------------
@@ -287,9 +289,10 @@ class MainWindow(QMainWindow):
         compress = self.menuBar().addMenu("&Compress")
         self.run_action = self._action("&Run Plan", self.compress.run_plan, "Ctrl+R",
                                        pixmap.SP_MediaPlay)
-        self.sensitivity_action = self._action("&Sensitivity Analysis…", self.choose_sensitivity)
-        self.allocate_action = self._action("&Allocate to Target…", self.choose_target)
-        self.export_plot_action = self._action("E&xport Plot…", self.choose_plot_export)
+        self.sensitivity_action = self._action("&Sensitivity Analysis…",
+                                              self.compress.choose_sensitivity)
+        self.allocate_action = self._action("&Allocate to Target…", self.compress.choose_target)
+        self.export_plot_action = self._action("E&xport Plot…", self.compress.export_plot)
         self.data_action = self._action("&Data…", self.show_data_panel)
         self.run_settings_action = self._action("Run &Settings…",
                                                 lambda: self.show_dock("Run settings"))
@@ -364,6 +367,12 @@ class MainWindow(QMainWindow):
         chooser = QFileDialog.getSaveFileName if kind == "save" else QFileDialog.getOpenFileName
         path, _ = chooser(self, caption, "", file_filter)
         return path or None
+
+    def ask_sweep(self, seconds: float) -> str | None:
+        return dialogs.ask_sweep(self, seconds)
+
+    def ask_target(self, metric_label: str) -> Target | None:
+        return dialogs.ask_target(self, metric_label)
 
     # --- notices ---------------------------------------------------------------------------
     def show_error(self, message: str) -> None:
@@ -481,46 +490,6 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(
             f"{tree.model_name} · {self.workspace.loaded.format} · {example} · "
             f"{len(tree) - 1} layers", 10000)
-
-    # --- compression ---------------------------------------------------------------------
-    def choose_sensitivity(self) -> None:
-        """Time one evaluation on the task's data (in the background), then ask how to sweep."""
-        workspace = self.workspace
-        if workspace is None or not workspace.loaded.capabilities.can_sweep:
-            self.show_error("Sensitivity analysis needs the torch model (a .pt/.safetensors/"
-                            ".pt2 file); an ONNX file alone can still be pruned and quantized "
-                            "with Compress ▸ Run Plan.")
-            return
-        allowed = self.data.job_consent()
-        if allowed is None:
-            return
-        self.run_in_background(lambda: self.session.sensitivity_seconds(allowed),
-                               self._ask_sensitivity,
-                               lambda error: self.show_error(str(error)),
-                               "Timing one evaluation on the data…")
-
-    def _ask_sensitivity(self, seconds: float) -> None:
-        kind = dialogs.ask_sweep(self, seconds)
-        if kind is not None:
-            self.compress.run_sensitivity(kind)
-
-    def choose_target(self) -> None:
-        sweep = self.compress.sensitivity
-        target = dialogs.ask_target(self, metric_axis(sweep.metric if sweep else None).label)
-        if target is not None:
-            self.compress.allocate_to(target)
-
-    def choose_plot_export(self) -> None:
-        path = self.ask_path("save", "Export the Pareto plot", "PNG image (*.png);;CSV (*.csv)")
-        if not path:
-            return
-        try:
-            if path.lower().endswith(".csv"):
-                self.pareto.export_csv(path)
-            else:
-                self.pareto.export_png(path if path.lower().endswith(".png") else f"{path}.png")
-        except OSError as error:
-            self.show_error(f"cannot write {path}: {error}")
 
     def ask_stop_jobs(self) -> bool:
         answer = QMessageBox.question(

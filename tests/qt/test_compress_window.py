@@ -76,12 +76,18 @@ def test_a_killed_job_keeps_the_window_and_the_project(qtbot, demo_window: MainW
 
 
 def test_sensitivity_fills_the_heatmap_and_the_tree_then_allocates(
-        qtbot, demo_window: MainWindow, tmp_path: Path) -> None:
+        qtbot, demo_window: MainWindow, tmp_path: Path, monkeypatch) -> None:
     from studio.core.engine.allocate import Target
     from studio.qt.columns import SENSITIVITY_COLUMN
+    from studio.qt.plots.metric import metric_axis
 
     win = demo_window
     assert win.project.save_project_to(tmp_path / "project")
+    timed: list[float] = []
+    monkeypatch.setattr(win, "ask_sweep", lambda seconds: timed.append(seconds) and None)
+    win.sensitivity_action.trigger()  # times one evaluation, then asks; "Cancel" runs nothing
+    qtbot.waitUntil(lambda: bool(timed), timeout=120_000)
+    assert timed[0] > 0 and win.jobs.model.rowCount() == 0
     job = win.compress.run_sensitivity("unstructured", subset=100)
     with qtbot.waitSignal(job.finished, timeout=600_000) as finished:
         pass
@@ -94,12 +100,30 @@ def test_sensitivity_fills_the_heatmap_and_the_tree_then_allocates(
     assert win.tree_model.data(cell).endswith("pt")
 
     win.controller.set_field(["stem.0"], "exclude", True)  # set by the user: pinned
-    win.compress.allocate_to(Target("size", 0.4))
+    asked: list[str] = []
+    monkeypatch.setattr(win, "ask_target",
+                        lambda label: asked.append(label) or Target("size", 0.4))
+    win.allocate_action.trigger()  # Compress ▸ Allocate to Target asks the window
+    assert asked == [metric_axis(report.metric).label]  # named as the sweep measured it
     assert win.workspace.plan.spec("stem.0").exclude is True
     assert any(spec.weight_bits or spec.sparsity for name, spec
                in win.workspace.plan.specs.items() if name != "stem.0")
     win.undo_action.trigger()  # the proposal is one undoable edit
     assert set(win.workspace.plan.specs) == {"stem.0"}
+
+
+def test_export_plot_writes_the_chosen_file_or_names_the_failure(
+        demo_window: MainWindow, tmp_path: Path, monkeypatch) -> None:
+    win = demo_window
+    answers = [str(tmp_path / "pareto"), str(tmp_path / "pareto.csv"),
+               str(tmp_path / "missing" / "pareto.csv")]
+    monkeypatch.setattr(win, "ask_path", lambda kind, caption, file_filter="": answers.pop(0))
+    win.export_plot_action.trigger()  # no extension: a PNG
+    assert (tmp_path / "pareto.png").stat().st_size > 0
+    win.export_plot_action.trigger()
+    assert (tmp_path / "pareto.csv").read_text(encoding="utf-8").startswith("id,")
+    win.export_plot_action.trigger()
+    assert win.notices.kind == "error" and "cannot write" in win.notices.text.text()
 
 
 def test_closing_while_a_job_runs_asks_then_stops_it(qtbot, demo_window: MainWindow,

@@ -358,7 +358,7 @@ def test_sensitivity_times_the_task_data_and_names_a_missing_file(
     win = demo_window
     win.data_panel.source.setCurrentIndex(win.data_panel.source.findData("arrays"))
     win.data_panel.path.setText(str(tmp_path / "missing.npz"))
-    win.choose_sensitivity()  # times one evaluation on the data, in the background
+    win.compress.choose_sensitivity()  # times one evaluation on the data, in the background
     qtbot.waitUntil(lambda: not win.busy_working, timeout=120_000)
     assert win.notices.kind == "error" and "missing.npz" in win.notices.text.text()
 
