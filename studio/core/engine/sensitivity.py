@@ -30,6 +30,7 @@ from torch.utils.data import TensorDataset
 
 from studio.core.data.metrics import drop
 from studio.core.data.sources import load_task
+from studio.core.data.split import metric_for_output
 from studio.core.data.task import TaskData, demo_task
 from studio.core.engine.data_fit import check_one_input
 from studio.core.errors import StudioError
@@ -126,7 +127,7 @@ def sensitivity_job(recipe: Recipe, base_dir: Path | None, token: CancelToken,
     workspace = open_recipe_workspace(recipe, base_dir, trust)
     task = load_task(recipe.data or DataSection(), base_dir, trust)
     yield from sensitivity_workspace(workspace, token, sparsity_levels, bit_levels, granularity,
-                                     subset, layers, device, task)
+                                     subset, layers, device, task, recipe.data or DataSection())
 
 
 @dataclass
@@ -158,9 +159,12 @@ def sensitivity_workspace(workspace: Workspace, token: CancelToken,
                           granularity: str = "unstructured", subset: int = 500,
                           layers: Sequence[str] | None = None,
                           device: str | None = None,
-                          task: TaskData | None = None) -> Iterator[Event]:
+                          task: TaskData | None = None,
+                          section: DataSection | None = None) -> Iterator[Event]:
     """The sweep on an open model, scored on ``task``'s test split with its metric (the demo
-    digits when None); the workspace's model is never changed (the job works on a copy and
+    digits when None), which ``section`` (the data section ``task`` came from; its metric taken
+    as asked for when None) settles once the original's outputs are known, as a run does; the
+    workspace's model is never changed (the job works on a copy and
     restores every weight it touched before the next cell). Last event: Result, carrying a
     :class:`SensitivityReport` as JSON."""
     started = time.perf_counter()
@@ -182,6 +186,10 @@ def sensitivity_workspace(workspace: Workspace, token: CancelToken,
     metric = task.metric if task is not None else "accuracy"
     model = copy.deepcopy(workspace.loaded.module).to(target).eval()
     reference = None if metric == "accuracy" else torch_outputs(model, data.tensors[0])
+    if task is not None and reference is not None:
+        task = metric_for_output(section or DataSection(metric=task.metric), task, "output",
+                                 ("N", *reference.shape[1:]), "sensitivity")
+        metric = task.metric
     groups = {name: [name] for name in names}
     example = None
     if granularity == "channels":
@@ -192,7 +200,9 @@ def sensitivity_workspace(workspace: Workspace, token: CancelToken,
     units = _units(names, groups) if granularity == "channels" else [[name] for name in names]
     total = 1 + len(units) * len(sparsity_levels) + len(names) * len(bit_levels)
     yield Log(f"Sensitivity: {len(names)} layers × {len(sparsity_levels)} sparsity levels "
-              f"({granularity}) and {len(bit_levels)} bit-widths on {len(data)} test samples")
+              f"({granularity}) and {len(bit_levels)} bit-widths on {len(data)} test samples, "
+              f"metric {metric}" + (f" ({task.metric_reason})" if task and task.metric_reason
+                                    else ""))
     sweep = _Sweep(model, data, token, str(target), 0.0, total, metric, reference)
     sweep.baseline = sweep.evaluate()
     yield Metric(STAGE, "baseline", sweep.baseline, 0)
