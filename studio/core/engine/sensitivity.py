@@ -164,9 +164,9 @@ def sensitivity_workspace(workspace: Workspace, token: CancelToken,
     """The sweep on an open model, scored on ``task``'s test split with its metric (the demo
     digits when None), which ``section`` (the data section ``task`` came from; its metric taken
     as asked for when None) settles once the original's outputs are known, as a run does; the
-    workspace's model is never changed (the job works on a copy and
-    restores every weight it touched before the next cell). Last event: Result, carrying a
-    :class:`SensitivityReport` as JSON."""
+    workspace's model is never changed (the job works on a copy and restores every weight it
+    touched before the next cell). Last event: Result, carrying a :class:`SensitivityReport` as
+    JSON."""
     started = time.perf_counter()
     if not workspace.loaded.capabilities.can_sweep:
         raise StudioError("sensitivity: ONNX-only models are not supported yet; open the torch "
