@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from PySide6.QtCore import QObject, Signal
 
 from studio.core.data.consent import FunctionCode, data_functions
+from studio.core.data.split import metric_for_output
 from studio.core.engine.data_check import PROBE_FILE, probe_task
 from studio.core.engine.data_fit import check_data_fits, input_vocabulary
 from studio.core.errors import StudioError
@@ -170,13 +171,13 @@ class DataController(QObject):
                        data_consent=[code.to_json() for code in codes])
         job = ProcessJob(spec.to_json(), self)
         job.finished.connect(lambda status, report, error: self._checked(
-            workspace, out_dir, status, report, error))
+            workspace, section, out_dir, status, report, error))
         self.check_job = job
         self.panel.show_check("Loading…")
         self.panel.check_button.setEnabled(False)
         job.start()
 
-    def _checked(self, workspace: Workspace, out_dir: Path, status: str,
+    def _checked(self, workspace: Workspace, section: DataSection, out_dir: Path, status: str,
                  report: dict[str, Any] | None, error: str) -> None:
         """The child read the data: run the model on its probe samples (here, where the model
         is loaded), then show the result."""
@@ -198,20 +199,22 @@ class DataController(QObject):
         checked = (not workspace.loaded.capabilities.traces_example
                    or workspace.example is not None)
 
-        def fits() -> str | None:
+        def fits() -> dict[str, Any]:
+            """Whether the probe feeds the model, and the metric its output settles."""
             if report["problem"] is not None:
-                return report["problem"]
+                return {"problem": report["problem"]}
+            task = probe_task(report, probe)
             try:
-                check_data_fits(workspace.loaded, workspace.example,
-                                probe_task(report, probe))
+                output = check_data_fits(workspace.loaded, workspace.example, task)
+                if output is not None:
+                    task = metric_for_output(section, task, *output, "data")
             except StudioError as problem:  # a shape, dtype or input the model cannot take
-                return str(problem)
-            return None
+                return {"problem": str(problem)}
+            return {"problem": None, "metric": task.metric, "metric_reason": task.metric_reason}
 
-        def done(problem: str | None) -> None:
+        def done(found: dict[str, Any]) -> None:
             self.panel.check_button.setEnabled(True)
-            self.panel.show_check(describe_check(report | {"problem": problem,
-                                                           "checked": checked}))
+            self.panel.show_check(describe_check(report | found | {"checked": checked}))
 
         def failed(failure: BaseException) -> None:
             self.panel.check_button.setEnabled(True)
@@ -238,7 +241,10 @@ def describe_check(report: dict[str, Any]) -> str:
     classes = report.get("num_classes")
     labels = f"yes, {classes} classes" if report["labelled"] and classes else \
         "yes" if report["labelled"] else "no: scored by agreement with the uncompressed model"
-    rows += [("labelled", labels), ("metric", metric_axis(report["metric"]).label.lower())]
+    metric, reason = report["metric"], report.get("metric_reason")
+    shown = reason if metric == "auto" else metric_axis(metric).label.lower() + (
+        f" ({reason})" if reason else "")
+    rows += [("labelled", labels), ("metric", shown)]
     rows += [(f"sample {name}".strip(), text) for name, text in report["samples"]]
     rows += [(f"constant {name}", text) for name, text in report["constants"]]
     table = "".join(f"<tr><td>{html.escape(key)}&nbsp;&nbsp;</td><td><b>{html.escape(value)}"

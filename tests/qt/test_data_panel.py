@@ -413,3 +413,45 @@ def test_check_data_shows_each_named_input_of_a_multi_input_onnx_file(
              state=np.zeros((10, 4), np.float32))
     text = _check(qtbot, window)
     assert "fits the model" in text and "Does not fit" not in text
+
+
+def test_check_data_settles_auto_from_the_models_output(qtbot, window: MainWindow,
+                                                        tmp_path: Path, open_and_wait) -> None:
+    """One value per sample ([batch, 1]): auto reads MSE, as a run would, and cosine asked for
+    is named as not fitting."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["input"], ["speech"], keepdims=1)], "vad",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("speech", TensorProto.FLOAT, ["batch", 1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              str(tmp_path / "vad.onnx"))
+    np.savez(tmp_path / "frames.npz", x=np.ones((10, 4), np.float32))
+    open_and_wait(window, str(tmp_path / "vad.onnx"))
+    panel = window.data_panel
+    panel.source.setCurrentIndex(panel.source.findData("arrays"))
+    panel.path.setText(str(tmp_path / "frames.npz"))
+    text = _check(qtbot, window)
+    assert "mse vs original (auto: unlabelled data, and output &#x27;speech&#x27; [N, 1]" in text
+    assert "fits the model" in text
+
+    panel.metric.setCurrentIndex(panel.metric.findData("cosine"))
+    text = _check(qtbot, window)
+    assert "Does not fit the model: data: metric cosine compares" in text
+
+
+def test_check_data_without_the_models_output_leaves_auto_open(tmp_path: Path) -> None:
+    from studio.core.engine.data_check import data_check_job
+    from studio.core.jobs import CancelToken, Result
+    from studio.core.plan.recipe import Recipe
+    from studio.qt.data_controller import describe_check
+
+    np.savez(tmp_path / "x.npz", x=np.ones((10, 4), np.float32))
+    recipe = Recipe.model_validate({"schema_version": 1,
+                                    "data": {"source": "arrays", "path": "x.npz"}})
+    result = list(data_check_job(recipe, tmp_path, tmp_path / "out", CancelToken()))[-1]
+    assert isinstance(result, Result) and result.report["metric"] == "auto"
+    assert "auto (chosen from the model&#x27;s output when it runs)" in describe_check(
+        result.report)

@@ -11,6 +11,7 @@ on those.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,16 +32,23 @@ from studio.core.plan.stages import DataSection
 PROBE_FILE = "probe.npz"
 PROBE_SAMPLES = 2
 """As many test samples as :func:`~studio.core.engine.data_fit.check_torch_data` runs."""
+UNSETTLED_METRIC = "auto (chosen from the model's output when it runs)"
+"""What ``metric: auto`` on unlabelled data reads while the model's output is unknown: the data
+alone cannot tell (see :func:`~studio.core.data.split.metric_for_output`)."""
 
 
 def _shape(shape: tuple[int, ...] | list[int]) -> str:
     return "×".join(str(d) for d in shape) or "scalar"
 
 
-def data_check_report(task: TaskData, problem: str | None) -> dict[str, Any]:
+def data_check_report(task: TaskData, problem: str | None,
+                      section: DataSection | None = None) -> dict[str, Any]:
     """The task's summary with each input's sample shape and dtype (``samples``: name, text;
     the name is empty for one unnamed input), its constants, and what does not fit the model
-    (``problem``), as far as the data alone tells."""
+    (``problem``), as far as the data alone tells: ``metric`` stays ``auto`` (with
+    :data:`UNSETTLED_METRIC` as its reason) when ``section`` leaves it to the model's output."""
+    if section is not None and section.metric == "auto" and task.metric != "accuracy":
+        task = dataclasses.replace(task, metric="auto", metric_reason=UNSETTLED_METRIC)
     inputs = model_inputs(task.test)
     samples = [[name, f"{_shape(values.shape[1:])} {str(values.dtype).removeprefix('torch.')}"]
                for name, values in (inputs if isinstance(inputs, dict) else {"": inputs}).items()]
@@ -75,7 +83,7 @@ def data_check_job(recipe: Recipe, base_dir: Path | None, out_dir: Path, token: 
             problem = str(error)
     out_dir.mkdir(parents=True, exist_ok=True)
     _save_probe(task, out_dir / PROBE_FILE)
-    yield Result(data_check_report(task, problem))
+    yield Result(data_check_report(task, problem, recipe.data or DataSection()))
 
 
 def probe_task(report: dict[str, Any], probe: dict[str, np.ndarray]) -> TaskData:

@@ -102,9 +102,11 @@ def check_token_range(data: TaskData, vocabulary: tuple[str, int]) -> None:
 
 
 @torch.no_grad()
-def check_torch_data(model: nn.Module, data: TaskData, example: InputSpec) -> None:
+def check_torch_data(model: nn.Module, data: TaskData, example: InputSpec
+                     ) -> tuple[int | str, ...]:
     """Run two test samples through the model before any work, so data of the wrong shape or
-    labels the model has no output for fail at once with a message naming both."""
+    labels the model has no output for fail at once with a message naming both; the shape of
+    its first output (batch dim ``"N"``) is what settles ``metric: auto``."""
     check_one_input(data)
     vocabulary = token_vocabulary(model)
     if vocabulary is not None:
@@ -129,6 +131,7 @@ def check_torch_data(model: nn.Module, data: TaskData, example: InputSpec) -> No
                          f"of shape {list(output.shape)}, not a score for each of {classes} "
                          "classes; check the labels, or set labelled: false to measure "
                          "agreement instead")
+    return ("N", *output.shape[1:])
 
 
 def _shape(dims: tuple[int | str, ...]) -> str:
@@ -176,10 +179,18 @@ def check_onnx_data(data: TaskData, feeder: Feeder, path: Path) -> None:
         _check_input(by_name[feed.name], feed, data, path)
 
 
-def check_data_fits(loaded: LoadedModel, example: InputSpec | None, data: TaskData) -> None:
+def check_data_fits(loaded: LoadedModel, example: InputSpec | None, data: TaskData
+                    ) -> tuple[str, tuple[int | str, ...]] | None:
     """:class:`InputError` naming both shapes when ``data`` cannot feed the model (a torch model
-    is run on it when its ``example`` input is known)."""
+    is run on it when its ``example`` input is known); else the name and shape of the model's
+    first output where known (the file declares it, or the torch model ran), for
+    ``metric: auto``."""
     if loaded.capabilities.backend == "onnx":
         feeder_for_data(loaded.onnx_model, loaded.path, data)
-    elif example is not None:
-        check_torch_data(loaded.module, data, example)
+        declared = graph_outputs(loaded.onnx_model)[:1]
+        known = [(out.name, out.dims) for out in declared
+                 if out.dims is not None and all(isinstance(d, int) for d in out.dims[1:])]
+        return known[0] if known else None  # else a run reads it from its first batch
+    if example is not None:
+        return "output", check_torch_data(loaded.module, data, example)
+    return None
