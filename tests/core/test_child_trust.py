@@ -72,7 +72,7 @@ def test_changed_code_is_refused_and_check_data_reports(tmp_path: Path) -> None:
     events = _events(_spec(tmp_path, False, consent, "check_data"))
     report = events[-1].report
     assert report["sizes"]["calibration"] == 8 and report["samples"] == [["", "1×28×28 float32"]]
-    assert report["problem"] is None and report["metric"] == "cosine"
+    assert report["problem"] is None and report["metric"] == "auto"  # the window settles it
     probe = np.load(tmp_path / "out" / PROBE_FILE, allow_pickle=False)["input"]
     assert probe.shape == (2, 1, 28, 28) and probe.dtype == np.float32
 
