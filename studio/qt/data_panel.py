@@ -42,7 +42,7 @@ SOURCES = {
     "function": "Python function",
 }
 METRICS = {
-    "auto": "auto: accuracy with labels, else cosine",
+    "auto": "auto: accuracy with labels, else MSE or cosine by the output",
     "accuracy": "accuracy (needs labels)",
     "cosine": "cosine agreement with the original",
     "top1_agreement": "top-1 agreement with the original",
