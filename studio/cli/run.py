@@ -73,7 +73,7 @@ def run_command(args: argparse.Namespace) -> int:
     from studio.core.plan.recipe import read_recipe
 
     spec = JobSpec("run", read_recipe(args.recipe), args.recipe.parent, args.out, args.device,
-                   args.trust, source=str(args.recipe))
+                   args.trust, source=str(args.recipe), trust_data=args.trust)
     token = CancelToken()
     previous = signal.signal(signal.SIGINT, lambda *_: token.cancel())
     printer = ProgressPrinter(sys.stderr)

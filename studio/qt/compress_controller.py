@@ -130,7 +130,7 @@ class CompressController(QObject):
         if allowed is None or workspace is None:
             return None
         custom = workspace.architecture is not None and not is_built_in(workspace.architecture)
-        return {"trust": bool(allowed) or custom or workspace.loaded.format == "pickled_module",
+        return {"trust": custom or workspace.loaded.trusted,
                 "data_consent": [code.to_json() for code in allowed]}
 
     def _start(self, kind: str, out_dir: Path, consent: dict[str, Any],

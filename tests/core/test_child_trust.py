@@ -120,3 +120,21 @@ def test_an_architecture_outside_the_registry_is_called_only_with_the_windows_tr
     events = _events({**spec, "trust": True})  # what the window sends once the user allowed it
     assert isinstance(events[-1], Result) and events[-1].report["compressed"]["params"] > 0
     assert marker.read_text().startswith("imported\ncalled\n")
+
+
+def test_consent_to_a_data_function_never_extends_to_the_model_file(
+        tmp_path: Path, valid_model_files) -> None:
+    """Allowing the project's data function lets that code run, not a pickle hidden in the
+    model: the child opens the model with the spec's own ``trust`` alone."""
+    from studio.core.errors import TrustRequired
+    from tests.core.crafted import pt2_with_pickled_weight
+
+    (tmp_path / "project_loader.py").write_text(LOADER, encoding="utf-8")
+    marker = tmp_path / "code-ran.txt"
+    pt2_with_pickled_weight(valid_model_files[".pt2"], tmp_path / "model.pt2", marker)
+    consent = [locate_function("project_loader:digits", tmp_path).to_json()]
+    spec = _spec(tmp_path, False, consent)
+    spec["recipe"]["model"] = {"path": "model.pt2"}
+    with pytest.raises(TrustRequired, match="pickled Python object"):
+        _events(spec)
+    assert not marker.exists() and not (tmp_path / "out").exists()

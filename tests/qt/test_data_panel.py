@@ -222,7 +222,8 @@ def test_a_function_source_asks_consent_first(qtbot, demo_window: MainWindow, tm
     assert all(getattr(module, "__file__", None) != str(loader)
                for module in list(sys.modules.values()))
     job = win.compress.run_plan()  # allowed: the job may run the function too, unasked
-    assert job.spec["trust"] is True and len(asked) == 3
+    # the consent travels as the allowed code alone: it does not make the model file trusted
+    assert job.spec["trust"] is False and len(asked) == 3
     assert job.spec["data_consent"][0]["files"][0][0] == str(loader)
     with qtbot.waitSignal(job.finished, timeout=120_000):
         job.cancel()

@@ -35,16 +35,16 @@ EXIT_CANCELLED = 130
 
 def job_events(spec: JobSpec, token: CancelToken) -> Iterator[Event]:
     """The events of the job ``spec`` describes, once the code it may run is verified."""
-    yield from kinds.job_events(dataclasses.replace(spec, trust=_allowed_code(spec)), token)
+    yield from kinds.job_events(dataclasses.replace(spec, trust_data=_data_allowed(spec)), token)
 
 
-def _allowed_code(spec: JobSpec) -> bool:
-    """The job's ``trust``: the spec's own (a pickled model the user trusted), or True once the
-    data function is verified to be the code the user allowed (:class:`FunctionTrustRequired`
-    when it is not)."""
+def _data_allowed(spec: JobSpec) -> bool:
+    """Whether the job's data function may run: only once it is verified to be the code the
+    user allowed (:class:`FunctionTrustRequired` when it is not). This never widens the trust
+    in the model file, which stays the spec's own."""
     data = spec.recipe.data
     if data is None or data.source != "function":
-        return spec.trust
+        return False
     check_consent(data, spec.base_dir,
                   [FunctionCode.from_json(code) for code in spec.data_consent])
     return True

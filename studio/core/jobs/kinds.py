@@ -32,12 +32,17 @@ class JobSpec:
     out_dir: Path | None = None
     device: str | None = None
     trust: bool = False
+    """The user trusts the model file: it may be unpickled, and an architecture outside the
+    studio's registry that it names may be called."""
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the kind's own (a sensitivity sweep's levels, check_data's
     ``vocabulary``, ...)."""
     data_consent: list[dict[str, Any]] = field(default_factory=list)
     source: str = "recipe"
     """How messages name the recipe (its file, "Run Plan")."""
+    trust_data: bool = False
+    """A ``function`` data source may run. Never read from a spec file: set by whoever verified
+    the consent (the CLI's ``--trust``, or the child once ``data_consent`` matches the code)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "recipe": self.recipe.model_dump(mode="json"),
@@ -74,17 +79,17 @@ def _out_dir(spec: JobSpec) -> Path:
 
 def _run(spec: JobSpec, token: CancelToken) -> Iterator[Event]:
     yield from run_recipe(spec.recipe, spec.base_dir, _out_dir(spec), token, spec.trust,
-                          spec.device, spec.source)
+                          spec.device, spec.source, trust_data=spec.trust_data)
 
 
 def _sensitivity(spec: JobSpec, token: CancelToken) -> Iterator[Event]:
     yield from sensitivity_job(spec.recipe, spec.base_dir, token, device=spec.device,
-                               trust=spec.trust, **spec.options)
+                               trust=spec.trust, trust_data=spec.trust_data, **spec.options)
 
 
 def _check_data(spec: JobSpec, token: CancelToken) -> Iterator[Event]:
     yield from data_check_job(spec.recipe, spec.base_dir, _out_dir(spec), token,
-                              trust=spec.trust, vocabulary=spec.options.get("vocabulary"))
+                              trust=spec.trust_data, vocabulary=spec.options.get("vocabulary"))
 
 
 KINDS: dict[str, JobKind] = {kind.name: kind for kind in (

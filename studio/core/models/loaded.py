@@ -51,6 +51,9 @@ class LoadedModel:
     type_names: dict[str, str] = field(default_factory=dict)
     """Original class names of modules whose classes the file format does not keep."""
     metadata: dict[str, str] = field(default_factory=dict)
+    trusted: bool = False
+    """Opened with the user's trust, running code from the file (a pickled module, or a
+    ``.pt2`` through ``torch.export.load``): a job opening it again needs that trust too."""
 
     @property
     def capabilities(self) -> Capabilities:

@@ -133,7 +133,8 @@ def _load_pickled_module(path: Path) -> LoadedModel:
         ) from error
     if not isinstance(obj, nn.Module):
         raise ModelLoadError(f"{path}: holds a {type(obj).__name__}, not a torch.nn.Module")
-    return LoadedModel(name=path.stem, path=path, format="pickled_module", module=obj.eval())
+    return LoadedModel(name=path.stem, path=path, format="pickled_module", module=obj.eval(),
+                       trusted=True)
 
 
 def load_torch_export(path: Path, trust: bool = False) -> LoadedModel:
@@ -168,4 +169,4 @@ def load_torch_export(path: Path, trust: bool = False) -> LoadedModel:
             dtype = str(value.dtype).removeprefix("torch.")
             example = InputSpec(tuple(int(d) for d in value.shape), dtype)
     return LoadedModel(name=path.stem, path=path, format="torch_export", module=module,
-                       example=example, type_names=type_names)
+                       example=example, type_names=type_names, trusted=trust)
