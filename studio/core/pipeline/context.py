@@ -51,7 +51,6 @@ class RunContext:
     """The quantization plan the quantize step carried out, and the ONNX tree it was made
     for (``quant_tree``): what the drop advice names."""
     quant_tree: LayerTree | None = None
-    compressed: bool = False
 
     def settings(self, section: type[S]) -> S:
         """The recipe's section of that type, or its defaults when the recipe leaves it out."""

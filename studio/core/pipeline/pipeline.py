@@ -42,7 +42,7 @@ RUN_FILES = (MODEL_FILE, BASELINE_FILE, REPORT_FILE, SPLITS_FILE)
 """Every file a run leaves in its output folder."""
 
 
-def refusals(workspace: Workspace, recipe: Recipe, backend: type[Backend] | Backend) -> list[str]:
+def refusals(recipe: Recipe, backend: type[Backend] | Backend) -> list[str]:
     """The recipe's settings that call for steps this backend cannot run."""
     return [reason for step in unmet(backend.provides) for reason in step.asks_for(recipe)]
 
@@ -58,7 +58,7 @@ def backend_class(workspace: Workspace) -> type[TorchBackend] | type[OnnxBackend
 
 def check_recipe_fits(workspace: Workspace, recipe: Recipe, source: str = "recipe") -> None:
     """Refuse, before any work, a recipe asking for what the model's backend cannot do."""
-    needs = refusals(workspace, recipe, backend_class(workspace))
+    needs = refusals(recipe, backend_class(workspace))
     if needs:
         raise StudioError(
             f"{source}: {workspace.loaded.path.name} is an ONNX file and {'; '.join(needs)} "
@@ -108,14 +108,14 @@ def _run(context: RunContext, outputs: RunOutputs) -> Iterator[Event]:
     baseline = backend.write_baseline(context, baseline_path)
     yield Metric("baseline", data.metric, baseline.metric.value, 0)
     yield from _run_steps(context, [s for s in steps if s.phase is Phase.COMPRESS])
-    if not context.compressed:
+    if not context.model_path.is_file():
         raise StudioError(f"{source}: no step wrote the compressed model")
     compressed = backend.measure(context, context.model_path)
     yield Metric("compressed", data.metric, compressed.metric.value, 0)
     token.check()
 
     yield Log("Timing both models side by side in onnxruntime")
-    _time(context, baseline, compressed)
+    _time(context, baseline_path, baseline, compressed)
     report = RunReport(
         recipe=source, model=workspace.tree.model_name, source_format=backend.name,
         data=data.summary(), device=backend.device, seed=backend.seed,
@@ -127,9 +127,10 @@ def _run(context: RunContext, outputs: RunOutputs) -> Iterator[Event]:
     yield from _finish(report, context, outputs, baseline_path)
 
 
-def _time(context: RunContext, baseline: Figures, compressed: Figures) -> None:
+def _time(context: RunContext, baseline_path: Path, baseline: Figures, compressed: Figures
+          ) -> None:
     feeds = context.backend.latency_feeds(context)
-    timings = latency_ms({"baseline": context.out_dir / BASELINE_FILE,
+    timings = latency_ms({"baseline": baseline_path,
                           "compressed": context.model_path}, feeds,
                          context.settings(ExportSection).latency_repeats,
                          check=context.token.check)

@@ -61,7 +61,6 @@ def quantize_file(context: RunContext, float_path: Path, plan: QuantPlan,
                              section.per_channel, section.calibration, **feeding)
     finally:
         remove_onnx(float_path)
-    context.compressed = True
     for note in plan.notes:
         context.note(note)
     return {"mode": plan.mode, "calibration": section.calibration,

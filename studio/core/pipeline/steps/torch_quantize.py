@@ -35,7 +35,6 @@ class TorchQuantize(Step):
         if section.qat and qat_layers(model):
             convert_qat_to_ort_static(model, example, context.model_path,
                                       context.task.calibration, section.calibration, opset)
-            context.compressed = True
             return {"mode": "qat-static", "calibration": section.calibration,
                     "per_channel": True}
         float_path = context.out_dir / FLOAT_FILE
