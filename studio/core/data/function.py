@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import pkgutil
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,20 @@ def _file_of(module: Any) -> str | None:
 
 
 @contextlib.contextmanager
+def _own_bytecode() -> Iterator[None]:
+    """Compile the sources the consent hashed, never a project's ``__pycache__``: Python runs a
+    cached ``.pyc`` whose header matches the source's time and size, and a folder sent as an
+    archive keeps both, so a harmless ``loader.py`` could stand beside harmful bytecode."""
+    previous = sys.pycache_prefix
+    with tempfile.TemporaryDirectory(prefix="studio-pycache-") as prefix:
+        sys.pycache_prefix = prefix
+        try:
+            yield
+        finally:
+            sys.pycache_prefix = previous
+
+
+@contextlib.contextmanager
 def _fresh_import(target: str, base_dir: Path | None) -> Iterator[Any]:
     """The function ``target`` names, imported from the files found now, and forgotten after.
 
@@ -48,7 +63,8 @@ def _fresh_import(target: str, base_dir: Path | None) -> Iterator[Any]:
                      and _file_of(sys.modules[spec.name]) != str(Path(str(spec.origin)).resolve())}
         try:
             try:
-                function = pkgutil.resolve_name(target)
+                with _own_bytecode():
+                    function = pkgutil.resolve_name(target)
             except (ImportError, AttributeError, ValueError) as error:
                 raise StudioError(f"data source {target}: cannot import it ({error}); install "
                                   "the package that defines it, put its module beside the "

@@ -95,3 +95,28 @@ def test_a_module_of_the_same_name_imported_elsewhere_is_not_used(tmp_path: Path
     task_b = load_task(SECTION, b, trust=True)
     assert set(task_b.test.tensors[0].flatten().tolist()) == {2.0}
     assert sys.modules["loader"] is loader  # the other one is put back as it was
+
+
+def test_bytecode_beside_the_allowed_source_never_runs(tmp_path: Path) -> None:
+    """A folder sent as an archive keeps file times, so it can carry a harmless loader.py
+    with harmful bytecode in __pycache__ whose header matches it; the allowed source runs."""
+    import importlib.util
+    import os
+    import py_compile
+
+    folder = tmp_path / "sent"
+    harmless = LOADER.format(name="harmless", value=1.0)
+    harmful = LOADER.format(name="harmful", value=9.0)[:len(harmless)].ljust(len(harmless))
+    assert len(harmful) == len(harmless)
+    _project(folder, "harmful", 9.0)
+    source = folder / "loader.py"
+    source.write_text(harmful, encoding="utf-8")
+    os.utime(source, (1_000_000_000, 1_000_000_000))
+    py_compile.compile(str(source), cfile=importlib.util.cache_from_source(str(source)),
+                       doraise=True)
+    source.write_text(harmless, encoding="utf-8")  # same size, same time: the .pyc matches
+    os.utime(source, (1_000_000_000, 1_000_000_000))
+
+    task = load_task(SECTION, folder, trust=True)
+    assert set(task.test.tensors[0].flatten().tolist()) == {1.0}
+    assert (folder / "imported-harmless").exists() and not (folder / "imported-harmful").exists()
