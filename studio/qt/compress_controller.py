@@ -121,8 +121,9 @@ class CompressController(QObject):
         return self.session.core.project_dir
 
     def _job_trust(self) -> dict[str, Any] | None:
-        """What the child may run: ``trust`` unpickles the module the user trusted when opening
-        it, or calls the architecture they named or allowed (one outside the registry);
+        """What the child may run: ``trust`` reopens the model file the user trusted when
+        opening it (a pickle, a ``.pt2`` that needs it); ``architecture`` is the one outside
+        the registry they named or allowed, and allows nothing else;
         ``data_consent`` is the data function code they allowed, which the child checks again
         before running it. ``None``: they refused; start nothing."""
         allowed = self.job_consent()
@@ -130,7 +131,8 @@ class CompressController(QObject):
         if allowed is None or workspace is None:
             return None
         custom = workspace.architecture is not None and not is_built_in(workspace.architecture)
-        return {"trust": custom or workspace.loaded.trusted,
+        return {"trust": workspace.loaded.trusted,
+                "architecture": workspace.architecture if custom else None,
                 "data_consent": [code.to_json() for code in allowed]}
 
     def _start(self, kind: str, out_dir: Path, consent: dict[str, Any],

@@ -117,9 +117,18 @@ def test_an_architecture_outside_the_registry_is_called_only_with_the_windows_tr
         _events(spec)
     assert not marker.exists() and not (manifest.parent / "out").exists()
 
-    events = _events({**spec, "trust": True})  # what the window sends once the user allowed it
+    allowed = {**spec, "architecture": architecture}  # what the window sends once allowed
+    events = _events(allowed)
     assert isinstance(events[-1], Result) and events[-1].report["compressed"]["params"] > 0
     assert marker.read_text().startswith("imported\ncalled\n")
+
+    # allowing the architecture does not make the model file trusted: a pickle stays refused
+    import torch
+
+    from studio.core.errors import TrustRequired
+    torch.save(torch.nn.Linear(2, 2), manifest.parent / "weights.pt")
+    with pytest.raises(TrustRequired, match="pickled Python object"):
+        _events({**allowed, "out_dir": str(tmp_path / "out2")})
 
 
 def test_consent_to_a_data_function_never_extends_to_the_model_file(

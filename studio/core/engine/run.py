@@ -28,13 +28,15 @@ def run_recipe_file(path: Path, out_dir: Path, token: CancelToken, trust: bool =
 
 def run_recipe(recipe: Recipe, base_dir: Path | None, out_dir: Path, token: CancelToken,
                trust: bool = False, device: str | None = None,
-               source: str = "recipe", trust_data: bool | None = None) -> Iterator[Event]:
+               source: str = "recipe", trust_data: bool | None = None,
+               architecture: str | None = None) -> Iterator[Event]:
     """Open the model the recipe names, then :func:`run_workspace`. ``trust`` is for the model
     file (unpickling, an architecture outside the registry), ``trust_data`` for a function data
-    source; None: the same as ``trust`` (the CLI's one ``--trust`` for the whole recipe)."""
+    source; None: the same as ``trust`` (the CLI's one ``--trust`` for the whole recipe).
+    ``architecture``: one outside the registry the user allowed by name."""
     if recipe.model is None:
         raise StudioError(f"{source}: the recipe names no model (add model: {{path: ...}})")
-    workspace = open_recipe_workspace(recipe, base_dir, trust, source)
+    workspace = open_recipe_workspace(recipe, base_dir, trust, source, architecture)
     yield from run_workspace(workspace, recipe, out_dir, token, device, source, base_dir,
                              trust if trust_data is None else trust_data)
 

@@ -119,13 +119,14 @@ def sensitivity_job(recipe: Recipe, base_dir: Path | None, token: CancelToken,
                     bit_levels: Sequence[str] = DEFAULT_BITS,
                     granularity: str = "unstructured", subset: int = 500,
                     layers: Sequence[str] | None = None, device: str | None = None,
-                    trust: bool = False, trust_data: bool | None = None) -> Iterator[Event]:
+                    trust: bool = False, trust_data: bool | None = None,
+                    architecture: str | None = None) -> Iterator[Event]:
     """Open the model and the data the recipe names, then :func:`sensitivity_workspace` (the
     child-process entry calls this with the spec's ``options``). ``trust`` and ``trust_data``
     as in :func:`studio.core.engine.run.run_recipe`."""
     if recipe.model is None:
         raise StudioError("sensitivity: the recipe names no model (add model: {path: ...})")
-    workspace = open_recipe_workspace(recipe, base_dir, trust)
+    workspace = open_recipe_workspace(recipe, base_dir, trust, architecture=architecture)
     task = load_task(recipe.data or DataSection(), base_dir,
                      trust if trust_data is None else trust_data)
     yield from sensitivity_workspace(workspace, token, sparsity_levels, bit_levels, granularity,

@@ -32,8 +32,8 @@ class JobSpec:
     out_dir: Path | None = None
     device: str | None = None
     trust: bool = False
-    """The user trusts the model file: it may be unpickled, and an architecture outside the
-    studio's registry that it names may be called."""
+    """The user trusts the model file: it may be unpickled, and (CLI) an architecture outside
+    the studio's registry that the recipe names may be called."""
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the kind's own (a sensitivity sweep's levels, check_data's
     ``vocabulary``, ...)."""
@@ -43,13 +43,17 @@ class JobSpec:
     trust_data: bool = False
     """A ``function`` data source may run. Never read from a spec file: set by whoever verified
     the consent (the CLI's ``--trust``, or the child once ``data_consent`` matches the code)."""
+    architecture: str | None = None
+    """The one architecture outside the registry the user allowed (the window's consent): it
+    may be called, and nothing else in the model file gains trust by it."""
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "recipe": self.recipe.model_dump(mode="json"),
                 "base_dir": None if self.base_dir is None else str(self.base_dir),
                 "out_dir": None if self.out_dir is None else str(self.out_dir),
                 "device": self.device, "trust": self.trust, "options": dict(self.options),
-                "data_consent": list(self.data_consent), "source": self.source}
+                "data_consent": list(self.data_consent), "source": self.source,
+                "architecture": self.architecture}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> JobSpec:
@@ -60,6 +64,7 @@ class JobSpec:
                    device=data.get("device"), trust=bool(data.get("trust", False)),
                    options=dict(data.get("options") or {}),
                    data_consent=list(data.get("data_consent") or []),
+                   architecture=data.get("architecture") or None,
                    source=str(data.get("source", "recipe")))
 
 
@@ -79,12 +84,14 @@ def _out_dir(spec: JobSpec) -> Path:
 
 def _run(spec: JobSpec, token: CancelToken) -> Iterator[Event]:
     yield from run_recipe(spec.recipe, spec.base_dir, _out_dir(spec), token, spec.trust,
-                          spec.device, spec.source, trust_data=spec.trust_data)
+                          spec.device, spec.source, trust_data=spec.trust_data,
+                          architecture=spec.architecture)
 
 
 def _sensitivity(spec: JobSpec, token: CancelToken) -> Iterator[Event]:
     yield from sensitivity_job(spec.recipe, spec.base_dir, token, device=spec.device,
-                               trust=spec.trust, trust_data=spec.trust_data, **spec.options)
+                               trust=spec.trust, trust_data=spec.trust_data,
+                               architecture=spec.architecture, **spec.options)
 
 
 def _check_data(spec: JobSpec, token: CancelToken) -> Iterator[Event]:

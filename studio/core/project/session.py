@@ -207,11 +207,13 @@ class Session:
                  device: str | None, options: Mapping[str, Any] | None = None
                  ) -> dict[str, Any]:
         """What the child process runs (see :mod:`studio.core.jobs.child`); ``consent``:
-        ``trust`` (unpickle the module the user trusted) and ``data_consent`` (the data
-        function code they allowed, which the child checks again)."""
+        ``trust`` (the model file the user trusted), ``architecture`` (the one outside the
+        registry they allowed) and ``data_consent`` (the data function code they allowed, which
+        the child checks again)."""
         return JobSpec(kind, self.job_recipe(), self.project_dir, out_dir, device,
                        bool(consent.get("trust")), dict(options or {}),
-                       list(consent.get("data_consent") or [])).to_json()
+                       list(consent.get("data_consent") or []),
+                       architecture=consent.get("architecture")).to_json()
 
     def load_history(self) -> list[str]:
         """Read the project's experiments and sensitivity sweep; one line per part skipped."""
