@@ -33,7 +33,8 @@ class ModelFormat:
 
 def _zip_names(path: Path) -> list[str] | None:
     try:
-        return zipfile.ZipFile(path).namelist()
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
     except (zipfile.BadZipFile, UnicodeDecodeError, ValueError, EOFError):
         return None  # damaged: a name that is not UTF-8, a bad directory, a short file
 

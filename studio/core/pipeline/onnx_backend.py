@@ -151,7 +151,7 @@ class OnnxBackend:
         save_onnx(context.model, path, self.data_dir(context))
         self.baseline_outputs = self.outputs(path)
         self.reference = self.baseline_outputs  # the same graph, unless a repair changed it
-        if context.model != context.workspace.loaded.onnx_model:  # a prepare step changed it
+        if context.stages.get("repair", {}).get("steps"):  # the repair changed the graph
             try:
                 self.reference = self.outputs(context.workspace.loaded.path)  # the user's file
             except StudioError as error:

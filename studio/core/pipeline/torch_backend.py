@@ -48,7 +48,6 @@ class TorchBackend:
         section = recipe.section(TrainSection)
         self.device = section.device
         self.seed: int | None = section.seed
-        self._seed = section.seed
         self._base_dir, self._trust = base_dir, trust
         self.reference: Tensor | None = None
         """The uncompressed model's outputs on the test split (computed once)."""
@@ -66,7 +65,7 @@ class TorchBackend:
             raise StudioError(f"{context.source}: no example input is known for this model; "
                               "add example_input: {shape: [...]} to the recipe")
         resolve_device(self.device)  # a missing GPU fails before any work
-        torch.manual_seed(self._seed)
+        torch.manual_seed(self.seed)
         data = load_task(context.settings(DataSection), self._base_dir, self._trust)
         check_torch_data(original, data, workspace.example)
         self.reference = torch_outputs(original, data.test.tensors[0])
