@@ -167,6 +167,7 @@ model: {{path: convs.onnx}}
 plan: {{defaults: {{weight_bits: int8}}, layers: {layers}}}
 data: {{source: arrays, path: convs.npz, calibration_samples: 16, test_fraction: 0.25}}
 train: {{epochs: 0}}
+quantize: {{int8_path: dynamic}}
 export: {{latency_repeats: 2, latency_batch: 8}}
 """
 
@@ -175,8 +176,8 @@ export: {{latency_repeats: 2, latency_batch: 8}}
 def outlier_convs_recipe() -> Callable[..., Path]:
     """``outlier_convs_recipe(folder, layers="{}")``: a two-Conv ONNX file whose first Conv
     holds one huge weight per output channel on an input channel the data leaves at zero, its
-    data and a dynamic int8 recipe (``layers``: the plan's layers, YAML flow style). Dynamic
-    int8 rounds every other weight of that Conv to zero: cosine about 0.6."""
+    data and a recipe forcing dynamic int8 (``layers``: the plan's layers, YAML flow
+    style). Dynamic int8 rounds every other weight of that Conv to zero: cosine about 0.6."""
     import numpy as np
 
     def make(folder: Path, layers: str = "{}") -> Path:

@@ -192,8 +192,10 @@ class DistillSection(_Section):
 class QuantizeSection(_Section):
     """How the plan's int bits are carried out in onnxruntime."""
 
-    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
-    """How static int8 picks activation ranges on the calibration split."""
+    calibration: Literal["minmax", "entropy", "percentile", "auto"] = "minmax"
+    """How static int8 picks activation ranges on the calibration split; auto: per tensor,
+    the range (min-max, percentile, entropy or MSE-optimal clip) that quantizes its values
+    on the calibration split with the least error."""
     per_channel: bool = True
     """One weight scale per output channel instead of one per tensor (more accurate); QAT
     exports always use one per channel."""
@@ -203,6 +205,31 @@ class QuantizeSection(_Section):
     """int8 weights with float activations on MatMul/Gemm: 8-bit weight-only MatMulNBits
     (float compute) instead of dynamic int8. Keeps accuracy closest to fp32, but on CPU it runs
     no faster than fp32 and leaves embeddings float; dynamic int8 is smaller and faster."""
+    int8_path: Literal["auto", "static", "dynamic"] = "auto"
+    """Where int8 layers leave act_bits unset: auto quantizes convolutions static (dynamic
+    int8 convolutions run several times slower than fp32 on CPU) and a model without them
+    dynamic (MatMul-only transformers keep more accuracy so); static or dynamic force one.
+    act_bits int8 always means static, act_bits fp32 dynamic."""
+    equalize: bool = False
+    """Cross-layer equalization before static int8: rescale the output channels of each
+    Conv/Gemm -> (ReLU) -> Conv/Gemm pair so both weights share one range per channel (helps
+    depthwise convolutions, whose channel ranges differ by orders of magnitude)."""
+    bias_correction: bool = False
+    """After int8 quantization, fold each Conv/Gemm's expected output shift from weight
+    rounding (measured on the calibration split) back into its bias."""
+    max_drop: float | None = Field(default=None, ge=0)
+    """Accuracy-aware: the largest drop in the task's metric quantization may cause, in the
+    metric's units (accuracy 0.001 = 0.1 point; a fraction of the float score when
+    max_drop_relative). Layers whose float copy helps most are kept float, fewest first,
+    until it is met; the best file found is kept when it cannot be. None: off."""
+    max_drop_relative: bool = False
+    """max_drop is a fraction of the float model's score instead of metric units."""
+    max_float_layers: int = Field(default=8, ge=1, le=1000)
+    """Accuracy-aware: keep at most this many layers float before giving up."""
+    smooth_alpha: float | None = Field(default=None, ge=0, le=1)
+    """SmoothQuant: before static int8, move activation outliers into the weights of each
+    MatMul/Gemm fed by a LayerNorm (scale s = max|x|^a / max|w|^(1-a)); 0.5 is the usual
+    choice for transformers. None: off."""
 
 
 class ExportSection(_Section):

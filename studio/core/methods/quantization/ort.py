@@ -34,6 +34,7 @@ from studio.core.data.task import input_names, model_inputs
 from studio.core.errors import StudioError
 from studio.core.export.onnx_export import save_onnx
 from studio.core.graph.onnx_walk import all_graphs, subgraphs
+from studio.core.methods.quantization.auto_calibration import choose_ranges
 from studio.core.methods.quantization.mask_path import mask_path_nodes
 from studio.core.models.onnx_feeds import Feeder, feeder_for
 from studio.core.models.onnx_file import fixed_batch_size
@@ -85,6 +86,17 @@ class DatasetReader(CalibrationDataReader):
 
     def set_range(self, start_index: int, end_index: int) -> None:
         self._start, self._end, self._next = start_index, end_index, start_index
+
+
+def calibration_batches(path: Path, calibration: TensorDataset, feed: Feeder | None = None
+                        ) -> Iterator[dict[str, np.ndarray]]:
+    """The calibration split as the feeds of the file at ``path``, batch by batch (the
+    batches static quantization calibrates on)."""
+    model = onnx.load(str(path), load_external_data=False)
+    reader = DatasetReader(calibration, feed or feeder_for(model, named=input_names(calibration)),
+                           fixed_batch_size(model) or 32)
+    while (batch := reader.get_next()) is not None:
+        yield batch
 
 
 @contextlib.contextmanager
@@ -294,12 +306,23 @@ def _static(src: Path, out: Path, calibration: TensorDataset | None, per_channel
     if calibration is None or len(calibration) == 0:
         raise StudioError("static int8 quantization needs calibration samples (a few hundred "
                           "inputs from the training data)")
-    if calibrate_method not in CALIBRATION_METHODS:
+    if calibrate_method not in (*CALIBRATION_METHODS, "auto"):
         raise StudioError(f"calibration method {calibrate_method!r}: use one of "
-                          f"{', '.join(CALIBRATION_METHODS)}")
+                          f"{', '.join(CALIBRATION_METHODS)}, auto")
     model = onnx.load(str(src), load_external_data=False)
-    reader = DatasetReader(calibration, feed or feeder_for(model, named=input_names(calibration)),
-                           fixed_batch_size(model) or 32)
+    feed = feed or feeder_for(model, named=input_names(calibration))
+    batch = fixed_batch_size(model) or 32
+    reader = DatasetReader(calibration, feed, batch)
+    if calibrate_method == "auto":
+        chosen = choose_ranges(src, DatasetReader(calibration, feed, batch))
+        extra_options["TensorQuantOverrides"] = {
+            **chosen.overrides, **extra_options.get("TensorQuantOverrides", {})}
+        calibrate_method = "minmax"  # every tensor it calibrates has its range given
+        if prepared is not None:
+            counts = ", ".join(f"{name} {count}" for name, count in
+                               sorted(chosen.counts().items()))
+            prepared.append(f"calibration auto: per tensor, the range with the least rounding "
+                            f"error on the calibration split ({counts})")
     mask_path = [name for name in mask_path_nodes(model) if name not in exclude]
     if mask_path and prepared is not None:
         prepared.append(f"static quantization: {len(mask_path)} node(s) of the additive "
@@ -360,7 +383,8 @@ def quantize_onnx(src: str | Path, dst: str | Path, mode: Mode,
     """Quantize the ONNX file ``src`` into ``dst`` with one onnxruntime pass.
 
     - ``static``: int8 weights and uint8 activations as QuantizeLinear/DequantizeLinear pairs,
-      ranges calibrated on ``calibration`` (``minmax``, ``entropy`` or ``percentile``); ORT
+      ranges calibrated on ``calibration`` (``minmax``, ``entropy``, ``percentile``, or
+      ``auto``: per tensor, see :mod:`auto_calibration`); ORT
       runs the pairs around Conv/MatMul as integer kernels. The fast choice for CNNs on CPU.
     - ``dynamic``: int8 weights, activations quantized at run time (MatMulInteger,
       ConvInteger). For MatMul-heavy models; ConvInteger is slow on ORT CPU.

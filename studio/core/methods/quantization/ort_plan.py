@@ -20,8 +20,8 @@ mode and says in ``notes`` which layers were kept float because of it.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from itertools import chain
 from pathlib import Path
 
@@ -74,6 +74,14 @@ class QuantPlan:
         return self.mode is None and not self.matmul_nbits
 
 
+def keep_float(plan: QuantPlan, nodes: Sequence[str], why: str) -> QuantPlan:
+    """``plan`` with ``nodes`` left float (their decision says ``why``)."""
+    kept = set(nodes)
+    return replace(plan, exclude_nodes=(*plan.exclude_nodes, *nodes),
+                   quantize_nodes=tuple(n for n in plan.quantize_nodes if n not in kept),
+                   decisions={**plan.decisions, **{n: f"float ({why})" for n in nodes}})
+
+
 def resolved_by_name(tree: LayerTree, plan: Plan) -> dict[str, ResolvedSpec]:
     """``plan`` resolved on ``tree`` (usually the torch tree), keyed by layer name."""
     return {node.name: spec for node, spec in zip(tree.nodes, plan.resolve(tree), strict=True)}
@@ -100,8 +108,13 @@ def _layers(names: list[str]) -> str:
 
 
 def plan_to_ort(tree_onnx: LayerTree, resolved_by_torch_name: Mapping[str, ResolvedSpec],
-                weight_only: bool = False) -> QuantPlan:
+                weight_only: bool = False, int8_path: str = "auto") -> QuantPlan:
     """Decide the ORT passes for the ONNX file whose tree is ``tree_onnx``.
+
+    ``int8_path`` decides int8 layers whose act_bits is unset (QuantizeSection.int8_path):
+    ``auto`` makes them static when the model has convolutions among them or other static
+    layers (dynamic ConvInteger runs several times slower than fp32 on ORT CPU, and one
+    model cannot mix both), else dynamic; ``static``/``dynamic`` force one.
 
     ``weight_only``: MatMul/Gemm nodes with int8 weights and float activations get 8-bit
     weight-only ``MatMulNBits`` (dequantized in the kernel, float compute) instead of dynamic
@@ -123,6 +136,7 @@ def plan_to_ort(tree_onnx: LayerTree, resolved_by_torch_name: Mapping[str, Resol
     layer_of: dict[str, str] = {}
     bf16_layers: list[str] = []
     int16_layers: list[str] = []
+    unset: list[str] = []  # int8 nodes whose act_bits leaves static vs dynamic to int8_path
     for node in tree_onnx.nodes:
         if not node.is_leaf or node.parent is None:
             continue
@@ -159,9 +173,26 @@ def plan_to_ort(tree_onnx: LayerTree, resolved_by_torch_name: Mapping[str, Resol
             continue
         if bits in NBITS:
             qat[layer_of[node.name]] = NBITS[bits]
+        if act is None and int8_path != "dynamic":
+            unset.append(node.name)
+            continue
         (static if act == "int8" else dynamic).append(node.name)
         decisions[node.name] = "int8 static" if act == "int8" else "int8 dynamic"
     notes: list[str] = []
+    convs = [n for n in unset if tree_onnx.get(n).op_type.startswith("Conv")]
+    if unset and (int8_path == "static" or convs or static):
+        static += unset
+        for name in unset:
+            decisions[name] = "int8 static"
+        if int8_path == "auto" and convs:
+            notes.append(
+                f"{_layers([layer_of[n] for n in unset])}: int8 without act_bits quantized "
+                "static (activations too): dynamic int8 convolutions run several times slower "
+                "than fp32 on CPU. quantize.int8_path: dynamic forces dynamic.")
+    else:
+        dynamic += unset
+        for name in unset:
+            decisions[name] = "int8 dynamic"
     if qat:
         notes.append(
             f"{_layers(list(qat))}: int4/int2 convolutions cannot be made by onnxruntime "

@@ -28,12 +28,11 @@ class OnnxQuantize(Step):
         plan = quant_plan(context, tree, resolved_by_name(tree, context.workspace.plan))
         data_dir = backend.data_dir(context)
         float_path = save_onnx(context.model, context.out_dir / FLOAT_FILE, data_dir)
-        prepared: list[str] = []
         if not plan.is_empty:
             backend.quantizing_from(float_path, changed=context.sparse_layers > 0)
         report = yield from quantize_file(
             context, float_path, plan, backend.calibration,
             lambda: save_onnx(context.model, context.model_path, data_dir),
-            prepared=prepared, feed=backend.feeder)
+            feed=backend.feeder)
         context.quantized = not plan.is_empty
-        return report | {"prepared": prepared}
+        return report

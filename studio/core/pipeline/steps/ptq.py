@@ -14,8 +14,13 @@ from studio.core.engine.notes import drop_advice
 from studio.core.export.onnx_export import remove_onnx
 from studio.core.graph.tree import LayerTree
 from studio.core.jobs import Event, Log
+from studio.core.methods.quantization.bias_correction import correct_bias
+from studio.core.methods.quantization.ort import calibration_batches
 from studio.core.methods.quantization.ort_plan import QuantPlan, apply_quant_plan, plan_to_ort
+from studio.core.methods.quantization.path_check import PathCheck, check_path
 from studio.core.pipeline.context import RunContext
+from studio.core.pipeline.steps.ptq_aware import accuracy_aware
+from studio.core.pipeline.steps.ptq_prepare import check_feeds, prepare_float
 from studio.core.plan.plan import ResolvedSpec
 from studio.core.plan.stages import QuantizeSection
 
@@ -26,7 +31,8 @@ def quant_plan(context: RunContext, tree: LayerTree,
                resolved: Mapping[str, ResolvedSpec]) -> QuantPlan:
     """The ORT plan for the float file whose tree is ``tree``, kept in the context for
     :func:`drop_advice_for`."""
-    plan = plan_to_ort(tree, resolved, context.settings(QuantizeSection).weight_only)
+    section = context.settings(QuantizeSection)
+    plan = plan_to_ort(tree, resolved, section.weight_only, section.int8_path)
     context.quant_plan, context.quant_tree = plan, tree
     return plan
 
@@ -46,23 +52,64 @@ def drop_advice_for(context: RunContext) -> str:
 
 
 def quantize_file(context: RunContext, float_path: Path, plan: QuantPlan,
-                  calibration: TensorDataset, keep_float: Callable[[], None], **feeding: Any
-                  ) -> Generator[Event, None, dict[str, Any]]:
+                  calibration: TensorDataset, keep_float_file: Callable[[], None],
+                  **feeding: Any) -> Generator[Event, None, dict[str, Any]]:
     """Write ``context.model_path`` from ``float_path`` (removed afterwards, with its data
-    file); ``keep_float`` writes it there as it is when the plan quantizes nothing. Returns
-    the stage report. ``feeding``: ``prepared`` and ``feed`` for :func:`apply_quant_plan`."""
+    file); ``keep_float_file`` writes it there as it is when the plan quantizes nothing.
+    Returns the stage report. ``feeding``: ``prepared`` and ``feed`` for
+    :func:`apply_quant_plan`.
+
+    Around onnxruntime's pass: equalization / smoothing of the float file before, bias
+    correction after (QuantizeSection), a check of what the file costs against the float one,
+    and the accuracy-aware search when ``max_drop`` is set."""
     section = context.settings(QuantizeSection)
+    prepared: list[str] = feeding.setdefault("prepared", [])
+    report: dict[str, Any] = {}
+    source = float_path
     try:
         if plan.is_empty:
-            keep_float()
+            keep_float_file()
         else:
+            source = prepare_float(float_path, section, calibration, feeding.get("feed"),
+                                   report)
             yield Log(f"Quantizing with onnxruntime: {plan.mode or 'weight-only'}")
-            apply_quant_plan(float_path, context.model_path, plan, calibration,
-                             section.per_channel, section.calibration, **feeding)
+
+            def quantize(chosen: QuantPlan, target: Path) -> None:
+                apply_quant_plan(source, target, chosen, calibration, section.per_channel,
+                                 section.calibration, **feeding)
+                if section.bias_correction and chosen.mode == "static":
+                    corrected = correct_bias(target, source, calibration_batches(
+                        source, calibration, feeding.get("feed")))
+                    report["bias_correction"] = corrected.to_json()
+
+            quantize(plan, context.model_path)
+            feeds = check_feeds(source, calibration, feeding.get("feed"))
+            check = check_path(float_path, context.model_path, feeds)
+            report["check"] = check.to_json()
+            _note_cost(context, plan, check)
+            if section.max_drop is not None:
+                plan = yield from accuracy_aware(context, float_path, plan, quantize, feeds,
+                                                 report)
     finally:
         remove_onnx(float_path)
+        if source != float_path:
+            remove_onnx(source)
+    context.quant_plan = plan
     for note in plan.notes:
         context.note(note)
     return {"mode": plan.mode, "calibration": section.calibration,
-            "per_channel": section.per_channel, "excluded_nodes": list(plan.exclude_nodes),
-            "matmul_nbits": plan.matmul_nbits, "decisions": plan.decisions}
+            "per_channel": section.per_channel, "int8_path": section.int8_path,
+            "excluded_nodes": list(plan.exclude_nodes), "matmul_nbits": plan.matmul_nbits,
+            "decisions": plan.decisions, "prepared": prepared, **report}
+
+
+def _note_cost(context: RunContext, plan: QuantPlan, check: PathCheck) -> None:
+    """Say plainly when the int8 path taken is slower than fp32 or wrecks the outputs."""
+    if not (check.slower or check.wrecked):
+        return
+    section = context.settings(QuantizeSection)
+    forced = (" (forced by quantize.int8_path: dynamic or act_bits: fp32)"
+              if plan.mode == "dynamic" and section.int8_path != "auto" else "")
+    context.note(f"int8 {plan.mode}{forced}: {check.latency_ratio:.2f}x the float file's "
+                 f"latency and output cosine {check.cosine:.3f} against it, on a calibration "
+                 "batch.")
