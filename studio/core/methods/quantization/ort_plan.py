@@ -74,10 +74,38 @@ class QuantPlan:
         return self.mode is None and not self.matmul_nbits
 
 
-def keep_float(plan: QuantPlan, nodes: Sequence[str], why: str) -> QuantPlan:
-    """``plan`` with ``nodes`` left float (their decision says ``why``)."""
+ACTIVATIONS = frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid",
+                         "HardSwish", "Gelu", "Elu", "Selu", "Softplus"})
+
+
+def neighbour_activations(graph: onnx.GraphProto, names: Sequence[str]) -> list[str]:
+    """The activation nodes right before and after the named nodes. Static QDQ folds a ReLU
+    into the quantizer of the layer before it; left quantized, such a neighbour keeps a
+    "float" layer's input or output on the int8 grid, and keeping the layer float gains
+    nothing."""
+    producers = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    wanted = set(names)
+    found: list[str] = []
+    for node in graph.node:
+        if node.name not in wanted:
+            continue
+        before = producers.get(node.input[0]) if node.input else None
+        found += [before.name] if before is not None and before.op_type in ACTIVATIONS else []
+        found += [n.name for n in readers.get(node.output[0], []) if n.op_type in ACTIVATIONS]
+    return [name for name in dict.fromkeys(found) if name and name not in wanted]
+
+
+def keep_float(plan: QuantPlan, nodes: Sequence[str], why: str,
+               neighbours: Sequence[str] = ()) -> QuantPlan:
+    """``plan`` with ``nodes`` left float (their decision says ``why``), and ``neighbours``
+    (see :func:`neighbour_activations`) with them."""
     kept = set(nodes)
-    return replace(plan, exclude_nodes=(*plan.exclude_nodes, *nodes),
+    return replace(plan, exclude_nodes=tuple(dict.fromkeys(
+                       (*plan.exclude_nodes, *nodes, *neighbours))),
                    quantize_nodes=tuple(n for n in plan.quantize_nodes if n not in kept),
                    decisions={**plan.decisions, **{n: f"float ({why})" for n in nodes}})
 

@@ -14,12 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from studio.core.export.measure import latency_ms
 from studio.core.export.onnx_export import onnx_file_bytes, remove_onnx
 from studio.core.jobs import Event, Log
 from studio.core.methods.quantization.accuracy_aware import allowed_drop, search
-from studio.core.methods.quantization.ort_plan import QuantPlan, keep_float
+from studio.core.methods.quantization.ort_plan import (
+    QuantPlan,
+    keep_float,
+    neighbour_activations,
+)
 from studio.core.pipeline.context import RunContext
 from studio.core.plan.stages import QuantizeSection
 
@@ -36,13 +41,17 @@ def accuracy_aware(context: RunContext, float_path: Path, plan: QuantPlan,
     base_score = context.backend.measure(context, context.model_path).metric.value
     allowed = allowed_drop(section.max_drop or 0.0, section.max_drop_relative, measured.value)
     layers = list(plan.quantize_nodes)
+    graph = onnx.load(str(float_path), load_external_data=False).graph
+
+    def floated(floats: tuple[str, ...]) -> QuantPlan:
+        return keep_float(plan, floats, KEPT_FLOAT, neighbour_activations(graph, floats))
     with tempfile.TemporaryDirectory(prefix=".aware.", dir=context.out_dir) as scratch:
         trial_path, best_path = Path(scratch) / "trial.onnx", Path(scratch) / "best.onnx"
         best: list[tuple[float, tuple[str, ...]]] = []  # the trial kept at best_path
 
         def score_with_float(floats: tuple[str, ...]) -> float:
             context.token.check()
-            quantize(keep_float(plan, floats, KEPT_FLOAT), trial_path)
+            quantize(floated(floats), trial_path)
             score = context.backend.measure(context, trial_path).metric.value
             drop = measured.value - score if measured.higher_is_better else score - measured.value
             if not best or drop < best[0][0]:
@@ -62,8 +71,7 @@ def accuracy_aware(context: RunContext, float_path: Path, plan: QuantPlan,
                           f"{measured.name} {trial.score:.4f}")
         except StopIteration as stop:
             result = stop.value
-        chosen = keep_float(plan, result.best.floats, KEPT_FLOAT) if result.best.floats \
-            else plan
+        chosen = floated(result.best.floats) if result.best.floats else plan
         all_int8_bytes = onnx_file_bytes(context.model_path)
         cost: dict[str, Any] = {}
         if result.best.floats:
