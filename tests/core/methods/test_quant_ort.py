@@ -49,11 +49,11 @@ def demo_int8(demo_fp32: Path, task: TaskData) -> Path:
                          calibration=task.calibration)
 
 
-def _plan_for_demo(plan: Plan, onnx_path: Path) -> QuantPlan:
+def _plan_for_demo(plan: Plan, onnx_path: Path, int8_path: str = "auto") -> QuantPlan:
     module = open_model("demo").module
     torch_tree = build_torch_tree(module, InputSpec((1, 1, 28, 28)), "demo")
     onnx_tree = build_onnx_tree(onnx.load(str(onnx_path)), "demo")
-    return plan_to_ort(onnx_tree, resolved_by_name(torch_tree, plan))
+    return plan_to_ort(onnx_tree, resolved_by_name(torch_tree, plan), int8_path=int8_path)
 
 
 def _weight_source(model: onnx.ModelProto, node_name: str) -> str:
@@ -160,7 +160,9 @@ def test_gemm_to_matmul_keeps_outputs(tmp_path: Path) -> None:
 
 
 def test_plan_modes(demo_fp32: Path) -> None:
-    dynamic = _plan_for_demo(Plan({"": LayerSpec(weight_bits="int8")}), demo_fp32)
+    auto = _plan_for_demo(Plan({"": LayerSpec(weight_bits="int8")}), demo_fp32)
+    assert auto.mode == "static" and len(auto.quantize_nodes) == 6  # convolutions: static
+    dynamic = _plan_for_demo(Plan({"": LayerSpec(weight_bits="int8")}), demo_fp32, "dynamic")
     assert dynamic.mode == "dynamic" and len(dynamic.quantize_nodes) == 6
     assert any("ConvInteger" in note for note in dynamic.notes)
     half = _plan_for_demo(Plan({"res": LayerSpec(weight_bits="fp16")}), demo_fp32)

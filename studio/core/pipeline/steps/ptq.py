@@ -16,7 +16,12 @@ from studio.core.graph.tree import LayerTree
 from studio.core.jobs import Event, Log
 from studio.core.methods.quantization.bias_correction import correct_bias
 from studio.core.methods.quantization.ort import calibration_batches
-from studio.core.methods.quantization.ort_plan import QuantPlan, apply_quant_plan, plan_to_ort
+from studio.core.methods.quantization.ort_plan import (
+    QuantPlan,
+    apply_quant_plan,
+    keep_float,
+    plan_to_ort,
+)
 from studio.core.methods.quantization.path_check import PathCheck, check_path
 from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.steps.ptq_aware import accuracy_aware
@@ -70,11 +75,12 @@ def quantize_file(context: RunContext, float_path: Path, plan: QuantPlan,
         if plan.is_empty:
             keep_float_file()
         else:
-            source = prepare_float(float_path, section, calibration, feeding.get("feed"),
-                                   report)
+            source, stay_float = prepare_float(float_path, section, calibration,
+                                               feeding.get("feed"), report)
             yield Log(f"Quantizing with onnxruntime: {plan.mode or 'weight-only'}")
 
             def quantize(chosen: QuantPlan, target: Path) -> None:
+                chosen = keep_float(chosen, (), "", stay_float)
                 apply_quant_plan(source, target, chosen, calibration, section.per_channel,
                                  section.calibration, **feeding)
                 if section.bias_correction and chosen.mode == "static":
@@ -108,8 +114,10 @@ def _note_cost(context: RunContext, plan: QuantPlan, check: PathCheck) -> None:
     if not (check.slower or check.wrecked):
         return
     section = context.settings(QuantizeSection)
-    forced = (" (forced by quantize.int8_path: dynamic or act_bits: fp32)"
-              if plan.mode == "dynamic" and section.int8_path != "auto" else "")
+    forced = ""
+    if plan.mode == "dynamic":
+        forced = (" (forced by quantize.int8_path: dynamic)" if section.int8_path == "dynamic"
+                  else " (asked for by act_bits: fp32, or no convolutions to make it static)")
     context.note(f"int8 {plan.mode}{forced}: {check.latency_ratio:.2f}x the float file's "
                  f"latency and output cosine {check.cosine:.3f} against it, on a calibration "
                  "batch.")

@@ -21,21 +21,25 @@ PREPARED_FILE = "compressed-float-prepared.onnx"
 
 
 def prepare_float(float_path: Path, section: QuantizeSection, calibration: TensorDataset,
-                  feed: Feeder | None, report: dict[str, Any]) -> Path:
+                  feed: Feeder | None, report: dict[str, Any]) -> tuple[Path, list[str]]:
     """``float_path`` itself, or a function-preserving rewrite of it (cross-layer equalization,
-    SmoothQuant) that quantizes better; what was done goes into ``report``."""
+    SmoothQuant) that quantizes better, and the nodes it added that must stay float; what was
+    done goes into ``report``."""
     if not section.equalize and section.smooth_alpha is None:
-        return float_path
+        return float_path, []
     model = onnx.load(str(float_path))
     if section.equalize:
         report["equalized_pairs"] = equalize(model)
     target = float_path.with_name(PREPARED_FILE)
+    added: list[str] = []
     if section.smooth_alpha is not None:
         save_onnx(model, target)
-        report["smoothed_layers"] = smooth(model, target, section.smooth_alpha,
-                                           calibration_batches(target, calibration, feed))
+        smoothed = smooth(model, target, section.smooth_alpha,
+                          calibration_batches(target, calibration, feed))
+        report["smoothing"] = {"alpha": section.smooth_alpha, **smoothed.to_json()}
+        added = smoothed.added
     save_onnx(model, target)
-    return target
+    return target, added
 
 
 def check_feeds(path: Path, calibration: TensorDataset, feed: Feeder | None
