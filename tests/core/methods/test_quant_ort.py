@@ -230,7 +230,7 @@ def test_dynamic_keeps_an_excluded_gemm_float(demo_fp32: Path, tmp_path: Path) -
 
 def test_dynamic_body_with_int4_head(demo_fp32: Path, tmp_path: Path) -> None:
     plan = Plan({"": LayerSpec(weight_bits="int8"), "head.2": LayerSpec(weight_bits="int4")})
-    quant = _plan_for_demo(plan, demo_fp32)
+    quant = _plan_for_demo(plan, demo_fp32, "dynamic")
     assert quant.mode == "dynamic" and quant.matmul_nbits == {"/head/head.2/Gemm": 4}
     path = apply_quant_plan(demo_fp32, tmp_path / "mixed.onnx", quant)
     ops = count_ops(path)
