@@ -69,6 +69,7 @@ def test_a_conv_torch_model_after_dynamic_int8_is_advised_what_its_path_can_do(
         "example_input": {"shape": [1, 3, 6, 6]},
         "plan": {"defaults": {"weight_bits": "int8"}}, "train": {"epochs": 0},
         "data": {"source": "arrays", "path": "images.npz", "calibration_samples": 8},
+        "quantize": {"int8_path": "dynamic"},
         "export": {"latency_batch": 4, "latency_repeats": 1}})
     events = run_recipe(recipe, tmp_path, tmp_path / "out", CancelToken(), trust=True)
     report = next(e for e in events if isinstance(e, Result)).report
