@@ -45,9 +45,12 @@ def allowed_drop(max_drop: float, relative: bool, float_score: float) -> float:
 
 def search(layers: Sequence[str], float_score: float, higher_is_better: bool,
            allowed: float, base_score: float, score_with_float: Callable[[tuple[str, ...]], float],
-           max_float: int) -> Generator[Trial, None, AwareResult]:
+           max_float: int, cost: Callable[[str], float] = lambda _: 0.0
+           ) -> Generator[Trial, None, AwareResult]:
     """Yield each trial as it is scored; return the result. ``score_with_float(floats)``
-    quantizes with ``floats`` kept float and scores the file (the caller keeps the best)."""
+    quantizes with ``floats`` kept float and scores the file (the caller keeps the best).
+    When several single layers meet the goal, the one of least ``cost`` (its MACs: what
+    running it in float costs) is kept float."""
 
     def drop(score: float) -> float:
         return float_score - score if higher_is_better else score - float_score
@@ -69,8 +72,9 @@ def search(layers: Sequence[str], float_score: float, higher_is_better: bool,
         singles[layer] = trial
         yield trial
     ranked = sorted(layers, key=lambda name: singles[name].drop)
-    if singles[ranked[0]].drop <= allowed:
-        return result(True, singles[ranked[0]])
+    meeting = [name for name in ranked if singles[name].drop <= allowed]
+    if meeting:
+        return result(True, singles[min(meeting, key=lambda n: (cost(n), singles[n].drop))])
     for count in range(2, min(max_float, len(ranked)) + 1):
         floats = tuple(ranked[:count])
         score = score_with_float(floats)

@@ -61,8 +61,10 @@ def accuracy_aware(context: RunContext, float_path: Path, plan: QuantPlan,
 
         yield Log(f"Accuracy-aware: float {measured.name} {measured.value:.4f}, every layer "
                   f"int8 {base_score:.4f}; allowed drop {allowed:.4g}")
+        tree = context.quant_tree
         trials = search(layers, measured.value, measured.higher_is_better, allowed, base_score,
-                        score_with_float, section.max_float_layers)
+                        score_with_float, section.max_float_layers,
+                        lambda name: tree.get(name).macs if tree and name in tree else 0.0)
         try:
             while True:
                 trial = next(trials)
