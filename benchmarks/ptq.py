@@ -204,7 +204,7 @@ def _minilm(work: Path, tokens: int, calibration: int) -> dict[str, Any]:
                                               Path(report["paths"]["model"]), evaluation),
             "latency32_ratio": _ratio(report, "batch_32"),
             "latency1_ratio": _ratio(report, "batch_1"),
-            "smoothed_layers": report["stages"]["quantize"].get("smoothed_layers")}
+            "smoothing": report["stages"]["quantize"].get("smoothing")}
     smoothed = figures["static_smoothed"]
     return {"minilm_static_cosine": smoothed["token_cosine"],
             "minilm_static_sentence_cosine": smoothed["sentence_cosine"],
