@@ -106,7 +106,7 @@ def quantize_file(context: RunContext, float_path: Path, plan: QuantPlan,
     return {"mode": plan.mode, "calibration": section.calibration,
             "per_channel": section.per_channel, "int8_path": section.int8_path,
             "excluded_nodes": list(plan.exclude_nodes), "matmul_nbits": plan.matmul_nbits,
-            "decisions": plan.decisions, "prepared": prepared, **report}
+            "decisions": plan.decisions, "prepared": list(dict.fromkeys(prepared)), **report}
 
 
 def _note_cost(context: RunContext, plan: QuantPlan, check: PathCheck) -> None:
@@ -118,6 +118,8 @@ def _note_cost(context: RunContext, plan: QuantPlan, check: PathCheck) -> None:
     if plan.mode == "dynamic":
         forced = (" (forced by quantize.int8_path: dynamic)" if section.int8_path == "dynamic"
                   else " (asked for by act_bits: fp32, or no convolutions to make it static)")
-    context.note(f"int8 {plan.mode}{forced}: {check.latency_ratio:.2f}x the float file's "
+    what = f"int8 {plan.mode}" if plan.mode in ("static", "dynamic") else \
+        plan.mode or "weight-only"
+    context.note(f"{what}{forced}: {check.latency_ratio:.2f}x the float file's "
                  f"latency and output cosine {check.cosine:.3f} against it, on a calibration "
                  "batch.")
