@@ -1,5 +1,5 @@
-"""Accuracy-aware quantization and the int8 path the plan's "int8" takes, through whole runs on
-real ONNX files."""
+"""Accuracy-aware quantization, the int8 path the plan's "int8" takes and the options around
+onnxruntime's pass, through whole runs on real ONNX files."""
 
 from __future__ import annotations
 
@@ -112,3 +112,16 @@ def test_int8_without_act_bits_is_static_on_convolutions_and_forced_dynamic_says
     assert report["stages"]["quantize"]["check"]["cosine"] < 0.95
     assert any("forced by quantize.int8_path" in n and "output cosine 0." in n
                for n in report["notes"])
+
+
+def test_equalization_auto_calibration_and_bias_correction_run_together(tmp_path,
+                                                                         quick_onnx_recipe):
+    recipe = quick_onnx_recipe(tmp_path)
+    recipe.write_text(recipe.read_text() + "quantize: {equalize: true, calibration: auto, "
+                      "bias_correction: true}\n")
+    report = list(run_recipe_file(recipe, tmp_path / "out", CancelToken()))[-1].report
+    stage = report["stages"]["quantize"]
+    assert stage["equalized_pairs"] == 3  # stem -> block1 -> (pool) block2 -> res.conv1
+    assert stage["bias_correction"]["corrected"] == 6 and not stage["bias_correction"]["skipped"]
+    assert any(line.startswith("calibration auto") for line in stage["prepared"])
+    assert report["compressed"]["agreement"]["cosine"] > 0.99
