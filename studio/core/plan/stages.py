@@ -179,7 +179,8 @@ class TeacherSource(_Section):
     path: str = Field(default="original", min_length=1)
     """``original`` (the uncompressed model), a model file (.pt/.pth/.pt2/.safetensors,
     opened as the studio opens models, with the job's trust), a Hugging Face folder, or an
-    .onnx file run in onnxruntime. Relative to the recipe's folder."""
+    .onnx file run in onnxruntime. Relative to the recipe's folder. An earlier run's
+    ``model.onnx`` makes the model learn from its own previous generation (born-again)."""
     architecture: str | None = None
     """For a .safetensors or state-dict file: the factory that builds its module."""
     weight: float = Field(default=1.0, ge=0)
@@ -216,9 +217,9 @@ class DistillSection(_Section):
     cache: Literal["auto", "memory", "disk", "off"] = "auto"
     """Keep the frozen teachers' outputs per sample so later epochs skip the teacher: in
     memory, on disk in the run's folder, auto (disk beyond 512 MB), or off."""
-    self_layers: list[str] = Field(default_factory=list)
+    self_layers: list[str] | None = None
     """Self-distillation: layers that get an auxiliary head taught by the model's own output;
-    empty: the outputs of the model's top-level blocks before its last."""
+    none: the model's top-level blocks that hold weights, except its last."""
     aux_weight: float = Field(default=0.3, ge=0, le=10)
     """Self-distillation: weight of each auxiliary head's loss."""
 
