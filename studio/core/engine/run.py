@@ -38,16 +38,19 @@ def run_recipe(recipe: Recipe, base_dir: Path | None, out_dir: Path, token: Canc
         raise StudioError(f"{source}: the recipe names no model (add model: {{path: ...}})")
     workspace = open_recipe_workspace(recipe, base_dir, trust, source, architecture)
     yield from run_workspace(workspace, recipe, out_dir, token, device, source, base_dir,
-                             trust if trust_data is None else trust_data)
+                             trust if trust_data is None else trust_data, trust_models=trust)
 
 
 def run_workspace(workspace: Workspace, recipe: Recipe, out_dir: Path, token: CancelToken,
                   device: str | None = None, source: str = "recipe",
-                  base_dir: Path | None = None, trust: bool = False) -> Iterator[Event]:
+                  base_dir: Path | None = None, trust: bool = False,
+                  trust_models: bool = False) -> Iterator[Event]:
     """The whole job on an open model and its plan (the recipe gives the settings; ``device``
     overrides ``train.device``). ``base_dir`` is where the recipe's data paths start;
-    ``trust`` lets a ``function`` data source run."""
+    ``trust`` lets a ``function`` data source run; ``trust_models`` lets other model files
+    the recipe names (distillation teachers) run code, as ``trust`` in :func:`run_recipe`."""
     if device and workspace.loaded.capabilities.can_train:  # nothing else trains
         train = recipe.section(TrainSection).model_copy(update={"device": device})
         recipe = recipe.model_copy(update={"train": train})
-    yield from run_pipeline(workspace, recipe, Path(out_dir), token, source, base_dir, trust)
+    yield from run_pipeline(workspace, recipe, Path(out_dir), token, source, base_dir, trust,
+                            trust_models)

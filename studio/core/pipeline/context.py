@@ -51,6 +51,11 @@ class RunContext:
     """The quantization plan the quantize step carried out, and the ONNX tree it was made
     for (``quant_tree``): what the drop advice names."""
     quant_tree: LayerTree | None = None
+    base_dir: Path | None = None
+    """Where the recipe's relative paths start (other model files it names)."""
+    trust_models: bool = False
+    """The job's trust in model files (JobSpec / CLI ``--trust``): other model files the
+    recipe names, distillation teachers, may run code only with it."""
 
     def settings(self, section: type[S]) -> S:
         """The recipe's section of that type, or its defaults when the recipe leaves it out."""

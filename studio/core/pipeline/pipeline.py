@@ -79,7 +79,7 @@ def _run_steps(context: RunContext, steps: list[Step]) -> Iterator[Event]:
 
 def run_pipeline(workspace: Workspace, recipe: Recipe, out_dir: Path, token: CancelToken,
                  source: str = "recipe", base_dir: Path | None = None,
-                 trust: bool = False) -> Iterator[Event]:
+                 trust: bool = False, trust_models: bool = False) -> Iterator[Event]:
     """The whole job on an open model and its plan (the recipe gives the settings); the
     model itself is never changed. The last event is a :class:`Result` holding the report.
     The outputs appear in ``out_dir`` together at the end, or not at all."""
@@ -88,7 +88,7 @@ def run_pipeline(workspace: Workspace, recipe: Recipe, out_dir: Path, token: Can
         backend = backend_class(workspace)(recipe, base_dir, trust)
         staging = outputs.staging
         context = RunContext(workspace, recipe, backend, staging, staging / MODEL_FILE, token,
-                             source)
+                             source, base_dir=base_dir, trust_models=trust_models)
         yield from _run(context, outputs)
 
 

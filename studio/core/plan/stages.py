@@ -173,8 +173,26 @@ class FeaturePair(_Section):
     """Weight of this pair's MSE in the loss."""
 
 
+class TeacherSource(_Section):
+    """One teacher: the uncompressed model, or another model file (torch or ONNX)."""
+
+    path: str = Field(default="original", min_length=1)
+    """``original`` (the uncompressed model), a model file (.pt/.pth/.pt2/.safetensors,
+    opened as the studio opens models, with the job's trust), a Hugging Face folder, or an
+    .onnx file run in onnxruntime. Relative to the recipe's folder. An earlier run's
+    ``model.onnx`` makes the model learn from its own previous generation (born-again)."""
+    architecture: str | None = None
+    """For a .safetensors or state-dict file: the factory that builds its module."""
+    weight: float = Field(default=1.0, ge=0)
+    """This teacher's share of the softened targets (normalised over all teachers)."""
+
+
 class DistillSection(_Section):
-    """Knowledge distillation during recovery; the uncompressed model is the teacher."""
+    """Knowledge distillation during recovery; by default the uncompressed model is the
+    teacher. ``mode`` picks the family: teachers (one or several, torch or ONNX), self
+    (the model's deeper layers teach auxiliary heads on shallower ones, no teacher), or
+    mutual (two copies of the compressed model learn from each other; the better is kept).
+    """
 
     opt_in: ClassVar[bool] = True
 
@@ -187,6 +205,23 @@ class DistillSection(_Section):
     """Intermediate layers to match (student layer, teacher layer, weight)."""
     relation_weight: float = Field(default=0.0, ge=0)
     """Weight of matching the batch's pairwise similarities (relational KD); 0 is off."""
+    mode: Literal["teacher", "self", "mutual"] = "teacher"
+    """teacher: learn from the teachers; self: self-distillation through auxiliary heads
+    (dropped at export); mutual: deep mutual learning between the model and a peer."""
+    teachers: list[TeacherSource] = Field(default_factory=list)
+    """The teachers (mode teacher); empty: the uncompressed model alone. Feature pairs and
+    relation terms use the first; ONNX tensor names serve as its layer names."""
+    teacher_weighting: Literal["fixed", "confidence"] = "fixed"
+    """fixed: each teacher's weight; confidence: per sample, weight times the teacher's
+    top-1 probability, so unsure teachers give way to sure ones."""
+    cache: Literal["auto", "memory", "disk", "off"] = "auto"
+    """Keep the frozen teachers' outputs per sample so later epochs skip the teacher: in
+    memory, on disk in the run's folder, auto (disk beyond 512 MB), or off."""
+    self_layers: list[str] | None = None
+    """Self-distillation: layers that get an auxiliary head taught by the model's own output;
+    none: the model's top-level blocks that hold weights, except its last."""
+    aux_weight: float = Field(default=0.3, ge=0, le=10)
+    """Self-distillation: weight of each auxiliary head's loss."""
 
 
 class QuantizeSection(_Section):

@@ -9,14 +9,17 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from pathlib import Path
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from studio.core.errors import StudioError
+from studio.core.methods.distill.cache import CachedTeacher, CacheStats, TeacherCache
 from studio.core.methods.distill.features import FeatureCapture
 from studio.core.methods.distill.losses import (
+    confidence_soft_targets,
     distillation_loss,
     feature_kd_loss,
     rkd_angle_loss,
@@ -24,6 +27,7 @@ from studio.core.methods.distill.losses import (
     soft_targets,
 )
 from studio.core.methods.distill.projection import FeatureProjector
+from studio.core.methods.distill.teachers import Teacher, TeacherOutput, TorchTeacher, freeze
 from studio.core.util import first_tensor
 
 
@@ -55,6 +59,8 @@ class KDConfig:
     relation_angle_weight: float = 0.0
     relation_layers: tuple[str, str] | None = None
     teacher_weights: tuple[float, ...] | None = None
+    teacher_weighting: Literal["fixed", "confidence"] = "fixed"
+    """``confidence``: per sample, each teacher's weight times its top-1 probability there."""
     seed: int = 0
     """Seeds the projections' initial weights, so a run is reproducible."""
 
@@ -84,6 +90,9 @@ class KDConfig:
         if self.logit_weight == 0 and not pairs and not self.uses_relation:
             problems.append("nothing to distil: logit_weight is 0 and there are no feature "
                             "pairs or relation terms")
+        if self.teacher_weighting not in ("fixed", "confidence"):
+            problems.append(f"teacher_weighting must be fixed or confidence, got "
+                            f"{self.teacher_weighting!r}")
         if self.relation_layers is not None and len(self.relation_layers) != 2:
             problems.append("relation_layers must be (student_layer, teacher_layer)")
         if problems:
@@ -92,13 +101,6 @@ class KDConfig:
     @property
     def uses_relation(self) -> bool:
         return self.relation_weight > 0 or self.relation_angle_weight > 0
-
-
-def freeze(model: nn.Module) -> nn.Module:
-    """Eval mode and no gradients: a teacher must never change, batch-norm statistics included."""
-    model.eval()
-    model.requires_grad_(False)
-    return model
 
 
 def default_teacher(model: nn.Module) -> nn.Module:
@@ -121,13 +123,25 @@ def training_parameters(student: nn.Module, extra: Sequence[nn.Parameter]) -> li
     return chosen
 
 
-def _check_separate(student: nn.Module, teachers: Sequence[nn.Module]) -> None:
+def _check_separate(student: nn.Module, teachers: Sequence[nn.Module | Teacher]) -> None:
     own = {id(p) for p in student.parameters()}
     for index, teacher in enumerate(teachers):
-        if teacher is student or any(id(p) in own for p in teacher.parameters()):
+        module = teacher.module if isinstance(teacher, TorchTeacher) else teacher
+        if isinstance(module, nn.Module) and (
+                module is student or any(id(p) in own for p in module.parameters())):
             raise StudioError(
                 f"teacher {index} shares weights with the student, so freezing it would freeze "
                 "the student; take default_teacher(model) before compressing the model")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Cache frozen teachers' outputs for up to ``capacity`` samples (the training split's
+    size); ``mode`` and ``folder`` as :class:`TeacherCache` takes them."""
+
+    capacity: int
+    mode: str = "auto"
+    folder: Path | None = None
 
 
 class KDLoss:
@@ -136,17 +150,19 @@ class KDLoss:
     ``last`` holds each term of the latest call (detached), for logging without recomputing.
     """
 
-    def __init__(self, student: nn.Module, teachers: Sequence[nn.Module], config: KDConfig,
-                 projections: nn.ModuleDict, student_capture: FeatureCapture,
-                 teacher_capture: FeatureCapture) -> None:
+    def __init__(self, student: nn.Module, teachers: Sequence[Teacher], config: KDConfig,
+                 projections: nn.ModuleDict, student_capture: FeatureCapture) -> None:
         self.student = student
         self.teachers = list(teachers)
         self.config = config
         self.projections = projections
         self._student_capture = student_capture
-        self._teacher_capture = teacher_capture
         self.last: dict[str, Tensor] = {}
         self._closed = False
+
+    def cache_stats(self) -> list[CacheStats]:
+        """One entry per cached teacher (none when caching is off)."""
+        return [t.cache.stats() for t in self.teachers if isinstance(t, CachedTeacher)]
 
     def __call__(self, model: nn.Module, inputs: Tensor, labels: Tensor | None = None) -> Tensor:
         if self._closed:
@@ -156,23 +172,22 @@ class KDLoss:
                               "to make_kd_loss (its hooks and projections belong to it)")
         cfg = self.config
         self._student_capture.clear()
-        self._teacher_capture.clear()
         with torch.no_grad():
-            teacher_logits = []
-            for teacher in self.teachers:
-                teacher.eval()  # a parent's .train() must not switch batch norm to batch stats
-                teacher_logits.append(_logits(teacher(inputs), "teacher"))
+            outputs: list[TeacherOutput] = [teacher(inputs) for teacher in self.teachers]
+        teacher_logits = [o.logits for o in outputs]
+        first = outputs[0].features
         student_logits = _logits(model(inputs), "student")
         parts: dict[str, Tensor] = {}
         total = student_logits.new_zeros((), dtype=torch.float32)
         if cfg.logit_weight > 0:
-            probs = soft_targets(teacher_logits, cfg.temperature, cfg.teacher_weights)
+            combine = (confidence_soft_targets if cfg.teacher_weighting == "confidence"
+                       else soft_targets)
+            probs = combine(teacher_logits, cfg.temperature, cfg.teacher_weights)
             parts["logit"] = distillation_loss(student_logits, probs, labels, cfg.temperature,
                                                cfg.alpha)
             total = total + cfg.logit_weight * parts["logit"]
         for index, pair in enumerate(cfg.feature_pairs):
-            term = feature_kd_loss(self._student_capture[pair.student],
-                                   self._teacher_capture[pair.teacher],
+            term = feature_kd_loss(self._student_capture[pair.student], first[pair.teacher],
                                    self.projections[f"pair{index}"])
             parts[f"feature/{pair.student}"] = term
             total = total + pair.weight * term
@@ -181,21 +196,21 @@ class KDLoss:
                 s_emb, t_emb = student_logits, teacher_logits[0]
             else:
                 s_emb = self._student_capture[cfg.relation_layers[0]]
-                t_emb = self._teacher_capture[cfg.relation_layers[1]]
+                t_emb = first[cfg.relation_layers[1]]
             if cfg.relation_weight > 0:
                 parts["relation"] = rkd_distance_loss(s_emb, t_emb)
                 total = total + cfg.relation_weight * parts["relation"]
             if cfg.relation_angle_weight > 0:
                 parts["relation_angle"] = rkd_angle_loss(s_emb, t_emb)
                 total = total + cfg.relation_angle_weight * parts["relation_angle"]
-        self._teacher_capture.clear()  # the student's stay alive through backward anyway
         self.last = {name: value.detach() for name, value in parts.items()}
         return total
 
     def close(self) -> None:
-        """Remove every hook from student and teacher; safe to call twice."""
+        """Remove every hook from student and teachers; safe to call twice."""
         self._student_capture.close()
-        self._teacher_capture.close()
+        for teacher in self.teachers:
+            teacher.close()
         self._closed = True
 
 
@@ -214,68 +229,95 @@ class KDSetup(NamedTuple):
     close: Callable[[], None]
 
 
-def make_kd_loss(student: nn.Module, teachers: nn.Module | Sequence[nn.Module],
-                 config: KDConfig, example_inputs: Tensor) -> KDSetup:
-    """Build the KD loss for ``student``: freeze the teachers, hook the chosen layers, and size
-    the projections from one example forward through both.
+def _as_teacher(teacher: nn.Module | Teacher, feature_names: Sequence[str], index: int,
+                device: torch.device) -> Teacher:
+    if isinstance(teacher, nn.Module):
+        return TorchTeacher(freeze(teacher).to(device), feature_names if index == 0 else (),
+                            "teacher" if index == 0 else f"teacher {index}")
+    missing = [n for n in (feature_names if index == 0 else ()) if n not in teacher.feature_names]
+    if missing:
+        raise StudioError(f"{teacher.name} was opened without the features "
+                          f"{', '.join(missing)} the feature pairs name")
+    return teacher
 
+
+def make_kd_loss(student: nn.Module, teachers: nn.Module | Teacher | Sequence[nn.Module | Teacher],
+                 config: KDConfig, example_inputs: Tensor,
+                 cache: CacheSettings | None = None) -> KDSetup:
+    """Build the KD loss for ``student``: freeze the teachers, hook the chosen layers, check
+    the teachers' outputs against the student's and size the projections from one example
+    forward through both; with ``cache``, frozen teachers' outputs are kept per sample.
+
+    Teachers are torch modules (frozen, moved to ``example_inputs``' device) or
+    :class:`Teacher` objects (an ONNX file); feature and relation terms use the first.
     Build it after the student has its final shape (after structured pruning): projections are
-    sized from the student's current widths. Teachers are moved to ``example_inputs``' device.
-    Pass ``training_parameters(student, extra_parameters)`` as ``train(parameters=...)`` so the
-    projections learn too, and call ``close()`` when done (a ``finally`` block) to remove hooks.
+    sized from the student's current widths. Pass ``training_parameters(student,
+    extra_parameters)`` as ``train(parameters=...)`` so the projections learn too, and call
+    ``close()`` when done (a ``finally`` block) to remove hooks.
     """
-    teacher_list = [teachers] if isinstance(teachers, nn.Module) else list(teachers)
-    if not teacher_list:
+    given = [teachers] if isinstance(teachers, nn.Module) or not isinstance(
+        teachers, Sequence) else list(teachers)
+    if not given:
         raise StudioError("distillation needs at least one teacher")
-    if config.teacher_weights is not None and len(config.teacher_weights) != len(teacher_list):
+    if config.teacher_weights is not None and len(config.teacher_weights) != len(given):
         raise StudioError(f"{len(config.teacher_weights)} teacher weights given for "
-                          f"{len(teacher_list)} teachers")
-    _check_separate(student, teacher_list)
+                          f"{len(given)} teachers")
     device = example_inputs.device
-    for teacher in teacher_list:
-        freeze(teacher).to(device)
-    student_names = [p.student for p in config.feature_pairs]
     teacher_names = [p.teacher for p in config.feature_pairs]
+    student_names = [p.student for p in config.feature_pairs]
     if config.uses_relation and config.relation_layers is not None:
         student_names.append(config.relation_layers[0])
         teacher_names.append(config.relation_layers[1])
-    student_capture = FeatureCapture(student, student_names, "student")
+    _check_separate(student, given)
+    teacher_list: list[Teacher] = []
+    student_capture: FeatureCapture | None = None
     try:
-        teacher_capture = FeatureCapture(teacher_list[0], teacher_names, "teacher")
+        for index, teacher in enumerate(given):
+            teacher_list.append(_as_teacher(teacher, teacher_names, index, device))
+        student_capture = FeatureCapture(student, student_names, "student")
+        projections = _probe(student, teacher_list, config, example_inputs, student_capture)
     except BaseException:
-        student_capture.close()
+        for teacher in teacher_list:
+            teacher.close()
+        if student_capture is not None:
+            student_capture.close()
         raise
-    try:
-        projections = _build_projections(student, teacher_list[0], config, example_inputs,
-                                         student_capture, teacher_capture)
-    except BaseException:
-        student_capture.close()
-        teacher_capture.close()
-        raise
-    loss = KDLoss(student, teacher_list, config, projections, student_capture, teacher_capture)
+    if cache is not None:
+        teacher_list = [CachedTeacher(t, TeacherCache(
+            cache.capacity, cache.mode,
+            cache.folder / f"teacher-cache-{index}" if cache.folder is not None else None))
+            for index, t in enumerate(teacher_list)]
+    loss = KDLoss(student, teacher_list, config, projections, student_capture)
     return KDSetup(loss, list(projections.parameters()), loss.close)
 
 
-def _build_projections(student: nn.Module, teacher: nn.Module, config: KDConfig,
-                       example_inputs: Tensor, student_capture: FeatureCapture,
-                       teacher_capture: FeatureCapture) -> nn.ModuleDict:
-    projections = nn.ModuleDict()
-    if not config.feature_pairs:
-        return projections
+def _probe(student: nn.Module, teachers: Sequence[Teacher], config: KDConfig,
+           example_inputs: Tensor, student_capture: FeatureCapture) -> nn.ModuleDict:
+    """One example forward through everyone: check that every teacher scores the same
+    classes as the student (before any training), and size the feature projections."""
     was_training = student.training
     student.eval()  # the probe must not move the student's batch-norm statistics
     try:
         with torch.no_grad():
-            student(example_inputs)
-            teacher(example_inputs)
+            student_logits = _logits(student(example_inputs), "student")
+            outputs = [teacher(example_inputs) for teacher in teachers]
     finally:
         student.train(was_training)
+    if config.logit_weight > 0 or (config.uses_relation and config.relation_layers is None):
+        for teacher, output in zip(teachers, outputs, strict=True):
+            if output.logits.shape[-1] != student_logits.shape[-1] or (
+                    output.logits.shape[0] != student_logits.shape[0]):
+                raise StudioError(
+                    f"{teacher.name} gives outputs of shape {list(output.logits.shape)} where "
+                    f"the student gives {list(student_logits.shape)}: a teacher must score the "
+                    "same classes on the same inputs (use feature pairs only, logit_weight 0, "
+                    "for a teacher of another task)")
+    projections = nn.ModuleDict()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         for index, pair in enumerate(config.feature_pairs):
-            s_feat, t_feat = student_capture[pair.student], teacher_capture[pair.teacher]
+            s_feat, t_feat = student_capture[pair.student], outputs[0].features[pair.teacher]
             projection = FeatureProjector(tuple(s_feat.shape), tuple(t_feat.shape))
             projections[f"pair{index}"] = projection.to(device=s_feat.device, dtype=s_feat.dtype)
     student_capture.clear()
-    teacher_capture.clear()
     return projections

@@ -40,6 +40,26 @@ def soft_targets(teacher_logits: Sequence[Tensor], temperature: float,
     return torch.stack(probs).sum(0)
 
 
+def confidence_soft_targets(teacher_logits: Sequence[Tensor], temperature: float,
+                            weights: Sequence[float] | None = None) -> Tensor:
+    """Like :func:`soft_targets`, but each sample trusts each teacher in proportion to its
+    weight times its confidence there (top-1 probability at temperature 1), so a teacher that
+    is unsure about a sample gives way to one that is sure (confidence-aware multi-teacher KD).
+    """
+    if not teacher_logits:
+        raise ValueError("soft_targets needs at least one teacher's logits")
+    base = torch.as_tensor(list(weights) if weights is not None else [1.0] * len(teacher_logits),
+                           dtype=torch.float32, device=teacher_logits[0].device)
+    if len(base) != len(teacher_logits):
+        raise ValueError(f"{len(base)} teacher weights for {len(teacher_logits)} teachers")
+    rows = [_rows(t) for t in teacher_logits]
+    confidence = torch.stack([F.softmax(r, dim=-1).amax(-1) for r in rows])  # teachers x N
+    share = base[:, None] * confidence
+    share = share / share.sum(0, keepdim=True).clamp_min(1e-12)
+    probs = torch.stack([F.softmax(r / temperature, dim=-1) for r in rows])
+    return (probs * share[..., None]).sum(0)
+
+
 def logit_kd_loss(student_logits: Tensor, teacher_probs: Tensor, temperature: float) -> Tensor:
     """KL(teacher || student) on softened distributions, times T².
 

@@ -11,15 +11,8 @@ from torch import nn
 
 from studio.core.graph.roles import BLOCK, is_hf_block
 from studio.core.jobs import Event, Log, Metric
-from studio.core.methods.distill import (
-    FeaturePair,
-    KDConfig,
-    OutputMatchingLoss,
-    default_teacher,
-    make_kd_loss,
-    matching_kind,
-)
-from studio.core.methods.distill.distiller import training_parameters
+from studio.core.methods.distill import OutputMatchingLoss, default_teacher, matching_kind
+from studio.core.methods.distill.recovery import build_distillation
 from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.step import Need, StageReport, Step
 from studio.core.plan.recipe import Recipe
@@ -54,7 +47,7 @@ class Recover(Step):
                              weight_decay=section.weight_decay, seed=section.seed,
                              device=str(device))
         loss_fn: Any = cross_entropy
-        parameters, close = None, None
+        parameters, close, finish = None, None, None
         stage = "fine-tune"
         if not data.labelled and recipe.distill is None:
             kind = matching_kind(data.metric)
@@ -70,23 +63,23 @@ class Recover(Step):
                       f"{'KL of softened scores' if kind == 'logits' else '1 - cosine + MSE'}"
                       f"{hidden}; dropout off)")
         elif recipe.distill is not None:
-            kd = KDConfig(temperature=recipe.distill.temperature, alpha=recipe.distill.alpha,
-                          feature_pairs=tuple(FeaturePair(p.student, p.teacher, p.weight)
-                                              for p in recipe.distill.features),
-                          relation_weight=recipe.distill.relation_weight)
-            teacher = default_teacher(original)
             assert context.workspace.example is not None
             example = context.workspace.example.make_tensor().to(device)
-            setup = make_kd_loss(model, teacher, kd, example)
-            loss_fn, close = setup.loss_fn, setup.close
-            parameters = training_parameters(model, setup.extra_parameters)
+            distillation = build_distillation(
+                recipe.distill, model, original, example, data, context.out_dir,
+                context.base_dir, context.trust_models, section.seed, str(device))
+            loss_fn, close, finish = distillation.loss_fn, distillation.close, distillation.finish
+            parameters = distillation.parameters
             stage = "distill"
-            if not data.labelled:
-                yield Log("No labels: distilling without the cross-entropy term")
+            for line in distillation.logs:
+                yield Log(line)
         yield Log(f"Recovering {data.metric}: {section.epochs} epoch(s) of {stage} on {device}")
+        extra: dict[str, Any] = {}
         try:
             yield from train(model, data.train, config, context.token, loss_fn, stage,
                              context.after_step, parameters, dropout=stage != "match")
+            if finish is not None:
+                extra = finish()
         finally:
             if close is not None:
                 close()
@@ -96,5 +89,16 @@ class Recover(Step):
         report = {"kind": stage, "epochs": section.epochs,
                   "torch_metric": {"name": data.metric, "value": value}}
         if stage == "distill" and recipe.distill is not None:
-            report["distill"] = recipe.distill.model_dump(mode="json")
+            report["distill"] = recipe.distill.model_dump(mode="json") | extra
+            cache = extra.get("teacher_cache")
+            if cache:
+                context.note(f"Teacher outputs cached: {cache['bytes'] / 2**20:.1f} MB "
+                             f"{'on disk' if cache['on_disk'] else 'in memory'}, hit rate "
+                             f"{cache['hit_rate']:.0%} ({cache['hits']} of "
+                             f"{cache['hits'] + cache['misses']} samples read back)")
+            if "mutual" in extra:
+                mutual = extra["mutual"]
+                context.note(f"Mutual learning kept the {mutual['kept']} (calibration "
+                             f"accuracy {mutual['model']:.3f} model, {mutual['peer']:.3f} "
+                             "peer)")
         return report
