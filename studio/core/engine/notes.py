@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from studio.core.data.metrics import METRIC_LABELS
+from studio.core.data.metrics import METRIC_LABELS, needs_reference
 from studio.core.data.metrics import drop as metric_drop
 
 SLOWER_THRESHOLD = 0.9
@@ -67,7 +67,7 @@ def honesty_notes(baseline: dict[str, Any], compressed: dict[str, Any],
     metric = compressed["metric"]["name"]
     drop = metric_drop(metric, baseline["metric"]["value"], compressed["metric"]["value"])
     if metric in SCORES and drop > NOTABLE_DROP:  # MSE has no scale to call a drop large
-        name = METRIC_LABELS[metric] + ("" if metric == "accuracy" else " with the original")
+        name = METRIC_LABELS[metric] + (" with the original" if needs_reference(metric) else "")
         notes.append(f"{name} dropped {drop * 100:.1f} points. To recover it, try "
                      f"{advice or drop_advice(can_train=True)}.")
     return notes
