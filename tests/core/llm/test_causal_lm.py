@@ -18,6 +18,7 @@ from studio.core.export.measure import run_onnx, score_outputs
 from studio.core.export.onnx_export import export_onnx
 from studio.core.models.generate import greedy_ids
 from studio.core.models.loader import open_model
+from studio.core.plan.stages import DataSection
 from studio.core.train.loop import evaluate
 from studio.core.workspace import open_workspace
 
@@ -94,6 +95,20 @@ def test_perplexity_refuses_outputs_that_are_not_logits() -> None:
         score("perplexity", np.zeros((2, 8)), np.zeros((2, 8), dtype=np.int64))
     with pytest.raises(StudioError, match="outside the model's 4 logits"):
         score("perplexity", np.zeros((1, 3, 4)), np.array([[0, 1, 9]]))
+
+
+def test_perplexity_asked_of_a_model_without_logits_is_refused() -> None:
+    from studio.core.data.split import metric_for_output
+    from studio.core.data.task import TaskData
+
+    section = DataSection(source="arrays", path="x.npz", metric="perplexity")
+    data = TaskData(TensorDataset(torch.zeros(2, 4)), TensorDataset(torch.zeros(2, 4)),
+                    TensorDataset(torch.zeros(2, 4)), None, "x", labelled=False,
+                    metric="perplexity")
+    with pytest.raises(StudioError, match=r"needs next-token logits .* is \[N, 32\]"):
+        metric_for_output(section, data, "output", ("N", 32), "recipe")
+    assert metric_for_output(section, data, "output", ("N", 8, 50), "recipe").metric == \
+        "perplexity"
 
 
 def test_export_has_free_batch_and_sequence_and_matches_torch(tiny_gpt2: Path,
