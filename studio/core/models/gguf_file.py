@@ -75,11 +75,12 @@ def load_gguf(path: Path) -> LoadedModel:
             described = sum(t.numel() for t in skeleton.parameters())
             check_declared_bytes(path, described * 4, "the dequantized model")
             model = transformers.AutoModelForCausalLM.from_pretrained(
-                str(path.parent), config=config, attn_implementation="eager", **where)
+                str(path.parent), config=config, attn_implementation="eager",
+                dtype=torch.float32, **where)
     except ModelLoadError:
         raise
     except Exception as error:  # unknown architecture, damaged tensors, missing keys...
         raise ModelLoadError(f"{path}: transformers {transformers.__version__} cannot load "
                              f"this GGUF file as a causal LM: {first_line(error)}") from error
-    return causal_lm(model.float(), path, FORMAT, str(config.model_type),
+    return causal_lm(model, path, FORMAT, str(config.model_type),
                      {"quantization": quantization, "weights": _weights_note(quantization)})

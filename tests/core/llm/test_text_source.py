@@ -86,3 +86,19 @@ def test_a_folder_without_tokenizer_files_is_a_clear_error(tmp_path: Path) -> No
     model.mkdir()
     with pytest.raises(StudioError, match="no usable tokenizer"):
         load_task(_section(tmp_path / "t.txt"), model_path=model)
+
+
+def test_check_data_tokenizes_with_the_recipe_model(tiny_llama: Path, tmp_path: Path) -> None:
+    from studio.core.engine.data_check import data_check_job
+    from studio.core.jobs import CancelToken, Result
+    from studio.core.plan.recipe import parse_recipe
+
+    (tmp_path / "t.txt").write_text(TEXT)
+    recipe = parse_recipe(f"""schema_version: 1
+model: {{path: {tiny_llama}}}
+data: {{source: text, path: t.txt, block_length: 16}}
+""", "recipe")
+    result = list(data_check_job(recipe, tmp_path, tmp_path / "out", CancelToken()))[-1]
+    assert isinstance(result, Result)
+    assert result.report["metric"] == "perplexity"
+    assert result.report["samples"] == [["", "16 int64"]]
