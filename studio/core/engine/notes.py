@@ -12,6 +12,8 @@ SLOWER_THRESHOLD = 0.9
 NOTABLE_DROP = 0.01
 SCORES = ("accuracy", "cosine", "top1_agreement")
 """Metrics whose drop reads as points of a 0-1 score (MSE has no such scale)."""
+NOTABLE_PERPLEXITY_RATIO = 1.1
+"""Perplexity has no 0-1 scale either; a rise by a tenth is one a reader of the text notices."""
 
 
 def drop_advice(can_train: bool, dynamic_convs: bool = False,
@@ -70,4 +72,9 @@ def honesty_notes(baseline: dict[str, Any], compressed: dict[str, Any],
         name = METRIC_LABELS[metric] + (" with the original" if needs_reference(metric) else "")
         notes.append(f"{name} dropped {drop * 100:.1f} points. To recover it, try "
                      f"{advice or drop_advice(can_train=True)}.")
+    before, after = baseline["metric"]["value"], compressed["metric"]["value"]
+    if metric == "perplexity" and before > 0 and after > NOTABLE_PERPLEXITY_RATIO * before:
+        notes.append(f"Perplexity rose from {before:.2f} to {after:.2f} ({after / before:.2f}× "
+                     "the original's; lower is better): compare the two greedy samples in the "
+                     f"report. To recover it, try {advice or drop_advice(can_train=True)}.")
     return notes

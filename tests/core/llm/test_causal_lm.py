@@ -147,3 +147,16 @@ def test_a_gguf_file_that_is_not_one_is_a_clear_error(tmp_path: Path) -> None:
     shutil.copy(bad, renamed)
     with pytest.raises(ModelLoadError, match="GGUF"):
         open_model(renamed)  # found by its first bytes
+
+
+def test_a_notable_rise_in_perplexity_gets_a_note_and_a_fall_does_not() -> None:
+    from studio.core.engine.notes import honesty_notes
+
+    def figures(value: float) -> dict[str, object]:
+        return {"metric": {"name": "perplexity", "value": value, "higher_is_better": False},
+                "latency_ms": {}, "onnx_bytes": 100, "zip_bytes": 50}
+
+    notes = honesty_notes(figures(20.0), figures(30.0), 0, False)
+    assert any("Perplexity rose from 20.00 to 30.00 (1.50×" in note for note in notes)
+    assert not any("Perplexity" in note for note in honesty_notes(figures(20.0), figures(19.0),
+                                                                  0, False))
