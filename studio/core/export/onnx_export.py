@@ -237,7 +237,8 @@ def _export_dynamo(model: nn.Module, inputs: tuple[Tensor, ...], target: Path, o
         chatter.setLevel(level)
     if program is None:
         raise StudioError("the dynamo exporter returned no program")
-    program.save(str(target), external_data=False)
+    weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    program.save(str(target), external_data=weights > _SINGLE_FILE_LIMIT)
 
 
 def export_onnx(model: nn.Module, example_inputs: Tensor | Sequence[Tensor], path: str | Path,
