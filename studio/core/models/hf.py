@@ -101,12 +101,12 @@ class TokenModel(nn.Module):
         self.normalize = normalize
 
     def forward(self, input_ids: Tensor) -> Tensor:
+        if self.output == CAUSAL_OUTPUT:
+            return self.model(input_ids=input_ids, use_cache=False).logits
         if self.pad_token_id is None:
             mask = torch.ones_like(input_ids, dtype=torch.bool)
         else:
             mask = input_ids != self.pad_token_id
-        if self.output == CAUSAL_OUTPUT:
-            return self.model(input_ids=input_ids, use_cache=False).logits
         result = self.model(input_ids=input_ids, attention_mask=mask.long())
         if self.output == "logits":
             return result.logits
@@ -288,8 +288,8 @@ def causal_lm(model: nn.Module, path: Path, file_format: str, model_type: str,
     config = model.config
     longest = getattr(config, "max_position_embeddings", None) or EXAMPLE_LENGTH
     architectures = getattr(config, "architectures", None) or [type(model).__name__]
-    tied = model.get_output_embeddings() is not None and (
-        model.get_output_embeddings().weight is model.get_input_embeddings().weight)
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight is model.get_input_embeddings().weight
     return LoadedModel(
         name=path.name, path=path, format=file_format,
         module=TokenModel(model, None, CAUSAL_OUTPUT).eval(), architecture=None,
