@@ -59,7 +59,9 @@ def _layer_json(node: LayerNode) -> dict[str, Any]:
         "sparsity": round(node.sparsity, 6),
         "weight_bits": node.weight_bits,
         "leaf": node.is_leaf,
-    }
+    } | ({"heads": {"query": node.query_heads, "key_value": node.kv_heads}}
+         if node.kv_heads else {}) | ({"tied_to": node.tied_to} if node.tied_to is not None
+                                     else {})
 
 
 def inspect_json(workspace: Workspace) -> dict[str, Any]:

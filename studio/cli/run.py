@@ -102,8 +102,10 @@ def summary(report: dict[str, Any]) -> str:
     base, comp = report["baseline"], report["compressed"]
     rows = [("", "baseline", "compressed", "ratio")]
     metric = base["metric"]["name"]
-    rows.append((metric, f"{base['metric']['value']:.4f}", f"{comp['metric']['value']:.4f}",
-                 f"{comp['metric']['value'] - base['metric']['value']:+.4f}"))
+    before, after = base["metric"]["value"], comp["metric"]["value"]
+    rows.append((metric, f"{before:.4f}", f"{after:.4f}",
+                 f"{after / before:.3f}×" if metric == "perplexity" and before
+                 else f"{after - before:+.4f}"))
     for key in ("params", "nonzero_params", "macs", "onnx_bytes", "zip_bytes"):
         rows.append((key, f"{base[key]:,}", f"{comp[key]:,}",
                      f"{comp[key] / base[key]:.3f}×" if base[key] else ""))
@@ -116,9 +118,15 @@ def summary(report: dict[str, Any]) -> str:
                        enumerate(zip(row, widths, strict=True))) for row in rows]
     data = report.get("data")
     if isinstance(data, dict):
-        kind = "labelled" if data.get("labelled") else "unlabelled: agreement with the original"
+        kind = ("labelled" if data.get("labelled") else "text: perplexity, lower is better"
+                if data.get("metric") == "perplexity" else
+                "unlabelled: agreement with the original")
         lines.append(f"data: {data.get('name')} ({kind}; {data['sizes'].get('test')} test "
                      "samples)")
+    for name in ("baseline", "compressed"):
+        sample = report[name].get("generation")
+        if sample:
+            lines.append(f"{name} writes: {sample['prompt']!r} → {sample['text']!r}")
     lines += [f"note: {note}" for note in report.get("notes", [])]
     lines.append(f"wrote {report['paths']['model']} and {report['paths']['report']}")
     return "\n".join(lines)

@@ -40,6 +40,7 @@ SOURCES = {
     "arrays": "Arrays (.npz / .npy)",
     "csv": "CSV file",
     "function": "Python function",
+    "text": "Text (.txt / .jsonl) for a causal LM",
 }
 METRICS = {
     "auto": "auto: accuracy with labels, else MSE or cosine by the output",
@@ -47,12 +48,14 @@ METRICS = {
     "cosine": "cosine agreement with the original",
     "top1_agreement": "top-1 agreement with the original",
     "mse": "MSE against the original",
+    "perplexity": "perplexity (causal LMs on text; lower is better)",
 }
 PATH_HINTS = {
     "images": "folder with one sub-folder per class (or unlabelled images)",
     "arrays": "file.npz (inputs, optional labels) or inputs.npy",
     "csv": "file.csv with numeric columns",
     "function": "package.module:function returning batches",
+    "text": ".txt or .jsonl file, or a folder of them",
 }
 
 
@@ -172,7 +175,14 @@ class DataPanel(QWidget):
         self.label_column.setPlaceholderText("none: the rows are unlabelled")
         self.max_samples = self._spin(1, 10_000_000, 50_000)
         self.max_samples.setSuffix(" samples at most")
-        self.max_samples.setToolTip("Stop reading the function's batches after this many")
+        self.max_samples.setToolTip("Stop reading the function's batches (or the text's "
+                                    "blocks) after this many")
+        self.block_length = self._spin(2, 32_768, 128)
+        self.block_length.setSuffix(" tokens per block")
+        self.prompt = QLineEdit()
+        self.prompt.setPlaceholderText("the prompt both models continue in the report")
+        self.generate_tokens = self._spin(0, 512, 20)
+        self.generate_tokens.setSuffix(" tokens generated")
 
         source_box = QGroupBox("Source")
         self.source_form = QFormLayout(source_box)
@@ -187,11 +197,15 @@ class DataPanel(QWidget):
         self.source_form.addRow("Constant inputs", self.constants)
         self.source_form.addRow("Label column", self.label_column)
         self.source_form.addRow("Read", self.max_samples)
+        self.source_form.addRow("Blocks", self.block_length)
+        self.source_form.addRow("Prompt", self.prompt)
+        self.source_form.addRow("Sample", self.generate_tokens)
         self._source_rows = {
-            "path": ("images", "arrays", "csv", "function"),
+            "path": ("images", "arrays", "csv", "function", "text"),
             "size": ("images",), "channels": ("images",), "mean": ("images",),
             "std": ("images",), "inputs_key": ("arrays",), "labels_key": ("arrays",),
-            "label_column": ("csv",), "max_samples": ("function",),
+            "label_column": ("csv",), "max_samples": ("function", "text"),
+            "block_length": ("text",), "prompt": ("text",), "generate_tokens": ("text",),
         }
 
         self.use_labels = QCheckBox("use labels when the data has them")
@@ -255,16 +269,18 @@ class DataPanel(QWidget):
             "label_column": self.label_column, "metric": self.metric,
             "test_fraction": self.test_fraction, "split_seed": self.split_seed,
             "calibration_samples": self.calibration, "train_samples": self.train_samples,
-            "max_samples": self.max_samples,
+            "max_samples": self.max_samples, "block_length": self.block_length,
+            "prompt": self.prompt, "generate_tokens": self.generate_tokens,
             "image.size": self.height, "image.mean": self.mean, "image.std": self.std,
         }
         for combo in (self.source, self.channels, self.metric):
             combo.currentIndexChanged.connect(self._changed)
         for edit in (self.path, self.test_path, self.mean, self.std, self.inputs_key,
-                     self.labels_key, self.label_column, self.constants):
+                     self.labels_key, self.label_column, self.constants, self.prompt):
             edit.textChanged.connect(self._changed)
         for spin in (self.height, self.width, self.test_fraction, self.split_seed,
-                     self.calibration, self.train_samples, self.max_samples):
+                     self.calibration, self.train_samples, self.max_samples,
+                     self.block_length, self.generate_tokens):
             spin.valueChanged.connect(self._changed)
         for box in (self.resize_box, self.use_labels):
             box.toggled.connect(self._changed)
@@ -300,6 +316,9 @@ class DataPanel(QWidget):
             self.calibration.setValue(section.calibration_samples)
             self.train_samples.setValue(section.train_samples or 0)
             self.max_samples.setValue(section.max_samples)
+            self.block_length.setValue(section.block_length)
+            self.prompt.setText(section.prompt)
+            self.generate_tokens.setValue(section.generate_tokens)
             self.resize_box.setChecked(image.size is not None)
             if image.size is not None:
                 self.height.setValue(image.size[0])
@@ -329,6 +348,9 @@ class DataPanel(QWidget):
             "calibration_samples": self.calibration.value(),
             "train_samples": self.train_samples.value() or None,
             "max_samples": self.max_samples.value(),
+            "block_length": self.block_length.value(),
+            "prompt": self.prompt.text() or DataSection().prompt,
+            "generate_tokens": self.generate_tokens.value(),
         }
         if values["source"] == "images":
             values["image"] = {
@@ -365,7 +387,9 @@ class DataPanel(QWidget):
         widgets = {"path": self.path_row, "size": self.height.parentWidget(),
                    "channels": self.channels, "mean": self.mean, "std": self.std,
                    "inputs_key": self.inputs_key, "labels_key": self.labels_key,
-                   "label_column": self.label_column, "max_samples": self.max_samples}
+                   "label_column": self.label_column, "max_samples": self.max_samples,
+                   "block_length": self.block_length, "prompt": self.prompt,
+                   "generate_tokens": self.generate_tokens}
         for key, widget in widgets.items():
             self.source_form.setRowVisible(widget, source in self._source_rows[key])
         self.split_form.setRowVisible(self.test_row, source not in ("demo", "function"))

@@ -155,6 +155,8 @@ def test_every_field_survives_the_form(qtbot) -> None:
                     constants={"sr": 16000, "window": [[0.5, 1], [2, 3]]}),
         DataSection(source="csv", path="t.csv", label_column="class", metric="accuracy"),
         DataSection(source="function", path="pkg.mod:fn", max_samples=1234, metric="cosine"),
+        DataSection(source="text", path="corpus", block_length=64, prompt="Once upon",
+                    generate_tokens=7, max_samples=300, metric="perplexity"),
     ]
     for section in sections:
         panel.set_section(section)

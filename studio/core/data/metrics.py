@@ -1,5 +1,6 @@
-"""How good a model's outputs are: accuracy against labels, or agreement with the uncompressed
-model's outputs when there are no labels (so a user can compress without labelling anything).
+"""How good a model's outputs are: accuracy against labels, agreement with the uncompressed
+model's outputs when there are no labels (so a user can compress without labelling anything),
+or a causal LM's perplexity on its own input text.
 
 Every metric is accumulated batch by batch (:class:`MetricTotals`), so a large test set is never
 held twice in memory; :func:`score` and :func:`agreement` are the one-shot forms. Sums are kept
@@ -8,24 +9,52 @@ in float64 so the figure does not depend on the batch size.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from studio.core.errors import StudioError
 
-METRICS: tuple[str, ...] = ("accuracy", "cosine", "top1_agreement", "mse")
-"""accuracy against labels; the rest compare outputs with a reference (the uncompressed model's
-outputs on the same inputs)."""
+METRICS: tuple[str, ...] = ("accuracy", "cosine", "top1_agreement", "mse", "perplexity")
+"""accuracy against labels; perplexity of next-token logits against the input tokens
+themselves; the rest compare outputs with a reference (the uncompressed model's outputs on the
+same inputs)."""
 METRIC_LABELS = {"accuracy": "Accuracy", "cosine": "Cosine agreement",
-                 "top1_agreement": "Top-1 agreement", "mse": "MSE vs original"}
+                 "top1_agreement": "Top-1 agreement", "mse": "MSE vs original",
+                 "perplexity": "Perplexity"}
 """How reports, notes and plots name each metric."""
+LOWER_IS_BETTER = frozenset({"mse", "perplexity"})
+"""Errors, where the others are scores."""
+SELF_SCORED = frozenset({"accuracy", "perplexity"})
+"""Measured against the data itself (labels, the next tokens), not the original's outputs."""
 
 
 def higher_is_better(metric: str) -> bool:
-    """False only for ``mse``: an error, where the others are scores."""
-    return metric != "mse"
+    """False for ``mse`` and ``perplexity``: errors, where the others are scores."""
+    return metric not in LOWER_IS_BETTER
+
+
+def needs_reference(metric: str) -> bool:
+    """Whether ``metric`` compares with the uncompressed model's outputs."""
+    return metric not in SELF_SCORED
+
+
+def metric_target(metric: str, inputs: np.ndarray | Tensor, labels: np.ndarray | Tensor | None,
+                  reference: np.ndarray | Tensor | None) -> np.ndarray | Tensor:
+    """What ``metric`` scores a batch's outputs against: the labels (accuracy), the input
+    tokens (perplexity: each position predicts the next) or the reference outputs."""
+    if metric == "perplexity":
+        return inputs
+    if metric == "accuracy":
+        if labels is None:
+            raise StudioError("accuracy needs labels; this data has none")
+        return labels
+    if reference is None:
+        raise StudioError(f"{metric} compares with the uncompressed model's outputs; pass them")
+    return reference
 
 
 def drop(metric: str, baseline: float, value: float) -> float:
@@ -49,7 +78,10 @@ class MetricTotals:
     """Running sums of one metric over batches: ``add(outputs, target)`` then ``value()``.
 
     ``target`` is the labels for ``accuracy`` (class ids, the outputs' last dim is the class),
-    otherwise the reference outputs for the same samples, of the same shape as ``outputs``.
+    the token ids (batch × sequence) for ``perplexity`` (outputs: next-token logits, batch ×
+    sequence × vocabulary; ``total`` sums the negative log-likelihood of every token after the
+    first, in nats), otherwise the reference outputs for the same samples, of the same shape as
+    ``outputs``.
     """
 
     def __init__(self, metric: str) -> None:
@@ -59,6 +91,9 @@ class MetricTotals:
         self.count = 0
 
     def add(self, outputs: np.ndarray | Tensor, target: np.ndarray | Tensor) -> None:
+        if self.metric == "perplexity":
+            self._add_tokens(outputs, target)
+            return
         out, ref = _array(outputs), _array(target)
         if self.metric == "accuracy":
             if out.shape[:-1] != ref.shape:
@@ -88,9 +123,28 @@ class MetricTotals:
             self.total += float(((out64 - ref64) ** 2).sum())
             self.count += out.size
 
+    def _add_tokens(self, logits: np.ndarray | Tensor, tokens: np.ndarray | Tensor) -> None:
+        """Next-token log-likelihood, one sequence at a time in float64 (a sequence's logits
+        over a 50k vocabulary are already tens of megabytes)."""
+        ids = torch.as_tensor(_array(tokens))
+        scores = torch.as_tensor(_array(logits))
+        if scores.dim() != 3 or ids.dim() != 2 or scores.shape[:2] != ids.shape:
+            raise StudioError(f"perplexity: outputs of shape {list(scores.shape)} are not "
+                              f"next-token logits (batch, sequence, vocabulary) for tokens of "
+                              f"shape {list(ids.shape)}")
+        vocabulary = scores.shape[-1]
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocabulary):
+            raise StudioError(f"perplexity: token ids outside the model's {vocabulary} logits")
+        for row, targets in zip(scores, ids, strict=True):
+            predicted = row[:-1].double().log_softmax(-1)
+            self.total -= float(predicted.gather(-1, targets[1:, None].long()).sum())
+            self.count += len(targets) - 1
+
     def value(self) -> float:
         if self.count == 0:
             raise StudioError(f"{self.metric}: no samples to measure")
+        if self.metric == "perplexity":
+            return math.exp(self.total / self.count)
         return self.total / self.count
 
 

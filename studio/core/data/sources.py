@@ -16,6 +16,7 @@ from studio.core.data.samples import Samples, check_samples
 from studio.core.data.split import resolve_metric, split_task
 from studio.core.data.tabular import read_csv
 from studio.core.data.task import TaskData, demo_task
+from studio.core.data.text import read_text_blocks
 from studio.core.errors import StudioError
 from studio.core.plan.stages import DataSection
 
@@ -26,13 +27,21 @@ def _resolve(path: str, base_dir: Path | None) -> Path:
 
 
 def _read(section: DataSection, path: str, base_dir: Path | None, trust: bool,
-          train: Samples | None = None) -> Samples:
+          train: Samples | None = None, model_path: Path | None = None) -> Samples:
     """One file, folder or function of the section's source; ``train`` (when reading the test
-    set) gives the class names its labels must use."""
+    set) gives the class names its labels must use; ``model_path`` is the model whose
+    tokenizer a ``text`` source uses."""
     classes = train.classes if train is not None else None
     if section.source == "function":
         return read_function(path, trust, section.max_samples, base_dir)
     resolved = _resolve(path, base_dir)
+    if section.source == "text":
+        if model_path is None:
+            raise StudioError(f"{path}: text data is tokenized with the model's tokenizer; "
+                              "open a causal language model (a Hugging Face folder or a "
+                              ".gguf file) first")
+        return read_text_blocks(resolved, model_path, section.block_length,
+                                section.max_samples)
     if section.source == "images":
         return read_image_folder(resolved, section.image, classes)
     if section.source == "arrays":
@@ -68,31 +77,33 @@ def constant_inputs(section: DataSection) -> dict[str, np.ndarray]:
     return {name: np.asarray(value) for name, value in section.constants.items()}
 
 
-def load_task(section: DataSection, base_dir: Path | None = None, trust: bool = False
-              ) -> TaskData:
+def load_task(section: DataSection, base_dir: Path | None = None, trust: bool = False,
+              model_path: Path | None = None) -> TaskData:
     """The task's train / test / calibration splits as the section describes them, with the
-    section's constant inputs.
+    section's constant inputs. ``model_path`` (the opened model's file or folder) gives a
+    ``text`` source its tokenizer.
 
     ``trust`` allows a ``function`` source to import and run the user's code; without it that
     source raises :class:`~studio.core.data.function.FunctionTrustRequired` (a TrustRequired).
     Every problem with the data is a StudioError naming the file, row or field.
     """
-    return dataclasses.replace(_splits(section, base_dir, trust),
+    return dataclasses.replace(_splits(section, base_dir, trust, model_path),
                                constants=constant_inputs(section))
 
 
-def _splits(section: DataSection, base_dir: Path | None, trust: bool) -> TaskData:
+def _splits(section: DataSection, base_dir: Path | None, trust: bool,
+            model_path: Path | None) -> TaskData:
     if section.source == "demo":
         task = demo_task(section.calibration_samples, section.split_seed, section.train_samples)
         if section.labelled is False:
             return _unlabelled_demo(task, section)
         return dataclasses.replace(task, metric=resolve_metric(section, True, "data"))
     assert section.path is not None  # the section's validator requires it
-    pool = _read(section, section.path, base_dir, trust)
+    pool = _read(section, section.path, base_dir, trust, model_path=model_path)
     check_samples(pool, section.path)
     test = None
     if section.test_path is not None:
-        test = _read(section, section.test_path, base_dir, trust, pool)
+        test = _read(section, section.test_path, base_dir, trust, pool, model_path)
         check_samples(test, section.test_path)
         _same_kind(test, pool, section)
     name = f"{section.source}: {section.path}"

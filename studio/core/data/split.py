@@ -28,9 +28,11 @@ def _dataset(samples: Samples, index: torch.Tensor, labelled: bool) -> TensorDat
 
 
 def resolve_metric(section: DataSection, labelled: bool, where: str) -> str:
-    """``auto`` means accuracy with labels and cosine agreement without, until the model's
-    output is known (:func:`metric_for_output`)."""
+    """``auto`` means perplexity for text, accuracy with labels and cosine agreement without,
+    until the model's output is known (:func:`metric_for_output`)."""
     if section.metric == "auto":
+        if section.source == "text":
+            return "perplexity"
         return "accuracy" if labelled else "cosine"
     if section.metric == "accuracy" and not labelled:
         raise StudioError(f"{where}: metric accuracy needs labels, and this data has none (or "
@@ -50,6 +52,13 @@ def metric_for_output(section: DataSection, data: TaskData, name: str,
 def _chosen_metric(section: DataSection, metric: str, name: str, shape: Sequence[int | str],
                    where: str) -> tuple[str, str]:
     dims = "[" + ", ".join(["N", *(str(d) for d in shape[1:])]) + "]"
+    if metric == "perplexity":
+        if len(shape) != 3:
+            raise StudioError(f"{where}: metric perplexity needs next-token logits [N, "
+                              f"sequence, vocabulary] from a causal language model; the "
+                              f"model's output {name!r} is {dims}")
+        return metric, ("next-token perplexity of the held-out text blocks (lower is better)"
+                        + ("" if section.metric == "perplexity" else "; auto: text data"))
     if section.metric != "auto":
         if metric == "cosine":
             check_cosine_fits(name, shape, where)

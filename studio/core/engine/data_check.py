@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from studio.core.data.metrics import needs_reference
 from studio.core.data.sources import load_task
 from studio.core.data.task import NamedInputs, TaskData, first_rows, model_inputs
 from studio.core.engine.data_fit import check_token_range
@@ -28,6 +29,7 @@ from studio.core.jobs.cancel import CancelToken
 from studio.core.jobs.events import Event, Log, Result
 from studio.core.plan.recipe import Recipe
 from studio.core.plan.stages import DataSection
+from studio.core.workspace import resolve_path
 
 PROBE_FILE = "probe.npz"
 PROBE_SAMPLES = 2
@@ -47,7 +49,7 @@ def data_check_report(task: TaskData, problem: str | None,
     the name is empty for one unnamed input), its constants, and what does not fit the model
     (``problem``), as far as the data alone tells: ``metric`` stays ``auto`` (with
     :data:`UNSETTLED_METRIC` as its reason) when ``section`` leaves it to the model's output."""
-    if section is not None and section.metric == "auto" and task.metric != "accuracy":
+    if section is not None and section.metric == "auto" and needs_reference(task.metric):
         task = dataclasses.replace(task, metric="auto", metric_reason=UNSETTLED_METRIC)
     inputs = model_inputs(task.test)
     samples = [[name, f"{_shape(values.shape[1:])} {str(values.dtype).removeprefix('torch.')}"]
@@ -73,7 +75,8 @@ def data_check_job(recipe: Recipe, base_dir: Path | None, out_dir: Path, token: 
     given, save the probe samples in ``out_dir``; one :class:`Result` with
     :func:`data_check_report`. Unreadable data raises its StudioError."""
     yield Log("Loading the data")
-    task = load_task(recipe.data or DataSection(), base_dir, trust)
+    model_path = None if recipe.model is None else Path(resolve_path(recipe.model.path, base_dir))
+    task = load_task(recipe.data or DataSection(), base_dir, trust, model_path)
     token.check()
     problem = None
     if vocabulary is not None and not task.input_names:

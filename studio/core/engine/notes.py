@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from studio.core.data.metrics import METRIC_LABELS
+from studio.core.data.metrics import METRIC_LABELS, needs_reference
 from studio.core.data.metrics import drop as metric_drop
 
 SLOWER_THRESHOLD = 0.9
 NOTABLE_DROP = 0.01
 SCORES = ("accuracy", "cosine", "top1_agreement")
 """Metrics whose drop reads as points of a 0-1 score (MSE has no such scale)."""
+NOTABLE_PERPLEXITY_RATIO = 1.1
+"""Perplexity has no 0-1 scale either; a rise by a tenth is one a reader of the text notices."""
 
 
 def drop_advice(can_train: bool, dynamic_convs: bool = False,
@@ -67,7 +69,12 @@ def honesty_notes(baseline: dict[str, Any], compressed: dict[str, Any],
     metric = compressed["metric"]["name"]
     drop = metric_drop(metric, baseline["metric"]["value"], compressed["metric"]["value"])
     if metric in SCORES and drop > NOTABLE_DROP:  # MSE has no scale to call a drop large
-        name = METRIC_LABELS[metric] + ("" if metric == "accuracy" else " with the original")
+        name = METRIC_LABELS[metric] + (" with the original" if needs_reference(metric) else "")
         notes.append(f"{name} dropped {drop * 100:.1f} points. To recover it, try "
                      f"{advice or drop_advice(can_train=True)}.")
+    before, after = baseline["metric"]["value"], compressed["metric"]["value"]
+    if metric == "perplexity" and before > 0 and after > NOTABLE_PERPLEXITY_RATIO * before:
+        notes.append(f"Perplexity rose from {before:.2f} to {after:.2f} ({after / before:.2f}× "
+                     "the original's; lower is better): compare the two greedy samples in the "
+                     f"report. To recover it, try {advice or drop_advice(can_train=True)}.")
     return notes

@@ -128,7 +128,7 @@ def sensitivity_job(recipe: Recipe, base_dir: Path | None, token: CancelToken,
         raise StudioError("sensitivity: the recipe names no model (add model: {path: ...})")
     workspace = open_recipe_workspace(recipe, base_dir, trust, architecture=architecture)
     task = load_task(recipe.data or DataSection(), base_dir,
-                     trust if trust_data is None else trust_data)
+                     trust if trust_data is None else trust_data, workspace.loaded.path)
     yield from sensitivity_workspace(workspace, token, sparsity_levels, bit_levels, granularity,
                                      subset, layers, device, task, recipe.data or DataSection())
 

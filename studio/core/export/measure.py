@@ -28,6 +28,7 @@ from studio.core.data.metrics import (
     check_top1_fits,
     higher_is_better,
     is_class_scores,
+    metric_target,
     score,
 )
 from studio.core.data.task import model_inputs
@@ -256,16 +257,11 @@ def parity(torch_model: nn.Module, onnx_path: str | Path, inputs: Tensor,
 
 def score_outputs(outputs: np.ndarray, dataset: TensorDataset, metric: str,
                   reference: Tensor | np.ndarray | None) -> float:
-    """``metric`` of ``outputs`` (on ``dataset``'s inputs): accuracy against its labels, or
-    agreement with ``reference`` (the uncompressed model's outputs on the same samples; see
-    :func:`torch_outputs`)."""
-    if metric == "accuracy":
-        if len(dataset.tensors) < 2:
-            raise StudioError("accuracy needs labels; this data has none")
-        return score(metric, outputs, dataset.tensors[1])
-    if reference is None:
-        raise StudioError(f"{metric} compares with the uncompressed model's outputs; pass them")
-    return score(metric, outputs, reference)
+    """``metric`` of ``outputs`` (on ``dataset``'s inputs): accuracy against its labels,
+    perplexity on its input tokens, or agreement with ``reference`` (the uncompressed model's
+    outputs on the same samples; see :func:`torch_outputs`)."""
+    labels = dataset.tensors[1] if len(dataset.tensors) > 1 else None
+    return score(metric, outputs, metric_target(metric, dataset.tensors[0], labels, reference))
 
 
 def onnx_metric(onnx_path: str | Path, dataset: TensorDataset, metric: str = "accuracy",

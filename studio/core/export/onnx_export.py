@@ -3,10 +3,14 @@
 The TorchScript exporter (``dynamo=False``) is used on purpose: it is fast (~0.1 s for the demo
 against ~1-4 s for dynamo) and names every node after its module (``/res/conv2/Conv``), which is
 how :func:`studio.core.graph.onnx_tree.build_onnx_tree` maps ONNX nodes back to torch layers.
+A model whose ``onnx_exporter`` attribute says ``dynamo`` (causal LMs: TorchScript fails on their
+mask code) goes through ``torch.onnx.export(dynamo=True)`` at opset 18 or more instead; its
+nodes carry their module scopes in metadata and its weights keep their parameter names.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -28,6 +32,8 @@ from studio.core.models.onnx_weights import data_chunks, external_tensors, tenso
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
+DYNAMO_OPSET = 18
+"""The lowest opset the dynamo exporter converts to without a version conversion pass."""
 _SINGLE_FILE_LIMIT = 2**31 - 2**24
 """Protobuf cannot serialise 2 GiB; keep a margin for the graph around the tensors."""
 
@@ -205,6 +211,36 @@ def dynamic_axes(model: nn.Module, inputs: tuple[Tensor, ...], names: list[str]
     return axes
 
 
+def _export_dynamo(model: nn.Module, inputs: tuple[Tensor, ...], target: Path, opset: int,
+                   names: list[str], axes: dict[str, dict[int, str]] | None) -> None:
+    """``torch.onnx.export(dynamo=True)`` with the free axes of ``axes``. The example batch is
+    doubled when it is 1: torch.export fixes a dimension it sees at size 1."""
+    from torch.export import Dim
+
+    if axes is not None:
+        inputs = tuple(t.repeat(2, *[1] * (t.dim() - 1)) if t.shape[0] == 1 else t
+                       for t in inputs)
+        shapes = tuple({axis: Dim(f"{label}_{index}" if label != "batch" else label,
+                                  min=2 if label == "sequence" else 1)
+                        for axis, label in axes[name].items()}
+                       for index, name in enumerate(names))
+    chatter = logging.getLogger("torch.onnx")
+    level = chatter.level
+    chatter.setLevel(logging.ERROR)  # "torchvision is not installed" for each of its ops
+    try:
+        program = torch.onnx.export(
+            model, inputs, dynamo=True, opset_version=max(opset, DYNAMO_OPSET),
+            input_names=names, output_names=[OUTPUT_NAME],
+            dynamic_shapes=shapes if axes is not None else None, external_data=False,
+            optimize=True, verbose=False)
+    finally:
+        chatter.setLevel(level)
+    if program is None:
+        raise StudioError("the dynamo exporter returned no program")
+    weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    program.save(str(target), external_data=weights > _SINGLE_FILE_LIMIT)
+
+
 def export_onnx(model: nn.Module, example_inputs: Tensor | Sequence[Tensor], path: str | Path,
                 opset: int = 17, dynamic_batch: bool = True,
                 external_data: bool | None = None, constant_folding: bool = True) -> Path:
@@ -234,9 +270,13 @@ def export_onnx(model: nn.Module, example_inputs: Tensor | Sequence[Tensor], pat
             axes = dynamic_axes(model, inputs, names) if dynamic_batch else None
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")  # the TorchScript exporter warns it is deprecated
-                torch.onnx.export(model, inputs, str(target), dynamo=False, opset_version=opset,
-                                  input_names=names, output_names=[OUTPUT_NAME],
-                                  dynamic_axes=axes, do_constant_folding=constant_folding)
+                if getattr(model, "onnx_exporter", None) == "dynamo":
+                    _export_dynamo(model, inputs, target, opset, names, axes)
+                else:
+                    torch.onnx.export(model, inputs, str(target), dynamo=False,
+                                      opset_version=opset, input_names=names,
+                                      output_names=[OUTPUT_NAME], dynamic_axes=axes,
+                                      do_constant_folding=constant_folding)
         except OSError as error:  # a full or read-only disk while the exporter writes
             raise StudioError(f"cannot write {path}: {error.strerror or error}; "
                               "the previous file is unchanged") from error

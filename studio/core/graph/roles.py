@@ -1,4 +1,6 @@
-"""Transformer roles in a torch layer tree: embeddings, encoder blocks, attention and FFN.
+"""Transformer roles in a torch layer tree: embeddings, encoder blocks, attention and FFN; and
+for causal LMs decoder blocks, their attention (query and key/value head counts), MLP
+(gate/up/down) and the LM head (tied to the token embeddings or not).
 
 Modules are recognised by their structure (child names and types), so every BERT-like Hugging
 Face model (BERT, RoBERTa, ELECTRA, MiniLM...) and torch's own ``nn.TransformerEncoderLayer`` /
@@ -10,6 +12,8 @@ count them from the tree alone: each attention's head count, the nodes its heads
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from studio.core.graph.tree import LayerNode, LayerTree
@@ -18,7 +22,17 @@ EMBEDDINGS = "embeddings"
 BLOCK = "encoder block"
 ATTENTION = "attention"
 FFN = "FFN"
-ROLES = (EMBEDDINGS, BLOCK, ATTENTION, FFN)
+DECODER_BLOCK = "decoder block"
+MLP = "MLP"
+LM_HEAD = "LM head"
+ROLES = (EMBEDDINGS, BLOCK, ATTENTION, FFN, DECODER_BLOCK, MLP, LM_HEAD)
+DECODER_PARTS = {"q_proj": "query", "k_proj": "key", "v_proj": "value",
+                 "o_proj": "attention output", "c_attn": "query/key/value (packed)",
+                 "gate_proj": "MLP gate", "up_proj": "MLP up", "down_proj": "MLP down",
+                 "c_fc": "MLP up"}
+"""Roles of the layers inside a decoder's attention and MLP, by their name in transformers'
+LLaMA-style (Qwen2, Mistral...) and GPT-2 blocks; GPT-2's ``c_proj`` is the attention output
+or the MLP down projection, by its parent."""
 
 
 def _is_linear(module: object) -> bool:
@@ -58,8 +72,54 @@ def _is_torch_block(module: nn.Module) -> bool:
     return isinstance(module, nn.TransformerEncoderLayer | nn.TransformerDecoderLayer)
 
 
+def _has_linears(module: object, *names: str) -> bool:
+    """Children of those names holding a 2-D weight (``nn.Linear``, GPT-2's ``Conv1D``)."""
+    return isinstance(module, nn.Module) and all(
+        isinstance(getattr(getattr(module, name, None), "weight", None), nn.Parameter)
+        and getattr(module, name).weight.dim() == 2 for name in names)
+
+
+def is_decoder_attention(module: nn.Module | None) -> bool:
+    """A causal LM's self-attention: LLaMA-style q/k/v/o projections, or GPT-2's packed
+    ``c_attn`` and ``c_proj``."""
+    return (_has_linears(module, "q_proj", "k_proj", "v_proj", "o_proj")
+            or (_has_linears(module, "c_attn", "c_proj")
+                and isinstance(getattr(module, "num_heads", None), int)))
+
+
+def is_decoder_mlp(module: nn.Module | None) -> bool:
+    """A causal LM's MLP: gate/up/down (LLaMA-style) or up/down (GPT-2's c_fc/c_proj)."""
+    return _has_linears(module, "up_proj", "down_proj") or _has_linears(module, "c_fc",
+                                                                        "c_proj")
+
+
+def is_decoder_block(module: nn.Module) -> bool:
+    """A decoder block: a decoder attention (``self_attn`` or ``attn``) and an MLP."""
+    attention = getattr(module, "self_attn", None) or getattr(module, "attn", None)
+    return is_decoder_attention(attention) and is_decoder_mlp(getattr(module, "mlp", None))
+
+
+def decoder_heads(module: nn.Module) -> tuple[int, int]:
+    """(query heads, key/value heads) of a decoder attention, from its projections' widths
+    and head size (GPT-2 has no grouped-query attention: both are its ``num_heads``)."""
+    if _has_linears(module, "q_proj", "k_proj"):
+        head_dim = int(getattr(module, "head_dim", 0) or 0)
+        if head_dim <= 0:
+            return 0, 0
+        return (module.q_proj.weight.shape[0] // head_dim,
+                module.k_proj.weight.shape[0] // head_dim)
+    heads = int(getattr(module, "num_heads", 0))
+    return heads, heads
+
+
 def module_role(module: nn.Module) -> str | None:
     """The role of one module, or None."""
+    if is_decoder_block(module):
+        return DECODER_BLOCK
+    if is_decoder_attention(module):
+        return ATTENTION
+    if is_decoder_mlp(module):
+        return MLP
     if is_hf_attention(module) or is_packed_attention(module):
         return ATTENTION
     if is_hf_block(module) or _is_torch_block(module):
@@ -93,12 +153,17 @@ def annotate_roles(tree: LayerTree, model: nn.Module) -> None:
         if consumer is not None and producer is not None:
             consumer.input_from = producer.id
 
+    _annotate_lm_ends(tree, model)
     for name, module in model.named_modules():
         here = node(name)
         role = module_role(module)
         if here is None or role is None:
             continue
         here.role = role
+        if role in (ATTENTION, MLP) and (is_decoder_attention(module)
+                                         or is_decoder_mlp(module)):
+            _annotate_decoder_parts(here, module, node, name, role)
+            continue
         if role == ATTENTION:
             here.heads = head_count(module)
             if is_hf_attention(module):
@@ -121,3 +186,39 @@ def annotate_roles(tree: LayerTree, model: nn.Module) -> None:
             link(node(name, "linear2"), first)
         elif role == BLOCK:
             link(node(name, "output", "dense"), node(name, "intermediate", "dense"))
+
+
+def _annotate_decoder_parts(here: LayerNode, module: nn.Module, node: Any, name: str,
+                            role: str) -> None:
+    """Head counts on a decoder attention; each projection's role inside it or the MLP."""
+    if role == ATTENTION:
+        here.query_heads, here.kv_heads = decoder_heads(module)
+    for child, part in DECODER_PARTS.items():
+        leaf = node(name, child)
+        if leaf is not None:
+            leaf.role = part
+    output = node(name, "c_proj")
+    if output is not None:
+        output.role = "attention output" if role == ATTENTION else "MLP down"
+
+
+def _annotate_lm_ends(tree: LayerTree, model: nn.Module) -> None:
+    """The token embeddings and the LM head of every causal LM inside ``model`` (a module with
+    ``get_input_embeddings`` / ``get_output_embeddings``, as transformers' have); the head
+    records the embeddings it is tied to, when it shares their weight."""
+    names = {id(module): name for name, module in model.named_modules()}
+    for module in model.modules():
+        try:
+            embeddings = module.get_input_embeddings()
+            head = module.get_output_embeddings()
+        except (AttributeError, NotImplementedError):
+            continue
+        if not isinstance(embeddings, nn.Embedding) or not isinstance(head, nn.Module):
+            continue
+        embedding_node = tree.get(names[id(embeddings)]) if id(embeddings) in names else None
+        head_node = tree.get(names[id(head)]) if id(head) in names else None
+        if embedding_node is None or head_node is None:
+            continue
+        embedding_node.role, head_node.role = EMBEDDINGS, LM_HEAD
+        if getattr(head, "weight", None) is embeddings.weight:
+            head_node.tied_to = embedding_node.id

@@ -48,6 +48,14 @@ class LayerNode:
     head_of: int | None = None
     """Id of the attention whose heads split this node: query/key/value (their outputs), the
     node computing the attention scores (its MACs); cutting heads shrinks them alike."""
+    query_heads: int = 0
+    """Query heads of a decoder's attention (read only: heads are not cut there yet)."""
+    kv_heads: int = 0
+    """Key/value heads of a decoder's attention: fewer than ``query_heads`` under grouped-query
+    attention, where each key/value head serves several query heads."""
+    tied_to: int | None = None
+    """Id of the layer whose weight this one shares (an LM head tied to the token
+    embeddings): cutting or quantizing one changes both."""
     total_params: int = 0
     total_zeros: int = 0
     total_nbytes: int = 0
@@ -63,8 +71,13 @@ class LayerNode:
 
     @property
     def type_label(self) -> str:
-        """"BertAttention · attention": the class, then the role a transformer gives it."""
-        return f"{self.op_type} · {self.role}" if self.role else self.op_type
+        """"BertAttention · attention": the class, then the role a transformer gives it (with a
+        decoder attention's head counts, and "tied" for an LM head sharing its weight)."""
+        if not self.role:
+            return self.op_type
+        detail = f" ({self.query_heads} query / {self.kv_heads} key-value heads)" \
+            if self.kv_heads else " (tied to the embeddings)" if self.tied_to is not None else ""
+        return f"{self.op_type} · {self.role}{detail}"
 
     @property
     def sparsity(self) -> float:

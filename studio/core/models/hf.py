@@ -8,7 +8,9 @@ only, never from pickled ``pytorch_model.bin`` files.
 The model is wrapped in :class:`TokenModel`, whose forward takes one int64 tensor of token ids
 (batch × sequence) and derives the attention mask from the padding token inside, so the studio
 keeps its one example input, padded batches still work, and the exported ONNX file has one
-input. A sentence-transformers folder gives the sentence embedding its ``modules.json`` describes
+input. A causal language model (``*ForCausalLM``, GPT-2's ``*LMHeadModel``) gives its next-token
+logits and attends to every token: its text comes in full fixed-length blocks, never padded.
+A sentence-transformers folder gives the sentence embedding its ``modules.json`` describes
 (pooling, then normalization when listed); this is hand-written (a few lines) rather than
 importing ``sentence-transformers``, which would add its own dependencies for three tensor ops.
 """
@@ -41,6 +43,9 @@ POOLING_MODES = ("mean", "cls", "max")
 CONFIG_SLACK = 2
 """How many times more weights config.json may describe than the files hold (weights the files
 leave out, such as a pooler, are initialised by transformers)."""
+CAUSAL_OUTPUT = "next-token logits"
+CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+"""How transformers names its causal language models (LLaMA, Qwen2, Mistral; GPT-2)."""
 _POOLING_KEYS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
                  "pooling_mode_max_tokens": "max"}
 
@@ -50,7 +55,7 @@ def is_hf_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
-def _transformers(folder: Path) -> ModuleType:
+def transformers_module(folder: Path) -> ModuleType:
     try:
         import transformers
     except ImportError as error:
@@ -60,7 +65,7 @@ def _transformers(folder: Path) -> ModuleType:
 
 
 @contextlib.contextmanager
-def _quiet(transformers: ModuleType) -> Iterator[None]:
+def quiet(transformers: ModuleType) -> Iterator[None]:
     """No progress bars or weight-loading chatter on the console while loading."""
     logging = transformers.utils.logging
     verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
@@ -86,6 +91,9 @@ class TokenModel(nn.Module):
     def __init__(self, model: nn.Module, pad_token_id: int | None, output: str,
                  pooling: str | None = None, normalize: bool = False) -> None:
         super().__init__()
+        self.onnx_exporter = "dynamo" if output == CAUSAL_OUTPUT else "torchscript"
+        """Causal LMs need the dynamo exporter: TorchScript fails on their mask code
+        (``aten::diff`` at opset 17 on SmolLM2)."""
         self.model = model
         self.pad_token_id = pad_token_id
         self.output = output
@@ -93,6 +101,8 @@ class TokenModel(nn.Module):
         self.normalize = normalize
 
     def forward(self, input_ids: Tensor) -> Tensor:
+        if self.output == CAUSAL_OUTPUT:
+            return self.model(input_ids=input_ids, use_cache=False).logits
         if self.pad_token_id is None:
             mask = torch.ones_like(input_ids, dtype=torch.bool)
         else:
@@ -209,14 +219,15 @@ def load_hf_folder(folder: Path) -> LoadedModel:
     folder = Path(folder)
     raw = _check_config(folder)
     head = _sentence_head(folder)
-    transformers = _transformers(folder)
+    transformers = transformers_module(folder)
     architectures = [str(a) for a in raw.get("architectures") or []]
     classifier = head is None and any(a.endswith("ForSequenceClassification")
                                       for a in architectures)
+    causal = head is None and not classifier and is_causal_lm(architectures)
     auto = (transformers.AutoModelForSequenceClassification if classifier
-            else transformers.AutoModel)
+            else transformers.AutoModelForCausalLM if causal else transformers.AutoModel)
     try:
-        with _quiet(transformers):
+        with quiet(transformers):
             config = transformers.AutoConfig.from_pretrained(
                 str(folder), local_files_only=True, trust_remote_code=False)
             _check_config_fits_weights(folder, config, auto)
@@ -226,7 +237,7 @@ def load_hf_folder(folder: Path) -> LoadedModel:
     except ModelLoadError:
         raise
     except Exception as error:  # transformers raises many types for unknown or bad folders
-        first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        first = first_line(error)
         if "ignore_mismatched_sizes" in first:
             raise ModelLoadError(f"{folder}: the weights do not fit config.json: tensor shapes "
                                  "differ from the ones it describes") from error
@@ -240,6 +251,8 @@ def load_hf_folder(folder: Path) -> LoadedModel:
         more = f" and {len(broken) - 3} more" if len(broken) > 3 else ""
         raise ModelLoadError(f"{folder}: the weights do not fit config.json: missing or "
                              f"mismatched {', '.join(map(str, broken[:3]))}{more}")
+    if causal:
+        return causal_lm(model, folder, FORMAT, str(raw["model_type"]))
     pad = getattr(config, "pad_token_id", None)
     if head is not None:
         wrapper = TokenModel(model, pad, "embedding", *head)
@@ -256,18 +269,56 @@ def load_hf_folder(folder: Path) -> LoadedModel:
                   "pad_token_id": str(pad)})
 
 
+def is_causal_lm(architectures: Sequence[str]) -> bool:
+    """Whether config.json's ``architectures`` name a causal language model."""
+    return any(a.endswith(CAUSAL_SUFFIXES) for a in architectures)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (transformers' run to many lines)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else repr(error)
+
+
+def causal_lm(model: nn.Module, path: Path, file_format: str, model_type: str,
+              metadata: dict[str, str] | None = None) -> LoadedModel:
+    """A loaded causal LM as the studio holds it: next-token logits for every position, no
+    key/value cache (the exported file recomputes the whole block), ties left as they were."""
+    model.config.use_cache = False
+    config = model.config
+    longest = getattr(config, "max_position_embeddings", None) or EXAMPLE_LENGTH
+    architectures = getattr(config, "architectures", None) or [type(model).__name__]
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight is model.get_input_embeddings().weight
+    return LoadedModel(
+        name=path.name, path=path, format=file_format,
+        module=TokenModel(model, None, CAUSAL_OUTPUT).eval(), architecture=None,
+        example=InputSpec((1, min(EXAMPLE_LENGTH, int(longest))), "int64"),
+        metadata={"model_type": model_type, "architecture": str(architectures[0]),
+                  "output": CAUSAL_OUTPUT, "lm_head": "tied to the token embeddings" if tied
+                  else "its own weights", **(metadata or {})})
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """The tokenizer stored with a model: a folder's tokenizer files, or the vocabulary inside
+    a ``.gguf`` file. Runs no code from either (``trust_remote_code`` is never passed)."""
+    path = Path(path)
+    transformers = transformers_module(path)
+    gguf = {"gguf_file": path.name} if path.is_file() else {}
+    try:
+        with quiet(transformers):
+            return transformers.AutoTokenizer.from_pretrained(
+                str(path.parent if gguf else path), local_files_only=True,
+                trust_remote_code=False, **gguf)
+    except Exception as error:  # missing or unreadable tokenizer files
+        raise ModelLoadError(f"{path}: no usable tokenizer ({first_line(error)})") from error
+
+
 def tokenize(folder: str | Path, texts: Sequence[str], max_length: int = EXAMPLE_LENGTH
              ) -> Tensor:
     """Token ids (int64, batch × ``max_length``, padded and truncated) of ``texts``, with the
     folder's own tokenizer: how text becomes the inputs the opened model takes."""
-    folder = Path(folder)
-    transformers = _transformers(folder)
-    try:
-        with _quiet(transformers):
-            tokenizer = transformers.AutoTokenizer.from_pretrained(
-                str(folder), local_files_only=True, trust_remote_code=False)
-    except Exception as error:  # missing or unreadable tokenizer files
-        raise ModelLoadError(f"{folder}: no usable tokenizer ({error})") from error
+    tokenizer = load_tokenizer(folder)
     encoded = tokenizer(list(texts), padding="max_length", truncation=True,
                         max_length=max_length, return_tensors="pt")
     return encoded["input_ids"].to(torch.int64)

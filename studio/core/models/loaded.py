@@ -40,7 +40,8 @@ class LoadedModel:
     name: str
     path: Path
     format: str
-    """One of: safetensors, state_dict, pickled_module, torch_export, onnx."""
+    """One of: safetensors, state_dict, pickled_module, torch_export, onnx, huggingface,
+    gguf."""
     module: nn.Module | None = None
     onnx_model: onnx.ModelProto | None = None
     """The graph; weights kept in external data stay on disk, read relative to ``path.parent``

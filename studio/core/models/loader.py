@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studio.core.errors import ArchitectureRequired, ModelLoadError, TrustRequired
+from studio.core.models.gguf_file import is_gguf, load_gguf
 from studio.core.models.hf import is_hf_folder, load_hf_folder
 from studio.core.models.loaded import DEMO, LoadedModel
 from studio.core.models.onnx_file import load_onnx
@@ -60,6 +61,8 @@ FORMATS: tuple[ModelFormat, ...] = (  # sniffed in this order: a .pt2 is also a 
     ModelFormat("torch_export", (".pt2",), _is_torch_export,
                 lambda path, _arch, trust: load_torch_export(path, trust)),
     ModelFormat("torch", (".pt", ".pth"), _is_torch_zip, load_torch_file),
+    ModelFormat("gguf", (".gguf",), lambda _path, head: is_gguf(head),
+                lambda path, _arch, _trust: load_gguf(path)),
 )
 MODEL_SUFFIXES = tuple(suffix for kind in FORMATS for suffix in kind.suffixes)
 
@@ -100,7 +103,7 @@ def open_model(path: str | Path, architecture: str | None = None,
     kind = _by_suffix(path.suffix.lower()) or _sniff(path)
     if kind is None:
         raise ModelLoadError(f"{path}: unknown model format; open a .pt/.pth, .pt2, "
-                             ".safetensors or .onnx file")
+                             ".safetensors, .onnx or .gguf file")
     try:
         return kind.load(path, architecture, trust)
     except (TrustRequired, ArchitectureRequired):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,8 @@ from studio.core.export.onnx_export import export_onnx, onnx_file_bytes
 from studio.core.jobs import Event, Log
 from studio.core.methods.pruning.measure import measure
 from studio.core.models.checks import describe_non_finite, find_non_finite
+from studio.core.models.generate import greedy_text
+from studio.core.models.hf import load_tokenizer
 from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.step import Need
 from studio.core.plan.recipe import Recipe
@@ -51,6 +54,8 @@ class TorchBackend:
         self._base_dir, self._trust = base_dir, trust
         self.reference: Tensor | None = None
         """The uncompressed model's outputs on the test split (computed once)."""
+        self.tokenizer: Any = None
+        """A causal LM's tokenizer (text data), for the greedy sample in the report."""
 
     def open(self, context: RunContext) -> Iterator[Event]:
         workspace = context.workspace
@@ -66,12 +71,16 @@ class TorchBackend:
                               "add example_input: {shape: [...]} to the recipe")
         resolve_device(self.device)  # a missing GPU fails before any work
         torch.manual_seed(self.seed)
-        data = load_task(context.settings(DataSection), self._base_dir, self._trust)
+        data = load_task(context.settings(DataSection), self._base_dir, self._trust,
+                         workspace.loaded.path)
         check_torch_data(original, data, workspace.example)
         self.reference = torch_outputs(original, data.test.tensors[0])
         data = metric_for_output(context.settings(DataSection), data, "output",
                                  ("N", *self.reference.shape[1:]), context.source)
         context.data = data
+        section = context.settings(DataSection)
+        if data.metric == "perplexity" and section.generate_tokens:
+            self.tokenizer = load_tokenizer(workspace.loaded.path)
         yield Log(f"Data: {data.name}; {'labelled' if data.labelled else 'unlabelled'}, metric "
                   f"{data.metric} ({data.metric_reason}); {len(data.train)} to fine-tune on, "
                   f"{len(data.test)} to test")
@@ -103,7 +112,16 @@ class TorchBackend:
             params=size.params, nonzero_params=size.nonzero_params, macs=size.macs,
             onnx_bytes=onnx_file_bytes(path), zip_bytes=zip_bytes(path),
             parity=compare_outputs(torch_outputs(model, checked).numpy(),
-                                   outputs[:len(checked)].astype(np.float32)))
+                                   outputs[:len(checked)].astype(np.float32)),
+            generation=self._generation(context, model))
+
+    def _generation(self, context: RunContext, model: torch.nn.Module) -> dict[str, str] | None:
+        """The model's greedy continuation of the data section's prompt (text data only)."""
+        if self.tokenizer is None:
+            return None
+        section = context.settings(DataSection)
+        return {"prompt": section.prompt, "text": greedy_text(
+            model, self.tokenizer, section.prompt, section.generate_tokens)}
 
     def latency_feeds(self, context: RunContext) -> dict[int, Feed]:
         batches = (1, context.settings(ExportSection).latency_batch)

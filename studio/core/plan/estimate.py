@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from studio.core.graph.roles import ATTENTION, BLOCK, FFN
+from studio.core.graph.roles import ATTENTION, BLOCK, DECODER_BLOCK, FFN
 from studio.core.graph.tree import LayerNode, LayerTree
 from studio.core.plan.plan import ResolvedSpec
 from studio.core.plan.spec import BITS_PER_ELEMENT
@@ -62,7 +62,7 @@ def channel_kind(tree: LayerTree, node: LayerNode) -> ChannelKind:
         return "heads"
     if node.role == FFN:
         return "ffn"
-    if any(a.role in (ATTENTION, BLOCK) for a in tree.ancestors(node)):
+    if any(a.role in (ATTENTION, BLOCK, DECODER_BLOCK) for a in tree.ancestors(node)):
         return "residual"
     return "channels"
 

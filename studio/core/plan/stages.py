@@ -40,16 +40,19 @@ class DataSection(_Section):
     a flat folder of unlabelled images); ``arrays`` (.npz with inputs and optional labels, or a
     .npy of inputs); ``csv`` (numeric feature columns, an optional label column); ``function``
     (``package.module:function`` returning an iterable of batches; runs code, so only with the
-    user's consent). Paths are relative to the recipe's or project's folder.
+    user's consent); ``text`` (.txt/.jsonl files or a folder of them, tokenized with the opened
+    causal LM's tokenizer into blocks of ``block_length`` tokens; measured by perplexity).
+    Paths are relative to the recipe's or project's folder.
 
     Without labels the metric is agreement with the uncompressed model (cosine similarity of
     outputs, top-1 agreement, MSE) instead of accuracy.
     """
 
-    source: Literal["demo", "images", "arrays", "csv", "function"] = "demo"
-    """demo, images, arrays, csv or function (see the section's help)."""
+    source: Literal["demo", "images", "arrays", "csv", "function", "text"] = "demo"
+    """demo, images, arrays, csv, function or text (see the section's help)."""
     path: str | None = None
-    """Folder (images), .npz/.npy (arrays) or .csv file; for ``function``: ``pkg.mod:fn``."""
+    """Folder (images, text), .npz/.npy (arrays), .csv, .txt or .jsonl file; for
+    ``function``: ``pkg.mod:fn``."""
     test_path: str | None = None
     """A separate evaluation set of the same kind; without it ``test_fraction`` is held out."""
     inputs_key: str | list[str] | None = None
@@ -65,8 +68,9 @@ class DataSection(_Section):
     """CSV column holding integer class labels; without it a CSV is unlabelled."""
     labelled: bool | None = None
     """False ignores labels even when the data has them; None: use labels when present."""
-    metric: Literal["auto", "accuracy", "cosine", "top1_agreement", "mse"] = "auto"
-    """auto: accuracy with labels, cosine agreement with the uncompressed model without."""
+    metric: Literal["auto", "accuracy", "cosine", "top1_agreement", "mse", "perplexity"] = "auto"
+    """auto: accuracy with labels, perplexity for text, cosine agreement with the uncompressed
+    model otherwise."""
     image: ImageOptions = Field(default_factory=ImageOptions)
     """How image files become tensors (``images`` sources)."""
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
@@ -79,7 +83,13 @@ class DataSection(_Section):
                                       description="fine-tune on the first N training samples")
     max_samples: int = Field(default=50_000, ge=1, le=10_000_000)
     """``function`` sources: stop reading after this many samples (an endless generator
-    cannot hang the job)."""
+    cannot hang the job); ``text``: keep at most this many blocks."""
+    block_length: int = Field(default=128, ge=2, le=32_768)
+    """``text``: tokens per block (one sample); the text is cut into blocks of this length."""
+    prompt: str = "The meaning of compression is"
+    """``text``: the prompt both models continue greedily in the report, beside the figures."""
+    generate_tokens: int = Field(default=20, ge=0, le=512)
+    """``text``: tokens of that greedy continuation; 0 skips it."""
 
     @field_validator("inputs_key")
     @classmethod

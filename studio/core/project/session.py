@@ -266,6 +266,7 @@ class Session:
             raise StudioError("no model is open")
         section = workspace.stages.get("data") or DataSection()
         check_consent(section, self.base_dir, allowed)
-        task = load_task(section, self.base_dir, trust=bool(allowed))
+        task = load_task(section, self.base_dir, trust=bool(allowed),
+                         model_path=workspace.loaded.path)
         return estimate_runtime_s(workspace, measure_seconds_per_eval(
             workspace, subset=subset, repeats=1, task=task), measured_subset=subset)

@@ -58,11 +58,15 @@ class Figures:
     outputs: dict[str, dict[str, float]] | None = None
     """Agreement of each output by name, for a file with several."""
     latency_ms: dict[str, float] = field(default_factory=dict)
+    generation: dict[str, str] | None = None
+    """A causal LM's greedy continuation (``prompt``, ``text``), shown beside its perplexity."""
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"metric": self.metric.to_json()}
         if self.agreement is not None:
             data["agreement"] = self.agreement
+        if self.generation is not None:
+            data["generation"] = self.generation
         if self.outputs is not None:
             data["outputs"] = self.outputs
         return data | {"params": self.params, "nonzero_params": self.nonzero_params,
@@ -77,6 +81,7 @@ class Figures:
                    macs=int(data["macs"]), onnx_bytes=int(data["onnx_bytes"]),
                    zip_bytes=int(data["zip_bytes"]), parity=dict(data.get("parity") or {}),
                    agreement=data.get("agreement"), outputs=data.get("outputs"),
+                   generation=data.get("generation"),
                    latency_ms={str(k): float(v) for k, v in
                                (data.get("latency_ms") or {}).items()})
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from studio.core.data.metrics import MetricTotals
+from studio.core.data.metrics import MetricTotals, metric_target, needs_reference
 from studio.core.data.task import batches
 from studio.core.errors import StudioError
 from studio.core.jobs import CancelToken, Event, Metric, Progress
@@ -120,10 +120,11 @@ def train(model: nn.Module, data: TensorDataset, config: TrainConfig, token: Can
 def evaluate(model: nn.Module, data: TensorDataset, token: CancelToken | None = None,
              device: str = "cpu", batch_size: int = 256, metric: str = "accuracy",
              reference: Tensor | None = None) -> float:
-    """``metric`` of ``model`` on ``data``: top-1 accuracy against its labels, or agreement
-    (cosine, top1_agreement, mse) with ``reference``, the uncompressed model's outputs on the
-    same samples in order (see :func:`studio.core.export.measure.torch_outputs`)."""
-    if metric != "accuracy" and reference is None:
+    """``metric`` of ``model`` on ``data``: top-1 accuracy against its labels, perplexity of
+    its next-token logits on the input tokens, or agreement (cosine, top1_agreement, mse) with
+    ``reference``, the uncompressed model's outputs on the same samples in order (see
+    :func:`studio.core.export.measure.torch_outputs`)."""
+    if needs_reference(metric) and reference is None:
         raise StudioError(f"evaluating {metric} needs the uncompressed model's outputs")
     model.eval()
     target = resolve_device(device)
@@ -135,13 +136,8 @@ def evaluate(model: nn.Module, data: TensorDataset, token: CancelToken | None = 
         inputs, labels = _split(batch)
         outputs = first_tensor(model(inputs.to(target)))
         assert outputs is not None, "the model returned no tensor"
-        if metric == "accuracy":
-            if labels is None:
-                raise StudioError("accuracy needs labels; this data has none")
-            totals.add(outputs, labels)
-        else:
-            assert reference is not None
-            totals.add(outputs, reference[start:start + len(inputs)])
+        rows = None if reference is None else reference[start:start + len(inputs)]
+        totals.add(outputs, metric_target(metric, inputs, labels, rows))
         start += len(inputs)
     return totals.value()
 
