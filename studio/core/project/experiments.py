@@ -49,6 +49,8 @@ class Experiment:
     recipe: dict[str, Any] | None = None
     """The whole recipe it ran (plan, data and every job section), as JSON data; ``None`` in
     experiments saved before experiments kept it (only their plan is known)."""
+    note: str = ""
+    """The user's own words about it (the experiments table's Notes column)."""
 
     def settings(self) -> tuple[Plan, dict[str, BaseModel] | None]:
         """The plan and the job sections it ran with (``None``: not recorded, an older
