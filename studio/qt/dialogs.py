@@ -157,3 +157,17 @@ def ask_target(parent: QWidget, metric_label: str) -> Target | None:
     value, ok = QInputDialog.getDouble(parent, "Allocate to a target", label, default, 0.0,
                                        100.0, 3)
     return Target(kind, value) if ok else None
+
+
+def ask_replace(parent: QWidget, paths: list[Path]) -> bool:
+    """Consent to replace files the user already has; the default answer keeps them."""
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Warning)
+    box.setWindowTitle("Replace files?")
+    box.setText(f"{len(paths)} file(s) already exist where the export would write:")
+    box.setInformativeText("\n".join(str(path) for path in paths))
+    replace = box.addButton("Replace", QMessageBox.ButtonRole.DestructiveRole)
+    box.addButton(QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+    box.exec()
+    return box.clickedButton() is replace

@@ -57,12 +57,24 @@ from studio.qt.plan_controller import PlanController
 from studio.qt.plots import CurvesPlot, ParetoPlot, PlanDiffView, SensitivityHeatmap
 from studio.qt.project_controller import ProjectController
 from studio.qt.recent import RecentFiles
+from studio.qt.results_controller import ResultsController
 from studio.qt.run_settings import RunSettingsController, RunSettingsPanel
 from studio.qt.session import QtSession
 from studio.qt.totals import TotalsPanel
 from studio.qt.tree_filter import LayerFilterProxy
 from studio.qt.tree_model import NODE_ID_ROLE, LayerTreeModel
 from studio.qt.welcome import WelcomePage
+
+
+def splitter(first: QWidget, second: QWidget,
+             orientation: Qt.Orientation = Qt.Orientation.Horizontal) -> QSplitter:
+    """Two panes side by side (or stacked), the first given more room."""
+    pair = QSplitter(orientation)
+    pair.addWidget(first)
+    pair.addWidget(second)
+    pair.setStretchFactor(0, 3)
+    pair.setStretchFactor(1, 2)
+    return pair
 
 
 class MainWindow(QMainWindow):
@@ -176,12 +188,16 @@ class MainWindow(QMainWindow):
         self.curves = CurvesPlot()
         self.heatmap = SensitivityHeatmap()
         self.heatmap.layerSelected.connect(self.select_layer)
-        experiments = QSplitter(Qt.Orientation.Horizontal)
-        experiments.addWidget(self.pareto)
-        experiments.addWidget(self.plan_diff)
-        experiments.setSizes([700, 300])
+        self.results = ResultsController(self.qsession, self.pareto, self.plan_diff, self, self)
+        self.results.notice.connect(self.notices.show_notice)
+        self.results.reportRequested.connect(lambda: self.show_dock("Report"))
+        self.results.compareShown.connect(lambda: self.show_dock("Compare"))
         docks = []
-        for title, widget in (("Experiments", experiments), ("Data", self.data_panel),
+        for title, widget in (("Experiments", splitter(self.pareto, self.results.table)),
+                              ("Report", self.results.report),
+                              ("Compare", splitter(self.results.figures, self.plan_diff,
+                                                   Qt.Orientation.Vertical)),
+                              ("Data", self.data_panel),
                               ("Run settings", self.run_settings), ("Jobs", self.jobs),
                               ("Training", self.curves), ("Sensitivity", self.heatmap)):
             dock = QDockWidget(title, self)
@@ -204,8 +220,7 @@ class MainWindow(QMainWindow):
         self.settings_controller = RunSettingsController(self.qsession, self.run_settings,
                                                         self)
         self.compress = CompressController(self.qsession, self.jobs, self.pareto, self.curves,
-                                           self.heatmap, self.plan_diff, self.data.job_consent,
-                                           self.project.save_as, self,
+                                           self.heatmap, self.data.job_consent, self,
                                            self.run_in_background, self)
         self.compress.notice.connect(self.notices.show_notice)
 
@@ -281,9 +296,13 @@ class MainWindow(QMainWindow):
         menu.addSeparator()
         menu.addActions([self.import_action, self.export_action])
         menu.addSeparator()
+        menu.addActions([self.results.export_action, self.results.open_folder_action])
+        menu.addSeparator()
         menu.addAction(quit_action)
         edit = self.menuBar().addMenu("&Edit")
         edit.addActions([self.undo_action, self.redo_action, find])
+        edit.addSeparator()
+        edit.addAction(self.results.undo_delete_action)
         model = self.menuBar().addMenu("&Model")
         model.addAction(self.example_action)
         compress = self.menuBar().addMenu("&Compress")
@@ -367,6 +386,10 @@ class MainWindow(QMainWindow):
         chooser = QFileDialog.getSaveFileName if kind == "save" else QFileDialog.getOpenFileName
         path, _ = chooser(self, caption, "", file_filter)
         return path or None
+
+    def confirm_replace(self, paths: list[Path]) -> bool:
+        """Consent to replace files the user already has (an export's targets)."""
+        return dialogs.ask_replace(self, paths)
 
     def ask_sweep(self, seconds: float) -> str | None:
         return dialogs.ask_sweep(self, seconds)
