@@ -502,6 +502,8 @@ class MainWindow(QMainWindow):
         if self.workspace is not None:
             name = self.project_path.parent.name if self.project_path else \
                 self.workspace.tree.model_name
+            if self.session.is_scratch:  # Save Project As gives it a home
+                name = f"{self.workspace.tree.model_name} (scratch)"
             parts.append(f"{name}{' *' if self.session.dirty else ''}")
         self.setWindowTitle(" — ".join(parts))
 
