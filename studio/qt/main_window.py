@@ -26,11 +26,13 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QDockWidget,
     QFileDialog,
+    QFrame,
     QInputDialog,
     QLineEdit,
     QMainWindow,
     QMessageBox,
     QProgressBar,
+    QScrollArea,
     QSplitter,
     QStackedWidget,
     QStyle,
@@ -50,8 +52,11 @@ from studio.qt import dialogs
 from studio.qt.compress_controller import CompressController
 from studio.qt.data_controller import DataController
 from studio.qt.data_panel import DataPanel
+from studio.qt.help_menu import add_help_menu
+from studio.qt.icons import redo_icon, undo_icon
 from studio.qt.inspector import InspectorPanel
 from studio.qt.jobs import JobsPanel
+from studio.qt.jobs.status import JobStatus
 from studio.qt.notices import NoticeBar
 from studio.qt.plan_controller import PlanController
 from studio.qt.plots import CurvesPlot, ParetoPlot, PlanDiffView, SensitivityHeatmap
@@ -72,8 +77,9 @@ def splitter(first: QWidget, second: QWidget,
     pair = QSplitter(orientation)
     pair.addWidget(first)
     pair.addWidget(second)
-    pair.setStretchFactor(0, 3)
-    pair.setStretchFactor(1, 2)
+    pair.setStretchFactor(0, 1)
+    pair.setStretchFactor(1, 1)
+    pair.setSizes([1000, 1000])  # halves, whatever the panes ask for
     return pair
 
 
@@ -104,7 +110,8 @@ class MainWindow(QMainWindow):
             lambda: self.tree_model.set_sensitivity(self.session.sensitivity))
         self.qsession.sensitivityChanged.connect(self.tree_model.set_sensitivity)
         self.setAcceptDrops(True)
-        self.resize(1280, 760)
+        self.resize(1240, 740)  # fits a 1280×800 screen with its title bar
+        self.resizeDocks(self.docks[:1], [300], Qt.Orientation.Vertical)
         self._update_title()
         self.welcome.set_recent(self.recent.paths())
 
@@ -114,7 +121,7 @@ class MainWindow(QMainWindow):
         layout = QVBoxLayout(central)
         layout.setContentsMargins(6, 6, 6, 6)
         self.notices = NoticeBar()
-        layout.addWidget(self.notices)
+        self.notices.float_over(central)
         self.pages = QStackedWidget()
         layout.addWidget(self.pages, 1)
         self.setCentralWidget(central)
@@ -155,7 +162,11 @@ class MainWindow(QMainWindow):
         self.totals = TotalsPanel()
         right_layout.addWidget(self.inspector, 1)
         right_layout.addWidget(self.totals)
-        editor.addWidget(right)
+        scroll = QScrollArea()  # a short screen scrolls the plan instead of growing the window
+        scroll.setWidget(right)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        editor.addWidget(scroll)
         editor.setStretchFactor(0, 3)
         editor.setStretchFactor(1, 1)
         editor.setSizes([900, 360])
@@ -169,6 +180,8 @@ class MainWindow(QMainWindow):
         self.busy.setMaximumWidth(160)
         self.busy.hide()
         self.statusBar().addPermanentWidget(self.busy)
+        self.job_status = JobStatus(self.jobs.model)
+        self.statusBar().addPermanentWidget(self.job_status)
 
     def _build_docks(self) -> None:
         """Data, jobs, experiments (Pareto plot and plan diff), training curves, sensitivity."""
@@ -183,6 +196,7 @@ class MainWindow(QMainWindow):
         self.data_panel = DataPanel()
         self.run_settings = RunSettingsPanel(exclude=("data",))  # data has its own tab
         self.jobs = JobsPanel()
+        self.jobs.setMinimumHeight(120)  # the bottom docks share one height; keep it small
         self.pareto = ParetoPlot()
         self.plan_diff = PlanDiffView()
         self.curves = CurvesPlot()
@@ -279,10 +293,10 @@ class MainWindow(QMainWindow):
         quit_action = self._action("&Quit", self.close, QKeySequence.StandardKey.Quit)
         self.undo_action = self.undo_group.createUndoAction(self, "&Undo")
         self.undo_action.setShortcut(QKeySequence.StandardKey.Undo)
-        self.undo_action.setIcon(self.style().standardIcon(pixmap.SP_ArrowBack))
+        self.undo_action.setIcon(undo_icon())
         self.redo_action = self.undo_group.createRedoAction(self, "&Redo")
         self.redo_action.setShortcut(QKeySequence.StandardKey.Redo)
-        self.redo_action.setIcon(self.style().standardIcon(pixmap.SP_ArrowForward))
+        self.redo_action.setIcon(redo_icon())
         expand = self._action("E&xpand All", self.view.expandAll)
         collapse = self._action("&Collapse All", self.view.collapseAll)
         find = self._action("&Find Layer", self.filter_edit.setFocus, QKeySequence.StandardKey.Find)
@@ -323,6 +337,7 @@ class MainWindow(QMainWindow):
         view.addActions([expand, collapse])
         view.addSeparator()
         view.addActions([dock.toggleViewAction() for dock in self.docks])
+        self.help_actions = add_help_menu(self)
 
         toolbar = self.addToolBar("Main")
         toolbar.setObjectName("main-toolbar")

@@ -40,7 +40,7 @@ def figures_table(rows: list[FigureRow], headers: list[str]) -> str:
         "<tr><td>" + escape(row.label) + "</td>"
         + "".join(f"<td class='n'>{escape(v)}</td>" for v in row.values)
         + f"<td class='n'>{escape(row.change)}</td></tr>" for row in rows)
-    return f"<table>{head}{body}</table>"
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _list(lines: list[str]) -> str:

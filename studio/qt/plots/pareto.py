@@ -108,7 +108,7 @@ class ParetoPlot(QWidget):
         self._baseline = pg.ScatterPlotItem(size=22, symbol="star", brush=BASELINE_BRUSH,
                                             pen=pg.mkPen("k", width=1), hoverable=True, tip=tip,
                                             name="baseline")
-        self._baseline_label = pg.TextItem("baseline", color="k", anchor=(0.5, 1.6))
+        self._baseline_label = pg.TextItem("baseline", color="k", anchor=(1.25, 0.5))
         for z, item in enumerate((self._front_line, self._selection, self._scatter,
                                   self._baseline)):
             item.setZValue(z)
