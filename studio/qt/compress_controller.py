@@ -32,6 +32,7 @@ from studio.core.project.experiments import (
     new_experiment,
 )
 from studio.core.reports.sensitivity_report import SensitivityReport
+from studio.qt.compress_dialogs import SweepChoice
 from studio.qt.data_controller import Background
 from studio.qt.jobs import ProcessJob
 from studio.qt.plots import CurvesPlot, ParetoPlot, SensitivityHeatmap
@@ -47,7 +48,7 @@ class CompressQuestions(Protocol):
     them on the window, so they are looked up when asked)."""
 
     def ask_path(self, kind: str, caption: str, file_filter: str = "") -> str | None: ...
-    def ask_sweep(self, seconds: float) -> str | None: ...
+    def ask_sweep(self, seconds: float) -> SweepChoice | None: ...
     def ask_target(self, metric_label: str) -> Target | None: ...
 
 
@@ -217,22 +218,25 @@ class CompressController(QObject):
                                "Timing one evaluation on the data…")
 
     def _ask_sweep(self, seconds: float) -> None:
-        kind = self.questions.ask_sweep(seconds)
-        if kind is not None:
-            self.run_sensitivity(kind)
+        choice = self.questions.ask_sweep(seconds)
+        if choice is not None:
+            self.run_sensitivity(**choice.options())
 
-    def run_sensitivity(self, granularity: str = "unstructured", subset: int = 500
-                        ) -> ProcessJob | None:
+    def run_sensitivity(self, granularity: str = "unstructured", subset: int = 500,
+                        **sweep: Any) -> ProcessJob | None:
+        """Start a sweep; ``sweep``: the job's other options (``sparsity_levels``,
+        ``bit_levels``, ``layers``)."""
         consent = self._job_trust()
         folder = self._require_project() if consent is not None else None
         if folder is None:
             return None
         job = self._start("sensitivity", folder / ".sensitivity", consent,
-                          {"granularity": granularity, "subset": subset})
+                          {"granularity": granularity, "subset": subset, **sweep})
         if job is None:
             return None
         job.finished.connect(self._sensitivity_finished)
-        self.jobs.submit(f"Sensitivity sweep ({granularity}, {subset} samples)", job)
+        scope = f"{len(sweep['layers'])} layers" if sweep.get("layers") else "every layer"
+        self.jobs.submit(f"Sensitivity sweep ({granularity}, {scope}, {subset} samples)", job)
         return job
 
     def _sensitivity_finished(self, status: str, report: dict[str, Any] | None,

@@ -27,7 +27,6 @@ from PySide6.QtWidgets import (
     QDockWidget,
     QFileDialog,
     QFrame,
-    QInputDialog,
     QLineEdit,
     QMainWindow,
     QMessageBox,
@@ -48,7 +47,7 @@ from studio.core.models.loaded import DEMO
 from studio.core.plan.estimate import estimate
 from studio.core.project.session import Session
 from studio.core.workspace import Workspace
-from studio.qt import dialogs
+from studio.qt import compress_dialogs, dialogs
 from studio.qt.compress_controller import CompressController
 from studio.qt.data_controller import DataController
 from studio.qt.data_panel import DataPanel
@@ -389,10 +388,7 @@ class MainWindow(QMainWindow):
                                     buttons, QMessageBox.StandardButton.Save)
 
     def ask_example_input(self, current: str) -> str | None:
-        text, ok = QInputDialog.getText(self, "Example input",
-                                        "Shape, batch first (append :int64 for token ids):",
-                                        QLineEdit.EchoMode.Normal, current)
-        return text.strip() if ok and text.strip() else None
+        return compress_dialogs.ask_example_input(self, current)
 
     def ask_path(self, kind: str, caption: str, file_filter: str = "") -> str | None:
         """A path from a file dialog: ``kind`` is "open", "save" or "folder"."""
@@ -406,11 +402,17 @@ class MainWindow(QMainWindow):
         """Consent to replace files the user already has (an export's targets)."""
         return dialogs.ask_replace(self, paths)
 
-    def ask_sweep(self, seconds: float) -> str | None:
-        return dialogs.ask_sweep(self, seconds)
+    def ask_sweep(self, seconds: float) -> compress_dialogs.SweepChoice | None:
+        """How to sweep; the prunable layers under the tree's selection are offered."""
+        assert self.workspace is not None
+        tree = self.workspace.tree
+        selected = dict.fromkeys(node.name for i in self.selected_node_ids()
+                                 for node in tree.subtree(tree.nodes[i]) if node.prunable)
+        total = sum(1 for node in tree.nodes if node.prunable)
+        return compress_dialogs.ask_sweep(self, seconds, list(selected), total)
 
     def ask_target(self, metric_label: str) -> Target | None:
-        return dialogs.ask_target(self, metric_label)
+        return compress_dialogs.ask_target(self, metric_label)
 
     # --- notices ---------------------------------------------------------------------------
     def show_error(self, message: str) -> None:

@@ -16,6 +16,7 @@ from safetensors import safe_open
 from studio.core.plan.stages import ExportSection, TrainSection
 from studio.core.project.experiments import load_experiments
 from studio.qt.experiments_table import NAME, NOTES
+from studio.qt.jobs.model import PROGRESS
 from studio.qt.main_window import MainWindow
 
 
@@ -45,6 +46,9 @@ def test_a_first_run_is_kept_reported_exported_and_managed(
     win.controller.set_field(["head"], "exclude", True)
     run_plan_and_wait(win)
     assert asked == []
+    assert win.jobs.model.index(0, NAME).data() == "Run Plan: experiment 1"
+    assert win.jobs.model.index(0, PROGRESS).data() == "done"  # not "quantize 100%"
+    assert not win.job_status.isVisible()
     scratch = win.session.project_dir
     assert scratch is not None and scratch.parent == tmp_path / "scratch"
     assert win.session.is_scratch and "(scratch)" in win.windowTitle()
