@@ -120,3 +120,16 @@ def test_the_window_fits_and_a_notice_moves_nothing(qtbot, window: MainWindow,
     qtbot.waitUntil(lambda: job.done, timeout=120_000)
     qtbot.waitUntil(lambda: not window.job_status.isVisible(), timeout=5000)
     assert window.jobs.model.index(0, 2).data() == ""  # cancelled: no stale stage percent
+
+
+def test_the_sensitivity_tab_explains_itself_before_a_sweep(qtbot) -> None:
+    from studio.core.reports.sensitivity_report import SensitivityReport
+    from studio.qt.plots import SensitivityHeatmap
+    from tests.qt.test_plots import REPORT
+
+    heatmap = SensitivityHeatmap()
+    qtbot.addWidget(heatmap)
+    assert heatmap.pages.currentWidget() is heatmap.empty
+    assert "No sensitivity sweep yet" in heatmap.empty.text()
+    heatmap.set_report(SensitivityReport.from_json(REPORT))
+    assert heatmap.pages.currentWidget() is not heatmap.empty
