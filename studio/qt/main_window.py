@@ -25,7 +25,6 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QDockWidget,
-    QFileDialog,
     QFrame,
     QLineEdit,
     QMainWindow,
@@ -41,13 +40,10 @@ from PySide6.QtWidgets import (
 )
 from superqt.utils import create_worker
 
-from studio.core.engine.allocate import Target
-from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import DEMO
 from studio.core.plan.estimate import estimate
 from studio.core.project.session import Session
 from studio.core.workspace import Workspace
-from studio.qt import compress_dialogs, dialogs
 from studio.qt.compress_controller import CompressController
 from studio.qt.data_controller import DataController
 from studio.qt.data_panel import DataPanel
@@ -68,6 +64,7 @@ from studio.qt.totals import TotalsPanel
 from studio.qt.tree_filter import LayerFilterProxy
 from studio.qt.tree_model import NODE_ID_ROLE, LayerTreeModel
 from studio.qt.welcome import WelcomePage
+from studio.qt.window_questions import WindowQuestions
 
 
 def splitter(first: QWidget, second: QWidget,
@@ -82,7 +79,7 @@ def splitter(first: QWidget, second: QWidget,
     return pair
 
 
-class MainWindow(QMainWindow):
+class MainWindow(WindowQuestions, QMainWindow):
     workspaceOpened = Signal()
 
     def __init__(self, settings: QSettings | None = None,
@@ -360,59 +357,6 @@ class MainWindow(QMainWindow):
             self.recent_menu.addAction(path, lambda p=path: self.project.open_path(p))
         if self.recent_menu.isEmpty():
             self.recent_menu.addAction("(none)").setEnabled(False)
-
-    # --- questions (methods so tests can answer them) --------------------------------------
-    def confirm_trust(self, path: Path) -> bool:
-        return dialogs.ask_trust(self, path)
-
-    def confirm_architecture(self, architecture: str, file: Path) -> bool:
-        """Consent to import and call a model factory that a project or recipe ``file``
-        names outside the studio's registry."""
-        return dialogs.ask_build_architecture(self, architecture, file)
-
-    def confirm_function(self, function: str, file: str | None) -> bool:
-        """Consent to import and run a data source function (``package.module:function``)
-        defined in ``file``."""
-        return dialogs.ask_run_function(self, function, file)
-
-    def ask_details(self, path: str, reason: str, architecture: str | None,
-                    example: InputSpec | None, need_architecture: bool
-                    ) -> dialogs.ModelDetails | None:
-        return dialogs.ask_model_details(self, path, reason, architecture, example,
-                                         need_architecture)
-
-    def ask_save_changes(self) -> QMessageBox.StandardButton:
-        buttons = (QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
-                   | QMessageBox.StandardButton.Cancel)
-        return QMessageBox.question(self, "Unsaved plan", "Save the changes to the plan first?",
-                                    buttons, QMessageBox.StandardButton.Save)
-
-    def ask_example_input(self, current: str) -> str | None:
-        return compress_dialogs.ask_example_input(self, current)
-
-    def ask_path(self, kind: str, caption: str, file_filter: str = "") -> str | None:
-        """A path from a file dialog: ``kind`` is "open", "save" or "folder"."""
-        if kind == "folder":
-            return QFileDialog.getExistingDirectory(self, caption) or None
-        chooser = QFileDialog.getSaveFileName if kind == "save" else QFileDialog.getOpenFileName
-        path, _ = chooser(self, caption, "", file_filter)
-        return path or None
-
-    def confirm_replace(self, paths: list[Path]) -> bool:
-        """Consent to replace files the user already has (an export's targets)."""
-        return dialogs.ask_replace(self, paths)
-
-    def ask_sweep(self, seconds: float) -> compress_dialogs.SweepChoice | None:
-        """How to sweep; the prunable layers under the tree's selection are offered."""
-        assert self.workspace is not None
-        tree = self.workspace.tree
-        selected = dict.fromkeys(node.name for i in self.selected_node_ids()
-                                 for node in tree.subtree(tree.nodes[i]) if node.prunable)
-        total = sum(1 for node in tree.nodes if node.prunable)
-        return compress_dialogs.ask_sweep(self, seconds, list(selected), total)
-
-    def ask_target(self, metric_label: str) -> Target | None:
-        return compress_dialogs.ask_target(self, metric_label)
 
     # --- notices ---------------------------------------------------------------------------
     def show_error(self, message: str) -> None:
