@@ -4,7 +4,8 @@ and the steps it can run.
 
 Every output is written in one place, the staging folder of :class:`RunOutputs`
 (``context.out_dir``): ``baseline.onnx``, ``model.onnx`` (by the quantize step, at
-``context.model_path``), ``splits.json`` and, last, ``report.json``; they are moved into the
+``context.model_path``), the backend's own weights (``weights.safetensors`` from torch),
+``splits.json`` and, last, ``report.json``; they are moved into the
 output folder together at the end, so a cancelled, failed or killed run leaves the output folder
 as it was.
 """

@@ -231,6 +231,7 @@ class ParetoPlot(QWidget):
         """Before any run: say what the plot will show, on quiet axes (not a range of
         nonsense numbers)."""
         self._empty.setVisible(empty)
+        self.legend.setVisible(not empty)
         for name in ("left", "bottom"):
             self.plot_item.getAxis(name).setStyle(showValues=not empty)
         if empty:
