@@ -176,8 +176,13 @@ class CompressController(QObject):
         return job
 
     def _on_event(self, event: object) -> None:
+        """Training curves: the compressed file is measured after the last epoch, so its
+        point goes there (the engine sends it at step 0, like the baseline)."""
         if isinstance(event, Metric):
-            self.curves.append(event.stage, event.name, event.step, event.value)
+            step = event.step
+            if event.stage == "compressed":
+                step = self.curves.last_epoch()
+            self.curves.append(event.stage, event.name, step, event.value)
 
     def _run_finished(self, experiment: Experiment, out_dir: Path, status: str,
                       report: dict[str, Any] | None, error: str) -> None:

@@ -107,7 +107,7 @@ class MainWindow(WindowQuestions, QMainWindow):
         self.qsession.sensitivityChanged.connect(self.tree_model.set_sensitivity)
         self.setAcceptDrops(True)
         self.resize(1240, 740)  # fits a 1280×800 screen with its title bar
-        self.resizeDocks(self.docks[:1], [300], Qt.Orientation.Vertical)
+        self.resizeDocks(self.docks[:1], [280], Qt.Orientation.Vertical)
         self._update_title()
         self.welcome.set_recent(self.recent.paths())
 

@@ -96,6 +96,11 @@ def test_training_plot_explains_itself_then_shows_single_points(qtbot) -> None:
     legend = curves._legends[curves.metric_plot]
     assert legend.parentItem() is not curves.metric_plot.vb  # beside the plot, not over it
     assert [label.text for _sample, label in legend.items] == ["compressed · accuracy"]
+    curves.append("distill", "accuracy", 3, 0.96)  # after epoch 3
+    curves.append("distill", "loss", 120, 0.4)  # losses by step: another axis, not linked
+    assert curves.last_epoch() == 3.0
+    assert curves.metric_plot.getAxis("bottom").labelText == "Epoch"
+    assert curves.metric_plot.getViewBox().linkedView(0) is None
     curves.clear()
     assert curves._empty.isVisible() and not legend.items
 

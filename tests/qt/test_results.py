@@ -94,6 +94,10 @@ def test_a_first_run_is_kept_reported_exported_and_managed(
     [folder_entry] = [a for a in menu.actions() if a.text() == "Open Experiment Folder"]
     folder_entry.trigger()
     assert opened == [str(scratch / "experiments" / experiment.id)]
+    assert [a.text() for a in menu.actions() if a.text()] == [
+        "Show Report", "Export Compressed Model…", "Open Experiment Folder", "Delete"]
+    [baseline_entry] = win.results.menu_for("baseline").actions()  # no files of its own
+    assert not baseline_entry.isEnabled()
     table = win.results.table
     assert table.model().setData(table.model().index(0, NAME), "int8 + half channels")
     assert table.model().setData(table.model().index(0, NOTES), "head kept float")

@@ -49,7 +49,7 @@ class _Series:
 
 
 class CurvesPlot(QWidget):
-    """Loss (top) and validation metrics (bottom), one line per (stage, name).
+    """Loss by step (top) and validation metrics by epoch (bottom), one line per (stage, name).
 
     :meth:`append` may be called thousands of times a second from a signal carrying plain
     numbers; it never touches a plot item. :attr:`redraws` counts timer redraws, so a test
@@ -67,7 +67,7 @@ class CurvesPlot(QWidget):
         self.layout_widget.setBackground("w")
         self.loss_plot = self.layout_widget.addPlot(row=0, col=0)
         self.metric_plot = self.layout_widget.addPlot(row=1, col=0)
-        self.metric_plot.setXLink(self.loss_plot)
+        # Not x-linked: losses come per training step, metrics per epoch (0 = before training).
         self._legends: dict[pg.PlotItem, pg.LegendItem] = {}
         for row, (plot, label) in enumerate(((self.loss_plot, "Loss"),
                                              (self.metric_plot, "Metric"))):
@@ -80,7 +80,8 @@ class CurvesPlot(QWidget):
             self.layout_widget.addItem(legend, row=row, col=1)
         self.layout_widget.ci.layout.setColumnStretchFactor(0, 4)
         self.layout_widget.setMinimumHeight(240)
-        self.metric_plot.setLabel("bottom", "Step")
+        self.loss_plot.setLabel("bottom", "Step")
+        self.metric_plot.setLabel("bottom", "Epoch")
         self._empty = pg.TextItem(EMPTY_TEXT, color=(90, 90, 90), anchor=(0.5, 0.5))
         self._empty.setTextWidth(480)
         self.loss_plot.addItem(self._empty, ignoreBounds=True)
@@ -131,6 +132,11 @@ class CurvesPlot(QWidget):
 
     def keys(self) -> list[Key]:
         return list(self._series)
+
+    def last_epoch(self) -> float:
+        """The latest epoch a metric was buffered at (0 before any)."""
+        return max((float(series.view()[:, 0].max()) for (_stage, name), series in
+                    self._series.items() if not is_loss(name) and series.size), default=0.0)
 
     def line_data(self, stage: str, name: str) -> tuple[np.ndarray, np.ndarray]:
         """What the line for (stage, name) shows now (after the last redraw)."""
