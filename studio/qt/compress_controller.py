@@ -20,6 +20,7 @@ from PySide6.QtCore import QObject, Signal
 from studio.core.data.consent import FunctionCode
 from studio.core.engine.allocate import Target, allocate
 from studio.core.errors import StudioError
+from studio.core.export.torch_weights import ADAPTERS_FILE, WEIGHTS_FILE
 from studio.core.jobs import Metric
 from studio.core.models.factory import is_built_in
 from studio.core.pipeline.pipeline import check_recipe_fits
@@ -31,9 +32,10 @@ from studio.core.project.experiments import (
     new_experiment,
 )
 from studio.core.reports.sensitivity_report import SensitivityReport
+from studio.qt.compress_dialogs import SweepChoice
 from studio.qt.data_controller import Background
 from studio.qt.jobs import ProcessJob
-from studio.qt.plots import CurvesPlot, ParetoPlot, PlanDiffView, SensitivityHeatmap
+from studio.qt.plots import CurvesPlot, ParetoPlot, SensitivityHeatmap
 from studio.qt.plots.metric import metric_axis
 from studio.qt.session import QtSession
 
@@ -46,7 +48,7 @@ class CompressQuestions(Protocol):
     them on the window, so they are looked up when asked)."""
 
     def ask_path(self, kind: str, caption: str, file_filter: str = "") -> str | None: ...
-    def ask_sweep(self, seconds: float) -> str | None: ...
+    def ask_sweep(self, seconds: float) -> SweepChoice | None: ...
     def ask_target(self, metric_label: str) -> Target | None: ...
 
 
@@ -55,13 +57,12 @@ class CompressController(QObject):
     """(kind, message): ``"error"`` or ``"info"``, for the window's notice bar."""
 
     def __init__(self, session: QtSession, jobs: JobsPanel, pareto: ParetoPlot,
-                 curves: CurvesPlot, heatmap: SensitivityHeatmap, diff: PlanDiffView,
+                 curves: CurvesPlot, heatmap: SensitivityHeatmap,
                  job_consent: Callable[[], tuple[FunctionCode, ...] | None],
-                 choose_project: Callable[[], bool], questions: CompressQuestions,
+                 questions: CompressQuestions,
                  run_in_background: Background, parent: QObject | None = None) -> None:
         """``job_consent``: the data function code a job about to start may run (``None``:
         refused);
-        ``choose_project``: ask where to save a project not saved yet (False: cancelled);
         ``run_in_background``: see :data:`~studio.qt.data_controller.Background`."""
         super().__init__(parent)
         self.session = session
@@ -69,13 +70,10 @@ class CompressController(QObject):
         self.pareto = pareto
         self.curves = curves
         self.heatmap = heatmap
-        self.diff = diff
         self.job_consent = job_consent
-        self.choose_project = choose_project
         self.questions = questions
         self.run_in_background = run_in_background
         pareto.pointClicked.connect(self.restore_plan)
-        pareto.compareRequested.connect(self.compare)
         session.historyLoaded.connect(self.load_history)
         session.experimentAdded.connect(self._experiment_added)
         session.sensitivityChanged.connect(self.heatmap.set_report)
@@ -111,14 +109,13 @@ class CompressController(QObject):
                 **experiment_point(experiment, which)}
 
     def _require_project(self) -> Path | None:
-        if self.session.core.workspace is None:
+        """The project's folder; an unsaved model gets a scratch project (File ▸ Save Project
+        As moves it and its experiments where the user wants them)."""
+        try:
+            return self.session.core.ensure_project()
+        except StudioError as error:
+            self.notice.emit("error", str(error))
             return None
-        if self.session.core.project_dir is None:
-            self.notice.emit("info", "Save the project first: experiments are kept in its "
-                                     "folder.")
-            if not self.choose_project():
-                return None
-        return self.session.core.project_dir
 
     def _job_trust(self) -> dict[str, Any] | None:
         """What the child may run: ``trust`` reopens the model file the user trusted when
@@ -175,12 +172,17 @@ class CompressController(QObject):
         job.finished.connect(lambda status, report, error: self._run_finished(
             experiment, out_dir, status, report, error))
         self.curves.clear()
-        self.jobs.submit(experiment.name, job)
+        self.jobs.submit(f"Run Plan: {experiment.name}", job)
         return job
 
     def _on_event(self, event: object) -> None:
+        """Training curves: the compressed file is measured after the last epoch, so its
+        point goes there (the engine sends it at step 0, like the baseline)."""
         if isinstance(event, Metric):
-            self.curves.append(event.stage, event.name, event.step, event.value)
+            step = event.step
+            if event.stage == "compressed":
+                step = self.curves.last_epoch()
+            self.curves.append(event.stage, event.name, step, event.value)
 
     def _run_finished(self, experiment: Experiment, out_dir: Path, status: str,
                       report: dict[str, Any] | None, error: str) -> None:
@@ -190,7 +192,8 @@ class CompressController(QObject):
         files = {}
         if report is not None:
             files = {kind: out_dir / name for kind, name in
-                     (("onnx", "model.onnx"), ("report", "report.json"))
+                     (("onnx", "model.onnx"), ("report", "report.json"),
+                      ("weights", WEIGHTS_FILE), ("adapters", ADAPTERS_FILE))
                      if (out_dir / name).is_file()}
         try:
             self.session.core.record_experiment(experiment, files)
@@ -220,22 +223,25 @@ class CompressController(QObject):
                                "Timing one evaluation on the data…")
 
     def _ask_sweep(self, seconds: float) -> None:
-        kind = self.questions.ask_sweep(seconds)
-        if kind is not None:
-            self.run_sensitivity(kind)
+        choice = self.questions.ask_sweep(seconds)
+        if choice is not None:
+            self.run_sensitivity(**choice.options())
 
-    def run_sensitivity(self, granularity: str = "unstructured", subset: int = 500
-                        ) -> ProcessJob | None:
+    def run_sensitivity(self, granularity: str = "unstructured", subset: int = 500,
+                        **sweep: Any) -> ProcessJob | None:
+        """Start a sweep; ``sweep``: the job's other options (``sparsity_levels``,
+        ``bit_levels``, ``layers``)."""
         consent = self._job_trust()
         folder = self._require_project() if consent is not None else None
         if folder is None:
             return None
         job = self._start("sensitivity", folder / ".sensitivity", consent,
-                          {"granularity": granularity, "subset": subset})
+                          {"granularity": granularity, "subset": subset, **sweep})
         if job is None:
             return None
         job.finished.connect(self._sensitivity_finished)
-        self.jobs.submit(f"sensitivity ({granularity})", job)
+        scope = f"{len(sweep['layers'])} layers" if sweep.get("layers") else "every layer"
+        self.jobs.submit(f"Sensitivity sweep ({granularity}, {scope}, {subset} samples)", job)
         return job
 
     def _sensitivity_finished(self, status: str, report: dict[str, Any] | None,
@@ -317,10 +323,3 @@ class CompressController(QObject):
         else:
             controller.replace_recipe(plan, sections, f"Restore the settings of "
                                                       f"{experiment.name}")
-
-    def compare(self, first: str, second: str) -> None:
-        plans = {key: ({} if key == "baseline" else self.experiments[key].plan)
-                 for key in (first, second)}
-        names = {key: ("baseline" if key == "baseline" else self.experiments[key].name)
-                 for key in (first, second)}
-        self.diff.set_plans(plans[first], plans[second], names[first], names[second])

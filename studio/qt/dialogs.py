@@ -1,5 +1,6 @@
 """The few questions the studio must ask: trust a pickle or a data function, name an
-architecture, give a shape, choose a sensitivity sweep or an allocation target."""
+architecture, give a shape, replace files the user has. (Sweeps, targets and example inputs
+have their own dialogs in :mod:`studio.qt.compress_dialogs`.)"""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
     QFormLayout,
-    QInputDialog,
     QLabel,
     QLineEdit,
     QMessageBox,
@@ -19,7 +19,6 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from studio.core.engine.allocate import Target
 from studio.core.errors import StudioError
 from studio.core.models.inputs import InputSpec
 
@@ -132,28 +131,15 @@ def ask_model_details(parent: QWidget, path: str, reason: str, architecture: str
     return dialog.details if dialog.exec() == QDialog.DialogCode.Accepted else None
 
 
-SWEEPS = ("unstructured", "channels")
-
-
-def ask_sweep(parent: QWidget, seconds: float) -> str | None:
-    """How to sweep each layer's sparsity, given the time the sweep should take."""
-    kind, ok = QInputDialog.getItem(
-        parent, "Sensitivity analysis", "Sweep each layer's sparsity (and bits) by\n"
-        f"(about {seconds:.0f} s on 500 test samples; it runs in the background):",
-        list(SWEEPS), 0, False)
-    return kind if ok else None
-
-
-def ask_target(parent: QWidget, metric_label: str) -> Target | None:
-    """A size, MACs or metric-drop target for allocation from sensitivity results."""
-    targets = {"size (fraction of the original bytes)": ("size", 0.25),
-               "MACs (fraction of the original)": ("macs", 0.5),
-               f"{metric_label.lower()} drop (points: hundredths)": ("accuracy_drop", 0.5)}
-    label, ok = QInputDialog.getItem(parent, "Allocate to a target", "Target:", list(targets),
-                                     0, False)
-    if not ok:
-        return None
-    kind, default = targets[label]
-    value, ok = QInputDialog.getDouble(parent, "Allocate to a target", label, default, 0.0,
-                                       100.0, 3)
-    return Target(kind, value) if ok else None
+def ask_replace(parent: QWidget, paths: list[Path]) -> bool:
+    """Consent to replace files the user already has; the default answer keeps them."""
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Warning)
+    box.setWindowTitle("Replace files?")
+    box.setText(f"{len(paths)} file(s) already exist where the export would write:")
+    box.setInformativeText("\n".join(str(path) for path in paths))
+    replace = box.addButton("Replace", QMessageBox.ButtonRole.DestructiveRole)
+    box.addButton(QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+    box.exec()
+    return box.clickedButton() is replace

@@ -25,12 +25,12 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QDockWidget,
-    QFileDialog,
-    QInputDialog,
+    QFrame,
     QLineEdit,
     QMainWindow,
     QMessageBox,
     QProgressBar,
+    QScrollArea,
     QSplitter,
     QStackedWidget,
     QStyle,
@@ -40,32 +40,46 @@ from PySide6.QtWidgets import (
 )
 from superqt.utils import create_worker
 
-from studio.core.engine.allocate import Target
-from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import DEMO
 from studio.core.plan.estimate import estimate
 from studio.core.project.session import Session
 from studio.core.workspace import Workspace
-from studio.qt import dialogs
 from studio.qt.compress_controller import CompressController
 from studio.qt.data_controller import DataController
 from studio.qt.data_panel import DataPanel
+from studio.qt.help_menu import add_help_menu
+from studio.qt.icons import redo_icon, undo_icon
 from studio.qt.inspector import InspectorPanel
 from studio.qt.jobs import JobsPanel
+from studio.qt.jobs.status import JobStatus
 from studio.qt.notices import NoticeBar
 from studio.qt.plan_controller import PlanController
 from studio.qt.plots import CurvesPlot, ParetoPlot, PlanDiffView, SensitivityHeatmap
 from studio.qt.project_controller import ProjectController
 from studio.qt.recent import RecentFiles
+from studio.qt.results_controller import ResultsController
 from studio.qt.run_settings import RunSettingsController, RunSettingsPanel
 from studio.qt.session import QtSession
 from studio.qt.totals import TotalsPanel
 from studio.qt.tree_filter import LayerFilterProxy
 from studio.qt.tree_model import NODE_ID_ROLE, LayerTreeModel
 from studio.qt.welcome import WelcomePage
+from studio.qt.window_questions import WindowQuestions
 
 
-class MainWindow(QMainWindow):
+def splitter(first: QWidget, second: QWidget,
+             orientation: Qt.Orientation = Qt.Orientation.Horizontal) -> QSplitter:
+    """Two panes side by side (or stacked), the first given more room."""
+    pair = QSplitter(orientation)
+    pair.addWidget(first)
+    pair.addWidget(second)
+    pair.setStretchFactor(0, 1)
+    pair.setStretchFactor(1, 1)
+    pair.setSizes([1000, 1000])  # halves, whatever the panes ask for
+    return pair
+
+
+class MainWindow(WindowQuestions, QMainWindow):
     workspaceOpened = Signal()
 
     def __init__(self, settings: QSettings | None = None,
@@ -92,7 +106,8 @@ class MainWindow(QMainWindow):
             lambda: self.tree_model.set_sensitivity(self.session.sensitivity))
         self.qsession.sensitivityChanged.connect(self.tree_model.set_sensitivity)
         self.setAcceptDrops(True)
-        self.resize(1280, 760)
+        self.resize(1240, 740)  # fits a 1280×800 screen with its title bar
+        self.resizeDocks(self.docks[:1], [280], Qt.Orientation.Vertical)
         self._update_title()
         self.welcome.set_recent(self.recent.paths())
 
@@ -102,7 +117,7 @@ class MainWindow(QMainWindow):
         layout = QVBoxLayout(central)
         layout.setContentsMargins(6, 6, 6, 6)
         self.notices = NoticeBar()
-        layout.addWidget(self.notices)
+        self.notices.float_over(central)
         self.pages = QStackedWidget()
         layout.addWidget(self.pages, 1)
         self.setCentralWidget(central)
@@ -143,7 +158,11 @@ class MainWindow(QMainWindow):
         self.totals = TotalsPanel()
         right_layout.addWidget(self.inspector, 1)
         right_layout.addWidget(self.totals)
-        editor.addWidget(right)
+        scroll = QScrollArea()  # a short screen scrolls the plan instead of growing the window
+        scroll.setWidget(right)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        editor.addWidget(scroll)
         editor.setStretchFactor(0, 3)
         editor.setStretchFactor(1, 1)
         editor.setSizes([900, 360])
@@ -157,6 +176,8 @@ class MainWindow(QMainWindow):
         self.busy.setMaximumWidth(160)
         self.busy.hide()
         self.statusBar().addPermanentWidget(self.busy)
+        self.job_status = JobStatus(self.jobs.model)
+        self.statusBar().addPermanentWidget(self.job_status)
 
     def _build_docks(self) -> None:
         """Data, jobs, experiments (Pareto plot and plan diff), training curves, sensitivity."""
@@ -171,17 +192,22 @@ class MainWindow(QMainWindow):
         self.data_panel = DataPanel()
         self.run_settings = RunSettingsPanel(exclude=("data",))  # data has its own tab
         self.jobs = JobsPanel()
+        self.jobs.setMinimumHeight(120)  # the bottom docks share one height; keep it small
         self.pareto = ParetoPlot()
         self.plan_diff = PlanDiffView()
         self.curves = CurvesPlot()
         self.heatmap = SensitivityHeatmap()
         self.heatmap.layerSelected.connect(self.select_layer)
-        experiments = QSplitter(Qt.Orientation.Horizontal)
-        experiments.addWidget(self.pareto)
-        experiments.addWidget(self.plan_diff)
-        experiments.setSizes([700, 300])
+        self.results = ResultsController(self.qsession, self.pareto, self.plan_diff, self, self)
+        self.results.notice.connect(self.notices.show_notice)
+        self.results.reportRequested.connect(lambda: self.show_dock("Report"))
+        self.results.compareShown.connect(lambda: self.show_dock("Compare"))
         docks = []
-        for title, widget in (("Experiments", experiments), ("Data", self.data_panel),
+        for title, widget in (("Experiments", splitter(self.pareto, self.results.table)),
+                              ("Report", self.results.report),
+                              ("Compare", splitter(self.results.figures, self.plan_diff,
+                                                   Qt.Orientation.Vertical)),
+                              ("Data", self.data_panel),
                               ("Run settings", self.run_settings), ("Jobs", self.jobs),
                               ("Training", self.curves), ("Sensitivity", self.heatmap)):
             dock = QDockWidget(title, self)
@@ -204,8 +230,7 @@ class MainWindow(QMainWindow):
         self.settings_controller = RunSettingsController(self.qsession, self.run_settings,
                                                         self)
         self.compress = CompressController(self.qsession, self.jobs, self.pareto, self.curves,
-                                           self.heatmap, self.plan_diff, self.data.job_consent,
-                                           self.project.save_as, self,
+                                           self.heatmap, self.data.job_consent, self,
                                            self.run_in_background, self)
         self.compress.notice.connect(self.notices.show_notice)
 
@@ -264,10 +289,10 @@ class MainWindow(QMainWindow):
         quit_action = self._action("&Quit", self.close, QKeySequence.StandardKey.Quit)
         self.undo_action = self.undo_group.createUndoAction(self, "&Undo")
         self.undo_action.setShortcut(QKeySequence.StandardKey.Undo)
-        self.undo_action.setIcon(self.style().standardIcon(pixmap.SP_ArrowBack))
+        self.undo_action.setIcon(undo_icon())
         self.redo_action = self.undo_group.createRedoAction(self, "&Redo")
         self.redo_action.setShortcut(QKeySequence.StandardKey.Redo)
-        self.redo_action.setIcon(self.style().standardIcon(pixmap.SP_ArrowForward))
+        self.redo_action.setIcon(redo_icon())
         expand = self._action("E&xpand All", self.view.expandAll)
         collapse = self._action("&Collapse All", self.view.collapseAll)
         find = self._action("&Find Layer", self.filter_edit.setFocus, QKeySequence.StandardKey.Find)
@@ -281,9 +306,13 @@ class MainWindow(QMainWindow):
         menu.addSeparator()
         menu.addActions([self.import_action, self.export_action])
         menu.addSeparator()
+        menu.addActions([self.results.export_action, self.results.open_folder_action])
+        menu.addSeparator()
         menu.addAction(quit_action)
         edit = self.menuBar().addMenu("&Edit")
         edit.addActions([self.undo_action, self.redo_action, find])
+        edit.addSeparator()
+        edit.addAction(self.results.undo_delete_action)
         model = self.menuBar().addMenu("&Model")
         model.addAction(self.example_action)
         compress = self.menuBar().addMenu("&Compress")
@@ -304,6 +333,7 @@ class MainWindow(QMainWindow):
         view.addActions([expand, collapse])
         view.addSeparator()
         view.addActions([dock.toggleViewAction() for dock in self.docks])
+        self.help_actions = add_help_menu(self)
 
         toolbar = self.addToolBar("Main")
         toolbar.setObjectName("main-toolbar")
@@ -327,52 +357,6 @@ class MainWindow(QMainWindow):
             self.recent_menu.addAction(path, lambda p=path: self.project.open_path(p))
         if self.recent_menu.isEmpty():
             self.recent_menu.addAction("(none)").setEnabled(False)
-
-    # --- questions (methods so tests can answer them) --------------------------------------
-    def confirm_trust(self, path: Path) -> bool:
-        return dialogs.ask_trust(self, path)
-
-    def confirm_architecture(self, architecture: str, file: Path) -> bool:
-        """Consent to import and call a model factory that a project or recipe ``file``
-        names outside the studio's registry."""
-        return dialogs.ask_build_architecture(self, architecture, file)
-
-    def confirm_function(self, function: str, file: str | None) -> bool:
-        """Consent to import and run a data source function (``package.module:function``)
-        defined in ``file``."""
-        return dialogs.ask_run_function(self, function, file)
-
-    def ask_details(self, path: str, reason: str, architecture: str | None,
-                    example: InputSpec | None, need_architecture: bool
-                    ) -> dialogs.ModelDetails | None:
-        return dialogs.ask_model_details(self, path, reason, architecture, example,
-                                         need_architecture)
-
-    def ask_save_changes(self) -> QMessageBox.StandardButton:
-        buttons = (QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
-                   | QMessageBox.StandardButton.Cancel)
-        return QMessageBox.question(self, "Unsaved plan", "Save the changes to the plan first?",
-                                    buttons, QMessageBox.StandardButton.Save)
-
-    def ask_example_input(self, current: str) -> str | None:
-        text, ok = QInputDialog.getText(self, "Example input",
-                                        "Shape, batch first (append :int64 for token ids):",
-                                        QLineEdit.EchoMode.Normal, current)
-        return text.strip() if ok and text.strip() else None
-
-    def ask_path(self, kind: str, caption: str, file_filter: str = "") -> str | None:
-        """A path from a file dialog: ``kind`` is "open", "save" or "folder"."""
-        if kind == "folder":
-            return QFileDialog.getExistingDirectory(self, caption) or None
-        chooser = QFileDialog.getSaveFileName if kind == "save" else QFileDialog.getOpenFileName
-        path, _ = chooser(self, caption, "", file_filter)
-        return path or None
-
-    def ask_sweep(self, seconds: float) -> str | None:
-        return dialogs.ask_sweep(self, seconds)
-
-    def ask_target(self, metric_label: str) -> Target | None:
-        return dialogs.ask_target(self, metric_label)
 
     # --- notices ---------------------------------------------------------------------------
     def show_error(self, message: str) -> None:
@@ -479,6 +463,8 @@ class MainWindow(QMainWindow):
         if self.workspace is not None:
             name = self.project_path.parent.name if self.project_path else \
                 self.workspace.tree.model_name
+            if self.session.is_scratch:  # Save Project As gives it a home
+                name = f"{self.workspace.tree.model_name} (scratch)"
             parts.append(f"{name}{' *' if self.session.dirty else ''}")
         self.setWindowTitle(" — ".join(parts))
 

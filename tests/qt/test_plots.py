@@ -118,7 +118,35 @@ def test_the_real_scatter_spots_carry_their_ids(qtbot, pareto: ParetoPlot) -> No
     star = pareto._baseline.points()[0]
     assert star.data() == "baseline"
     assert "Baseline" in pareto._tip(0, 0, "baseline")
-    assert "MB" in pareto._tip(0, 0, "a") and "ms" in pareto._tip(0, 0, "a")
+    assert "KiB" in pareto._tip(0, 0, "a") and "ms" in pareto._tip(0, 0, "a")
+
+
+def test_pareto_units_batch_and_count(pareto: ParetoPlot) -> None:
+    """Sizes in KiB like the tree (MiB past one), the latency's batch on the axis, and the
+    baseline is not counted as an experiment."""
+    bottom = pareto.plot_item.getAxis("bottom")
+    assert bottom.labelText == "Size (KiB)"
+    assert pareto.status.text() == "4 experiments, 2 on the front"
+    pareto.set_points([{**p, "latency_batch": 64} for p in POINTS])
+    pareto.set_x_axis("latency_ms")
+    assert bottom.labelText == "Latency, batch 64 (ms)"
+    pareto.set_x_axis("onnx_bytes")
+    pareto.add_point({"id": "big", "name": "big", "value": 0.9, "onnx_bytes": 3 * 2**20})
+    assert bottom.labelText == "Size (MiB)"
+    xs = [spot.pos().x() for spot in pareto._scatter.points() if spot.data() == "big"]
+    assert xs == [3.0]
+
+
+def test_a_right_click_on_a_point_asks_for_its_menu(qtbot, pareto: ParetoPlot) -> None:
+    pareto.resize(600, 400)
+    pareto.show()
+    qtbot.waitExposed(pareto)
+    spot = next(s for s in pareto._scatter.points() if s.data() == "b")
+    scene = pareto.plot_item.getViewBox().mapViewToScene(spot.pos())
+    position = pareto.plot_widget.mapFromScene(scene)
+    with qtbot.waitSignal(pareto.pointMenuRequested) as asked:
+        pareto.plot_widget.customContextMenuRequested.emit(position)
+    assert asked.args[0] == "b"
 
 
 def test_pareto_exports(tmp_path: Path, pareto: ParetoPlot) -> None:

@@ -38,3 +38,7 @@ class Backend(Protocol):
 
     def latency_feeds(self, context: RunContext) -> dict[int, Feed]:
         """Batch size -> inputs to time both files on."""
+
+    def write_weights(self, context: RunContext) -> list[Path]:
+        """Write the compressed model's own weights (not ONNX) into ``context.out_dir``, where
+        the backend has any; returns the files written."""

@@ -189,6 +189,10 @@ class OnnxBackend:
             onnx_bytes=onnx_file_bytes(path), zip_bytes=zip_bytes(path),
             parity=measured["parity"])
 
+    def write_weights(self, context: RunContext) -> list[Path]:
+        """The ONNX file is the model itself: nothing else to write."""
+        return []
+
     def latency_feeds(self, context: RunContext) -> dict[int, Feed]:
         assert self.feeder is not None
         batches = (self.batch,) if self.batch else (1, context.settings(ExportSection)

@@ -4,7 +4,8 @@ and the steps it can run.
 
 Every output is written in one place, the staging folder of :class:`RunOutputs`
 (``context.out_dir``): ``baseline.onnx``, ``model.onnx`` (by the quantize step, at
-``context.model_path``), ``splits.json`` and, last, ``report.json``; they are moved into the
+``context.model_path``), the backend's own weights (``weights.safetensors`` from torch),
+``splits.json`` and, last, ``report.json``; they are moved into the
 output folder together at the end, so a cancelled, failed or killed run leaves the output folder
 as it was.
 """
@@ -21,6 +22,7 @@ from studio.core.data.task import SPLITS_FILE
 from studio.core.engine.notes import honesty_notes
 from studio.core.errors import StudioError
 from studio.core.export.measure import latency_ms
+from studio.core.export.torch_weights import ADAPTERS_FILE, WEIGHTS_FILE
 from studio.core.jobs import Artifact, CancelToken, Event, Log, Metric, Result
 from studio.core.pipeline.backend import Backend
 from studio.core.pipeline.context import RunContext
@@ -38,7 +40,7 @@ from studio.core.workspace import Workspace
 MODEL_FILE = "model.onnx"
 BASELINE_FILE = "baseline.onnx"
 REPORT_FILE = "report.json"
-RUN_FILES = (MODEL_FILE, BASELINE_FILE, REPORT_FILE, SPLITS_FILE)
+RUN_FILES = (MODEL_FILE, BASELINE_FILE, REPORT_FILE, SPLITS_FILE, WEIGHTS_FILE, ADAPTERS_FILE)
 """Every file a run leaves in its output folder."""
 
 
@@ -147,6 +149,8 @@ def _finish(report: RunReport, context: RunContext, outputs: RunOutputs, baselin
                     "baseline": str(outputs.final(baseline_path)),
                     "splits": str(outputs.out_dir / SPLITS_FILE),
                     "report": str(outputs.out_dir / REPORT_FILE)}
+    for written in context.backend.write_weights(context):
+        report.paths[written.stem] = str(outputs.final(written))
     splits = context.task.splits
     if splits is not None:
         write_text_atomic(staging / SPLITS_FILE, json.dumps(splits.to_json()) + "\n")

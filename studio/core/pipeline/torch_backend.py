@@ -27,6 +27,7 @@ from studio.core.export.measure import (
     zip_bytes,
 )
 from studio.core.export.onnx_export import export_onnx, onnx_file_bytes
+from studio.core.export.torch_weights import write_compressed_weights
 from studio.core.jobs import Event, Log
 from studio.core.methods.pruning.measure import measure
 from studio.core.models.checks import describe_non_finite, find_non_finite
@@ -122,6 +123,13 @@ class TorchBackend:
         section = context.settings(DataSection)
         return {"prompt": section.prompt, "text": greedy_text(
             model, self.tokenizer, section.prompt, section.generate_tokens)}
+
+    def write_weights(self, context: RunContext) -> list[Path]:
+        workspace = context.workspace
+        assert workspace.loaded.module is not None
+        return write_compressed_weights(context.model, workspace.loaded.module,
+                                        context.out_dir, workspace.architecture,
+                                        workspace.example)
 
     def latency_feeds(self, context: RunContext) -> dict[int, Feed]:
         batches = (1, context.settings(ExportSection).latency_batch)

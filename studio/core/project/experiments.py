@@ -49,6 +49,8 @@ class Experiment:
     recipe: dict[str, Any] | None = None
     """The whole recipe it ran (plan, data and every job section), as JSON data; ``None`` in
     experiments saved before experiments kept it (only their plan is known)."""
+    note: str = ""
+    """The user's own words about it (the experiments table's Notes column)."""
 
     def settings(self) -> tuple[Plan, dict[str, BaseModel] | None]:
         """The plan and the job sections it ran with (``None``: not recorded, an older
@@ -176,16 +178,17 @@ def artifact_path(project_dir: str | Path, experiment: Experiment, kind: str) ->
     return experiment_dir(project_dir, experiment.id) / relative if relative else None
 
 
-def _latency(figures: Mapping[str, Any]) -> float | None:
+def _latency(figures: Mapping[str, Any]) -> tuple[int, float] | None:
+    """(batch, ms): batch 64, or the largest batch timed."""
     latency = figures.get("latency_ms") or {}
     if not isinstance(latency, Mapping) or not latency:
         return None
-    wanted = f"batch_{LATENCY_BATCH}"
-    if wanted in latency:
-        return float(latency[wanted])
     batches = {int(key.split("_", 1)[1]): value for key, value in latency.items()
                if key.startswith("batch_") and key.split("_", 1)[1].isdigit()}
-    return float(batches[max(batches)]) if batches else None
+    if not batches:
+        return None
+    batch = LATENCY_BATCH if LATENCY_BATCH in batches else max(batches)
+    return batch, float(batches[batch])
 
 
 def _figures_point(figures: Mapping[str, Any]) -> dict[str, Any]:
@@ -196,17 +199,20 @@ def _figures_point(figures: Mapping[str, Any]) -> dict[str, Any]:
     direction = metric.get("higher_is_better")
     onnx_bytes = figures.get("onnx_bytes")
     macs = figures.get("macs")
+    latency = _latency(figures)
     return {"metric": name, "value": None if value is None else float(value),
             "higher_is_better": higher_is_better(name) if direction is None else bool(direction),
             "onnx_bytes": None if onnx_bytes is None else float(onnx_bytes),
             "macs": None if macs is None else float(macs),
-            "latency_ms": _latency(figures)}
+            "latency_ms": None if latency is None else latency[1],
+            "latency_batch": None if latency is None else latency[0]}
 
 
 def experiment_point(experiment: Experiment, which: str = "compressed") -> dict[str, Any]:
     """The plot's numbers for one experiment: its metric by its own name (``metric``, with
     ``value`` and ``higher_is_better``: cosine is not accuracy, and MSE is better lower),
-    onnx_bytes, macs, latency_ms (batch 64, or the largest batch timed); ``None`` where the
+    onnx_bytes, macs, latency_ms (batch 64, or the largest batch timed: ``latency_batch``);
+    ``None`` where the
     report lacks one. ``which`` picks the run report's ``compressed`` or ``baseline``
     figures."""
     report = experiment.report or {}

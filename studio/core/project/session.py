@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,25 @@ from studio.core.project.autosave import (
     pending_autosave,
     write_autosave,
 )
-from studio.core.project.experiments import Experiment, load_experiments_report, save_experiment
+from studio.core.project.experiment_files import (
+    export_experiment,
+    move_project_history,
+    move_to_trash,
+    restore_from_trash,
+)
+from studio.core.project.experiments import (
+    Experiment,
+    experiment_dir,
+    load_experiments_report,
+    save_experiment,
+)
 from studio.core.project.project import PROJECT_FILE, load_project, project_file, save_project
 from studio.core.project.studies import load_sensitivity, save_sensitivity
 from studio.core.reports.sensitivity_report import SensitivityReport
 from studio.core.workspace import Workspace, build_tree, open_recipe_workspace, open_workspace
 
 Listener = Callable[[str, Any], None]
+SCRATCH_DIR = "scratch"
 
 
 def is_project(path: str | Path) -> bool:
@@ -77,9 +90,12 @@ def open_recipe_target(recipe: Recipe, path: Path, architecture: str | None = No
 
 
 class Session:
-    def __init__(self, recovery_dir: Path) -> None:
+    def __init__(self, recovery_dir: Path, scratch_root: Path | None = None) -> None:
         self.recovery_dir = recovery_dir
         """Where a model not saved as a project autosaves."""
+        self.scratch_root = scratch_root or recovery_dir.parent / SCRATCH_DIR
+        """Where a model not saved as a project keeps its experiments (one scratch project
+        per run of an unsaved model); Save As moves them into the folder the user picks."""
         self.workspace: Workspace | None = None
         self.project_path: Path | None = None
         """The open project's manifest (``project.yaml``)."""
@@ -101,6 +117,28 @@ class Session:
     @property
     def project_dir(self) -> Path | None:
         return self.project_path.parent if self.project_path is not None else None
+
+    @property
+    def is_scratch(self) -> bool:
+        """The open project is a scratch one the studio made (not chosen by the user)."""
+        folder = self.project_dir
+        return folder is not None and folder.parent == self.scratch_root
+
+    def ensure_project(self) -> Path:
+        """The project's folder; a model not saved yet is saved as a scratch project first, so
+        a run never has to stop and ask where to keep its experiments."""
+        if self.project_dir is not None:
+            return self.project_dir
+        if self.workspace is None:
+            raise StudioError("no model is open")
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        folder = self.scratch_root / f"{self.workspace.tree.model_name}-{stamp}"
+        suffix = 1
+        while folder.exists():
+            suffix += 1
+            folder = folder.with_name(f"{self.workspace.tree.model_name}-{stamp}-{suffix}")
+        self.save(folder)
+        return folder
 
     @property
     def base_dir(self) -> Path | None:
@@ -146,8 +184,11 @@ class Session:
         target = path or self.project_path
         if target is None:
             raise StudioError("the project has no folder yet; choose one (Save As)")
+        scratch = self.project_dir if self.is_scratch else None
         manifest = save_project(self.workspace, target)
         new_folder = self.project_path != manifest
+        if scratch is not None and new_folder:
+            move_project_history(scratch, manifest.parent)
         clear_autosave(self.workspace, self.project_path, self.recovery_dir)
         self.project_path = manifest
         self.set_dirty(False)
@@ -247,6 +288,53 @@ class Session:
         if experiment.status == "finished" and experiment.report is not None:
             self.experiments[experiment.id] = experiment
             self._notify("experiment", experiment)
+
+    # --- the user's edits to the history ----------------------------------------------------
+    def _experiment(self, experiment_id: str) -> tuple[Path, Experiment]:
+        if self.project_dir is None or experiment_id not in self.experiments:
+            raise StudioError(f"no experiment {experiment_id!r} in the open project")
+        return self.project_dir, self.experiments[experiment_id]
+
+    def experiment_folder(self, experiment_id: str) -> Path:
+        folder, experiment = self._experiment(experiment_id)
+        return experiment_dir(folder, experiment.id)
+
+    def edit_experiment(self, experiment_id: str, name: str | None = None,
+                        note: str | None = None) -> None:
+        """Rename or annotate an experiment (saved at once)."""
+        folder, experiment = self._experiment(experiment_id)
+        if name is not None:
+            if not name.strip():
+                raise StudioError("an experiment needs a name; type one")
+            experiment.name = name.strip()
+        if note is not None:
+            experiment.note = note
+        save_experiment(folder, experiment)
+        self._notify("history")
+
+    def delete_experiment(self, experiment_id: str) -> Experiment:
+        """Move an experiment to the project's trash; :meth:`restore_experiment` undoes it."""
+        folder, experiment = self._experiment(experiment_id)
+        move_to_trash(folder, experiment.id)
+        del self.experiments[experiment.id]
+        self._notify("history")
+        return experiment
+
+    def restore_experiment(self, experiment: Experiment) -> None:
+        if self.project_dir is None:
+            raise StudioError("no project is open")
+        restore_from_trash(self.project_dir, experiment.id)
+        self.experiments[experiment.id] = experiment
+        self.experiments = dict(sorted(self.experiments.items(),
+                                       key=lambda item: (item[1].created, item[0])))
+        self._notify("history")
+
+    def export_experiment(self, experiment_id: str, target: Path,
+                          replace: Collection[Path] = ()) -> list[Path]:
+        """Copy an experiment's compressed files to ``target`` (see
+        :func:`~studio.core.project.experiment_files.export_experiment`)."""
+        folder, experiment = self._experiment(experiment_id)
+        return export_experiment(folder, experiment, target, replace)
 
     def set_sensitivity(self, report: SensitivityReport) -> None:
         """Keep a finished sweep (in the project, when there is one) and tell observers;

@@ -145,6 +145,8 @@ class JobsModel(QAbstractTableModel):
         if column == STATUS:
             return row.status
         if column == PROGRESS:
+            if row.status in ENDED:  # not the last stage's "fine-tune 100%" forever after
+                return "done" if row.status == FINISHED else ""
             fraction = row.fraction
             percent = "" if fraction is None else f"{fraction:.0%}"
             return f"{row.stage} {percent}".strip()

@@ -19,6 +19,8 @@ REDRAW_MS = 66
 """About 15 redraws a second: smooth to the eye, cheap for the event loop."""
 
 Key = tuple[str, str]
+EMPTY_TEXT = ("Training curves appear here while a run fine-tunes or distils (Run settings ▸ "
+              "train epochs above 0): the loss above, each epoch's validation metric below.")
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf")
 """Matplotlib's tab10: distinct hues that stay readable on white."""
@@ -47,7 +49,7 @@ class _Series:
 
 
 class CurvesPlot(QWidget):
-    """Loss (top) and validation metrics (bottom), one line per (stage, name).
+    """Loss by step (top) and validation metrics by epoch (bottom), one line per (stage, name).
 
     :meth:`append` may be called thousands of times a second from a signal carrying plain
     numbers; it never touches a plot item. :attr:`redraws` counts timer redraws, so a test
@@ -65,14 +67,25 @@ class CurvesPlot(QWidget):
         self.layout_widget.setBackground("w")
         self.loss_plot = self.layout_widget.addPlot(row=0, col=0)
         self.metric_plot = self.layout_widget.addPlot(row=1, col=0)
-        self.metric_plot.setXLink(self.loss_plot)
-        for plot, label in ((self.loss_plot, "Loss"), (self.metric_plot, "Metric")):
+        # Not x-linked: losses come per training step, metrics per epoch (0 = before training).
+        self._legends: dict[pg.PlotItem, pg.LegendItem] = {}
+        for row, (plot, label) in enumerate(((self.loss_plot, "Loss"),
+                                             (self.metric_plot, "Metric"))):
             style_plot(plot)
             plot.showGrid(x=True, y=True, alpha=0.25)
             plot.setLabel("left", label)
             plot.setMenuEnabled(False)
-            plot.addLegend(offset=(-10, 10), labelTextColor="k")
-        self.metric_plot.setLabel("bottom", "Step")
+            # beside the plot, not over it: a legend never hides the lines
+            legend = self._legends[plot] = pg.LegendItem(labelTextColor="k")
+            self.layout_widget.addItem(legend, row=row, col=1)
+        self.layout_widget.ci.layout.setColumnStretchFactor(0, 4)
+        self.layout_widget.setMinimumHeight(240)
+        self.loss_plot.setLabel("bottom", "Step")
+        self.metric_plot.setLabel("bottom", "Epoch")
+        self._empty = pg.TextItem(EMPTY_TEXT, color=(90, 90, 90), anchor=(0.5, 0.5))
+        self._empty.setTextWidth(480)
+        self.loss_plot.addItem(self._empty, ignoreBounds=True)
+        self._show_empty(True)
 
         self._timer = QTimer(self)
         self._timer.setInterval(redraw_ms)
@@ -99,14 +112,31 @@ class CurvesPlot(QWidget):
         for key, curve in self._curves.items():
             plot = self.loss_plot if is_loss(key[1]) else self.metric_plot
             plot.removeItem(curve)
-            if plot.legend is not None:
-                plot.legend.removeItem(curve)
+            self._legends[plot].removeItem(curve)
         self._series.clear()
         self._curves.clear()
         self._dirty.clear()
+        self._show_empty(True)
+
+    def _show_empty(self, empty: bool) -> None:
+        """Before any sample: a sentence instead of two grids of made-up numbers."""
+        self._empty.setVisible(empty)
+        for plot in (self.loss_plot, self.metric_plot):
+            for name in ("left", "bottom"):
+                plot.getAxis(name).setStyle(showValues=not empty)
+            if empty:
+                plot.setRange(xRange=(0, 1), yRange=(0, 1), padding=0)
+            else:
+                plot.enableAutoRange()
+        self._empty.setPos(0.5, 0.5)
 
     def keys(self) -> list[Key]:
         return list(self._series)
+
+    def last_epoch(self) -> float:
+        """The latest epoch a metric was buffered at (0 before any)."""
+        return max((float(series.view()[:, 0].max()) for (_stage, name), series in
+                    self._series.items() if not is_loss(name) and series.size), default=0.0)
 
     def line_data(self, stage: str, name: str) -> tuple[np.ndarray, np.ndarray]:
         """What the line for (stage, name) shows now (after the last redraw)."""
@@ -124,6 +154,8 @@ class CurvesPlot(QWidget):
         if not self._dirty:
             self._timer.stop()  # idle: no ticks until the next append
             return
+        if not self._curves:
+            self._show_empty(False)
         for key in self._dirty:
             data = self._series[key].view()
             curve = self._curves.get(key)
@@ -137,7 +169,11 @@ class CurvesPlot(QWidget):
         stage, name = key
         plot = self.loss_plot if is_loss(name) else self.metric_plot
         color = PALETTE[len(self._curves) % len(PALETTE)]
-        curve = plot.plot(pen=pg.mkPen(color, width=2), name=f"{stage} · {name}")
+        # Metrics come once an epoch (or once a run): markers keep a single point visible.
+        markers = {} if is_loss(name) else {"symbol": "o", "symbolSize": 7,
+                                            "symbolBrush": color, "symbolPen": color}
+        curve = plot.plot(pen=pg.mkPen(color, width=2), **markers)
+        self._legends[plot].addItem(curve, f"{stage} · {name}")
         # Long runs: draw what fits on screen, not every sample.
         curve.setDownsampling(auto=True, method="peak")
         curve.setClipToView(True)

@@ -26,11 +26,26 @@ class Axis:
 
 
 AXES: dict[str, Axis] = {
-    "onnx_bytes": Axis("onnx_bytes", "Size (MB)", 1e-6),
-    "latency_ms": Axis("latency_ms", "Latency (ms)", 1.0),
+    "onnx_bytes": Axis("onnx_bytes", "Size", 1.0),
+    "latency_ms": Axis("latency_ms", "Latency", 1.0),
     "macs": Axis("macs", "MACs (M)", 1e-6),
 }
-"""The x axes the Pareto plot offers, in combo order."""
+"""The x axes the Pareto plot offers, in combo order (:func:`axis_for` gives the unit)."""
+
+
+def axis_for(key: str, points: Sequence[Mapping[str, object]]) -> Axis:
+    """The axis of ``key`` for these points: sizes in KiB or MiB (as the layer tree counts
+    them), latency named with the batch it was timed at."""
+    if key == "onnx_bytes":
+        largest = max((float(p[key]) for p in points if p.get(key) is not None),  # type: ignore[arg-type]
+                      default=0.0)
+        return Axis(key, "Size (MiB)", 1 / 2**20) if largest >= 2**20 else \
+            Axis(key, "Size (KiB)", 1 / 2**10)
+    if key == "latency_ms":
+        batches = {p.get("latency_batch") for p in points if p.get(key) is not None}
+        batch = f"batch {batches.pop()}" if len(batches) == 1 else "largest batch timed"
+        return Axis(key, f"Latency, {batch} (ms)", 1.0)
+    return AXES[key]
 
 
 def pareto_front(points: Sequence[Mapping[str, object]], x_key: str, y_key: str = "value",

@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, Qt, Signal
-from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QSplitter, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QSplitter,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 from studio.core.reports.sensitivity_report import SensitivityReport
 from studio.qt.plots.export import export_png, style_plot, write_csv
@@ -24,6 +32,12 @@ MAX_CELL_LABELS = 400
 """Above this many cells the numbers would not fit in the cells; the tooltip still has them."""
 
 DIVERGING = pg.ColorMap([0.0, 0.5, 1.0], [(49, 104, 176), (247, 247, 247), (196, 40, 40)])
+
+
+EMPTY_TEXT = ("No sensitivity sweep yet. Compress ▸ Sensitivity Analysis measures how much the "
+              "metric drops when each layer alone is pruned or quantized; the result shows "
+              "here as a layer × level map, fills the tree's Sensitivity column and lets "
+              "Compress ▸ Allocate to Target propose a plan.")
 
 
 def level_label(level: object) -> str:
@@ -93,16 +107,24 @@ class SensitivityHeatmap(QWidget):
         splitter.addWidget(self.curve_widget)
         splitter.setStretchFactor(0, 2)
         splitter.setStretchFactor(1, 1)
+        self.empty = QLabel(EMPTY_TEXT)
+        self.empty.setWordWrap(True)
+        self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty.setStyleSheet("color: #555; padding: 24px;")
+        self.pages = QStackedWidget()  # a sentence until a sweep exists, not empty axes
+        self.pages.addWidget(self.empty)
+        self.pages.addWidget(splitter)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(bar)
-        layout.addWidget(splitter, 1)
+        layout.addWidget(self.pages, 1)
 
     # --- data ------------------------------------------------------------------------------
 
     def set_report(self, report: SensitivityReport) -> None:
         """Show ``report``; keeps the sweep choice if that sweep has levels."""
         self._report = report
+        self.pages.setCurrentIndex(1)
         sweeps = [key for key in SWEEPS if report.sweep(key).levels] or list(SWEEPS)
         metric = metric_axis(report.metric)
         # Accuracy and top-1 agreement are fractions; a drop reads best in percentage points.

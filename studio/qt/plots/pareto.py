@@ -11,11 +11,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QPoint, Qt, Signal
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
+from studio.core.units import format_bytes
 from studio.qt.plots.export import export_png, style_plot, write_csv
-from studio.qt.plots.front import AXES, pareto_front, step_line
+from studio.qt.plots.front import AXES, Axis, axis_for, pareto_front, step_line
 from studio.qt.plots.metric import MetricAxis, common_metric, metric_axis
 
 BASELINE_ID = "baseline"
@@ -25,6 +26,9 @@ COMPARE_MODIFIERS = (Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.S
                      | Qt.KeyboardModifier.MetaModifier)
 """Any of these held while clicking adds the point to the comparison instead of opening it."""
 
+EMPTY_TEXT = ("No experiments yet.\nPlan some compression in the layer tree, then "
+              "Compress ▸ Run Plan (Ctrl+R): each run becomes a point here, metric against "
+              "size, latency or MACs, with the baseline as a star.")
 FRONT_BRUSH = pg.mkBrush(31, 119, 180)
 DOMINATED_BRUSH = pg.mkBrush(150, 150, 150, 160)
 BASELINE_BRUSH = pg.mkBrush(255, 170, 0)
@@ -39,11 +43,14 @@ def point_summary(point: Mapping[str, object]) -> str:
         return "—" if value is None else format(float(value) * scale, fmt)  # type: ignore[arg-type]
 
     value = point.get("value")
+    size = point.get("onnx_bytes")
+    batch = point.get("latency_batch")
     return "\n".join([
         str(point.get("name") or point.get("id")),
         metric_axis(point.get("metric")).text(None if value is None else float(value)),  # type: ignore[arg-type]
-        f"size {num('onnx_bytes', 1e-6, '.3f')} MB",
-        f"latency {num('latency_ms', 1.0, '.2f')} ms",
+        f"size {'—' if size is None else format_bytes(float(size))}",  # type: ignore[arg-type]
+        f"latency {num('latency_ms', 1.0, '.2f')} ms"
+        + (f" at batch {batch}" if batch is not None else ""),
         f"MACs {num('macs', 1e-6, '.2f')} M",
     ])
 
@@ -58,6 +65,8 @@ class ParetoPlot(QWidget):
 
     pointClicked = Signal(str)
     compareRequested = Signal(str, str)
+    pointMenuRequested = Signal(str, QPoint)
+    """(point id, global position): a right-click on a point."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -65,6 +74,7 @@ class ParetoPlot(QWidget):
         self._front: list[str] = []
         self._selected: list[str] = []
         self._x_key = next(iter(AXES))
+        self._axis: Axis = AXES[self._x_key]
         self._metric = metric_axis(None)
 
         self.axis_combo = QComboBox()
@@ -79,6 +89,11 @@ class ParetoPlot(QWidget):
         self.plot_item.setLabel("left", self._metric.title)
         self.plot_item.setMenuEnabled(False)
         style_plot(self.plot_item)
+        self.plot_item.getViewBox().setDefaultPadding(0.12)  # room for the labels at the edges
+        self.plot_widget.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.plot_widget.customContextMenuRequested.connect(self._context_menu)
+        self._empty = pg.TextItem(EMPTY_TEXT, color=(90, 90, 90), anchor=(0.5, 0.5))
+        self._empty.setTextWidth(360)
         self.legend = self.plot_item.addLegend(offset=(-10, -10), labelTextColor="k")
 
         tip = self._tip
@@ -93,12 +108,13 @@ class ParetoPlot(QWidget):
         self._baseline = pg.ScatterPlotItem(size=22, symbol="star", brush=BASELINE_BRUSH,
                                             pen=pg.mkPen("k", width=1), hoverable=True, tip=tip,
                                             name="baseline")
-        self._baseline_label = pg.TextItem("baseline", color="k", anchor=(0.5, 1.6))
+        self._baseline_label = pg.TextItem("baseline", color="k", anchor=(1.25, 0.5))
         for z, item in enumerate((self._front_line, self._selection, self._scatter,
                                   self._baseline)):
             item.setZValue(z)
             self.plot_item.addItem(item)
         self.plot_item.addItem(self._baseline_label)
+        self.plot_item.addItem(self._empty, ignoreBounds=True)
         self._baseline_label.setVisible(False)
         for item in (self._scatter, self._baseline, self._selection):
             item.sigClicked.connect(self._on_scatter_clicked)
@@ -165,7 +181,7 @@ class ParetoPlot(QWidget):
 
     def _xy(self, point: Mapping[str, object]) -> tuple[float, float]:
         y = float(point["value"]) * self._metric.scale  # type: ignore[arg-type]
-        return AXES[self._x_key].value(point), y
+        return self._axis.value(point), y
 
     @property
     def metric(self) -> MetricAxis:
@@ -173,7 +189,7 @@ class ParetoPlot(QWidget):
         return self._metric
 
     def _refresh(self) -> None:
-        axis = AXES[self._x_key]
+        axis = self._axis = axis_for(self._x_key, list(self._points.values()))
         self.plot_item.setLabel("bottom", axis.label)
         common = common_metric(p.get("metric") for p in self._points.values())  # type: ignore[misc]
         self._metric = metric_axis(common) if common or not self._points else MIXED
@@ -203,10 +219,26 @@ class ParetoPlot(QWidget):
         self._front_line.setData(xs, ys)
         self._draw_selection()
         missing = len(self._points) - len(usable)
-        text = f"{len(usable)} experiments, {len(self._front)} on the front"
+        runs = sum(1 for p in usable if str(p["id"]) != BASELINE_ID)  # the baseline is no run
+        on_front = sum(1 for pid in self._front if pid != BASELINE_ID)
+        text = f"{runs} experiment{'s' * (runs != 1)}, {on_front} on the front"
         if not self._points:
-            text = "No experiments yet: plan some compression, then Compress ▸ Run Plan (Ctrl+R)"
+            text = "No experiments yet"
         self.status.setText(text + (f" ({missing} without {axis.label})" if missing else ""))
+        self._show_empty(not usable)
+
+    def _show_empty(self, empty: bool) -> None:
+        """Before any run: say what the plot will show, on quiet axes (not a range of
+        nonsense numbers)."""
+        self._empty.setVisible(empty)
+        self.legend.setVisible(not empty)
+        for name in ("left", "bottom"):
+            self.plot_item.getAxis(name).setStyle(showValues=not empty)
+        if empty:
+            self.plot_item.setRange(xRange=(0, 1), yRange=(0, 1), padding=0)
+            self._empty.setPos(0.5, 0.5)
+        else:
+            self.plot_item.enableAutoRange()
 
     def _draw_selection(self) -> None:
         spots = [{"pos": self._xy(self._points[pid]), "data": pid} for pid in self._selected
@@ -218,6 +250,17 @@ class ParetoPlot(QWidget):
         return point_summary(point) if point else ""
 
     # --- clicks ----------------------------------------------------------------------------
+
+    def _context_menu(self, position: QPoint) -> None:
+        """A right-click on a point asks for its menu (the plot's own menu is off)."""
+        scene = self.plot_widget.mapToScene(position)
+        view = self.plot_item.getViewBox().mapSceneToView(scene)
+        for item in (self._baseline, self._scatter):
+            hits = item.pointsAt(view)
+            if len(hits):
+                self.pointMenuRequested.emit(str(hits[0].data()),
+                                             self.plot_widget.mapToGlobal(position))
+                return
 
     def _on_scatter_clicked(self, _item: object, spots: Sequence[object], event: object) -> None:
         modifiers = event.modifiers() if hasattr(event, "modifiers") else Qt.KeyboardModifier(0)
@@ -248,7 +291,12 @@ class ParetoPlot(QWidget):
     # --- export ----------------------------------------------------------------------------
 
     def export_png(self, path: str | Path) -> Path:
-        return export_png(self.plot_item, self.plot_widget, path)
+        """The plot as shown, without the selection rings (a choice on screen, not data)."""
+        self._selection.setVisible(False)
+        try:
+            return export_png(self.plot_item, self.plot_widget, path)
+        finally:
+            self._selection.setVisible(True)
 
     def export_csv(self, path: str | Path) -> Path:
         """One row per experiment; ``on_front`` is for the x axis shown now."""
