@@ -143,16 +143,19 @@ def smoke(bundle: Path | None, work: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bundle", type=Path, help="check this bundle instead of building one")
-    parser.add_argument("--work", type=Path, help="where to build (default: a temporary folder)")
+    parser.add_argument("--work", type=Path,
+                        help="where to build and keep the bundle (default: a temporary folder, "
+                             "removed at the end)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
-    work = args.work or Path(tempfile.mkdtemp(prefix="studio-smoke-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        figures = smoke(args.bundle, work)
-    except (SmokeFailure, subprocess.TimeoutExpired) as error:
-        print(f"smoke test: FAILED: {error}", file=sys.stderr)
-        return 1
+    with tempfile.TemporaryDirectory(prefix="studio-smoke-") as scratch:
+        work = args.work or Path(scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            figures = smoke(args.bundle, work)
+        except (SmokeFailure, subprocess.TimeoutExpired) as error:
+            print(f"smoke test: FAILED: {error}", file=sys.stderr)
+            return 1
     text = json.dumps(figures, indent=1)
     print(text)
     if args.json:
