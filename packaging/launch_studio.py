@@ -1,8 +1,9 @@
-"""Entry script PyInstaller freezes: the same ``studio.qt.app:main`` as ``compression-studio-gui``.
+"""Entry script of the bundle's window executable: the same ``studio.qt.app:main`` as
+``compression-studio-gui`` (a model or project to open, or ``--self-check``).
 
 A script (not the ``gui-scripts`` console shim) because PyInstaller needs a file to analyse.
-``freeze_support`` must run first: the GUI runs long jobs in child processes, and a frozen
-executable re-launches itself to start them.
+``freeze_support`` runs first so that a ``multiprocessing`` worker started from the frozen app
+runs its task instead of a second window.
 """
 
 import multiprocessing

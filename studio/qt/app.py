@@ -52,7 +52,12 @@ def run_gui(target: str | None = None, architecture: str | None = None,
 
 
 def main() -> int:
-    """Entry point of the ``compression-studio-gui`` launcher: ``[MODEL_OR_PROJECT]``."""
+    """Entry point of the ``compression-studio-gui`` launcher: ``[MODEL_OR_PROJECT]``, or
+    ``--self-check OUT [PATH ...]`` (:mod:`studio.qt.self_check`)."""
+    if sys.argv[1:2] == ["--self-check"]:
+        from studio.qt.self_check import main as self_check
+
+        return self_check(sys.argv[2:])
     try:
         return run_gui(sys.argv[1] if len(sys.argv) > 1 else None)
     except StudioError as error:

@@ -20,7 +20,6 @@ from studio.core.limits import check_zip_members
 from studio.core.models.factory import build_architecture, is_built_in
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import LoadedModel
-from studio.core.models.pt2_archive import read_exported_program
 from studio.core.models.unpickle import load_weights_only
 
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
@@ -140,7 +139,11 @@ def _load_pickled_module(path: Path) -> LoadedModel:
 def load_torch_export(path: Path, trust: bool = False) -> LoadedModel:
     """A ``torch.export`` archive, unflattened back into its original module hierarchy. It is
     read without running anything stored in it (:mod:`pt2_archive`); only a trusted archive
-    goes through ``torch.export.load``, which unpickles what the safe reader refuses."""
+    goes through ``torch.export.load``, which unpickles what the safe reader refuses.
+    The reader is imported here: it pulls in torch's export and dynamo stack (~0.9 s), which
+    the first window never needs."""
+    from studio.core.models.pt2_archive import read_exported_program
+
     check_zip_members(path)
     try:
         with warnings.catch_warnings():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 from collections import deque
@@ -30,6 +29,7 @@ from PySide6.QtCore import (
 
 from studio.core.errors import StudioError
 from studio.core.jobs import CancelToken, Event, JobCancelled, Log, Result
+from studio.core.jobs.child import child_command
 from studio.core.jobs.events import event_from_json
 
 FINISHED = "finished"
@@ -171,10 +171,9 @@ class ProcessJob(JobHandle):
         self.process.start(*self.command(self._spec_path))
 
     def command(self, spec_path: str) -> tuple[str, list[str]]:
-        """The program and arguments that run the spec file. A frozen app (PyInstaller) has no
-        ``python -m``: it would return its own executable with a "--job SPEC" switch that calls
-        studio.core.jobs.child.main."""
-        return sys.executable, ["-m", "studio.core.jobs.child", spec_path]
+        """The program and arguments that run the spec file (frozen or not: see
+        :func:`studio.core.jobs.child.child_command`)."""
+        return child_command(spec_path)
 
     def _stop(self) -> None:
         """Ask the child to stop at its next batch (SIGTERM); kill it if it has not in 0.5 s."""
