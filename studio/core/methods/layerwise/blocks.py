@@ -34,7 +34,7 @@ def weight_matrix(module: nn.Module) -> Tensor:
     """The weight as [out, in] (a float32 copy): the layout every layer-wise method uses."""
     weight = module.weight.detach()
     weight = weight.t() if type(module).__name__ == "Conv1D" else weight
-    return weight.float().clone()
+    return weight.float().contiguous().clone()
 
 
 @torch.no_grad()

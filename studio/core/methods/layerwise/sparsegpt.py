@@ -41,7 +41,7 @@ def sparsegpt_prune(weight: Tensor, hessian: Tensor, sparsity: float = 0.5,
         inverse = upper[start:end, start:end]
         diag = torch.diag(inverse)
         errors = torch.zeros_like(block)
-        drop = torch.zeros_like(block, dtype=torch.bool)
+        drop = torch.zeros(block.shape, dtype=torch.bool, device=block.device)
         if not nm:
             saliency = block.pow(2) / diag.pow(2)
             count = int(saliency.numel() * sparsity)
