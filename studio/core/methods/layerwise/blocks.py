@@ -11,6 +11,7 @@ Hugging Face model (ORT's bundled GPTQ runs the whole ONNX graph at once).
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -83,11 +84,14 @@ def _first_block_inputs(model: nn.Module, block: nn.Module,
         raise _Caught
 
     device = next(model.parameters()).device
+    # A cache would hold every block's keys and values: ask for none where the model has one.
+    options = {"use_cache": False} if "use_cache" in inspect.signature(
+        model.forward).parameters else {}
     handle = block.register_forward_pre_hook(catch, with_kwargs=True)
     try:
         for batch in batches:
             with contextlib.suppress(_Caught):
-                model(batch.to(device), use_cache=False)
+                model(batch.to(device), **options)
     finally:
         handle.remove()
     return caught

@@ -24,15 +24,6 @@ ONNX_BITS = (2, 4, 8)
 """What MatMulNBits stores on onnxruntime's CPU kernels."""
 
 
-def nbits_bytes(outputs: int, inputs: int, bits: int, group_size: int, symmetric: bool) -> int:
-    """Exact bytes of one MatMulNBits weight (packed integers, scales, zero points)."""
-    blocks = -(-inputs // group_size)
-    packed = outputs * blocks * (group_size * bits // 8)
-    scales = outputs * blocks * 4
-    zeros = 0 if symmetric else outputs * -(-blocks // (8 // bits))
-    return packed + scales + zeros
-
-
 def _pack(values: np.ndarray, bits: int) -> np.ndarray:
     """Pack the last axis of uint8 ``values`` (< 2^bits), ``8 / bits`` per byte, low first."""
     per_byte = 8 // bits
@@ -69,6 +60,32 @@ def fingerprint(matrix: np.ndarray) -> str:
     return f"{data.shape}:{hashlib.sha1(data.tobytes()).hexdigest()}"
 
 
+def _by_print(weights: Mapping[str, QuantizedWeight]) -> dict[str, str]:
+    return {fingerprint(w.dequantized().t().cpu().numpy()): name
+            for name, w in weights.items() if w.bits in ONNX_BITS}
+
+
+def matching_nodes(model: onnx.ModelProto, weights: Mapping[str, QuantizedWeight]
+                   ) -> dict[str, str]:
+    """Node name -> layer, for the MatMul and Gemm nodes of the main graph whose constant
+    weight is one of ``weights`` (what :func:`write_matmul_nbits` will replace)."""
+    by_print = _by_print(weights)
+    initializers = {t.name: t for t in model.graph.initializer}
+    found: dict[str, str] = {}
+    for node in model.graph.node:
+        tensor = initializers.get(node.input[1]) if node.op_type in ("MatMul", "Gemm") \
+            and len(node.input) > 1 else None
+        if tensor is None or len(tensor.dims) != 2:
+            continue
+        matrix = numpy_helper.to_array(tensor)
+        if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
+            matrix = matrix.T
+        layer = by_print.get(fingerprint(matrix))
+        if layer is not None:
+            found[node.name] = layer
+    return found
+
+
 def write_matmul_nbits(model: onnx.ModelProto, weights: Mapping[str, QuantizedWeight]
                        ) -> dict[str, str]:
     """Replace, in place, each MatMul whose constant weight equals a layer's dequantized
@@ -76,8 +93,7 @@ def write_matmul_nbits(model: onnx.ModelProto, weights: Mapping[str, QuantizedWe
     layer name -> node name; layers whose node was not found are left out of it."""
     gemm_to_matmul(model)
     graph = model.graph
-    by_print = {fingerprint(w.dequantized().t().cpu().numpy()): name
-                for name, w in weights.items() if w.bits in ONNX_BITS}
+    by_print = _by_print(weights)
     initializers = {t.name: t for t in graph.initializer}
     written: dict[str, str] = {}
     nodes: list[onnx.NodeProto] = []

@@ -58,7 +58,9 @@ def quantize_file(context: RunContext, float_path: Path, plan: QuantPlan,
         else:
             yield Log(f"Quantizing with onnxruntime: {plan.mode or 'weight-only'}")
             apply_quant_plan(float_path, context.model_path, plan, calibration,
-                             section.per_channel, section.calibration, **feeding)
+                             section.per_channel, section.calibration, symmetric=section.symmetric,
+                             algorithm="hqq" if section.weight_method == "hqq" else "rtn",
+                             **feeding)
     finally:
         remove_onnx(float_path)
     for note in plan.notes:
