@@ -73,14 +73,22 @@ class _Inputs:
     kwargs: list[dict[str, Any]]
 
 
+def _is_cache(value: Any) -> bool:
+    return type(value).__name__.endswith("Cache")
+
+
 def _first_block_inputs(model: nn.Module, block: nn.Module,
                         batches: Iterable[Tensor]) -> _Inputs:
     caught = _Inputs([], [], [])
 
     def catch(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        # A key/value cache would grow with every calibration batch and let later batches
+        # attend to earlier ones: the blocks run without one.
         caught.hidden.append(args[0] if args else kwargs.pop("hidden_states"))
-        caught.args.append(args[1:])
-        caught.kwargs.append(kwargs)
+        caught.args.append(tuple(None if _is_cache(a) else a for a in args[1:]))
+        caught.kwargs.append({key: None if _is_cache(value) else value
+                              for key, value in kwargs.items()}
+                             | ({"use_cache": False} if "use_cache" in kwargs else {}))
         raise _Caught
 
     device = next(model.parameters()).device
