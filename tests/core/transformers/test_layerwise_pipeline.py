@@ -144,3 +144,23 @@ def test_layerwise_pruning_of_a_model_without_blocks_is_refused_in_words(
     workspace = open_recipe_workspace(recipe, tmp_path)
     with pytest.raises(StudioError, match="need a transformer with a list of repeated blocks"):
         list(run_workspace(workspace, recipe, tmp_path / "out", CancelToken()))
+
+
+def test_an_onnx_model_refuses_gptq_and_sparsegpt_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.onnx"
+    torch.onnx.export(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).eval(),
+                      (torch.randn(1, 1, 28, 28),), str(path), dynamo=False)
+    recipe = Recipe.model_validate({
+        "schema_version": 1, "model": {"path": str(path)},
+        "plan": {"defaults": {"sparsity": 0.5, "weight_bits": "int4"}},
+        "data": {"source": "demo", "calibration_samples": 16}, "train": {"epochs": 0},
+        "prune": {"importance": "sparsegpt"}, "quantize": {"weight_method": "gptq"}})
+    workspace = open_recipe_workspace(recipe, tmp_path)
+    with pytest.raises(StudioError, match=r"prune\.importance: sparsegpt.*quantize\."
+                                          r"weight_method: gptq"):
+        list(run_workspace(workspace, recipe, tmp_path / "out", CancelToken()))
+
+
+def test_a_group_size_that_is_not_a_power_of_two_is_refused_in_words() -> None:
+    with pytest.raises(ValueError, match="group size 100: use a power of two"):
+        LayerSpec(group_size=100)
