@@ -153,6 +153,9 @@ class PruneSection(_Section):
     schedule: Literal["oneshot", "agp"] = "oneshot"
     """oneshot: cut everything before recovery; agp: raise unstructured sparsity gradually
     during recovery (Zhu & Gupta's cubic schedule; needs train epochs > 0)."""
+    drop_blocks: int = Field(default=0, ge=0, le=1000)
+    """Drop this many whole transformer blocks first: those that change their input least on
+    the calibration split (block influence). 0 keeps every block."""
     agp_steps: int = Field(default=4, ge=1, le=100, title="AGP steps")
     """AGP: mask updates per quarter of the training run (more: a smoother ramp)."""
     global_unstructured: bool = False

@@ -164,3 +164,23 @@ def test_an_onnx_model_refuses_gptq_and_sparsegpt_by_name(tmp_path: Path) -> Non
 def test_a_group_size_that_is_not_a_power_of_two_is_refused_in_words() -> None:
     with pytest.raises(ValueError, match="group size 100: use a power of two"):
         LayerSpec(group_size=100)
+
+
+def test_drop_blocks_removes_the_least_influential_block_then_prunes_the_rest(
+        tiny_bert: Path, tmp_path: Path) -> None:
+    report, _ = _run(tiny_bert, tmp_path,
+                     {"model.encoder": LayerSpec(sparsity=0.5)},
+                     {"drop_blocks": 1, "importance": "sparsegpt"}, {})
+    dropped = report["stages"]["drop_blocks"]
+    influence = dropped["influence"]
+    assert dropped["dropped"] == [min(influence, key=influence.__getitem__)]
+    assert dropped["params_after"] < dropped["params_before"]
+    kept = next(n for n in influence if n not in dropped["dropped"])
+    assert sorted(report["stages"]["layerwise_prune"]["sparsity"]) == sorted(
+        n for n in LINEARS if n.startswith(f"{kept}."))
+    assert report["compressed"]["onnx_bytes"] < report["baseline"]["onnx_bytes"]
+
+
+def test_dropping_every_block_is_refused_in_words(tiny_bert: Path, tmp_path: Path) -> None:
+    with pytest.raises(StudioError, match="prune.drop_blocks: 2 of the model's 2 blocks"):
+        _run(tiny_bert, tmp_path, {}, {"drop_blocks": 2}, {})

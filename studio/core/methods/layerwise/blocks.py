@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from studio.core.errors import StudioError
+from studio.core.methods.pruning.transformer import SkippedBlock
 
 
 class _Caught(Exception):
@@ -45,14 +46,20 @@ def set_weight_matrix(module: nn.Module, matrix: Tensor) -> None:
     module.weight.copy_(matrix.to(module.weight.dtype))
 
 
+def _holds_blocks(modules: nn.ModuleList) -> bool:
+    """Entries of one class holding Linear layers, apart from dropped blocks."""
+    kept = [m for m in modules if not isinstance(m, SkippedBlock)]
+    return bool(kept) and len({type(m) for m in kept}) == 1 \
+        and any(is_linear(m) for m in kept[0].modules())
+
+
 def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The model's repeated blocks: the longest ModuleList whose entries share one class
-    (``model.layers`` in LLaMA, ``transformer.h`` in GPT-2, ``encoder.layer`` in BERT)."""
+    (``model.layers`` in LLaMA, ``transformer.h`` in GPT-2, ``encoder.layer`` in BERT);
+    dropped blocks (pass-throughs) may sit among them."""
     best: tuple[str, nn.ModuleList] | None = None
     for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0 \
-                and len({type(m) for m in module}) == 1 \
-                and any(is_linear(m) for m in module[0].modules()) \
+        if isinstance(module, nn.ModuleList) and _holds_blocks(module) \
                 and (best is None or len(module) > len(best[1])):
             best = (name, module)
     if best is None:

@@ -8,6 +8,8 @@ import dataclasses
 from collections.abc import Generator
 from typing import Any
 
+from torch import nn
+
 from studio.core.errors import StudioError
 from studio.core.graph.tree import LayerTree
 from studio.core.jobs import Event, Log
@@ -31,6 +33,21 @@ def _without_unstructured(tree: LayerTree, resolved: list[ResolvedSpec],
             for node, spec in zip(tree.nodes, resolved, strict=True)]
 
 
+def _without_missing(model: nn.Module, tree: LayerTree, resolved: list[ResolvedSpec]
+                     ) -> list[ResolvedSpec]:
+    """The plan with the layers of dropped blocks (no longer in the model) excluded."""
+    def present(name: str) -> bool:
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            return False
+        return True
+
+    return [spec if not node.prunable or present(node.name)
+            else dataclasses.replace(spec, exclude=True)
+            for node, spec in zip(tree.nodes, resolved, strict=True)]
+
+
 class Prune(Step):
     name = "prune"
     settings = PruneSection
@@ -44,7 +61,7 @@ class Prune(Step):
         section, train = context.settings(PruneSection), context.settings(TrainSection)
         workspace, data, model = context.workspace, context.task, context.model
         tree = workspace.tree
-        resolved = workspace.plan.resolve(tree)
+        resolved = _without_missing(model, tree, workspace.plan.resolve(tree))
         importance = section.importance
         if importance in LAYERWISE_IMPORTANCE:
             resolved = _without_unstructured(
