@@ -5,13 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from studio.core.methods.layerwise.blocks import weight_matrix
+
 
 class Hessian:
     """H = 2/n X^T X, the Hessian of the layer's squared output error (SparseGPT, GPTQ),
     kept as a running mean so it never depends on how the tokens were batched."""
 
     def __init__(self, module: nn.Module) -> None:
-        columns = module.weight.shape[0 if type(module).__name__ == "Conv1D" else 1]
+        columns = weight_matrix(module).shape[1]
         self.matrix = torch.zeros(columns, columns, dtype=torch.float32,
                                   device=module.weight.device)
         self.tokens = 0
@@ -27,7 +29,7 @@ class ColumnNorms:
     """Mean squared value of each input feature (Wanda's ||X_j||^2 up to a constant)."""
 
     def __init__(self, module: nn.Module) -> None:
-        columns = module.weight.shape[0 if type(module).__name__ == "Conv1D" else 1]
+        columns = weight_matrix(module).shape[1]
         self.squares = torch.zeros(columns, dtype=torch.float32, device=module.weight.device)
         self.tokens = 0
 
