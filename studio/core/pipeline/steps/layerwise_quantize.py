@@ -112,9 +112,9 @@ def hold_prequantized(context: RunContext, float_path: Path, plan: QuantPlan) ->
         return {}
     held = matching_nodes(onnx.load(str(float_path)), stage[PREQUANTIZED])
     for node, layer in held.items():
-        bits = plan.matmul_nbits.pop(node, None)
+        plan.matmul_nbits.pop(node, None)
         plan.group_sizes.pop(node, None)
-        if bits is not None or node not in plan.exclude_nodes:
+        if node not in plan.exclude_nodes:  # nor may the main (int8) pass touch it
             plan.exclude_nodes = (*plan.exclude_nodes, node)
         plan.decisions[node] = f"int{stage[PREQUANTIZED][layer].bits} GPTQ (MatMulNBits)"
     return held
