@@ -127,6 +127,8 @@ def test_nm_groups_are_exact_in_every_layer(model: torch.nn.Module, nm: tuple[in
         weight = weight_matrix(model.get_submodule(name))
         groups = (weight != 0).reshape(weight.shape[0], -1, nm[1]).sum(-1)
         assert (groups == nm[0]).all(), name
+        # The masks are laid out like the module's weight (GPT-2's Conv1D stores [in, out]).
+        assert torch.equal(model.get_submodule(name).weight != 0, result.masks[name])
 
 
 def test_unstructured_pruning_reaches_the_sparsity_and_sparsegpt_beats_wanda_on_output(

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from studio.core.methods.layerwise.blocks import (
     LayerStats,
     calibrate_blockwise,
+    module_layout,
     set_weight_matrix,
     token_batches,
     weight_matrix,
@@ -81,7 +82,7 @@ def prune_layerwise(model: nn.Module, tokens: Tensor, targets: Mapping[str, Prun
             mask = wanda_mask(weight, stats.squares, target.sparsity, target.nm)
             pruned = weight * mask
         set_weight_matrix(module, pruned)
-        result.masks.masks[name] = mask.t() if module.weight.shape != mask.shape else mask
+        result.masks.masks[name] = module_layout(module, mask)
 
     calibrate_blockwise(model, token_batches(tokens, batch_size), targets.__contains__,
                         stats_for, apply, check)
@@ -101,9 +102,8 @@ def quantize_layerwise(model: nn.Module, tokens: Tensor | None,
 
     def apply(name: str, module: nn.Module, stats: LayerStats | None) -> None:
         target, weight = targets[name], weight_matrix(module)
-        mask = masks[name] if masks is not None and name in masks else None
-        if mask is not None and mask.shape != weight.shape:
-            mask = mask.t()
+        mask = module_layout(module, masks[name]) if masks is not None and name in masks \
+            else None
         if isinstance(stats, Hessian):
             quantized = gptq_quantize(weight, stats.matrix, target.bits, target.group_size,
                                       symmetric, mask=mask)

@@ -39,11 +39,15 @@ def weight_matrix(module: nn.Module) -> Tensor:
     return weight.float().contiguous().clone()
 
 
+def module_layout(module: nn.Module, matrix: Tensor) -> Tensor:
+    """An [out, in] matrix (or mask) in the layout of the module's weight; and back again."""
+    return matrix.t() if type(module).__name__ == "Conv1D" else matrix
+
+
 @torch.no_grad()
 def set_weight_matrix(module: nn.Module, matrix: Tensor) -> None:
     """Write an [out, in] matrix back in the module's own layout and dtype."""
-    matrix = matrix.t() if type(module).__name__ == "Conv1D" else matrix
-    module.weight.copy_(matrix.to(module.weight.dtype))
+    module.weight.copy_(module_layout(module, matrix).to(module.weight.dtype))
 
 
 def _holds_blocks(modules: nn.ModuleList) -> bool:

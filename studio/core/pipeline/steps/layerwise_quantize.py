@@ -16,7 +16,7 @@ from torch import nn
 from studio.core.export.onnx_export import save_onnx
 from studio.core.jobs import Event, Log
 from studio.core.methods.layerwise.apply import QuantTarget, quantize_layerwise
-from studio.core.methods.layerwise.blocks import is_linear, weight_matrix
+from studio.core.methods.layerwise.blocks import is_linear
 from studio.core.methods.pruning.masks import MaskSet
 from studio.core.methods.quantization.nbits_onnx import matching_nodes, write_matmul_nbits
 from studio.core.methods.quantization.ort_plan import QuantPlan
@@ -87,7 +87,7 @@ class LayerwiseQuantize(Step):
                   "calibration samples")
         masks = None
         if context.sparse_layers:  # keep pruned weights at zero on the grid
-            masks = MaskSet({name: weight_matrix(model.get_submodule(name)) != 0
+            masks = MaskSet({name: model.get_submodule(name).weight.detach() != 0
                              for name in targets})
         result = quantize_layerwise(model, tokens, targets, "gptq", section.symmetric, masks,
                                     check=context.token.check)
