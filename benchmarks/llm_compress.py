@@ -160,18 +160,20 @@ def quant_rows(model: nn.Module, calibration: Tensor, held_out: Tensor, out_dir:
 
 
 def compression_rows(model: nn.Module, calibration: Tensor, held_out: Tensor, out_dir: Path,
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every row, with ``dense_ppl`` and each perplexity's ratio to it."""
+                     log: Callable[[str], None] = print,
+                     rows: tuple[str, ...] = ("prune", "quant")) -> dict[str, Any]:
+    """The ``rows`` asked for (pruning, quantization), with ``dense_ppl`` and each
+    perplexity's ratio to it."""
     model.eval()
     figures: dict[str, Any] = {"dense_ppl": perplexity(model, held_out),
                                "calibration_blocks": list(calibration.shape),
-                               "held_out_blocks": list(held_out.shape)}
+                               "held_out_blocks": list(held_out.shape), "seconds": {}}
     log(f"dense_ppl: {figures['dense_ppl']:.2f}")
-    pruned, quantized = prune_rows(model, calibration, held_out, log), quant_rows(
-        model, calibration, held_out, out_dir, log=log)
-    figures["seconds"] = {**pruned.pop("seconds"), **quantized.pop("seconds")}
-    figures.update(pruned)
-    figures.update(quantized)
+    for kind in rows:
+        found = prune_rows(model, calibration, held_out, log) if kind == "prune" else \
+            quant_rows(model, calibration, held_out, out_dir, log=log)
+        figures["seconds"].update(found.pop("seconds"))
+        figures.update(found)
     figures["ratios_to_dense"] = {key: value / figures["dense_ppl"] for key, value in
                                   figures.items() if key.endswith("_ppl") and key != "dense_ppl"}
     return figures
@@ -218,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration", type=int, default=32, help="calibration blocks")
     parser.add_argument("--held-out", type=int, default=16, help="evaluation blocks")
     parser.add_argument("--out", type=Path, default=Path("results/llm_compress"))
+    parser.add_argument("--rows", default="prune,quant",
+                        help="prune, quant or both (comma-separated)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     np.random.seed(0)
@@ -225,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = smollm2()
     calibration, held_out = text_blocks(tokenizer, args.length, args.calibration,
                                         args.held_out)
-    figures = compression_rows(model, calibration, held_out, args.out)
+    figures = compression_rows(model, calibration, held_out, args.out,
+                               rows=tuple(args.rows.split(",")))
     figures["model"] = "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to fp32)"
     figures["total_seconds"] = round(time.perf_counter() - start, 1)
     figures["machine"] = machine_info(onnxruntime=__import__("onnxruntime").__version__)
