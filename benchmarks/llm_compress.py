@@ -95,11 +95,15 @@ def magnitude_prune(model: nn.Module, names: list[str], nm: tuple[int, int] | No
 
 
 def prune_rows(model: nn.Module, calibration: Tensor, held_out: Tensor,
-               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Perplexity after each pruning of :data:`PRUNINGS`, on a fresh copy each time."""
+               log: Callable[[str], None] = print, only: tuple[str, ...] = tuple(PRUNINGS)
+               ) -> dict[str, Any]:
+    """Perplexity after each pruning of :data:`PRUNINGS` (those in ``only``), on a fresh copy
+    each time."""
     names = linear_names(model)
     rows: dict[str, Any] = {"seconds": {}}
     for row, (method, nm) in PRUNINGS.items():
+        if row not in only:
+            continue
         pruned = copy.deepcopy(model)
         start = time.perf_counter()
         if method == "magnitude":
@@ -161,7 +165,8 @@ def quant_rows(model: nn.Module, calibration: Tensor, held_out: Tensor, out_dir:
 
 def compression_rows(model: nn.Module, calibration: Tensor, held_out: Tensor, out_dir: Path,
                      log: Callable[[str], None] = print,
-                     rows: tuple[str, ...] = ("prune", "quant")) -> dict[str, Any]:
+                     rows: tuple[str, ...] = ("prune", "quant"),
+                     prunings: tuple[str, ...] = tuple(PRUNINGS)) -> dict[str, Any]:
     """The ``rows`` asked for (pruning, quantization), with ``dense_ppl`` and each
     perplexity's ratio to it."""
     model.eval()
@@ -170,7 +175,7 @@ def compression_rows(model: nn.Module, calibration: Tensor, held_out: Tensor, ou
                                "held_out_blocks": list(held_out.shape), "seconds": {}}
     log(f"dense_ppl: {figures['dense_ppl']:.2f}")
     for kind in rows:
-        found = prune_rows(model, calibration, held_out, log) if kind == "prune" else \
+        found = prune_rows(model, calibration, held_out, log, prunings) if kind == "prune" else \
             quant_rows(model, calibration, held_out, out_dir, log=log)
         figures["seconds"].update(found.pop("seconds"))
         figures.update(found)
@@ -222,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/llm_compress"))
     parser.add_argument("--rows", default="prune,quant",
                         help="prune, quant or both (comma-separated)")
+    parser.add_argument("--prunings", default=",".join(PRUNINGS),
+                        help="which pruning rows (comma-separated)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     np.random.seed(0)
@@ -230,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     calibration, held_out = text_blocks(tokenizer, args.length, args.calibration,
                                         args.held_out)
     figures = compression_rows(model, calibration, held_out, args.out,
-                               rows=tuple(args.rows.split(",")))
+                               rows=tuple(args.rows.split(",")),
+                               prunings=tuple(args.prunings.split(",")))
     figures["model"] = "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to fp32)"
     figures["total_seconds"] = round(time.perf_counter() - start, 1)
     figures["machine"] = machine_info(onnxruntime=__import__("onnxruntime").__version__)
