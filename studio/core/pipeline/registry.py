@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from studio.core.pipeline.step import Need, Step
 from studio.core.pipeline.steps.bn_recalibration import BnRecalibration
+from studio.core.pipeline.steps.drop_blocks import DropBlocks
+from studio.core.pipeline.steps.layerwise_prune import LayerwisePrune
+from studio.core.pipeline.steps.layerwise_quantize import LayerwiseQuantize
 from studio.core.pipeline.steps.onnx_prune import OnnxPrune
 from studio.core.pipeline.steps.onnx_quantize import OnnxQuantize
 from studio.core.pipeline.steps.prune import Prune
@@ -15,11 +18,14 @@ from studio.core.pipeline.steps.torch_quantize import TorchQuantize
 
 STEPS: tuple[Step, ...] = (
     Repair(),
+    DropBlocks(),
     Prune(),
+    LayerwisePrune(),
     OnnxPrune(),
     BnRecalibration(),
     PrepareQat(),
     Recover(),
+    LayerwiseQuantize(),
     TorchQuantize(),
     OnnxQuantize(),
 )

@@ -9,7 +9,10 @@ The figures are first-order and say what a dense runtime (onnxruntime on CPU) wi
 - in transformers (see ``studio.core.graph.roles``) channels mean heads on an attention (its
   query/key/value, score MACs and output-projection inputs shrink by the kept heads) and hidden
   units on an FFN; layers whose outputs are the residual width are never cut (:func:`channel_kind`);
-- integer bits store ``bits / 8`` bytes per weight plus one fp32 scale per output channel.
+- integer bits store ``bits / 8`` bytes per weight plus one fp32 scale per output channel;
+  int4/int2 Linear (MatMul) layers become onnxruntime ``MatMulNBits``, counted exactly as it
+  stores them (:func:`nbits_bytes`: packed integers, one fp32 scale per group of
+  ``group_size`` inputs, packed zero points unless symmetric).
 """
 
 from __future__ import annotations
@@ -21,6 +24,19 @@ from studio.core.graph.roles import ATTENTION, BLOCK, DECODER_BLOCK, FFN
 from studio.core.graph.tree import LayerNode, LayerTree
 from studio.core.plan.plan import ResolvedSpec
 from studio.core.plan.spec import BITS_PER_ELEMENT
+
+NBITS_OPS = frozenset({"Linear", "Conv1D", "MatMul", "Gemm"})
+"""Layers whose int4/int2 weights become MatMulNBits."""
+
+
+def nbits_bytes(outputs: int, inputs: int, bits: int, group_size: int, symmetric: bool) -> int:
+    """Exact bytes of one MatMulNBits weight: B uint8 [N, blocks, group x bits / 8], scales
+    fp32 [N, blocks], zero points (asymmetric only) uint8 [N, ceil(blocks / (8 / bits))]."""
+    blocks = -(-inputs // group_size)
+    packed = outputs * blocks * (group_size * bits // 8)
+    scales = outputs * blocks * 4
+    zeros = 0 if symmetric else outputs * -(-blocks // (8 // bits))
+    return packed + scales + zeros
 
 
 @dataclass(frozen=True)
@@ -86,7 +102,7 @@ def held_attentions(tree: LayerTree, resolved: list[ResolvedSpec]) -> set[int]:
 
 
 def _after(node: LayerNode, spec: ResolvedSpec, keep: float = 1.0,
-           in_keep: float = 1.0) -> Figures:
+           in_keep: float = 1.0, symmetric: bool = False) -> Figures:
     """Figures of one node; ``keep`` and ``in_keep`` are the fractions of its output and input
     channels that remain."""
     nonzero = node.params - node.zeros
@@ -109,8 +125,12 @@ def _after(node: LayerNode, spec: ResolvedSpec, keep: float = 1.0,
         nonzero_weights = min(weights - node.zeros, round(weights * (1.0 - sparsity)))
     bits = BITS_PER_ELEMENT[spec.weight_bits] if spec.weight_bits else weight_bits
     new_weight_bytes = weights * bits // 8
-    if spec.weight_bits and spec.weight_bits.startswith("int"):
-        new_weight_bytes += round(node.out_channels * keep) * 4
+    outputs = round(node.out_channels * keep)
+    if spec.weight_bits in ("int4", "int2") and node.op_type in NBITS_OPS and outputs:
+        new_weight_bytes = nbits_bytes(outputs, weights // outputs, bits, spec.group_size,
+                                       symmetric)
+    elif spec.weight_bits and spec.weight_bits.startswith("int"):
+        new_weight_bytes += outputs * 4
     params = weights + round(other_params * keep)
     return Figures(
         params=params,
@@ -143,8 +163,10 @@ def _keeps(tree: LayerTree, resolved: list[ResolvedSpec]) -> dict[int, float]:
     return keeps
 
 
-def estimate(tree: LayerTree, resolved: list[ResolvedSpec]) -> Estimate:
-    """Whole-model figures before and after the plan (``resolved`` from ``Plan.resolve``)."""
+def estimate(tree: LayerTree, resolved: list[ResolvedSpec], symmetric: bool = False
+             ) -> Estimate:
+    """Whole-model figures before and after the plan (``resolved`` from ``Plan.resolve``);
+    ``symmetric``: block-wise integer weights stored without zero points."""
     root = tree.root
     before = Figures(root.total_params, root.total_params - root.total_zeros,
                      root.total_nbytes, root.total_macs)
@@ -155,7 +177,7 @@ def estimate(tree: LayerTree, resolved: list[ResolvedSpec]) -> Estimate:
         keep = keeps.get(node.id, 1.0)
         if node.head_of is not None and not node.prunable:  # score MACs, packed in_proj
             in_keep, keep = in_keep * keep, 1.0
-        figures = _after(node, resolved[node.id], keep, in_keep)
+        figures = _after(node, resolved[node.id], keep, in_keep, symmetric)
         params += figures.params
         nonzero += figures.nonzero_params
         nbytes += figures.nbytes

@@ -9,7 +9,7 @@ from studio.core.plan.spec import FIELDS, LayerSpec, parse_nm
 
 ROOT = ""
 DEFAULTS = {"sparsity": 0.0, "granularity": "unstructured", "weight_bits": None,
-            "act_bits": None, "exclude": False}
+            "act_bits": None, "exclude": False, "group_size": 32}
 """Values at the top of the inheritance chain; ``None`` bits mean "as the model stores them"."""
 
 
@@ -24,6 +24,8 @@ class ResolvedSpec:
     exclude: bool
     sources: dict[str, str | None]
     """Field -> name of the node that set it (``None``: the built-in default)."""
+    group_size: int = 32
+    """Inputs sharing one scale in block-wise (MatMulNBits) integer weights."""
 
     @property
     def effective_sparsity(self) -> float:

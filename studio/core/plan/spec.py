@@ -37,6 +37,11 @@ class LayerSpec(BaseModel):
     weight_bits: WeightBits | None = None
     act_bits: ActBits | None = None
     exclude: bool | None = Field(default=None, description="leave this subtree uncompressed")
+    group_size: int | None = Field(
+        default=None, ge=16, le=4096,
+        description="weights along the input sharing one scale in int4/int2 (and int8 "
+        "weight-only) MatMul layers: a power of two, 16 or more (32 by default; 128 is "
+        "GPTQ's usual choice)")
 
     @field_validator("granularity")
     @classmethod
@@ -48,6 +53,13 @@ class LayerSpec(BaseModel):
             raise ValueError(
                 "use unstructured, channels, or N:M with 0 < N < M <= 32 (e.g. 2:4)"
             )
+        return value
+
+    @field_validator("group_size")
+    @classmethod
+    def _power_of_two(cls, value: int | None) -> int | None:
+        if value is not None and value & (value - 1):
+            raise ValueError(f"group size {value}: use a power of two (32, 64, 128)")
         return value
 
     def is_empty(self) -> bool:

@@ -153,12 +153,19 @@ class TrainSection(_Section):
 class PruneSection(_Section):
     """How the plan's sparsity is reached."""
 
-    importance: Literal["magnitude", "taylor"] = "magnitude"
+    importance: Literal["magnitude", "taylor", "wanda", "sparsegpt"] = "magnitude"
     """Which weights go first: smallest magnitude, or smallest Taylor score (|weight x
-    gradient| on the calibration split; needs labels)."""
+    gradient| on the calibration split; needs labels). For the Linear layers of a
+    transformer's blocks, unstructured or N:M: wanda (|weight| x input norm on the calibration
+    split, per output) or sparsegpt (also updates the kept weights to make up for the removed
+    ones; the most accurate one-shot choice for language models). Both run block by block,
+    need no labels, and leave channel pruning to magnitude."""
     schedule: Literal["oneshot", "agp"] = "oneshot"
     """oneshot: cut everything before recovery; agp: raise unstructured sparsity gradually
     during recovery (Zhu & Gupta's cubic schedule; needs train epochs > 0)."""
+    drop_blocks: int = Field(default=0, ge=0, le=1000)
+    """Drop this many whole transformer blocks first: those that change their input least on
+    the calibration split (block influence). 0 keeps every block."""
     agp_steps: int = Field(default=4, ge=1, le=100, title="AGP steps")
     """AGP: mask updates per quarter of the training run (more: a smoother ramp)."""
     global_unstructured: bool = False
@@ -246,6 +253,14 @@ class QuantizeSection(_Section):
     exports always use one per channel."""
     qat: bool = False
     """Fine-tune with fake quantization at the plan's bits before exporting."""
+    weight_method: Literal["rtn", "gptq", "hqq"] = "rtn"
+    """How int4/int2 (and weight-only int8) MatMul weights are rounded: rtn (to nearest, in
+    onnxruntime), gptq (column by column, moving each rounding error onto the columns still to
+    come, from the calibration split; the transformer's block Linear layers, in torch) or hqq
+    (onnxruntime's half-quadratic fit of each group's scale and zero point; no data)."""
+    symmetric: bool = False
+    """Block-wise integer weights without a zero point (symmetric grid): a little smaller,
+    usually a little less accurate. HQQ always fits a zero point."""
     weight_only: bool = False
     """int8 weights with float activations on MatMul/Gemm: 8-bit weight-only MatMulNBits
     (float compute) instead of dynamic int8. Keeps accuracy closest to fp32, but on CPU it runs

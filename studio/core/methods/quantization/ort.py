@@ -337,9 +337,12 @@ def _static(src: Path, out: Path, calibration: TensorDataset | None, per_channel
 
 
 def _nbits(src: Path, out: Path, bits: int, block_size: int, symmetric: bool,
-           exclude: list[str], nodes: list[str] | None) -> None:
+           exclude: list[str], nodes: list[str] | None, algorithm: str = "rtn") -> None:
     with _keep_root_logging():
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+        from onnxruntime.quantization.matmul_nbits_quantizer import (
+            HQQWeightOnlyQuantConfig,
+            MatMulNBitsQuantizer,
+        )
     if bits not in (2, 4, 8):
         raise StudioError(f"weight-only MatMul quantization stores 2, 4 or 8 bits, not {bits}")
     if block_size < 16 or block_size & (block_size - 1):
@@ -358,8 +361,13 @@ def _nbits(src: Path, out: Path, bits: int, block_size: int, symmetric: bool,
         skip |= {n.name for graph in all_graphs(model.graph) for n in graph.node
                  if n.op_type == "MatMul" and n.name not in chosen}
     with _keep_root_logging():
+        # HQQ (half-quadratic optimisation of scale and zero point, no calibration data)
+        # fits asymmetric grids only.
+        hqq = HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits) \
+            if algorithm == "hqq" else None
         quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size,
-                                         is_symmetric=symmetric, nodes_to_exclude=sorted(skip))
+                                         is_symmetric=symmetric and hqq is None,
+                                         nodes_to_exclude=sorted(skip), algo_config=hqq)
         quantizer.process()
     save_onnx(quantizer.model.model, out)
 
@@ -376,7 +384,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, mode: Mode,
                   calibration: TensorDataset | None = None, per_channel: bool = True,
                   calibrate_method: str = "minmax", exclude_nodes: Sequence[str] = (),
                   nodes: Sequence[str] | None = None, bits: int = 4, block_size: int = 32,
-                  symmetric: bool = False, preprocess: bool = True,
+                  symmetric: bool = False, algorithm: str = "rtn", preprocess: bool = True,
                   extra_options: dict[str, Any] | None = None,
                   compact_names: bool = True, prepared: list[str] | None = None,
                   feed: Feeder | None = None) -> Path:
@@ -392,7 +400,9 @@ def quantize_onnx(src: str | Path, dst: str | Path, mode: Mode,
       the file; ORT CPU has few fp16 kernels, so it is for GPU targets.
     - ``nbits``: ``bits``-bit (2, 4, 8) block-wise weight-only MatMul (``MatMulNBits``,
       ``block_size`` weights share a scale); Gemm nodes are rewritten as MatMul first.
-      ``int4`` and ``int2`` are ``nbits`` at 4 and 2 bits.
+      ``int4`` and ``int2`` are ``nbits`` at 4 and 2 bits. ``algorithm``: ``rtn`` (round to
+      nearest) or ``hqq`` (onnxruntime's HQQ, which fits each group's scale and zero point to
+      the weights; asymmetric only).
 
     ``exclude_nodes`` stay float; ``nodes``, when given, limits the pass to those nodes.
     ``prepared``, when given, receives a line saying how the file was pre-processed. ``feed``
@@ -430,7 +440,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, mode: Mode,
             elif mode == "fp16":
                 _fp16(source, out, exclude)
             else:
-                _nbits(source, out, bits, block_size, symmetric, exclude, chosen)
+                _nbits(source, out, bits, block_size, symmetric, exclude, chosen, algorithm)
             model = onnx.load(str(out), load_external_data=False)  # weights stay in the scratch
         except StudioError:
             raise

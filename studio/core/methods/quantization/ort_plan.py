@@ -53,6 +53,8 @@ class QuantPlan:
     """Weighted nodes the main pass quantizes (static/dynamic) or converts (fp16)."""
     matmul_nbits: dict[str, int] = field(default_factory=dict)
     """MatMul/Gemm node -> bits (4 or 2) for the weight-only MatMulNBits pass."""
+    group_sizes: dict[str, int] = field(default_factory=dict)
+    """MatMulNBits node -> weights sharing one scale (the plan's ``group_size``)."""
     qat_layers: dict[str, int] = field(default_factory=dict)
     """Layer -> bits asked for that only quantization-aware training can approach."""
     decisions: dict[str, str] = field(default_factory=dict)
@@ -162,6 +164,7 @@ def plan_to_ort(tree_onnx: LayerTree, resolved_by_torch_name: Mapping[str, Resol
     float_other: list[str] = []  # unweighted nodes whose layer says float
     not_fp16: list[str] = []  # every node the fp16 pass must block
     nbits: dict[str, int] = {}
+    groups: dict[str, int] = {}
     qat: dict[str, int] = {}
     decisions: dict[str, str] = {}
     layer_of: dict[str, str] = {}
@@ -196,10 +199,12 @@ def plan_to_ort(tree_onnx: LayerTree, resolved_by_torch_name: Mapping[str, Resol
             int16_layers.append(layer_of[node.name])
         if bits in NBITS and node.op_type in MATMUL_OPS:
             nbits[node.name] = NBITS[bits]
+            groups[node.name] = spec.group_size
             decisions[node.name] = f"{bits} weight-only (MatMulNBits)"
             continue
         if weight_only and bits == "int8" and act != "int8" and node.op_type in MATMUL_OPS:
             nbits[node.name] = 8
+            groups[node.name] = spec.group_size
             decisions[node.name] = "int8 weight-only (MatMulNBits)"
             continue
         if bits in NBITS:
@@ -287,16 +292,19 @@ def plan_to_ort(tree_onnx: LayerTree, resolved_by_torch_name: Mapping[str, Resol
             "since one uint8 range per tensor cannot hold a transformer's residual outliers "
             "(MiniLM token cosine 0.76 with them quantized, 0.90 without).")
     return QuantPlan(mode=mode, exclude_nodes=tuple(dict.fromkeys(exclude)),
-                     quantize_nodes=tuple(chosen), matmul_nbits=nbits, qat_layers=qat,
-                     decisions=decisions, layers=layer_of, notes=notes,
+                     quantize_nodes=tuple(chosen), matmul_nbits=nbits, group_sizes=groups,
+                     qat_layers=qat, decisions=decisions, layers=layer_of, notes=notes,
                      weighted_only=weighted_only)
 
 
 def apply_quant_plan(src: str | Path, dst: str | Path, plan: QuantPlan,
                      calibration: TensorDataset | None = None, per_channel: bool = True,
                      calibrate_method: str = "minmax", block_size: int = 32,
-                     prepared: list[str] | None = None, feed: Feeder | None = None) -> Path:
-    """Run the plan's passes on ``src`` (main pass, then one n-bit pass per bit width);
+                     prepared: list[str] | None = None, feed: Feeder | None = None,
+                     symmetric: bool = False, algorithm: str = "rtn") -> Path:
+    """Run the plan's passes on ``src`` (main pass, then one n-bit pass per bit width and
+    group size: ``plan.group_sizes``, else ``block_size``; ``symmetric`` grids and the
+    ``algorithm``, ``rtn`` or ``hqq``, see :func:`quantize_onnx`);
     ``prepared``, when given, receives how each pass prepared the file, in words; ``feed``
     makes the calibration feeds (see :func:`quantize_onnx`)."""
     dst = Path(dst)
@@ -307,16 +315,19 @@ def apply_quant_plan(src: str | Path, dst: str | Path, plan: QuantPlan,
         if plan.mode is not None:
             steps.append({"mode": plan.mode, "exclude_nodes": plan.exclude_nodes,
                           **({"nodes": plan.quantize_nodes} if plan.weighted_only else {})})
-        for bits in sorted(set(plan.matmul_nbits.values()), reverse=True):
-            nodes = [n for n, b in plan.matmul_nbits.items() if b == bits]
-            steps.append({"mode": "nbits", "nodes": nodes, "bits": bits})
+        kinds = {node: (bits, plan.group_sizes.get(node, block_size))
+                 for node, bits in plan.matmul_nbits.items()}
+        for bits, group in sorted(set(kinds.values()), reverse=True):
+            nodes = [n for n, kind in kinds.items() if kind == (bits, group)]
+            steps.append({"mode": "nbits", "nodes": nodes, "bits": bits, "block_size": group,
+                          "symmetric": symmetric, "algorithm": algorithm})
         if not steps:  # nothing to quantize: the file is copied as it is
             return save_onnx(onnx.load(str(current), load_external_data=False), dst,
                              current.parent)
         for number, step in enumerate(steps):
             target = dst if number == len(steps) - 1 else Path(scratch) / f"step{number}.onnx"
             quantize_onnx(current, target, calibration=calibration, per_channel=per_channel,
-                          calibrate_method=calibrate_method, block_size=block_size,
-                          prepared=prepared, feed=feed, **step)
+                          calibrate_method=calibrate_method, prepared=prepared, feed=feed,
+                          **{"block_size": block_size, **step})
             current = target
     return dst

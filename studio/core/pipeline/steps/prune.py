@@ -8,6 +8,8 @@ import dataclasses
 from collections.abc import Generator
 from typing import Any
 
+from torch import nn
+
 from studio.core.errors import StudioError
 from studio.core.graph.tree import LayerTree
 from studio.core.jobs import Event, Log
@@ -16,6 +18,7 @@ from studio.core.methods.pruning.reconstruct import reconstruct_pruned
 from studio.core.methods.pruning.schedule import GradualPruner
 from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.step import Need, StageReport, Step
+from studio.core.pipeline.steps.layerwise_prune import LAYERWISE_IMPORTANCE, layerwise_targets
 from studio.core.plan.plan import ResolvedSpec
 from studio.core.plan.recipe import Recipe
 from studio.core.plan.stages import PruneSection, TrainSection
@@ -23,8 +26,25 @@ from studio.core.plan.stages import PruneSection, TrainSection
 
 def _without_unstructured(tree: LayerTree, resolved: list[ResolvedSpec],
                           names: set[str]) -> list[ResolvedSpec]:
-    """The plan minus the unstructured layers an AGP schedule will prune during training."""
-    return [dataclasses.replace(spec, sparsity=0.0) if node.name in names else spec
+    """The plan minus the unstructured (or N:M) layers that another method prunes: an AGP
+    schedule during training, or the layer-wise step."""
+    return [dataclasses.replace(spec, sparsity=0.0, granularity="unstructured")
+            if node.name in names else spec
+            for node, spec in zip(tree.nodes, resolved, strict=True)]
+
+
+def _without_missing(model: nn.Module, tree: LayerTree, resolved: list[ResolvedSpec]
+                     ) -> list[ResolvedSpec]:
+    """The plan with the layers of dropped blocks (no longer in the model) excluded."""
+    def present(name: str) -> bool:
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            return False
+        return True
+
+    return [spec if not node.prunable or present(node.name)
+            else dataclasses.replace(spec, exclude=True)
             for node, spec in zip(tree.nodes, resolved, strict=True)]
 
 
@@ -41,14 +61,19 @@ class Prune(Step):
         section, train = context.settings(PruneSection), context.settings(TrainSection)
         workspace, data, model = context.workspace, context.task, context.model
         tree = workspace.tree
-        resolved = workspace.plan.resolve(tree)
+        resolved = _without_missing(model, tree, workspace.plan.resolve(tree))
+        importance = section.importance
+        if importance in LAYERWISE_IMPORTANCE:
+            resolved = _without_unstructured(
+                tree, resolved, set(layerwise_targets(model, tree, resolved)))
+            importance = "magnitude"  # for channels and layers outside the blocks
         partition = partition_plan(tree, resolved)
         gradual = section.schedule == "agp" and partition.unstructured and train.epochs > 0
         if gradual:
             resolved = _without_unstructured(tree, resolved, set(partition.unstructured))
         if partition.is_empty:
             return {"notes": []}
-        if section.importance == "taylor" and not data.labelled:
+        if importance == "taylor" and not data.labelled:
             raise StudioError("prune.importance: taylor scores weights by the gradient of the "
                               "task loss, which needs labels; this data has none, so use "
                               "magnitude")
@@ -60,8 +85,8 @@ class Prune(Step):
         context.token.check()
         assert workspace.example is not None
         result = apply_plan_pruning(model, tree, resolved, workspace.example.make_tensor(),
-                                    data.calibration if section.importance == "taylor"
-                                    else None, section.importance, section.global_unstructured)
+                                    data.calibration if importance == "taylor"
+                                    else None, importance, section.global_unstructured)
         report: dict[str, Any] = result.report
         if section.reconstruct and (partition.heads or partition.ffn):
             context.token.check()

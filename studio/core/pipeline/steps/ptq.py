@@ -82,7 +82,9 @@ def quantize_file(context: RunContext, float_path: Path, plan: QuantPlan,
             def quantize(chosen: QuantPlan, target: Path) -> None:
                 chosen = keep_float(chosen, (), "", stay_float)
                 apply_quant_plan(source, target, chosen, calibration, section.per_channel,
-                                 section.calibration, **feeding)
+                                 section.calibration, symmetric=section.symmetric,
+                                 algorithm="hqq" if section.weight_method == "hqq" else "rtn",
+                                 **feeding)
                 if section.bias_correction and chosen.mode == "static":
                     corrected = correct_bias(target, source, calibration_batches(
                         source, calibration, feeding.get("feed")))

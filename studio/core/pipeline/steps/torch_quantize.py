@@ -14,6 +14,10 @@ from studio.core.methods.quantization.qat import qat_layers
 from studio.core.methods.quantization.qat_ort import convert_qat_to_ort_static
 from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.step import Need, StageReport, Step
+from studio.core.pipeline.steps.layerwise_quantize import (
+    hold_prequantized,
+    write_prequantized,
+)
 from studio.core.pipeline.steps.ptq import FLOAT_FILE, quant_plan, quantize_file
 from studio.core.plan.stages import ExportSection, QuantizeSection
 
@@ -46,7 +50,10 @@ class TorchQuantize(Step):
         tree = build_onnx_tree(onnx.load(str(float_path), load_external_data=False),
                                "compressed", data_dir=float_path.parent)
         plan = quant_plan(context, tree, resolved)
+        held = hold_prequantized(context, float_path, plan)
         report = yield from quantize_file(context, float_path, plan, context.task.calibration,
                                           lambda: float_path.replace(context.model_path))
-        context.quantized = section.qat or bool(plan.mode)
+        if held:
+            report["gptq"] = write_prequantized(context)["written"]
+        context.quantized = section.qat or bool(plan.mode) or bool(held)
         return report
