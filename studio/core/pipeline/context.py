@@ -51,6 +51,8 @@ class RunContext:
     """The quantization plan the quantize step carried out, and the ONNX tree it was made
     for (``quant_tree``): what the drop advice names."""
     quant_tree: LayerTree | None = None
+    adapters: Any = None
+    """The adapters attached for recovery (``AttachedAdapters``) until they are merged."""
 
     def settings(self, section: type[S]) -> S:
         """The recipe's section of that type, or its defaults when the recipe leaves it out."""

@@ -22,6 +22,7 @@ from studio.core.engine.notes import honesty_notes
 from studio.core.errors import StudioError
 from studio.core.export.measure import latency_ms
 from studio.core.jobs import Artifact, CancelToken, Event, Log, Metric, Result
+from studio.core.methods.adapters.peft_adapters import ADAPTER_FILES
 from studio.core.pipeline.backend import Backend
 from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.onnx_backend import TORCH_HINT, OnnxBackend
@@ -38,7 +39,7 @@ from studio.core.workspace import Workspace
 MODEL_FILE = "model.onnx"
 BASELINE_FILE = "baseline.onnx"
 REPORT_FILE = "report.json"
-RUN_FILES = (MODEL_FILE, BASELINE_FILE, REPORT_FILE, SPLITS_FILE)
+RUN_FILES = (MODEL_FILE, BASELINE_FILE, REPORT_FILE, SPLITS_FILE, *ADAPTER_FILES)
 """Every file a run leaves in its output folder."""
 
 
@@ -147,6 +148,8 @@ def _finish(report: RunReport, context: RunContext, outputs: RunOutputs, baselin
                     "baseline": str(outputs.final(baseline_path)),
                     "splits": str(outputs.out_dir / SPLITS_FILE),
                     "report": str(outputs.out_dir / REPORT_FILE)}
+    if (staging / ADAPTER_FILES[0]).is_file():  # PEFT format: the folder holding its files
+        report.paths["adapter"] = str(outputs.out_dir)
     splits = context.task.splits
     if splits is not None:
         write_text_atomic(staging / SPLITS_FILE, json.dumps(splits.to_json()) + "\n")

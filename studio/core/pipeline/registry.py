@@ -4,6 +4,7 @@ here; each backend runs the steps whose needs it provides."""
 from __future__ import annotations
 
 from studio.core.pipeline.step import Need, Step
+from studio.core.pipeline.steps.adapters import AttachAdapters, MergeAdapters
 from studio.core.pipeline.steps.bn_recalibration import BnRecalibration
 from studio.core.pipeline.steps.onnx_prune import OnnxPrune
 from studio.core.pipeline.steps.onnx_quantize import OnnxQuantize
@@ -19,7 +20,9 @@ STEPS: tuple[Step, ...] = (
     OnnxPrune(),
     BnRecalibration(),
     PrepareQat(),
+    AttachAdapters(),
     Recover(),
+    MergeAdapters(),
     TorchQuantize(),
     OnnxQuantize(),
 )

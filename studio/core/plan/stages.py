@@ -189,6 +189,26 @@ class DistillSection(_Section):
     """Weight of matching the batch's pairwise similarities (relational KD); 0 is off."""
 
 
+class AdapterSection(_Section):
+    """Recover with adapters (LoRA or DoRA through peft) instead of training every weight.
+
+    Only the adapters train; the compressed base stays frozen (low memory: the way to recover
+    large models). Rank, alpha, dropout and which layers get one are plan settings (``adapter``,
+    ``adapter_rank``, ...; by default LoRA r=8 on every Linear/Conv layer). After training the
+    adapters are merged into the weights, so the ONNX file has the base model's size and ops.
+    """
+
+    opt_in: ClassVar[bool] = True
+
+    quantized_base: bool = True
+    """Train over the plan's int weight bits already rounded into the frozen base weights
+    (QLoRA-style, on the studio's own fake-quantized weights), so the adapter learns to
+    compensate the rounding."""
+    save_adapter: bool = True
+    """Also write the trained adapter alone in PEFT format (adapter_config.json and
+    adapter_model.safetensors in the output folder) for peft's PeftModel.from_pretrained."""
+
+
 class QuantizeSection(_Section):
     """How the plan's int bits are carried out in onnxruntime."""
 
