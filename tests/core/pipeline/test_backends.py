@@ -33,7 +33,8 @@ def test_capabilities_pick_the_backend_and_its_steps(tiny_onnx):
     assert (caps.backend, caps.can_train, caps.can_sweep) == ("onnx", False, False)
     torch_steps = [s.name for s in steps_for(backend_class(demo).provides)]
     onnx_steps = [s.name for s in steps_for(backend_class(onnx_file).provides)]
-    assert torch_steps == ["prune", "bn_recalibration", "qat", "recover", "quantize"]
+    assert torch_steps == ["prune", "bn_recalibration", "qat", "adapters", "recover",
+                           "merge_adapters", "quantize"]
     assert onnx_steps == ["repair", "prune", "quantize"]
     runnable = [*steps_for(backend_class(demo).provides),
                 *steps_for(backend_class(onnx_file).provides)]
