@@ -138,6 +138,19 @@ class TrainSection(_Section):
     """Seed of the shuffling and of any random initialisation, so runs repeat."""
     device: str = Field(default="cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$")
     """cpu, auto (a GPU when there is one) or cuda / cuda:N."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Training arithmetic: auto times a few steps in bf16 autocast and in fp32 and keeps the
+    faster (models under 1M parameters stay fp32); the report says which ran and why."""
+    accumulation_steps: int = Field(default=1, ge=1, le=4096)
+    """Batches whose gradients add up before each optimiser step: the effective batch is
+    batch_size x accumulation_steps at the memory of one batch."""
+    gradient_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass instead of keeping them: less
+    memory for about a third more time (transformer blocks; modules with batch norms are
+    left as they are)."""
+    memory_limit_gb: float | None = Field(default=None, gt=0)
+    """Refuse a run whose memory estimate (made on a real batch before training) is over this;
+    None: the machine's memory (the GPU's on CUDA)."""
 
 
 class PruneSection(_Section):
