@@ -156,9 +156,11 @@ class TrainSection(_Section):
 class PruneSection(_Section):
     """How the plan's sparsity is reached."""
 
-    importance: Literal["magnitude", "taylor"] = "magnitude"
+    importance: Literal["magnitude", "taylor", "fisher"] = "magnitude"
     """Which weights go first: smallest magnitude, or smallest Taylor score (|weight x
-    gradient| on the calibration split; needs labels)."""
+    gradient| on the calibration split; needs labels); fisher: for heads and FFN units, a
+    second-order search (Kwon et al. 2022: the Fisher of the outputs on the calibration split,
+    no labels, then mask rearrangement), other layers by magnitude."""
     schedule: Literal["oneshot", "agp"] = "oneshot"
     """oneshot: cut everything before recovery; agp: raise unstructured sparsity gradually
     during recovery (Zhu & Gupta's cubic schedule; needs train epochs > 0)."""

@@ -60,7 +60,8 @@ class Prune(Step):
         context.token.check()
         assert workspace.example is not None
         result = apply_plan_pruning(model, tree, resolved, workspace.example.make_tensor(),
-                                    data.calibration if section.importance == "taylor"
+                                    data.calibration if section.importance in ("taylor",
+                                                                               "fisher")
                                     else None, section.importance, section.global_unstructured)
         report: dict[str, Any] = result.report
         if section.reconstruct and (partition.heads or partition.ffn):
