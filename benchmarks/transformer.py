@@ -87,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration", type=int, default=2000,
                         help="training sentences that the least-squares reconstruction fits on")
     parser.add_argument("--repeats", type=int, default=10, help="latency runs per file")
+    parser.add_argument("--importance", default="fisher", choices=("magnitude", "fisher"),
+                        help="how heads and FFN units are chosen (fisher: Kwon et al.'s mask "
+                        "search and rearrangement)")
+    parser.add_argument("--lora-rank", type=int, default=0,
+                        help="also recover the same cut with LoRA of this rank on every "
+                        "Linear (0: off), for LoRA beside full recovery")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     folder = minilm_folder()
@@ -113,9 +119,20 @@ def main(argv: list[str] | None = None) -> int:
                                                         granularity="channels")
                   for i in range(6)}
         recover = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch}
+        prune = {"importance": args.importance}
         pruned_report = run_engine(folder, blocks,
-                                   {"data": data, "train": recover, "export": export},
-                                   work / "pruned", work)
+                                   {"data": data, "train": recover, "prune": prune,
+                                    "export": export}, work / "pruned", work)
+        lora_report = None
+        if args.lora_rank:
+            print(f"the same cut recovered by LoRA r={args.lora_rank} on every Linear",
+                  flush=True)
+            lora_plan = {**blocks, "": LayerSpec(adapter_rank=args.lora_rank,
+                                                 adapter_alpha=2.0 * args.lora_rank)}
+            lora_report = run_engine(folder, lora_plan,
+                                     {"data": data, "train": {**recover, "lr": 1e-3},
+                                      "prune": prune, "adapters": {"save_adapter": False},
+                                      "export": export}, work / "lora", work)
         files = {
             "fp32": Path(int8_report["paths"]["baseline"]),
             "int8 dynamic per-channel": Path(int8_report["paths"]["model"]),
@@ -127,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             "pruned + KD + int8": quantize_onnx(pruned_report["paths"]["model"],
                                                 work / "pruned-int8.onnx", "dynamic"),
         }
+        if lora_report is not None:
+            files["pruned + LoRA"] = Path(lora_report["paths"]["model"])
         print("timing every file side by side at batch 32 x 128 tokens", flush=True)
         long_batch = tokenize(folder, EVALUATION_SENTENCES[:32], 128).numpy()
         timings = latency_ms(files, {32: long_batch}, repeats=args.repeats)
@@ -146,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
         "pruned_cosine": rows["pruned + KD"]["cosine"],
         "pruned_latency_ratio": rows["pruned + KD"]["latency_ratio"],
     }
+    if lora_report is not None:
+        figures["pruned_lora_cosine"] = rows["pruned + LoRA"]["cosine"]
+        figures["pruned_lora"] = {
+            "adapters": {k: v for k, v in lora_report["stages"]["adapters"].items()
+                         if k != "layers"},
+            "lora_run_elapsed_s": lora_report["elapsed_s"], "full_run_elapsed_s":
+            pruned_report["elapsed_s"], "training": lora_report["stages"]["recover"]["training"]}
     figures["goals_met"] = {key: (value <= goal if op == "<=" else value >= goal)
                             for key, (op, goal) in GOALS.items()
                             for value in [figures[key]]}
@@ -159,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             for block, e in pruning.get("reconstruct", {}).get("layers", {}).items()},
         "pruned_torch_cosine_after_recovery": pruned_report["stages"].get("recover", {}).get(
             "torch_metric", {}).get("value"),
+        "pruned_mask_search": pruning.get("transformer", {}).get("fisher"),
+        "pruned_training": pruned_report["stages"].get("recover", {}).get("training"),
         "engine_reports": {name: {"metric": report["compressed"]["metric"],
                                   "elapsed_s": report["elapsed_s"]}
                            for name, report in (("int8", int8_report), ("weight_only", w8_report),

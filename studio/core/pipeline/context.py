@@ -56,6 +56,8 @@ class RunContext:
     trust_models: bool = False
     """The job's trust in model files (JobSpec / CLI ``--trust``): other model files the
     recipe names, distillation teachers, may run code only with it."""
+    adapters: Any = None
+    """The adapters attached for recovery (``AttachedAdapters``) until they are merged."""
 
     def settings(self, section: type[S]) -> S:
         """The recipe's section of that type, or its defaults when the recipe leaves it out."""

@@ -24,6 +24,7 @@ from studio.core.errors import StudioError
 from studio.core.export.measure import latency_ms
 from studio.core.export.torch_weights import ADAPTERS_FILE, WEIGHTS_FILE
 from studio.core.jobs import Artifact, CancelToken, Event, Log, Metric, Result
+from studio.core.methods.adapters.peft_adapters import ADAPTER_FILES
 from studio.core.pipeline.backend import Backend
 from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.onnx_backend import TORCH_HINT, OnnxBackend
@@ -40,7 +41,8 @@ from studio.core.workspace import Workspace
 MODEL_FILE = "model.onnx"
 BASELINE_FILE = "baseline.onnx"
 REPORT_FILE = "report.json"
-RUN_FILES = (MODEL_FILE, BASELINE_FILE, REPORT_FILE, SPLITS_FILE, WEIGHTS_FILE, ADAPTERS_FILE)
+RUN_FILES = (MODEL_FILE, BASELINE_FILE, REPORT_FILE, SPLITS_FILE, WEIGHTS_FILE, ADAPTERS_FILE,
+             *ADAPTER_FILES)
 """Every file a run leaves in its output folder."""
 
 
@@ -151,6 +153,8 @@ def _finish(report: RunReport, context: RunContext, outputs: RunOutputs, baselin
                     "report": str(outputs.out_dir / REPORT_FILE)}
     for written in context.backend.write_weights(context):
         report.paths[written.stem] = str(outputs.final(written))
+    if (staging / ADAPTER_FILES[0]).is_file():  # PEFT format: the folder holding its files
+        report.paths["adapter"] = str(outputs.out_dir)
     splits = context.task.splits
     if splits is not None:
         write_text_atomic(staging / SPLITS_FILE, json.dumps(splits.to_json()) + "\n")

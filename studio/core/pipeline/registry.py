@@ -4,6 +4,7 @@ here; each backend runs the steps whose needs it provides."""
 from __future__ import annotations
 
 from studio.core.pipeline.step import Need, Step
+from studio.core.pipeline.steps.adapters import AttachAdapters, MergeAdapters
 from studio.core.pipeline.steps.bn_recalibration import BnRecalibration
 from studio.core.pipeline.steps.drop_blocks import DropBlocks
 from studio.core.pipeline.steps.layerwise_prune import LayerwisePrune
@@ -24,7 +25,9 @@ STEPS: tuple[Step, ...] = (
     OnnxPrune(),
     BnRecalibration(),
     PrepareQat(),
+    AttachAdapters(),
     Recover(),
+    MergeAdapters(),
     LayerwiseQuantize(),
     TorchQuantize(),
     OnnxQuantize(),

@@ -9,7 +9,8 @@ from studio.core.plan.spec import FIELDS, LayerSpec, parse_nm
 
 ROOT = ""
 DEFAULTS = {"sparsity": 0.0, "granularity": "unstructured", "weight_bits": None,
-            "act_bits": None, "exclude": False, "group_size": 32}
+            "act_bits": None, "exclude": False, "group_size": 32, "adapter": "lora",
+            "adapter_rank": 8, "adapter_alpha": 16.0, "adapter_dropout": 0.0}
 """Values at the top of the inheritance chain; ``None`` bits mean "as the model stores them"."""
 
 
@@ -26,6 +27,11 @@ class ResolvedSpec:
     """Field -> name of the node that set it (``None``: the built-in default)."""
     group_size: int = 32
     """Inputs sharing one scale in block-wise (MatMulNBits) integer weights."""
+    adapter: str = "lora"
+    """Read only when the recipe has an adapters section."""
+    adapter_rank: int = 8
+    adapter_alpha: float = 16.0
+    adapter_dropout: float = 0.0
 
     @property
     def effective_sparsity(self) -> float:

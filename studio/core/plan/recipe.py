@@ -28,6 +28,7 @@ from studio.core.models.inputs import DTYPES, InputSpec
 from studio.core.plan.plan import ROOT, Plan
 from studio.core.plan.spec import LayerSpec
 from studio.core.plan.stages import (
+    AdapterSection,
     DataSection,
     DistillSection,
     ExportSection,
@@ -88,6 +89,7 @@ class Recipe(_Section):
     train: TrainSection | None = None
     prune: PruneSection | None = None
     distill: DistillSection | None = None
+    adapters: AdapterSection | None = None
     quantize: QuantizeSection | None = None
     export: ExportSection | None = None
     _lines: dict[str, int] = PrivateAttr(default_factory=dict)
@@ -108,6 +110,16 @@ class Recipe(_Section):
             raise ValueError("distillation trains the model, but train.epochs is 0, so it "
                              "would never run: set train.epochs to 1 or more, or remove distill")
         return distill
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapters_need_training(cls, adapters: AdapterSection | None,
+                                info: ValidationInfo) -> AdapterSection | None:
+        train = info.data.get("train")
+        if adapters is not None and train is not None and train.epochs == 0:
+            raise ValueError("adapters are trained during recovery, but train.epochs is 0: "
+                             "set train.epochs to 1 or more, or remove adapters")
+        return adapters
 
     def to_plan(self) -> Plan:
         return self.plan.to_plan()

@@ -11,6 +11,8 @@ WeightBits = Literal["fp32", "fp16", "bf16", "int8", "int4", "int2"]
 ActBits = Literal["fp32", "fp16", "bf16", "int16", "int8"]
 WEIGHT_BITS: tuple[str, ...] = get_args(WeightBits)
 ACT_BITS: tuple[str, ...] = get_args(ActBits)
+AdapterKind = Literal["lora", "dora", "none"]
+ADAPTER_KINDS: tuple[str, ...] = get_args(AdapterKind)
 BITS_PER_ELEMENT = {"fp32": 32, "fp16": 16, "bf16": 16, "int16": 16, "int8": 8, "int4": 4,
                     "int2": 2}
 GRANULARITIES = ("unstructured", "channels", "2:4", "4:8", "1:4")
@@ -42,6 +44,16 @@ class LayerSpec(BaseModel):
         description="weights along the input sharing one scale in int4/int2 (and int8 "
         "weight-only) MatMul layers: a power of two, 16 or more (32 by default; 128 is "
         "GPTQ's usual choice)")
+    adapter: AdapterKind | None = Field(
+        default=None, description="with an adapters section: lora, dora (LoRA with a learned "
+        "magnitude per output) or none (no adapter on this subtree's Linear/Conv layers)")
+    adapter_rank: int | None = Field(default=None, ge=1, le=4096,
+                                     description="rank r of the adapter's low-rank update")
+    adapter_alpha: float | None = Field(default=None, gt=0, le=1e6,
+                                        description="the update is scaled by alpha / rank")
+    adapter_dropout: float | None = Field(default=None, ge=0.0, lt=1.0,
+                                          description="dropout on the adapter's input while "
+                                          "training with dropout")
 
     @field_validator("granularity")
     @classmethod

@@ -148,21 +148,39 @@ class TrainSection(_Section):
     """Seed of the shuffling and of any random initialisation, so runs repeat."""
     device: str = Field(default="cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$")
     """cpu, auto (a GPU when there is one) or cuda / cuda:N."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Training arithmetic: auto times a few steps in bf16 autocast and in fp32 and keeps the
+    faster (models under 1M parameters stay fp32); the report says which ran and why."""
+    accumulation_steps: int = Field(default=1, ge=1, le=4096)
+    """Batches whose gradients add up before each optimiser step: the effective batch is
+    batch_size x accumulation_steps at the memory of one batch."""
+    gradient_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass instead of keeping them: less
+    memory for about a third more time (transformer blocks; modules with batch norms are
+    left as they are)."""
+    memory_limit_gb: float | None = Field(default=None, gt=0)
+    """Refuse a run whose memory estimate (made on a real batch before training) is over this;
+    None: the machine's memory (the GPU's on CUDA)."""
 
 
 class PruneSection(_Section):
     """How the plan's sparsity is reached."""
 
-    importance: Literal["magnitude", "taylor", "wanda", "sparsegpt"] = "magnitude"
+    importance: Literal["magnitude", "taylor", "fisher", "wanda", "sparsegpt"] = "magnitude"
     """Which weights go first: smallest magnitude, or smallest Taylor score (|weight x
-    gradient| on the calibration split; needs labels). For the Linear layers of a
+    gradient| on the calibration split; needs labels); fisher: for heads and FFN units, a
+    second-order search (Kwon et al. 2022: the Fisher of the outputs on the calibration split,
+    no labels, then mask rearrangement), other layers by magnitude. For the Linear layers of a
     transformer's blocks, unstructured or N:M: wanda (|weight| x input norm on the calibration
     split, per output) or sparsegpt (also updates the kept weights to make up for the removed
     ones; the most accurate one-shot choice for language models). Both run block by block,
     need no labels, and leave channel pruning to magnitude."""
-    schedule: Literal["oneshot", "agp"] = "oneshot"
+    schedule: Literal["oneshot", "agp", "rigl"] = "oneshot"
     """oneshot: cut everything before recovery; agp: raise unstructured sparsity gradually
-    during recovery (Zhu & Gupta's cubic schedule; needs train epochs > 0)."""
+    during recovery (Zhu & Gupta's cubic schedule; needs train epochs > 0); rigl: AGP over the
+    first half, then sparse training that keeps the sparsity while the mask evolves (drop the
+    smallest weights, regrow where gradients are largest; RigL) until three quarters. Accuracy
+    at a sparsity: zeros stored densely run no faster."""
     drop_blocks: int = Field(default=0, ge=0, le=1000)
     """Drop this many whole transformer blocks first: those that change their input least on
     the calibration split (block influence). 0 keeps every block."""
@@ -239,6 +257,26 @@ class DistillSection(_Section):
     none: the model's top-level blocks that hold weights, except its last."""
     aux_weight: float = Field(default=0.3, ge=0, le=10)
     """Self-distillation: weight of each auxiliary head's loss."""
+
+
+class AdapterSection(_Section):
+    """Recover with adapters (LoRA or DoRA through peft) instead of training every weight.
+
+    Only the adapters train; the compressed base stays frozen (low memory: the way to recover
+    large models). Rank, alpha, dropout and which layers get one are plan settings (``adapter``,
+    ``adapter_rank``, ...; by default LoRA r=8 on every Linear/Conv layer). After training the
+    adapters are merged into the weights, so the ONNX file has the base model's size and ops.
+    """
+
+    opt_in: ClassVar[bool] = True
+
+    quantized_base: bool = True
+    """Train over the plan's int weight bits already rounded into the frozen base weights
+    (QLoRA-style, on the studio's own fake-quantized weights), so the adapter learns to
+    compensate the rounding."""
+    save_adapter: bool = True
+    """Also write the trained adapter alone in PEFT format (adapter_config.json and
+    adapter_model.safetensors in the output folder) for peft's PeftModel.from_pretrained."""
 
 
 class QuantizeSection(_Section):

@@ -6,7 +6,7 @@ loops; ``after_step`` lets pruning schedules re-apply masks or step sparsity bet
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +16,10 @@ from torch.utils.data import TensorDataset
 from studio.core.data.metrics import MetricTotals, metric_target, needs_reference
 from studio.core.data.task import batches
 from studio.core.errors import StudioError
-from studio.core.jobs import CancelToken, Event, Metric, Progress
+from studio.core.jobs import CancelToken, Event, Log, Metric, Progress
+from studio.core.train.checkpointing import checkpointed
+from studio.core.train.memory import MemoryEstimate, estimate_memory, kept_buffers
+from studio.core.train.precision import PrecisionChoice, autocast, choose_precision
 from studio.core.util import first_tensor
 
 LEARNS_FROM_BATCHES = "learns_from_batches"
@@ -34,6 +37,31 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     device: str = "cpu"
+    precision: str = "fp32"
+    """fp32, bf16 (autocast) or auto (bf16 when a few timed steps say it is faster)."""
+    accumulation_steps: int = 1
+    """Batches whose gradients add up before each optimiser step."""
+    checkpoint: tuple[str, ...] = ()
+    """Modules whose activations are recomputed in the backward pass (gradient checkpointing)."""
+    memory_limit: int | None = None
+    """Bytes the run may need by the estimate made before it; None: no limit."""
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """How a run trained, for its stage report."""
+
+    precision: PrecisionChoice
+    memory: MemoryEstimate
+    optimizer_steps: int
+    accumulation_steps: int
+    checkpointed: tuple[str, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {"precision": self.precision.to_json(), "memory": self.memory.to_json(),
+                "optimizer_steps": self.optimizer_steps,
+                "accumulation_steps": self.accumulation_steps,
+                "gradient_checkpointing": list(self.checkpointed)}
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -71,49 +99,120 @@ def train_without_dropout(model: nn.Module) -> None:
             module.train()
 
 
+def _prepare(model: nn.Module, params: list[nn.Parameter], first: tuple[Tensor, Tensor | None],
+             config: TrainConfig, loss_fn: LossFn, stage: str, device: torch.device
+             ) -> tuple[PrecisionChoice, MemoryEstimate]:
+    """Pick the precision (timing real steps when ``auto``) and estimate the memory on the
+    first batch, before any weight changes; refuse a run over the memory limit."""
+    inputs, labels = first
+
+    def step(precision: str) -> None:
+        with autocast(device, precision):
+            loss = loss_fn(model, inputs, labels)
+        loss.float().backward()
+        for p in params:
+            p.grad = None
+
+    with kept_buffers(model):  # the trial steps must not move batch-norm statistics
+        choice = choose_precision(config.precision, sum(p.numel() for p in model.parameters()),
+                                  step, device)
+
+        def forward() -> Tensor:
+            with autocast(device, choice.used):
+                return loss_fn(model, inputs, labels)
+
+        memory = estimate_memory(model, params, forward, len(inputs))
+    if config.memory_limit is not None and memory.total > config.memory_limit:
+        raise StudioError(f"{stage}: training needs {memory.describe()}, over the limit of "
+                          f"{config.memory_limit / 1e9:.2f} GB; lower train.batch_size (raise "
+                          "train.accumulation_steps to keep the effective batch), turn on "
+                          "train.gradient_checkpointing, or recover with adapters")
+    return choice, memory
+
+
 def train(model: nn.Module, data: TensorDataset, config: TrainConfig, token: CancelToken,
           loss_fn: LossFn = cross_entropy, stage: str = "fine-tune",
           after_step: Callable[[int], None] | None = None,
           parameters: list[nn.Parameter] | None = None, dropout: bool = True
-          ) -> Iterator[Event]:
-    """Train ``model`` in place on ``data`` (already on the right device); yields events.
-    ``dropout=False`` trains with dropout off (see :func:`train_without_dropout`)."""
+          ) -> Generator[Event, None, TrainSummary]:
+    """Train ``model`` in place on ``data`` (already on the right device); yields events and
+    returns how it trained. ``dropout=False`` trains with dropout off (see
+    :func:`train_without_dropout`)."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     params = parameters if parameters is not None else [
         p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    accumulate = max(1, config.accumulation_steps)
     loader_steps = (len(data) + config.batch_size - 1) // config.batch_size
-    total = config.epochs * loader_steps
+    per_epoch = (loader_steps + accumulate - 1) // accumulate
+    total = config.epochs * per_epoch
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, total))
     step = 0
     if dropout:
         model.train()
     else:
         train_without_dropout(model)
-    for epoch in range(config.epochs):
-        for batch in batches(data, config.batch_size, shuffle=True, seed=config.seed + epoch):
-            token.check()
-            inputs, labels = _split(batch)
-            inputs = inputs.to(device)
-            labels = labels.to(device) if labels is not None else None
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model, inputs, labels)
-            if not torch.isfinite(loss):
-                from studio.core.errors import StudioError
-
-                raise StudioError(f"{stage}: the loss became {loss.item()} at step {step}; "
-                                  "lower the learning rate")
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step += 1
-            if after_step is not None:
-                after_step(step)
-            if step % 10 == 0 or step == total:
-                yield Metric(stage, "loss", float(loss.detach()), step)
-            yield Progress(stage, step, total)
+    if len(data) == 0:
+        raise StudioError(f"{stage}: there are no training samples")
+    with checkpointed(model, config.checkpoint):
+        first = _split(next(iter(batches(data, config.batch_size))))
+        choice, memory = _prepare(model, params, (first[0].to(device), None if first[1] is None
+                                                  else first[1].to(device)),
+                                  config, loss_fn, stage, device)
+        yield Log(f"{stage}: {choice.used} ({choice.reason}); memory {memory.describe()}")
+        for epoch in range(config.epochs):
+            chunk: list[list[Tensor]] = []
+            for batch in batches(data, config.batch_size, shuffle=True,
+                                 seed=config.seed + epoch):
+                chunk.append(batch)
+                if len(chunk) < accumulate:
+                    continue
+                loss = _optimizer_step(model, chunk, optimizer, loss_fn, device, choice.used,
+                                       token, stage, step)
+                chunk = []
+                schedule.step()
+                step += 1
+                if after_step is not None:
+                    after_step(step)
+                if step % 10 == 0 or step == total:
+                    yield Metric(stage, "loss", loss, step)
+                yield Progress(stage, step, total)
+            if chunk:  # the epoch's last, shorter accumulation
+                loss = _optimizer_step(model, chunk, optimizer, loss_fn, device, choice.used,
+                                       token, stage, step)
+                schedule.step()
+                step += 1
+                if after_step is not None:
+                    after_step(step)
+                yield Metric(stage, "loss", loss, step)
+                yield Progress(stage, step, total)
     model.eval()
+    return TrainSummary(choice, memory, step, accumulate, tuple(config.checkpoint))
+
+
+def _optimizer_step(model: nn.Module, chunk: list[list[Tensor]], optimizer: torch.optim.Optimizer,
+                    loss_fn: LossFn, device: torch.device, precision: str, token: CancelToken,
+                    stage: str, step: int) -> float:
+    """One optimiser step over the gradients of every batch in ``chunk`` (weighted by size,
+    so accumulated batches give the gradient of their union); returns the mean loss."""
+    optimizer.zero_grad(set_to_none=True)
+    samples = sum(len(batch[0]) for batch in chunk)
+    total = 0.0
+    for batch in chunk:
+        token.check()
+        inputs, labels = _split(batch)
+        inputs = inputs.to(device)
+        labels = labels.to(device) if labels is not None else None
+        with autocast(device, precision):
+            loss = loss_fn(model, inputs, labels).float()
+        if not torch.isfinite(loss):
+            raise StudioError(f"{stage}: the loss became {loss.item()} at step {step}; "
+                              "lower the learning rate")
+        (loss * (len(inputs) / samples)).backward()
+        total += float(loss.detach()) * len(inputs) / samples
+    optimizer.step()
+    return total
 
 
 @torch.no_grad()

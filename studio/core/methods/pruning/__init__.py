@@ -20,13 +20,23 @@ Modules: ``unstructured`` and ``nm`` (masks), ``schedule`` (gradual AGP pruning)
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from studio.core.graph.tree import LayerNode, LayerTree
+from studio.core.methods.pruning.fisher import (
+    FISHER_SAMPLES,
+    MaskSite,
+    choose_removed,
+    ffn_site,
+    head_site,
+    keep_scores,
+    mask_fisher,
+)
 from studio.core.methods.pruning.importance import check_importance, weight_scores
 from studio.core.methods.pruning.masks import MaskSet, layer_weight
 from studio.core.methods.pruning.measure import measure
@@ -42,7 +52,12 @@ from studio.core.methods.pruning.unstructured import (
     global_masks,
     layer_masks,
 )
-from studio.core.plan.estimate import channel_kind, held_attentions, wants_channels
+from studio.core.plan.estimate import (
+    channel_kind,
+    held_attentions,
+    kept_channels,
+    wants_channels,
+)
 from studio.core.plan.plan import ResolvedSpec
 from studio.core.plan.spec import parse_nm
 from studio.core.train.loop import LossFn, cross_entropy
@@ -150,6 +165,8 @@ def apply_plan_pruning(model: nn.Module, tree: LayerTree, resolved: list[Resolve
     partition = partition_plan(tree, resolved)
     before = measure(model, example_inputs)
     transformer = _prune_transformer(model, example_inputs, partition, importance, data, loss_fn)
+    if importance == "fisher":  # a search over heads and FFN units; weights go by magnitude
+        importance = "magnitude"
     structured = None
     if partition.channels:
         structured = prune_channels(model, example_inputs, partition.channels, importance, data,
@@ -207,14 +224,50 @@ def _prune_transformer(model: nn.Module, example_inputs: Any, partition: PlanPar
     if not (partition.heads or partition.ffn or partition.left_whole):
         return None
     heads = ffn = None
+    layouts = head_layouts(model, partition.heads)
+    searched: dict[str, Any] | None = None
+    given: dict[str, Tensor] = {}
+    if importance == "fisher":
+        assert data is not None
+        given, searched = fisher_search(model, partition, layouts, data.tensors[0])
+        importance = "magnitude"  # for any layer the search could not place masks on
     if partition.heads:
-        heads = prune_heads(model, example_inputs, partition.heads,
-                            head_layouts(model, partition.heads), importance, data, loss_fn)
+        heads = prune_heads(model, example_inputs, partition.heads, layouts, importance, data,
+                            loss_fn, scores=given)
     if partition.ffn:
-        ffn = prune_ffn(model, example_inputs, partition.ffn, importance, data, loss_fn)
+        ffn = prune_ffn(model, example_inputs, partition.ffn, importance, data, loss_fn,
+                        scores=given)
     return {"heads": heads.to_dict() if heads is not None else None,
             "ffn": ffn.to_dict() if ffn is not None else None,
-            "left_whole": partition.left_whole}
+            "left_whole": partition.left_whole,
+            **({"fisher": searched} if searched is not None else {})}
+
+
+def fisher_search(model: nn.Module, partition: PlanPartition, layouts: dict[str, Any],
+                  inputs: Tensor) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Kwon et al.'s mask search and rearrangement for the plan's heads and FFN widths: scores
+    (per attention and per FFN first Linear) that make the cuts remove the chosen units, and
+    the report (estimated distortion per layer, layers it could not place masks on)."""
+    sites: dict[str, MaskSite] = {}
+    for name in partition.heads:
+        if name in layouts:
+            heads = int(attrgetter(layouts[name].num_heads)(model.get_submodule(name)))
+            sites[name] = head_site(model, name, layouts[name].output, heads)
+    for name in partition.ffn:
+        site = ffn_site(model, name)
+        if site is not None:
+            sites[name] = site
+    unplaced = sorted((set(partition.heads) | set(partition.ffn)) - set(sites))
+    fisher = mask_fisher(model, sites, inputs) if sites else {}
+    given, layers = {}, {}
+    for name, block in fisher.items():
+        ratio = partition.heads.get(name, partition.ffn.get(name, 0.0))
+        count = sites[name].count
+        choice = choose_removed(block, count - kept_channels(count, ratio))
+        given[name] = keep_scores(count, choice.removed)
+        layers[name] = choice.to_dict()
+    return given, {"samples": min(len(inputs), FISHER_SAMPLES), "layers": layers,
+                   "magnitude_instead": unplaced}
 
 
 __all__ = ["MaskSet", "PlanPartition", "PruningResult", "StructuredReport",

@@ -18,16 +18,19 @@ from studio.core.data.task import batches
 from studio.core.methods.pruning.masks import layer_weight
 from studio.core.train.loop import LossFn, cross_entropy
 
-ImportanceKind = Literal["magnitude", "l1", "l2", "taylor"]
+ImportanceKind = Literal["magnitude", "l1", "l2", "taylor", "fisher"]
 """``magnitude`` is L2 for channels (``l1``/``l2`` choose), |w| for single weights; ``taylor``
-needs data."""
-IMPORTANCE_KINDS: tuple[str, ...] = ("magnitude", "l1", "l2", "taylor")
+needs data; ``fisher`` (heads and FFN units only, see :mod:`.fisher`) needs inputs, no labels."""
+IMPORTANCE_KINDS: tuple[str, ...] = ("magnitude", "l1", "l2", "taylor", "fisher")
 
 
 def check_importance(kind: str, data: TensorDataset | None) -> None:
     """Fail early, with words, on an unknown kind or Taylor without data."""
     if kind not in IMPORTANCE_KINDS:
         raise ValueError(f"importance {kind!r}: use one of {', '.join(IMPORTANCE_KINDS)}")
+    if kind == "fisher" and (data is None or len(data) == 0):
+        raise ValueError("Fisher mask search needs calibration inputs; pass data or use "
+                         "magnitude")
     if kind == "taylor" and (data is None or len(data) == 0):
         raise ValueError("Taylor importance needs data (a few labelled batches); "
                          "pass data or use magnitude")

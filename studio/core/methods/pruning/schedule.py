@@ -10,12 +10,15 @@ prunes by magnitude at its pruning steps and re-applies the masks after every ot
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from studio.core.methods.pruning.importance import magnitude_scores
-from studio.core.methods.pruning.masks import MaskSet
+from studio.core.methods.pruning.masks import MaskSet, layer_weight
 from studio.core.methods.pruning.unstructured import layer_masks
 
 
@@ -84,3 +87,59 @@ class GradualPruner:
             self.history.append((step, {name: achieved[name] for name in self.targets}))
         else:
             self.masks.apply(self.model)
+
+
+class RigLPruner(GradualPruner):
+    """AGP up to the targets, then sparse training with an evolving mask (RigL, Evci et al.
+    2020): every ``every`` steps until ``regrow_until``, each layer drops its smallest active
+    weights and regrows as many inactive ones where the last batch's gradient is largest, so the
+    sparsity stays at the target while the mask moves to where the loss wants weights. The
+    share moved decays with a cosine from ``regrow_fraction``. Regrown weights start at zero.
+
+    Hand-written: the rigl-torch package imports torchvision, which has no CPU build here. It
+    buys accuracy at a sparsity, not speed: zeros stored densely run at dense speed.
+    ``report`` (a dict) is updated in place with the moves, so a stage report holding it shows
+    them once training ends.
+    """
+
+    def __init__(self, model: nn.Module, targets: Mapping[str, float], ramp_steps: int,
+                 regrow_until: int, every: int = 1, regrow_fraction: float = 0.3,
+                 base: MaskSet | None = None, report: dict[str, Any] | None = None) -> None:
+        super().__init__(model, targets, ramp_steps, every, base=base)
+        self.regrow_until = regrow_until
+        self.regrow_fraction = regrow_fraction
+        self.report = report if report is not None else {}
+        self.report.update({"regrow_steps": 0, "moved": 0})
+
+    def __call__(self, step: int) -> None:
+        since = step - self.start
+        if since <= self.ramp_steps or since > self.regrow_until or since % self.every:
+            super().__call__(step)
+            return
+        share = self.regrow_fraction * (1 + math.cos(math.pi * (since - self.ramp_steps) / max(
+            1, self.regrow_until - self.ramp_steps))) / 2
+        grown = {name: self._regrow(name, share) for name in self.targets}
+        self.masks = self.base.merged(MaskSet({name: mask for name, mask in grown.items()}))
+        self.masks.apply(self.model)
+        self.report["regrow_steps"] += 1
+        self.history.append((step, {name: self.masks.sparsity()[name] for name in self.targets}))
+
+    @torch.no_grad()
+    def _regrow(self, name: str, share: float) -> Tensor:
+        """The layer's new mask: ``share`` of its active weights moved, the count unchanged."""
+        weight = layer_weight(self.model, name)
+        mask = self.masks[name].flatten().clone()
+        active = torch.nonzero(mask).flatten()
+        inactive = torch.nonzero(~mask).flatten()
+        count = min(int(share * len(active)), len(inactive))
+        if count == 0 or weight.grad is None:
+            return mask.view(weight.shape)
+        magnitudes = weight.detach().abs().flatten()[active]
+        dropped = active[torch.argsort(magnitudes, stable=True)[:count]]
+        growth = weight.grad.detach().abs().flatten()[inactive]
+        grown = inactive[torch.argsort(growth, descending=True, stable=True)[:count]]
+        mask[dropped] = False
+        mask[grown] = True
+        weight.view(-1)[grown] = 0.0  # RigL: regrown connections start from zero
+        self.report["moved"] += count
+        return mask.view(weight.shape)

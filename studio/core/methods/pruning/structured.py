@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 import torch_pruning as tp
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from studio.core.errors import StudioError
@@ -182,6 +182,21 @@ def _importance(kind: str) -> tp.importance.Importance:
     return tp.importance.GroupMagnitudeImportance(p=1 if kind == "l1" else 2, normalizer=None)
 
 
+class _GivenScores(tp.importance.Importance):
+    """Scores given per layer (by the name of a group's first layer, one per channel) for the
+    groups they name; ``fallback`` ranks the others."""
+
+    def __init__(self, model: nn.Module, scores: Mapping[str, Tensor],
+                 fallback: tp.importance.Importance) -> None:
+        modules = dict(model.named_modules())
+        self.by_module = {id(modules[name]): value for name, value in scores.items()}
+        self.fallback = fallback
+
+    def __call__(self, group: Any) -> Tensor | None:
+        given = self.by_module.get(id(group[0].dep.target.module))
+        return given if given is not None else self.fallback(group)
+
+
 def _skip_reason(info: ChannelGroup, ratios: Mapping[str, float],
                  protected: set[str]) -> str | None:
     if info.feeds_output:
@@ -257,7 +272,8 @@ def _apply_cuts(graph: tp.DependencyGraph, cuts: list[_Cut], report: StructuredR
 def prune_channels(model: nn.Module, example_inputs: Any, ratios: Mapping[str, float],
                    importance: str = "magnitude", data: TensorDataset | None = None,
                    protect: Iterable[str] = (), loss_fn: LossFn = cross_entropy,
-                   n_batches: int = 4) -> StructuredReport:
+                   n_batches: int = 4, scores: Mapping[str, Tensor] | None = None
+                   ) -> StructuredReport:
     """Remove ``ratios[name]`` of the output channels of each named Conv/Linear, in place.
 
     ``importance``: ``magnitude``/``l2`` (group L2 norm), ``l1``, or ``taylor`` (needs ``data``,
@@ -279,7 +295,10 @@ def prune_channels(model: nn.Module, example_inputs: Any, ratios: Mapping[str, f
         assert data is not None
         accumulate_gradients(model, data, loss_fn, n_batches)
     try:
-        cuts = _choose_cuts(model, graph, asked, set(protect), _importance(importance), report)
+        scorer = _importance(importance)
+        if scores:
+            scorer = _GivenScores(model, scores, scorer)
+        cuts = _choose_cuts(model, graph, asked, set(protect), scorer, report)
         _apply_cuts(graph, cuts, report)
     finally:
         if importance == "taylor":

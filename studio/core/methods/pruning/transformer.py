@@ -187,13 +187,16 @@ def _disable_nested_fast_path(model: nn.Module) -> None:
 def prune_heads(model: nn.Module, example_inputs: Any, ratios: Mapping[str, float],
                 layouts: Mapping[str, HeadLayout] | None = None, importance: str = "magnitude",
                 data: TensorDataset | None = None,
-                loss_fn: LossFn = cross_entropy) -> TransformerReport:
+                loss_fn: LossFn = cross_entropy,
+                scores: Mapping[str, Tensor] | None = None) -> TransformerReport:
     """Remove ``ratios[name]`` of the heads of each named attention module, in place.
 
     A name is an ``nn.MultiheadAttention`` (replaced by a smaller :class:`HeadPrunedAttention`)
     or a module described in ``layouts``. At least one head always stays. ``importance`` is
-    ``magnitude`` or ``taylor`` (with ``data``).
+    ``magnitude`` or ``taylor`` (with ``data``); ``scores`` given per attention (one per head,
+    the lowest go) replace it there (the Fisher mask search's choice).
     """
+    given = dict(scores or {})
     check_importance(importance, data)
     layouts = layouts or {}
     shapes = output_shapes(model, example_inputs)
@@ -203,16 +206,17 @@ def prune_heads(model: nn.Module, example_inputs: Any, ratios: Mapping[str, floa
         assert data is not None
         accumulate_gradients(model, data, loss_fn)
     try:
-        scores = {name: head_scores(model.get_submodule(name), layouts.get(name), taylor)
-                  for name in ratios}
+        ranks = {name: given[name] if name in given else
+                 head_scores(model.get_submodule(name), layouts.get(name), taylor)
+                 for name in ratios}
     finally:
         if taylor:
             clear_gradients(model)
     for name, ratio in ratios.items():
         module = model.get_submodule(name)
-        count = len(scores[name])
+        count = len(ranks[name])
         keep_count = kept_channels(count, ratio)
-        keep = sorted(torch.argsort(scores[name], descending=True, stable=True)[:keep_count]
+        keep = sorted(torch.argsort(ranks[name], descending=True, stable=True)[:keep_count]
                       .tolist())
         if keep_count == count:
             continue
@@ -241,7 +245,8 @@ def ffn_layers(model: nn.Module) -> list[str]:
 
 def prune_ffn(model: nn.Module, example_inputs: Any, ratios: Mapping[str, float],
               importance: str = "magnitude", data: TensorDataset | None = None,
-              loss_fn: LossFn = cross_entropy) -> StructuredReport:
+              loss_fn: LossFn = cross_entropy,
+              scores: Mapping[str, Tensor] | None = None) -> StructuredReport:
     """Remove ``ratios[name]`` of the hidden units of each FFN, named by its first Linear.
 
     Refuses a layer whose outputs are coupled with other layers (that is the residual width, not
@@ -254,7 +259,8 @@ def prune_ffn(model: nn.Module, example_inputs: Any, ratios: Mapping[str, float]
         if info is None or info.feeds_output or info.through_attention:
             raise ValueError(f"{name!r} is not the first Linear of an FFN: its outputs are "
                              "coupled with other layers or feed the model output")
-    return prune_channels(model, example_inputs, ratios, importance, data, loss_fn=loss_fn)
+    return prune_channels(model, example_inputs, ratios, importance, data, loss_fn=loss_fn,
+                          scores=scores)
 
 
 # ---------------------------------------------------------------------------- blocks

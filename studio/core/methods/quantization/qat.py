@@ -49,6 +49,22 @@ def _check_bits(name: str, bits: int, what: str) -> None:
                           f"{MAX_BITS}, not {bits!r}")
 
 
+def channel_scale(weight: Tensor, qmax: int) -> Tensor:
+    """One symmetric scale per output channel (axis 0): max|w| / qmax."""
+    w = weight.detach()
+    amax = w.abs().amax(dim=tuple(range(1, w.ndim))) if w.ndim > 1 else w.abs()
+    return (amax / qmax).clamp_min(_EPS).float()
+
+
+def fake_quantize_weight(weight: Tensor, bits: int) -> Tensor:
+    """``weight`` rounded to the symmetric per-output-channel ``bits`` grid (the grid QAT and
+    the adapters' quantized base use); gradients pass straight through the rounding."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = channel_scale(weight, qmax)
+    zero = torch.zeros(scale.shape, dtype=torch.int32, device=scale.device)
+    return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -qmax, qmax)
+
+
 class FakeQuantMixin:
     """Fake quant of the weight (and optionally the input) of a Conv or Linear module."""
 
@@ -79,16 +95,11 @@ class FakeQuantMixin:
 
     def weight_scale(self) -> Tensor:
         """One scale per output channel (axis 0), from the current weights; not trained."""
-        w = self.weight.detach()
-        amax = w.abs().amax(dim=tuple(range(1, w.ndim))) if w.ndim > 1 else w.abs()
-        return (amax / self.weight_qmax).clamp_min(_EPS).float()
+        return channel_scale(self.weight, self.weight_qmax)
 
     def quantized_weight(self) -> Tensor:
         """The weight as the layer uses it: on the b-bit grid, straight-through gradient."""
-        scale = self.weight_scale()
-        zero = torch.zeros(scale.shape, dtype=torch.int32, device=scale.device)
-        return torch.fake_quantize_per_channel_affine(
-            self.weight, scale, zero, 0, -self.weight_qmax, self.weight_qmax)
+        return fake_quantize_weight(self.weight, self.weight_bits)
 
     def _observe(self, x: Tensor) -> None:
         low, high = torch.aminmax(x.detach().float())

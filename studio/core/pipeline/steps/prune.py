@@ -15,7 +15,7 @@ from studio.core.graph.tree import LayerTree
 from studio.core.jobs import Event, Log
 from studio.core.methods.pruning import RETRACE_NOTE, apply_plan_pruning, partition_plan
 from studio.core.methods.pruning.reconstruct import reconstruct_pruned
-from studio.core.methods.pruning.schedule import GradualPruner
+from studio.core.methods.pruning.schedule import GradualPruner, RigLPruner
 from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.step import Need, StageReport, Step
 from studio.core.pipeline.steps.layerwise_prune import LAYERWISE_IMPORTANCE, layerwise_targets
@@ -68,7 +68,8 @@ class Prune(Step):
                 tree, resolved, set(layerwise_targets(model, tree, resolved)))
             importance = "magnitude"  # for channels and layers outside the blocks
         partition = partition_plan(tree, resolved)
-        gradual = section.schedule == "agp" and partition.unstructured and train.epochs > 0
+        gradual = (section.schedule in ("agp", "rigl") and partition.unstructured
+                   and train.epochs > 0)
         if gradual:
             resolved = _without_unstructured(tree, resolved, set(partition.unstructured))
         if partition.is_empty:
@@ -85,7 +86,7 @@ class Prune(Step):
         context.token.check()
         assert workspace.example is not None
         result = apply_plan_pruning(model, tree, resolved, workspace.example.make_tensor(),
-                                    data.calibration if importance == "taylor"
+                                    data.calibration if importance in ("taylor", "fisher")
                                     else None, importance, section.global_unstructured)
         report: dict[str, Any] = result.report
         if section.reconstruct and (partition.heads or partition.ffn):
@@ -104,10 +105,20 @@ class Prune(Step):
         context.after_step = result.masks.hook(model) if result.masks.masks else None
         if gradual:
             steps = train.epochs * -(-len(data.train) // train.batch_size)
-            context.after_step = GradualPruner(
-                model, partition.unstructured, ramp_steps=max(1, steps * 3 // 4),
-                every=max(1, steps // (4 * section.agp_steps)), base=result.masks)
-            report["unstructured"]["schedule"] = {"kind": "agp", "ramp_steps": steps * 3 // 4}
+            every = max(1, steps // (4 * section.agp_steps))
+            if section.schedule == "rigl":
+                schedule: dict[str, Any] = {"kind": "rigl", "ramp_steps": steps // 2,
+                                            "regrow_until": steps * 3 // 4}
+                context.after_step = RigLPruner(
+                    model, partition.unstructured, ramp_steps=max(1, steps // 2),
+                    regrow_until=max(1, steps * 3 // 4), every=every, base=result.masks,
+                    report=schedule)
+            else:
+                schedule = {"kind": "agp", "ramp_steps": steps * 3 // 4}
+                context.after_step = GradualPruner(
+                    model, partition.unstructured, ramp_steps=max(1, steps * 3 // 4),
+                    every=every, base=result.masks)
+            report["unstructured"]["schedule"] = schedule
         context.sparse_layers = len(partition.unstructured) + len(partition.nm)
         for note in report.get("notes", []):
             if note != RETRACE_NOTE:  # the run's trees are rebuilt; the GUI's is the user's

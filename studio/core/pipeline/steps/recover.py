@@ -17,7 +17,9 @@ from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.step import Need, StageReport, Step
 from studio.core.plan.recipe import Recipe
 from studio.core.plan.stages import TrainSection
+from studio.core.train.checkpointing import checkpoint_candidates
 from studio.core.train.loop import TrainConfig, cross_entropy, evaluate, resolve_device, train
+from studio.core.train.memory import memory_limit
 
 
 class Recover(Step):
@@ -43,17 +45,21 @@ class Recover(Step):
         model = context.model
         device = resolve_device(section.device)
         model.to(device)
-        config = TrainConfig(epochs=section.epochs, lr=section.lr, batch_size=section.batch_size,
-                             weight_decay=section.weight_decay, seed=section.seed,
-                             device=str(device))
+        modules = dict(original.named_modules())
+        blocks = [node.name for node in context.workspace.tree.nodes  # HF: tensors out
+                  if node.role == BLOCK and is_hf_block(modules.get(node.name, nn.Module()))]
+        config = TrainConfig(
+            epochs=section.epochs, lr=section.lr, batch_size=section.batch_size,
+            weight_decay=section.weight_decay, seed=section.seed, device=str(device),
+            precision=section.precision, accumulation_steps=section.accumulation_steps,
+            checkpoint=tuple(checkpoint_candidates(model, blocks))
+            if section.gradient_checkpointing else (),
+            memory_limit=memory_limit(section.memory_limit_gb, device))
         loss_fn: Any = cross_entropy
         parameters, close, finish = None, None, None
         stage = "fine-tune"
         if not data.labelled and recipe.distill is None:
             kind = matching_kind(data.metric)
-            modules = dict(original.named_modules())
-            blocks = [node.name for node in context.workspace.tree.nodes  # HF: tensors out
-                      if node.role == BLOCK and is_hf_block(modules.get(node.name, nn.Module()))]
             matching = OutputMatchingLoss(default_teacher(original).to(device), kind,
                                           blocks=blocks,
                                           pad_token_id=getattr(original, "pad_token_id", None))
@@ -76,18 +82,22 @@ class Recover(Step):
         yield Log(f"Recovering {data.metric}: {section.epochs} epoch(s) of {stage} on {device}")
         extra: dict[str, Any] = {}
         try:
-            yield from train(model, data.train, config, context.token, loss_fn, stage,
-                             context.after_step, parameters, dropout=stage != "match")
+            summary = yield from train(model, data.train, config, context.token, loss_fn, stage,
+                                       context.after_step, parameters,
+                                       dropout=stage != "match")
             if finish is not None:
                 extra = finish()
         finally:
             if close is not None:
                 close()
+        context.note(f"Recovery ({stage}) trained in {summary.precision.used}: "
+                     f"{summary.precision.reason}.")
         value = evaluate(model, data.test, context.token, str(device), metric=data.metric,
                          reference=context.backend.reference)
         yield Metric(stage, data.metric, value, section.epochs)
         report = {"kind": stage, "epochs": section.epochs,
-                  "torch_metric": {"name": data.metric, "value": value}}
+                  "torch_metric": {"name": data.metric, "value": value},
+                  "training": summary.to_json()}
         if stage == "distill" and recipe.distill is not None:
             report["distill"] = recipe.distill.model_dump(mode="json") | extra
             cache = extra.get("teacher_cache")

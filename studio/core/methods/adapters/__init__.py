@@ -1,0 +1,1 @@
+"""Parameter-efficient recovery: low-rank adapters (LoRA, DoRA) through ``peft``."""

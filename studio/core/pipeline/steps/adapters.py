@@ -1,0 +1,136 @@
+"""Recovery with adapters: attach LoRA/DoRA before the recovery step (which then trains only
+them, over the frozen compressed base) and merge them into the weights after it, before export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+import torch
+
+from studio.core.errors import StudioError
+from studio.core.jobs import Event, Log
+from studio.core.methods.adapters.peft_adapters import (
+    AttachedAdapters,
+    adapter_targets,
+    attach_adapters,
+    merge_adapters,
+    quantize_base,
+    save_adapter,
+)
+from studio.core.methods.pruning.schedule import GradualPruner
+from studio.core.methods.quantization.qat import qat_bits_from_plan
+from studio.core.pipeline.context import RunContext
+from studio.core.pipeline.step import Need, StageReport, Step
+from studio.core.plan.recipe import Recipe
+from studio.core.plan.stages import AdapterSection, QuantizeSection, TrainSection
+from studio.core.train.loop import evaluate
+from studio.core.util import first_tensor
+
+PARITY_SAMPLES = 64
+
+
+def _resolved(context: RunContext) -> dict[str, Any]:
+    workspace = context.workspace
+    return {node.name: spec for node, spec in
+            zip(workspace.tree.nodes, workspace.plan.resolve(workspace.tree), strict=True)}
+
+
+class AttachAdapters(Step):
+    name = "adapters"
+    settings = AdapterSection
+    needs = frozenset({Need.TORCH})
+
+    def asks_for(self, recipe: Recipe) -> list[str]:
+        return ["adapters (adapters are trained)"] if recipe.adapters is not None else []
+
+    def applies(self, context: RunContext) -> bool:
+        return (context.recipe.adapters is not None
+                and context.settings(TrainSection).epochs > 0)
+
+    def run(self, context: RunContext) -> Generator[Event, None, StageReport]:
+        section = context.settings(AdapterSection)
+        if context.settings(QuantizeSection).qat:
+            raise StudioError("adapters and quantize.qat both train for quantization; use "
+                              "adapters (with quantized_base) or QAT, not both")
+        if isinstance(context.after_step, GradualPruner):
+            raise StudioError("adapters keep the base weights frozen, so gradual (AGP) pruning "
+                              "cannot prune them while they train; use prune.schedule: oneshot")
+        model, resolved = context.model, _resolved(context)
+        targets, notes = adapter_targets(model, resolved)
+        for note in notes:
+            context.note(note)
+        if not targets:
+            raise StudioError("adapters: no Linear or Conv layer has an adapter (the plan sets "
+                              "adapter: none everywhere); remove the adapters section or set "
+                              "adapter: lora on some layers")
+        bits: dict[str, int] = {}
+        if section.quantized_base:
+            bits = qat_bits_from_plan(model, resolved)[0]
+            quantize_base(model, bits)
+        attached = attach_adapters(model, targets, context.settings(TrainSection).seed)
+        context.adapters = (attached, context.after_step)
+        context.after_step = None  # the base is frozen: its masks cannot change while training
+        kind = "DoRA" if targets[0].kind == "dora" else "LoRA"
+        ranks = sorted({t.rank for t in targets})
+        share = attached.trainable / attached.base
+        yield Log(f"Adapters: {kind} r={'/'.join(map(str, ranks))} on {len(targets)} layers; "
+                  f"{attached.trainable:,} trainable parameters ({share:.1%} of the "
+                  f"{attached.base:,} frozen)"
+                  + (f"; base rounded to the plan's int bits on {len(bits)} layers" if bits
+                     else ""))
+        return {"kind": targets[0].kind, "layers": {t.name: {"rank": t.rank, "alpha": t.alpha}
+                                                   for t in targets},
+                "dropout": targets[0].dropout, "trainable_params": attached.trainable,
+                "base_params": attached.base, "trainable_fraction": round(share, 5),
+                "quantized_base": bits}
+
+
+class MergeAdapters(Step):
+    """Saves the adapter alone (PEFT format) and folds it into the weights; pruning masks are
+    re-applied after the merge, since a dense low-rank update fills a sparse layer's zeros."""
+
+    name = "merge_adapters"
+    settings = AdapterSection
+    needs = frozenset({Need.TORCH})
+
+    def applies(self, context: RunContext) -> bool:
+        return context.adapters is not None
+
+    def run(self, context: RunContext) -> Generator[Event, None, StageReport]:
+        attached: AttachedAdapters
+        attached, masks = context.adapters
+        section, data = context.settings(AdapterSection), context.task
+        report = context.stages["adapters"]
+        if section.save_adapter:
+            files = save_adapter(attached, context.out_dir)
+            report["files"] = [path.name for path in files]
+        probe = data.test.tensors[0][:PARITY_SAMPLES]
+        device = next(attached.model.parameters()).device
+        with torch.no_grad():
+            attached.model.eval()
+            before = attached.model(probe.to(device))
+        model = context.model = merge_adapters(attached)
+        context.adapters = None
+        with torch.no_grad():
+            after = model(probe.to(device))
+        report["merge_max_abs_diff"] = _max_diff(before, after)
+        if masks is not None:
+            masks(0)
+            context.after_step = masks
+            context.note("Adapters were merged into pruned layers and the pruning masks "
+                         "re-applied: the part of the update on pruned weights is lost; the "
+                         "metric after merging is in the adapters report")
+        value = evaluate(model, data.test, context.token, str(device), metric=data.metric,
+                         reference=context.backend.reference)
+        report["merged_metric"] = {"name": data.metric, "value": value}
+        yield Log(f"Adapters merged into the weights ({data.metric} {value:.4f}"
+                  f"{', masks re-applied' if masks is not None else ''})")
+        return None
+
+
+def _max_diff(before: Any, after: Any) -> float:
+    a, b = first_tensor(before), first_tensor(after)
+    assert a is not None and b is not None
+    return float((a.float() - b.float()).abs().max())
