@@ -15,6 +15,7 @@ from studio.core.data.images import read_image_folder
 from studio.core.data.samples import Samples, check_samples
 from studio.core.data.split import resolve_metric, split_task
 from studio.core.data.tabular import read_csv
+from studio.core.data.validation import carve_validation
 from studio.core.data.task import TaskData, demo_task
 from studio.core.errors import StudioError
 from studio.core.plan.stages import DataSection
@@ -77,8 +78,11 @@ def load_task(section: DataSection, base_dir: Path | None = None, trust: bool = 
     source raises :class:`~studio.core.data.function.FunctionTrustRequired` (a TrustRequired).
     Every problem with the data is a StudioError naming the file, row or field.
     """
-    return dataclasses.replace(_splits(section, base_dir, trust),
+    task = dataclasses.replace(_splits(section, base_dir, trust),
                                constants=constant_inputs(section))
+    if section.validation_samples is not None:
+        task = carve_validation(task, section.validation_samples)
+    return task
 
 
 def _splits(section: DataSection, base_dir: Path | None, trust: bool) -> TaskData:
