@@ -15,8 +15,8 @@ from studio.core.data.images import read_image_folder
 from studio.core.data.samples import Samples, check_samples
 from studio.core.data.split import resolve_metric, split_task
 from studio.core.data.tabular import read_csv
-from studio.core.data.validation import carve_validation
 from studio.core.data.task import TaskData, demo_task
+from studio.core.data.validation import carve_validation
 from studio.core.errors import StudioError
 from studio.core.plan.stages import DataSection
 

@@ -21,6 +21,7 @@ from studio.core.errors import StudioError
 from studio.core.jobs.cancel import CancelToken
 from studio.core.jobs.events import Event
 from studio.core.plan.recipe import Recipe
+from studio.core.search.job import search_job
 
 
 @dataclass(frozen=True)
@@ -99,10 +100,16 @@ def _check_data(spec: JobSpec, token: CancelToken) -> Iterator[Event]:
                               trust=spec.trust_data, vocabulary=spec.options.get("vocabulary"))
 
 
+def _search(spec: JobSpec, token: CancelToken) -> Iterator[Event]:
+    yield from search_job(spec.recipe, spec.base_dir, _out_dir(spec), token, spec.options,
+                          spec.trust, spec.source)
+
+
 KINDS: dict[str, JobKind] = {kind.name: kind for kind in (
     JobKind("run", "Run a recipe: compress, export ONNX, measure", _run),
     JobKind("sensitivity", "Sweep each layer's sparsity and bits", _sensitivity),
     JobKind("check_data", "Load the data and check it fits the model", _check_data),
+    JobKind("search", "Search plans: the metric against size, MACs or latency", _search),
 )}
 
 

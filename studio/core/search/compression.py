@@ -156,10 +156,8 @@ class CompressionProblem:
         torch.set_num_threads(1)  # the same float sums in any worker: bit-identical trials
         try:
             torch.manual_seed(self.settings.seed + request.number)
-            if request.fidelity == "full":
-                outcome = self._full(request)
-            else:
-                outcome = self._proxy(request)
+            run = self._full if request.fidelity == "full" else self._proxy
+            outcome = run(request)
         finally:
             torch.set_num_threads(threads)
         outcome.seconds = round(time.perf_counter() - started, 3)

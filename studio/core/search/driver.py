@@ -21,6 +21,7 @@ from studio.core.jobs.events import Trial
 from studio.core.plan.recipe import Recipe
 from studio.core.project.experiments import new_experiment, save_experiment
 from studio.core.search.executors import Executor, make_executor
+from studio.core.search.front import pareto_ranks
 from studio.core.search.problem import SearchProblem, TrialOutcome, TrialRequest
 from studio.core.search.settings import SearchSettings
 from studio.core.search.study import (
@@ -33,24 +34,6 @@ from studio.core.search.study import (
 
 STAGE = "search"
 TRIALS_DIR = "trials"
-
-
-def pareto_ranks(values: Sequence[Sequence[float]]) -> list[int]:
-    """Non-domination rank of each point (0: on the front), every value minimised. Written
-    here because Optuna keeps its own sorting private; generations are small (O(n²) is fine)."""
-    ranks = [-1] * len(values)
-    left = set(range(len(values)))
-    rank = 0
-    while left:
-        front = {i for i in left if not any(
-            all(a <= b for a, b in zip(values[j], values[i], strict=True))
-            and any(a < b for a, b in zip(values[j], values[i], strict=True))
-            for j in left if j != i)}
-        for i in front:
-            ranks[i] = rank
-        left -= front
-        rank += 1
-    return ranks
 
 
 def promoted(outcomes: dict[int, TrialOutcome], fraction: float) -> list[int]:
