@@ -24,6 +24,7 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QDialog,
     QDockWidget,
     QFileDialog,
     QInputDialog,
@@ -45,6 +46,7 @@ from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import DEMO
 from studio.core.plan.estimate import estimate
 from studio.core.project.session import Session
+from studio.core.search.settings import SearchSettings
 from studio.core.workspace import Workspace
 from studio.qt import dialogs
 from studio.qt.compress_controller import CompressController
@@ -58,6 +60,9 @@ from studio.qt.plots import CurvesPlot, ParetoPlot, PlanDiffView, SensitivityHea
 from studio.qt.project_controller import ProjectController
 from studio.qt.recent import RecentFiles
 from studio.qt.run_settings import RunSettingsController, RunSettingsPanel
+from studio.qt.search_controller import SearchController
+from studio.qt.search_dialog import SearchDialog
+from studio.qt.search_panel import SearchPanel
 from studio.qt.session import QtSession
 from studio.qt.totals import TotalsPanel
 from studio.qt.tree_filter import LayerFilterProxy
@@ -176,6 +181,7 @@ class MainWindow(QMainWindow):
         self.curves = CurvesPlot()
         self.heatmap = SensitivityHeatmap()
         self.heatmap.layerSelected.connect(self.select_layer)
+        self.search_panel = SearchPanel()
         experiments = QSplitter(Qt.Orientation.Horizontal)
         experiments.addWidget(self.pareto)
         experiments.addWidget(self.plan_diff)
@@ -183,7 +189,8 @@ class MainWindow(QMainWindow):
         docks = []
         for title, widget in (("Experiments", experiments), ("Data", self.data_panel),
                               ("Run settings", self.run_settings), ("Jobs", self.jobs),
-                              ("Training", self.curves), ("Sensitivity", self.heatmap)):
+                              ("Training", self.curves), ("Sensitivity", self.heatmap),
+                              ("Search", self.search_panel)):
             dock = QDockWidget(title, self)
             dock.setObjectName(f"dock-{title.lower()}")
             dock.setWidget(widget)
@@ -208,6 +215,10 @@ class MainWindow(QMainWindow):
                                            self.project.save_as, self,
                                            self.run_in_background, self)
         self.compress.notice.connect(self.notices.show_notice)
+        self.search = SearchController(
+            self.qsession, self.compress, self.search_panel,
+            lambda settings, estimate: self.ask_search(settings, estimate), self)
+        self.search.notice.connect(self.notices.show_notice)
 
     # --- the session, as the controllers and tests read it ----------------------------------
     @property
@@ -296,8 +307,10 @@ class MainWindow(QMainWindow):
         self.data_action = self._action("&Data…", self.show_data_panel)
         self.run_settings_action = self._action("Run &Settings…",
                                                 lambda: self.show_dock("Run settings"))
+        self.search_action = self._action("Searc&h…", self.start_search)
         compress.addActions([self.data_action, self.run_settings_action, self.run_action,
-                             self.sensitivity_action, self.allocate_action])
+                             self.sensitivity_action, self.allocate_action,
+                             self.search_action])
         compress.addSeparator()
         compress.addAction(self.export_plot_action)
         view = self.menuBar().addMenu("&View")
@@ -373,6 +386,15 @@ class MainWindow(QMainWindow):
 
     def ask_target(self, metric_label: str) -> Target | None:
         return dialogs.ask_target(self, metric_label)
+
+    def ask_search(self, settings: SearchSettings,
+                   estimate: Callable[[SearchSettings], float]) -> SearchSettings | None:
+        dialog = SearchDialog(settings, estimate, self)
+        return dialog.settings() if dialog.exec() == QDialog.DialogCode.Accepted else None
+
+    def start_search(self) -> None:
+        self.show_dock("Search")
+        self.search.choose()
 
     # --- notices ---------------------------------------------------------------------------
     def show_error(self, message: str) -> None:

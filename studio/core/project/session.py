@@ -31,7 +31,12 @@ from studio.core.project.autosave import (
     pending_autosave,
     write_autosave,
 )
-from studio.core.project.experiments import Experiment, load_experiments_report, save_experiment
+from studio.core.project.experiments import (
+    Experiment,
+    load_experiments,
+    load_experiments_report,
+    save_experiment,
+)
 from studio.core.project.project import PROJECT_FILE, load_project, project_file, save_project
 from studio.core.project.studies import load_sensitivity, save_sensitivity
 from studio.core.reports.sensitivity_report import SensitivityReport
@@ -247,6 +252,19 @@ class Session:
         if experiment.status == "finished" and experiment.report is not None:
             self.experiments[experiment.id] = experiment
             self._notify("experiment", experiment)
+
+    def adopt_experiment(self, experiment_id: str) -> Experiment | None:
+        """Add to the history an experiment a job saved into the project itself (a search's
+        full-fidelity trial); ``None`` when it is not there or not a finished one."""
+        if self.project_dir is None:
+            return None
+        found = next((e for e in load_experiments(self.project_dir)
+                      if e.id == experiment_id), None)
+        if found is None or found.status != "finished" or not found.report:
+            return None
+        self.experiments[found.id] = found
+        self._notify("experiment", found)
+        return found
 
     def set_sensitivity(self, report: SensitivityReport) -> None:
         """Keep a finished sweep (in the project, when there is one) and tell observers;

@@ -25,6 +25,7 @@ from studio.core.search.front import pareto_ranks
 from studio.core.search.problem import SearchProblem, TrialOutcome, TrialRequest
 from studio.core.search.settings import SearchSettings
 from studio.core.search.study import (
+    INTERRUPTED,
     finished,
     open_study,
     recover_interrupted,
@@ -165,6 +166,8 @@ def run_search(problem: SearchProblem, settings: SearchSettings, folder: Path,
                   f"already in {study_path(folder)}; running on {run.executor.where}")
         if again:
             yield Log(f"Trial(s) {', '.join(map(str, again))} were interrupted; they run again")
+        for number in again:
+            yield Trial(number, "failed", reason=INTERRUPTED)
         yield from run.full(run.unfinished_full())
         while True:
             left = settings.trials - len(finished(run.study))
