@@ -1,6 +1,7 @@
 """The search loop, the same for every search and every executor: ask a generation of trials
 from the study, evaluate them at the cheap fidelity wherever the executor runs them, tell the
-study in trial order (so the sampler sees the same history however many workers ran it), then
+study each as it finishes (the next generation is asked only once all are told, so the sampler
+sees the same history however many workers ran it), then
 run the best share of the generation at full fidelity (successive halving) and save each as an
 experiment of the project.
 """
@@ -76,19 +77,17 @@ class _Run:
         for trial in asked:
             yield Trial(trial.number, "running", "proxy", params=dict(trial.params))
         outcomes: dict[int, TrialOutcome | str] = {}
-        try:
-            for request, outcome in self.executor.run(
-                    self.problem, [TrialRequest(t.number, dict(t.params), "proxy")
-                                   for t in asked]):
-                outcomes[request.number] = outcome
-                self.evaluated += 1
-                yield self._trial_event(request.number, outcome, request.params)
-                yield Progress(STAGE, len(finished(study)) + len(outcomes),
-                               self.settings.trials)
-                self.token.check()
-        finally:  # what finished is kept, even when cancelled mid-generation
-            for number in sorted(outcomes):
-                self._tell(by_number[number], outcomes[number])
+        for request, outcome in self.executor.run(
+                self.problem, [TrialRequest(t.number, dict(t.params), "proxy") for t in asked]):
+            # Told at once, so a kill loses no finished trial. The order of tells within a
+            # generation does not change what the sampler sees at the next ask (the study's
+            # trials by number), so any number of workers gives the same next generation.
+            self._tell(by_number[request.number], outcome)
+            outcomes[request.number] = outcome
+            self.evaluated += 1
+            yield self._trial_event(request.number, outcome, request.params)
+            yield Progress(STAGE, len(finished(study)), self.settings.trials)
+            self.token.check()
         if self.settings.full_fidelity:
             good = {n: o for n, o in outcomes.items() if isinstance(o, TrialOutcome)}
             chosen = promoted(good, self.settings.promote_fraction)

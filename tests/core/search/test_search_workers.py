@@ -23,7 +23,7 @@ def _trials(events) -> list[tuple[int, dict, list[float]]]:
 
 
 def test_two_local_workers_give_the_single_worker_trials(tmp_path: Path) -> None:
-    settings = tiny_settings(trials=4, population=4)
+    settings = tiny_settings(trials=4, population=2)  # the second generation follows tells
     single = _trials(run_search(tiny_problem(settings, tmp_path), settings, tmp_path / "one",
                                 CancelToken(), InProcess()))
     pooled = _trials(run_search(tiny_problem(settings, tmp_path), settings, tmp_path / "two",
