@@ -98,6 +98,8 @@ class SearchPrinter:
         self.stream, self.started = stream, time.monotonic()
         self.deadline = None if minutes is None else self.started + 60 * minutes
         self.first_done: int | None = None
+        self._pending = ""
+        """The last trial's line, printed with the count and time left that follow it."""
 
     def left(self, done: int, total: int) -> str:
         if self.first_done is None:
@@ -122,8 +124,7 @@ class SearchPrinter:
             if event.fidelity == "full":
                 self.stream.write(self._pending + "\n")
         elif isinstance(event, Progress):
-            line = getattr(self, "_pending", "")
-            self.stream.write(f"{line} [{event.done}/{event.total}, "
+            self.stream.write(f"{self._pending} [{event.done}/{event.total}, "
                               f"{self.left(event.done, event.total)}]\n")
         self.stream.flush()
 
