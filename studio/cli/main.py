@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from studio import __version__
 from studio.cli.inspect import add_inspect_command
 from studio.cli.run import add_run_command
+from studio.cli.search import add_search_command
 from studio.core.errors import StudioError
 
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     gui.set_defaults(handler=_gui)
     add_inspect_command(commands, common)
     add_run_command(commands, common)
+    add_search_command(commands, common)
     return parser
 
 

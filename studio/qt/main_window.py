@@ -24,6 +24,7 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QDialog,
     QDockWidget,
     QFrame,
     QLineEdit,
@@ -43,6 +44,7 @@ from superqt.utils import create_worker
 from studio.core.models.loaded import DEMO
 from studio.core.plan.estimate import estimate
 from studio.core.project.session import Session
+from studio.core.search.settings import SearchSettings
 from studio.core.workspace import Workspace
 from studio.qt.compress_controller import CompressController
 from studio.qt.data_controller import DataController
@@ -59,6 +61,9 @@ from studio.qt.project_controller import ProjectController
 from studio.qt.recent import RecentFiles
 from studio.qt.results_controller import ResultsController
 from studio.qt.run_settings import RunSettingsController, RunSettingsPanel
+from studio.qt.search_controller import SearchController
+from studio.qt.search_dialog import SearchDialog
+from studio.qt.search_panel import SearchPanel
 from studio.qt.session import QtSession
 from studio.qt.totals import TotalsPanel
 from studio.qt.tree_filter import LayerFilterProxy
@@ -202,6 +207,7 @@ class MainWindow(WindowQuestions, QMainWindow):
         self.results.notice.connect(self.notices.show_notice)
         self.results.reportRequested.connect(lambda: self.show_dock("Report"))
         self.results.compareShown.connect(lambda: self.show_dock("Compare"))
+        self.search_panel = SearchPanel()
         docks = []
         for title, widget in (("Experiments", splitter(self.pareto, self.results.table)),
                               ("Report", self.results.report),
@@ -209,7 +215,8 @@ class MainWindow(WindowQuestions, QMainWindow):
                                                    Qt.Orientation.Vertical)),
                               ("Data", self.data_panel),
                               ("Run settings", self.run_settings), ("Jobs", self.jobs),
-                              ("Training", self.curves), ("Sensitivity", self.heatmap)):
+                              ("Training", self.curves), ("Sensitivity", self.heatmap),
+                              ("Search", self.search_panel)):
             dock = QDockWidget(title, self)
             dock.setObjectName(f"dock-{title.lower()}")
             dock.setWidget(widget)
@@ -233,6 +240,10 @@ class MainWindow(WindowQuestions, QMainWindow):
                                            self.heatmap, self.data.job_consent, self,
                                            self.run_in_background, self)
         self.compress.notice.connect(self.notices.show_notice)
+        self.search = SearchController(
+            self.qsession, self.compress, self.search_panel,
+            lambda settings, estimate: self.ask_search(settings, estimate), self)
+        self.search.notice.connect(self.notices.show_notice)
 
     # --- the session, as the controllers and tests read it ----------------------------------
     @property
@@ -325,8 +336,10 @@ class MainWindow(WindowQuestions, QMainWindow):
         self.data_action = self._action("&Data…", self.show_data_panel)
         self.run_settings_action = self._action("Run &Settings…",
                                                 lambda: self.show_dock("Run settings"))
+        self.search_action = self._action("Searc&h…", self.start_search)
         compress.addActions([self.data_action, self.run_settings_action, self.run_action,
-                             self.sensitivity_action, self.allocate_action])
+                             self.sensitivity_action, self.allocate_action,
+                             self.search_action])
         compress.addSeparator()
         compress.addAction(self.export_plot_action)
         view = self.menuBar().addMenu("&View")
@@ -357,6 +370,15 @@ class MainWindow(WindowQuestions, QMainWindow):
             self.recent_menu.addAction(path, lambda p=path: self.project.open_path(p))
         if self.recent_menu.isEmpty():
             self.recent_menu.addAction("(none)").setEnabled(False)
+
+    def ask_search(self, settings: SearchSettings,
+                   estimate: Callable[[SearchSettings], float]) -> SearchSettings | None:
+        dialog = SearchDialog(settings, estimate, self)
+        return dialog.settings() if dialog.exec() == QDialog.DialogCode.Accepted else None
+
+    def start_search(self) -> None:
+        self.show_dock("Search")
+        self.search.choose()
 
     # --- notices ---------------------------------------------------------------------------
     def show_error(self, message: str) -> None:

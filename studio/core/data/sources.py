@@ -17,6 +17,7 @@ from studio.core.data.split import resolve_metric, split_task
 from studio.core.data.tabular import read_csv
 from studio.core.data.task import TaskData, demo_task
 from studio.core.data.text import read_text_blocks
+from studio.core.data.validation import carve_validation
 from studio.core.errors import StudioError
 from studio.core.plan.stages import DataSection
 
@@ -87,8 +88,11 @@ def load_task(section: DataSection, base_dir: Path | None = None, trust: bool = 
     source raises :class:`~studio.core.data.function.FunctionTrustRequired` (a TrustRequired).
     Every problem with the data is a StudioError naming the file, row or field.
     """
-    return dataclasses.replace(_splits(section, base_dir, trust, model_path),
+    task = dataclasses.replace(_splits(section, base_dir, trust, model_path),
                                constants=constant_inputs(section))
+    if section.validation_samples is not None:
+        task = carve_validation(task, section.validation_samples)
+    return task
 
 
 def _splits(section: DataSection, base_dir: Path | None, trust: bool,

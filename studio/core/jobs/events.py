@@ -40,9 +40,24 @@ class Result:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-Event = Progress | Metric | Log | Artifact | Result
+@dataclass(frozen=True)
+class Trial:
+    """One search trial as it stands: ``state`` running, complete or failed; ``fidelity``
+    proxy or full; ``figures`` its numbers (drop_pt, cost ratios); ``reason`` why it failed."""
+
+    number: int
+    state: str
+    fidelity: str = "proxy"
+    figures: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    experiment: str = ""
+    """The experiment id a full-fidelity trial was saved as."""
+
+
+Event = Progress | Metric | Log | Artifact | Result | Trial
 _TYPES: dict[str, type] = {cls.__name__.lower(): cls
-                           for cls in (Progress, Metric, Log, Artifact, Result)}
+                           for cls in (Progress, Metric, Log, Artifact, Result, Trial)}
 
 
 def event_to_json(event: Event) -> dict[str, Any]:

@@ -99,10 +99,18 @@ def _check_data(spec: JobSpec, token: CancelToken) -> Iterator[Event]:
                               trust=spec.trust_data, vocabulary=spec.options.get("vocabulary"))
 
 
+def _search(spec: JobSpec, token: CancelToken) -> Iterator[Event]:
+    from studio.core.search.job import search_job  # Optuna only for searches (~0.5 s import)
+
+    yield from search_job(spec.recipe, spec.base_dir, _out_dir(spec), token, spec.options,
+                          spec.trust, spec.source)
+
+
 KINDS: dict[str, JobKind] = {kind.name: kind for kind in (
     JobKind("run", "Run a recipe: compress, export ONNX, measure", _run),
     JobKind("sensitivity", "Sweep each layer's sparsity and bits", _sensitivity),
     JobKind("check_data", "Load the data and check it fits the model", _check_data),
+    JobKind("search", "Search plans: the metric against size, MACs or latency", _search),
 )}
 
 

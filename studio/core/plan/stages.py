@@ -81,6 +81,9 @@ class DataSection(_Section):
     """Drawn from the training split, never from the test split."""
     train_samples: int | None = Field(default=None, ge=1,
                                       description="fine-tune on the first N training samples")
+    validation_samples: int | None = Field(default=None, ge=1)
+    """Score on the last N training samples (a validation split, kept out of fine-tuning and
+    calibration) instead of the test split: what a search selects on."""
     max_samples: int = Field(default=50_000, ge=1, le=10_000_000)
     """``function`` sources: stop reading after this many samples (an endless generator
     cannot hang the job); ``text``: keep at most this many blocks."""

@@ -41,6 +41,7 @@ from studio.core.project.experiment_files import (
 from studio.core.project.experiments import (
     Experiment,
     experiment_dir,
+    load_experiments,
     load_experiments_report,
     save_experiment,
 )
@@ -335,6 +336,19 @@ class Session:
         :func:`~studio.core.project.experiment_files.export_experiment`)."""
         folder, experiment = self._experiment(experiment_id)
         return export_experiment(folder, experiment, target, replace)
+
+    def adopt_experiment(self, experiment_id: str) -> Experiment | None:
+        """Add to the history an experiment a job saved into the project itself (a search's
+        full-fidelity trial); ``None`` when it is not there or not a finished one."""
+        if self.project_dir is None:
+            return None
+        found = next((e for e in load_experiments(self.project_dir)
+                      if e.id == experiment_id), None)
+        if found is None or found.status != "finished" or not found.report:
+            return None
+        self.experiments[found.id] = found
+        self._notify("experiment", found)
+        return found
 
     def set_sensitivity(self, report: SensitivityReport) -> None:
         """Keep a finished sweep (in the project, when there is one) and tell observers;

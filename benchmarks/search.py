@@ -1,0 +1,205 @@
+"""Compression search on the demo against the example recipes and the greedy allocator at the
+same CPU budget (hypervolume of metric drop against ONNX bytes), and trials per minute with 1
+and 2 local workers and a local Ray of 2 CPUs on the same trials.
+
+Every figure is on the validation split carved from the training data (500 digits): the search
+selects on it, so the recipes and the allocator are scored on it too, and the test split is
+never read. Hypervolume: the area each method's points dominate in (drop in points, bytes ratio)
+up to (10 points, 1.0), every value minimised.
+
+    python -m benchmarks.search --json PATH [--budget-s S] [--throughput-trials N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import machine_info, write_json
+from benchmarks.pareto import load_recipe, run_engine
+from studio.core.data.sources import load_task
+from studio.core.engine.allocate import Target, allocate
+from studio.core.engine.sensitivity import sensitivity_workspace
+from studio.core.jobs import CancelToken, Result
+from studio.core.plan.plan import ROOT, Plan
+from studio.core.plan.recipe import Recipe
+from studio.core.plan.spec import LayerSpec
+from studio.core.plan.stages import DataSection, TrainSection
+from studio.core.reports.sensitivity_report import SensitivityReport
+from studio.core.resources import resource_path
+from studio.core.search.compression import CompressionProblem, full_figures
+from studio.core.search.driver import run_search
+from studio.core.search.executors import InProcess, LocalProcesses, RayCluster
+from studio.core.search.front import hypervolume
+from studio.core.search.settings import SearchSettings
+from studio.core.workspace import open_recipe_workspace
+
+VALIDATION = 500
+REFERENCE = (10.0, 1.0)
+RECIPES = ("demo-int8.yaml", "demo-structured-kd.yaml", "demo-combined.yaml",
+           "demo-qat-mixed.yaml")
+SIZE_TARGETS = (0.5, 0.3, 0.2, 0.1)
+BASE = "demo-combined.yaml"
+"""The search's and the allocator's recipe: its data, KD and quantization settings; the plan
+is theirs, with one recovery epoch."""
+
+
+def _cpu_s() -> float:
+    own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                           resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _on_validation(recipe: Recipe) -> Recipe:
+    data = recipe.section(DataSection).model_copy(update={"validation_samples": VALIDATION})
+    return recipe.model_copy(update={"data": data})
+
+
+def _point(report: dict[str, Any]) -> list[float]:
+    figures = full_figures(report)
+    return [figures["drop_pt"], figures["bytes"]]
+
+
+def _timed(run: Callable[[], list[list[float]]]) -> tuple[list[list[float]], float, float]:
+    cpu, wall = _cpu_s(), time.perf_counter()
+    points = run()
+    return points, round(_cpu_s() - cpu, 1), round(time.perf_counter() - wall, 1)
+
+
+def recipes(out: Path) -> list[list[float]]:
+    return [_point(run_engine(_on_validation(load_recipe(name, False)), out / name, name))
+            for name in RECIPES]
+
+
+def allocator(out: Path, epochs: int) -> list[list[float]]:
+    base = _on_validation(load_recipe(BASE, False))
+    workspace = open_recipe_workspace(base, resource_path("recipes"))
+    task = load_task(base.section(DataSection), resource_path("recipes"))
+    report = None
+    for event in sensitivity_workspace(workspace, CancelToken(), granularity="channels",
+                                       subset=VALIDATION, task=task,
+                                       section=base.section(DataSection)):
+        if isinstance(event, Result):
+            report = SensitivityReport.from_json(event.report)
+    assert report is not None
+    start = Plan({ROOT: LayerSpec(act_bits="int8")})
+    points = []
+    train = base.section(TrainSection).model_copy(update={"epochs": epochs})
+    for target in SIZE_TARGETS:
+        plan = allocate(workspace.tree, report, Target("size", target), base_plan=start).plan
+        recipe = Recipe.build(plan, base.model, None, base.stages()).model_copy(
+            update={"train": train})
+        points.append(_point(run_engine(recipe, out / f"allocate-{target}",
+                                        f"allocate size {target}")))
+    return points
+
+
+def search(out: Path, budget_s: float, epochs: int) -> tuple[list[list[float]], int]:
+    settings = SearchSettings(costs=["bytes"], trials=10_000, minutes=budget_s / 60,
+                              bits=["fp32", "int8", "int4"], full_epochs=epochs,
+                              validation_samples=VALIDATION)
+    problem = CompressionProblem.create(load_recipe(BASE, False), resource_path("recipes"),
+                                        False, settings, BASE)
+    report = None
+    for event in run_search(problem, settings, out / "search", CancelToken(), InProcess()):
+        if isinstance(event, Result):
+            report = event.report
+    assert report is not None
+    full = [row for row in report["trials"] if row["fidelity"] == "full"
+            and row["state"] == "complete"]
+    return [[row["figures"]["drop_pt"], row["figures"]["bytes"]] for row in full], len(
+        report["trials"])
+
+
+def throughput(out: Path, trials: int) -> dict[str, Any]:
+    """The same proxy-only trials in one process, two local processes and a local Ray."""
+    settings = SearchSettings(costs=["bytes"], trials=trials, population=trials // 2,
+                              full_fidelity=False, validation_samples=VALIDATION,
+                              bits=["fp32", "int8", "int4"])
+    problem = CompressionProblem.create(load_recipe(BASE, False), resource_path("recipes"),
+                                        False, settings, BASE)
+    executors: dict[str, Callable[[], Any]] = {"1": InProcess, "2": lambda: LocalProcesses(2)}
+    if importlib.util.find_spec("ray") is not None:
+        executors["ray"] = lambda: RayCluster("local", 2)
+    figures: dict[str, Any] = {}
+    reference = None
+    for name, make in executors.items():
+        started = time.perf_counter()
+        executor = make()
+        ready = time.perf_counter()
+        rows = None
+        for event in run_search(problem, settings, out / f"speed-{name}", CancelToken(),
+                                executor):
+            if isinstance(event, Result):
+                rows = [(row["number"], row["params"], row["proxy"])
+                        for row in event.report["trials"]]
+        total = time.perf_counter() - started
+        figures[f"trials_per_min_{name}"] = round(trials / total * 60, 1)
+        figures[f"startup_s_{name}"] = round(ready - started, 1)
+        figures[f"wall_s_{name}"] = round(total, 1)
+        if reference is None:
+            reference = rows
+        figures[f"identical_{name}"] = rows == reference
+    return figures
+
+
+def run(out: Path, budget_s: float | None, trials: int, epochs: int) -> dict[str, Any]:
+    torch.set_num_threads(1)  # one core per trial, as the search's workers run
+    recipe_points, recipe_cpu, recipe_wall = _timed(lambda: recipes(out))
+    allocator_points, allocator_cpu, allocator_wall = _timed(lambda: allocator(out, epochs))
+    budget = budget_s if budget_s is not None else recipe_wall
+    found: dict[str, Any] = {}
+    search_points, search_cpu, search_wall = _timed(
+        lambda: found.setdefault("points", search(out, budget, epochs))[0])
+    result: dict[str, Any] = {
+        "machine": machine_info(),
+        "reference_point": list(REFERENCE),
+        "search_hypervolume": hypervolume(search_points, REFERENCE),
+        "recipes_hypervolume": hypervolume(recipe_points, REFERENCE),
+        "allocator_hypervolume": hypervolume(allocator_points, REFERENCE),
+        "search": {"points": search_points, "cpu_s": search_cpu, "wall_s": search_wall,
+                   "budget_wall_s": round(budget, 1), "trials": found["points"][1]},
+        "recipes": {"points": recipe_points, "cpu_s": recipe_cpu, "wall_s": recipe_wall,
+                    "names": list(RECIPES)},
+        "allocator": {"points": allocator_points, "cpu_s": allocator_cpu,
+                      "wall_s": allocator_wall, "size_targets": list(SIZE_TARGETS)},
+        "subnet_macs_ratio": None, "subnet_drop_pt": None, "subnet_spearman": None,
+        "subnet_note": "the elastic-subnet search is another task's",
+    }
+    result.update(throughput(out, trials))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="write every figure to this file")
+    parser.add_argument("--budget-s", type=float,
+                        help="the search's wall-clock budget (default: what the recipes took)")
+    parser.add_argument("--throughput-trials", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=1,
+                        help="recovery epochs of the search's and the allocator's runs")
+    args = parser.parse_args(argv)
+    scratch = Path(tempfile.mkdtemp(prefix="search-bench-"))
+    try:
+        result = run(scratch, args.budget_s, args.throughput_trials, args.epochs)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    for key in ("search_hypervolume", "recipes_hypervolume", "allocator_hypervolume",
+                "trials_per_min_1", "trials_per_min_2", "trials_per_min_ray"):
+        print(f"{key}: {result.get(key)}")
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

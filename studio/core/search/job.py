@@ -1,0 +1,39 @@
+"""The ``search`` job: a compression search over the recipe's plan, stored in ``out_dir``
+(``search.db``; full-fidelity trials as experiments under ``out_dir/experiments`` or the
+project named by ``project_dir``). Running it again on the same folder resumes it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from studio.core.errors import StudioError
+from studio.core.jobs import CancelToken, Event
+from studio.core.plan.recipe import Recipe
+from studio.core.search.compression import CompressionProblem
+from studio.core.search.driver import run_search
+from studio.core.search.settings import SearchSettings
+
+
+def search_settings(options: Mapping[str, Any], source: str = "search") -> SearchSettings:
+    """The options as settings, or one line naming the bad ones."""
+    values = {k: v for k, v in options.items() if k != "project_dir"}
+    try:
+        return SearchSettings.model_validate(values)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+                             for e in error.errors())
+        raise StudioError(f"{source}: {problems}") from error
+
+
+def search_job(recipe: Recipe, base_dir: Path | None, out_dir: Path, token: CancelToken,
+               options: Mapping[str, Any], trust: bool = False, source: str = "recipe"
+               ) -> Iterator[Event]:
+    settings = search_settings(options, source)
+    problem = CompressionProblem.create(recipe, base_dir, trust, settings, source)
+    project = options.get("project_dir")
+    yield from run_search(problem, settings, out_dir, token,
+                          project_dir=Path(project) if project else None)

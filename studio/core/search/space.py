@@ -1,0 +1,93 @@
+"""What a search chooses and how a choice becomes something to evaluate.
+
+A :class:`SearchSpace` is Optuna distributions by parameter name; the driver asks the study for
+a whole set of parameters at once (ask/tell), so a trial is plain data that crosses to a worker
+process or a Ray node. :class:`CompressionSpace` searches the plan: per dependency group the
+sparsity and granularity (coupled layers share a channel cut, or the model no longer runs), per
+layer the weight bits. Another search (elastic subnets) brings its own space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+
+from studio.core.errors import StudioError
+from studio.core.graph.tree import LayerTree
+from studio.core.plan.plan import Plan
+from studio.core.plan.spec import LayerSpec
+from studio.core.search.settings import SearchSettings
+
+FLOAT = "fp32"
+
+
+class SearchSpace(Protocol):
+    def distributions(self) -> dict[str, BaseDistribution]:
+        """Parameter name -> the values it may take (a fixed space: NSGA-II crosses over it)."""
+        ...
+
+
+def unit_key(unit: Sequence[str]) -> str:
+    return "+".join(unit)
+
+
+class CompressionSpace:
+    """Plans over ``layers`` (grouped into ``units`` that share a cut) on top of ``base``."""
+
+    def __init__(self, settings: SearchSettings, layers: Sequence[str],
+                 groups: Mapping[str, Sequence[str]], base: Plan) -> None:
+        self.settings, self.base = settings, base
+        self.layers = list(layers)
+        self.units: list[list[str]] = []
+        seen: set[str] = set()
+        for name in self.layers:
+            if name in seen:
+                continue
+            unit = [member for member in groups.get(name, [name]) if member in self.layers]
+            unit = unit or [name]
+            seen.update(unit)
+            self.units.append(unit)
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        settings = self.settings
+        found: dict[str, BaseDistribution] = {}
+        for unit in self.units:
+            key = unit_key(unit)
+            found[f"sparsity/{key}"] = CategoricalDistribution(settings.sparsity_levels)
+            if len(settings.granularities) > 1:
+                found[f"granularity/{key}"] = CategoricalDistribution(settings.granularities)
+        if len(settings.bits) > 1:
+            for name in self.layers:
+                found[f"bits/{name}"] = CategoricalDistribution(settings.bits)
+        return found
+
+    def plan(self, params: Mapping[str, Any]) -> Plan:
+        """The base plan with the searched fields of every searched layer set from ``params``."""
+        settings = self.settings
+        plan = self.base.copy()
+        for unit in self.units:
+            key = unit_key(unit)
+            sparsity = float(params.get(f"sparsity/{key}", 0.0))
+            granularity = str(params.get(f"granularity/{key}", settings.granularities[0]))
+            for name in unit:
+                bits = str(params.get(f"bits/{name}", settings.bits[0]))
+                values = plan.spec(name).model_dump()
+                values.update(sparsity=sparsity, granularity=granularity,
+                              weight_bits=bits,
+                              act_bits="int8" if bits == "int8" else FLOAT)
+                plan.set_spec(name, LayerSpec.model_validate(values))
+        return plan
+
+
+def searched_layers(tree: LayerTree, asked: Sequence[str] | None) -> list[str]:
+    """The tree's prunable layers, or those asked for (each must be one)."""
+    prunable = [node.name for node in tree.nodes if node.prunable]
+    if asked is None:
+        return prunable
+    unknown = [name for name in asked if name not in prunable]
+    if unknown:
+        raise StudioError(f"search: {', '.join(map(repr, unknown))} is not a prunable layer "
+                          "of the model (a Conv or Linear with a weight)")
+    return list(asked)
