@@ -42,7 +42,7 @@ def test_capabilities_pick_the_backend_and_its_steps(tiny_onnx):
 
 
 def test_a_renamed_file_is_read_by_its_content(tiny_onnx, tmp_path):
-    assert set(MODEL_SUFFIXES) == {".onnx", ".safetensors", ".pt2", ".pt", ".pth"}
+    assert set(MODEL_SUFFIXES) == {".onnx", ".safetensors", ".pt2", ".pt", ".pth", ".gguf"}
     renamed = tmp_path / "model.bin"
     shutil.copy(tiny_onnx, renamed)
     loaded = open_model(renamed)
