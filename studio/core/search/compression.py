@@ -164,12 +164,13 @@ class CompressionProblem:
         outcome.constraints = self.constraints(outcome)
         return outcome
 
-    def constraints(self, outcome: TrialOutcome) -> list[float]:
-        found = []
+    def constraints(self, outcome: TrialOutcome) -> dict[str, float]:
+        found = {}
         if self.settings.max_drop_pt is not None:
-            found.append(outcome.figures["drop_pt"] - self.settings.max_drop_pt)
+            found["drop_pt"] = outcome.figures["drop_pt"] - self.settings.max_drop_pt
         if self.settings.max_cost_ratio is not None:
-            found.append(outcome.figures[self.settings.costs[0]] - self.settings.max_cost_ratio)
+            cost = self.settings.costs[0]
+            found[cost] = outcome.figures[cost] - self.settings.max_cost_ratio
         return found
 
     def _values(self, figures: dict[str, float]) -> list[float]:

@@ -46,7 +46,7 @@ def promoted(outcomes: dict[int, TrialOutcome], fraction: float) -> list[int]:
         return []
     ranks = pareto_ranks([outcomes[n].values for n in numbers])
     order = sorted(range(len(numbers)), key=lambda i: (
-        sum(max(0.0, c) for c in outcomes[numbers[i]].constraints), ranks[i],
+        sum(max(0.0, c) for c in outcomes[numbers[i]].constraints.values()), ranks[i],
         sum(outcomes[numbers[i]].values), numbers[i]))
     count = max(1, math.ceil(len(numbers) * fraction))
     return sorted(numbers[i] for i in order[:count])
@@ -99,7 +99,8 @@ class _Run:
             self.study.tell(trial, state=TrialState.FAIL)
             return
         trial.set_user_attr("figures", outcome.figures)
-        trial.set_user_attr("constraints", outcome.constraints)
+        for name, excess in outcome.constraints.items():  # what the samplers read
+            trial.set_constraint(name, excess)
         trial.set_user_attr("seconds", outcome.seconds)
         self.study.tell(trial, outcome.values)
 

@@ -37,8 +37,8 @@ class TrialOutcome:
     recipe: dict[str, Any] | None = None
     report: dict[str, Any] | None = None
     files: dict[str, str] = field(default_factory=dict)
-    constraints: list[float] = field(default_factory=list)
-    """Each constraint's excess; 0 or less is feasible."""
+    constraints: dict[str, float] = field(default_factory=dict)
+    """Each constraint's excess by the figure it limits; 0 or less is feasible."""
 
 
 class SearchProblem(Protocol):

@@ -26,16 +26,12 @@ STUDY_NAME = "search"
 INTERRUPTED = "interrupted: the search stopped while this trial ran; it runs again on resume"
 
 
-def constraints_of(trial: FrozenTrial) -> Sequence[float]:
-    return trial.user_attrs.get("constraints", [])
-
-
-def _sampler(settings: SearchSettings, constrained: bool) -> optuna.samplers.BaseSampler:
-    constraints = constraints_of if constrained else None
+def _sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
+    """Both samplers read the constraints each trial sets (``Trial.set_constraint``)."""
     if settings.single_objective:
-        return optuna.samplers.TPESampler(seed=settings.seed, constraints_func=constraints,
+        return optuna.samplers.TPESampler(seed=settings.seed,
                                           n_startup_trials=settings.population)
-    return optuna.samplers.NSGAIISampler(seed=settings.seed, constraints_func=constraints,
+    return optuna.samplers.NSGAIISampler(seed=settings.seed,
                                          population_size=settings.population)
 
 
@@ -55,9 +51,8 @@ def open_study(folder: Path, settings: SearchSettings, objectives: Sequence[str]
     optuna.logging.set_verbosity(logging.WARNING)
     folder.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(f"sqlite:///{study_path(folder)}")
-    constrained = settings.max_drop_pt is not None or settings.max_cost_ratio is not None
     study = optuna.create_study(storage=storage, study_name=STUDY_NAME, load_if_exists=True,
-                                sampler=_sampler(settings, constrained),
+                                sampler=_sampler(settings),
                                 directions=["minimize"] * len(objectives))
     space = _space_json(distributions)
     known = study.user_attrs.get("space")

@@ -22,10 +22,10 @@ def test_pareto_ranks_peel_fronts() -> None:
 
 
 def test_promotion_takes_feasible_trials_first_then_the_front() -> None:
-    outcomes = {0: TrialOutcome([0.1, 0.2], constraints=[1.0]),  # best values, infeasible
-                1: TrialOutcome([1.0, 0.5], constraints=[0.0]),
-                2: TrialOutcome([2.0, 0.9], constraints=[-1.0]),
-                3: TrialOutcome([0.5, 1.0], constraints=[0.0])}
+    outcomes = {0: TrialOutcome([0.1, 0.2], constraints={"drop_pt": 1.0}),  # best, infeasible
+                1: TrialOutcome([1.0, 0.5], constraints={"drop_pt": 0.0}),
+                2: TrialOutcome([2.0, 0.9], constraints={"drop_pt": -1.0}),
+                3: TrialOutcome([0.5, 1.0], constraints={"drop_pt": 0.0})}
     assert promoted(outcomes, 0.5) == [1, 3]
     assert promoted(outcomes, 0.01) == [1]
 

@@ -146,3 +146,15 @@ def test_a_folder_holding_another_search_is_refused(tmp_path: Path) -> None:
     other = tiny_settings(trials=1, costs=["macs"])
     with pytest.raises(StudioError, match="other choices or objectives"):
         list(run_search(tiny_problem(other, tmp_path), other, tmp_path / "s", CancelToken()))
+
+
+def test_one_cost_with_a_drop_limit_is_tpe_under_the_constraint(tmp_path: Path) -> None:
+    settings = tiny_settings(trials=2, costs=["bytes"], max_drop_pt=0.5, max_cost_ratio=0.5)
+    list(run_search(tiny_problem(settings, tmp_path), settings, tmp_path / "s", CancelToken()))
+    study = _study(tmp_path / "s")
+    assert len(study.directions) == 1
+    for trial in study.trials:
+        figures = trial.user_attrs["figures"]
+        assert trial.values == [figures["bytes"]]
+        assert trial.constraints == pytest.approx({"drop_pt": figures["drop_pt"] - 0.5,
+                                                   "bytes": figures["bytes"] - 0.5})
