@@ -78,6 +78,8 @@ def test_a_search_runs_from_the_window_pauses_resumes_and_fills_the_plot(
         win.show_dock("Search")
         win.resize(1400, 900)
         win.grab().save(str(Path(SHOTS) / "search-window.png"))
+        win.show_dock("Experiments")
+        win.grab().save(str(Path(SHOTS) / "search-experiments.png"))
 
     chosen = next(e for e in experiments if e.id == full[0].experiment)
     win.pareto._on_points_clicked([chosen.id], Qt.KeyboardModifier.NoModifier)
