@@ -70,7 +70,7 @@ class _Run:
             return Trial(number, "failed", "proxy", params=params, reason=outcome)
         return Trial(number, "complete", outcome.fidelity, dict(outcome.figures), params)
 
-    def generation(self, size: int) -> Iterator[Event]:
+    def generation(self, size: int, deadline: float = math.inf) -> Iterator[Event]:
         study = self.study
         asked = [study.ask(self.distributions) for _ in range(size)]
         by_number = {trial.number: trial for trial in asked}
@@ -88,7 +88,10 @@ class _Run:
             yield self._trial_event(request.number, outcome, request.params)
             yield Progress(STAGE, len(finished(study)), self.settings.trials)
             self.token.check()
-        if self.settings.full_fidelity:
+        if self.settings.full_fidelity and time.monotonic() >= deadline:
+            yield Log("Time budget reached: this generation's best trials keep their proxy "
+                      "figures (no full-fidelity run)")
+        elif self.settings.full_fidelity:
             good = {n: o for n, o in outcomes.items() if isinstance(o, TrialOutcome)}
             chosen = promoted(good, self.settings.promote_fraction)
             yield from self.full(chosen)
@@ -178,7 +181,7 @@ def run_search(problem: SearchProblem, settings: SearchSettings, folder: Path,
                           "again to continue it")
                 break
             token.check()
-            yield from run.generation(min(settings.population, left))
+            yield from run.generation(min(settings.population, left), deadline)
     finally:
         run.executor.close()
     rows = trial_rows(run.study)
