@@ -52,7 +52,7 @@ def test_two_teachers_one_onnx_cached_on_disk_report_their_cache(tmp_path: Path)
 def test_a_pickled_teacher_without_the_jobs_trust_is_refused(tmp_path: Path):
     demo = open_workspace("demo")
     torch.save(demo.loaded.module, tmp_path / "teacher.pt")
-    with pytest.raises(TrustRequired, match="teacher.pt"):
+    with pytest.raises(TrustRequired, match=r"teacher\.pt"):
         list(run_recipe(parse_recipe(RECIPE % "teacher.pt"), tmp_path, tmp_path / "out",
                         CancelToken()))
     assert not (tmp_path / "out").exists()
