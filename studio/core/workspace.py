@@ -10,6 +10,7 @@ from studio.core.errors import ArchitectureConsentRequired, InputError
 from studio.core.graph.onnx_tree import build_onnx_tree
 from studio.core.graph.torch_tree import build_torch_tree
 from studio.core.graph.tree import LayerTree
+from studio.core.methods.pruning.structured import channel_groups
 from studio.core.models.factory import is_built_in
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import DEMO, LoadedModel
@@ -23,7 +24,20 @@ def build_tree(loaded: LoadedModel, example: InputSpec | None) -> LayerTree:
     models have their shapes inferred for it."""
     if loaded.capabilities.backend == "onnx":
         return build_onnx_tree(loaded.onnx_model, loaded.name, example, loaded.path.parent)
-    return build_torch_tree(loaded.module, example, loaded.name, loaded.type_names)
+    tree = build_torch_tree(loaded.module, example, loaded.name, loaded.type_names)
+    if example is not None:
+        _trace_channel_groups(tree, loaded, example)
+    return tree
+
+
+def _trace_channel_groups(tree: LayerTree, loaded: LoadedModel, example: InputSpec) -> None:
+    """Give the tree the groups structured pruning cuts together, so the plan's estimate uses
+    them; a model Torch-Pruning cannot trace keeps None (the estimate then says so)."""
+    try:
+        tree.channel_groups = channel_groups(loaded.module, example.make_tensor())
+    except Exception as error:  # the tracer meets arbitrary user code
+        tree.notes.append(f"Coupled layers could not be traced ({type(error).__name__}); "
+                          "channel-pruning estimates treat each layer alone.")
 
 
 def portable_path(path: str, base: Path | None) -> str:

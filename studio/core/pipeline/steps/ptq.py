@@ -14,8 +14,9 @@ from studio.core.engine.notes import drop_advice
 from studio.core.export.onnx_export import remove_onnx
 from studio.core.graph.tree import LayerTree
 from studio.core.jobs import Event, Log
-from studio.core.methods.quantization.ort_plan import QuantPlan, apply_quant_plan, plan_to_ort
+from studio.core.methods.quantization.ort_plan import apply_quant_plan
 from studio.core.pipeline.context import RunContext
+from studio.core.plan.ort_rules import QuantPlan, plan_to_ort
 from studio.core.plan.plan import ResolvedSpec
 from studio.core.plan.stages import QuantizeSection
 
