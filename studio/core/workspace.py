@@ -15,8 +15,10 @@ from studio.core.models.factory import is_built_in
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import DEMO, LoadedModel
 from studio.core.models.loader import open_model
-from studio.core.plan.plan import Plan
+from studio.core.plan.estimate import Estimate, estimate
+from studio.core.plan.plan import Plan, ResolvedSpec
 from studio.core.plan.recipe import ModelSection, Recipe, check_layer_names
+from studio.core.plan.stages import QuantizeSection
 
 
 def build_tree(loaded: LoadedModel, example: InputSpec | None) -> LayerTree:
@@ -70,6 +72,13 @@ class Workspace:
     @property
     def architecture(self) -> str | None:
         return self.loaded.architecture
+
+    def estimate(self, resolved: list[ResolvedSpec] | None = None) -> Estimate:
+        """The plan's estimate with this workspace's quantize settings (``resolved``: the plan
+        already resolved on the tree, to save resolving it again)."""
+        quantize = self.stages.get("quantize") or QuantizeSection()
+        return estimate(self.tree, resolved if resolved is not None else
+                        self.plan.resolve(self.tree), quantize.per_channel, quantize.weight_only)
 
     def to_recipe(self, base: Path | None = None) -> Recipe:
         """This workspace as a recipe whose model path is relative to ``base``."""

@@ -81,4 +81,10 @@ COLUMNS = (*COLUMNS, Column("Sensitivity", lambda n, s: "", lambda n, s: 0.0,
                             "Metric drop when this layer alone is pruned to 50% "
                             "(accuracy: in points)",
                             numeric=True))
+SQNR_COLUMN = len(COLUMNS)
+"""Filled from the layer view's per-layer quantization error (``LayerTreeModel.set_sqnr``)."""
+COLUMNS = (*COLUMNS, Column("SQNR", lambda n, s: "", lambda n, s: 0.0,
+                            "Signal to quantization noise of the weight at its planned bits, "
+                            "in dB (higher is better; below ~15 dB expect a drop)",
+                            numeric=True))
 PLAN_COLUMNS = tuple(i for i, column in enumerate(COLUMNS) if column.plan_fields)

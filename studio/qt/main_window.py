@@ -43,7 +43,6 @@ from superqt.utils import create_worker
 from studio.core.engine.allocate import Target
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import DEMO
-from studio.core.plan.estimate import estimate
 from studio.core.project.session import Session
 from studio.core.workspace import Workspace
 from studio.qt import dialogs
@@ -52,9 +51,11 @@ from studio.qt.data_controller import DataController
 from studio.qt.data_panel import DataPanel
 from studio.qt.inspector import InspectorPanel
 from studio.qt.jobs import JobsPanel
+from studio.qt.layer_view_controller import LayerViewController
 from studio.qt.notices import NoticeBar
 from studio.qt.plan_controller import PlanController
 from studio.qt.plots import CurvesPlot, ParetoPlot, PlanDiffView, SensitivityHeatmap
+from studio.qt.plots.layer_view import LayerView
 from studio.qt.project_controller import ProjectController
 from studio.qt.recent import RecentFiles
 from studio.qt.run_settings import RunSettingsController, RunSettingsPanel
@@ -176,6 +177,7 @@ class MainWindow(QMainWindow):
         self.curves = CurvesPlot()
         self.heatmap = SensitivityHeatmap()
         self.heatmap.layerSelected.connect(self.select_layer)
+        self.layer_view = LayerView()
         experiments = QSplitter(Qt.Orientation.Horizontal)
         experiments.addWidget(self.pareto)
         experiments.addWidget(self.plan_diff)
@@ -183,7 +185,8 @@ class MainWindow(QMainWindow):
         docks = []
         for title, widget in (("Experiments", experiments), ("Data", self.data_panel),
                               ("Run settings", self.run_settings), ("Jobs", self.jobs),
-                              ("Training", self.curves), ("Sensitivity", self.heatmap)):
+                              ("Training", self.curves), ("Sensitivity", self.heatmap),
+                              ("Layer view", self.layer_view)):
             dock = QDockWidget(title, self)
             dock.setObjectName(f"dock-{title.lower()}")
             dock.setWidget(widget)
@@ -208,6 +211,9 @@ class MainWindow(QMainWindow):
                                            self.project.save_as, self,
                                            self.run_in_background, self)
         self.compress.notice.connect(self.notices.show_notice)
+        self.layer_views = LayerViewController(self.qsession, self.layer_view,
+                                               self.run_in_background, self)
+        self.layer_views.sqnrChanged.connect(self.tree_model.set_sqnr)
 
     # --- the session, as the controllers and tests read it ----------------------------------
     @property
@@ -433,6 +439,7 @@ class MainWindow(QMainWindow):
         self.undo_group.addStack(self.controller.undo_stack)
         self.undo_group.setActiveStack(self.controller.undo_stack)
         self.controller.planChanged.connect(self._plan_changed)
+        self.controller.stagesChanged.connect(lambda _key: self._update_totals())
         self.filter_edit.clear()
         self.tree_model.set_tree(workspace.tree, self.controller.resolved)
         self.pages.setCurrentWidget(self.editor)
@@ -455,6 +462,7 @@ class MainWindow(QMainWindow):
             return
         nodes = [self.workspace.tree.nodes[i] for i in self.selected_node_ids()]
         self.inspector.set_selection(self.controller, nodes)
+        self.layer_views.select(nodes)
 
     def _plan_changed(self, names: list[str]) -> None:
         assert self.controller is not None
@@ -466,7 +474,7 @@ class MainWindow(QMainWindow):
         if self.workspace is None or self.controller is None:
             self.totals.show_estimate(None)
             return
-        self.totals.show_estimate(estimate(self.workspace.tree, self.controller.resolved))
+        self.totals.show_estimate(self.workspace.estimate(self.controller.resolved))
 
     def _filter_changed(self, text: str) -> None:
         self.proxy.set_filter_text(text)
