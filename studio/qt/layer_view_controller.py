@@ -1,22 +1,22 @@
 """Feeds the layer view: computes the selected layer's statistics in a worker thread, one at a
 time, caches them by (layer, its resolved settings, sensitivity report), and keeps the tree's
-SQNR column up to date after plan edits (debounced, also in a worker)."""
+SQNR column up to date after plan edits (also in a worker; edits that arrive while it runs are
+folded into one more run, so a slider drag costs two runs, not one per step)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtCore import QObject, Signal
+from shiboken6 import isValid
+from superqt.utils import create_worker
 
 from studio.core.engine.layer_stats import LayerStats, layer_stats, sqnr_by_layer, view_samples
 from studio.core.graph.tree import LayerNode
 from studio.core.workspace import Workspace
-from studio.qt.data_controller import Background
 from studio.qt.plots.layer_view import LayerView
 from studio.qt.session import QtSession
-
-SQNR_DELAY_MS = 300
-"""Plan edits come in bursts (a slider drag): the whole-model SQNR waits for a pause."""
 
 
 class LayerViewController(QObject):
@@ -25,21 +25,36 @@ class LayerViewController(QObject):
     sqnrChanged = Signal(dict)
     """Layer name -> SQNR in dB at its planned bits, for the tree's SQNR column."""
 
-    def __init__(self, qsession: QtSession, view: LayerView, run_in_background: Background,
+    def __init__(self, qsession: QtSession, view: LayerView,
                  parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self.qsession, self.view, self.run_in_background = qsession, view, run_in_background
+        self.qsession, self.view = qsession, view
+        self._workers: set[Any] = set()
         self.cache: dict[tuple[Any, ...], LayerStats] = {}
         self._name: str | None = None
         self._running: tuple[Any, ...] | None = None
         self._samples: tuple[Any, str] | None = None
-        self._sqnr_timer = QTimer(self)
-        self._sqnr_timer.setSingleShot(True)
-        self._sqnr_timer.setInterval(SQNR_DELAY_MS)
-        self._sqnr_timer.timeout.connect(self._compute_sqnr)
+        self._sqnr_running = self._sqnr_again = False
         qsession.opened.connect(self._opened)
         qsession.sensitivityChanged.connect(lambda _report: self.refresh())
         qsession.historyLoaded.connect(self.refresh)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._workers)
+
+    def _in_background(self, task: Callable[[], Any], done: Callable[[Any], None],
+                       failed: Callable[[BaseException], None]) -> None:
+        """Run ``task`` in a pool thread. Its results are queued to the GUI thread, which may
+        deliver them after the window is gone (the window waits for the pool on close, not
+        for the queue): then they are dropped. The view says "Computing…" itself, so the
+        status bar is left to the user's own actions."""
+        worker = create_worker(task, _start_thread=False, _connect={
+            "returned": lambda value: isValid(self) and done(value),
+            "errored": lambda error: isValid(self) and failed(error)})
+        self._workers.add(worker)
+        worker.finished.connect(lambda: self._workers.discard(worker))
+        worker.start()
 
     @property
     def workspace(self) -> Workspace | None:
@@ -53,11 +68,11 @@ class LayerViewController(QObject):
         self.qsession.plan.planChanged.connect(self._plan_changed)
         self._name = None
         self.view.show_message("Select a Conv or Linear layer to see its weights.")
-        self._sqnr_timer.start()
+        self._compute_sqnr()
 
     def _plan_changed(self, _names: list[str]) -> None:
         self.refresh()
-        self._sqnr_timer.start()
+        self._compute_sqnr()
 
     def select(self, nodes: list[LayerNode]) -> None:
         """The tree's selection changed."""
@@ -114,8 +129,7 @@ class LayerViewController(QObject):
             inputs, label = self._samples
             return layer_stats(module, name, spec, inputs, report, inputs_label=label)
 
-        self.run_in_background(task, lambda stats: self._done(key, stats), self._failed,
-                               f"Computing the layer view of {name}…")
+        self._in_background(task, lambda stats: self._done(key, stats), self._failed)
 
     def _done(self, key: tuple[Any, ...], stats: LayerStats) -> None:
         self._running = None
@@ -129,11 +143,26 @@ class LayerViewController(QObject):
 
     def _compute_sqnr(self) -> None:
         workspace, plan = self.workspace, self.qsession.plan
-        if workspace is None or plan is None or workspace.loaded.module is None:
-            self.sqnrChanged.emit({})
+        if self._sqnr_running:
+            self._sqnr_again = True
+            return
+        if workspace is None or plan is None or workspace.loaded.module is None or not any(
+                spec.weight_bits not in (None, "fp32") and not spec.exclude
+                for spec in plan.resolved):
+            self.sqnrChanged.emit({})  # nothing quantized: no worker needed
             return
         module, tree, resolved = workspace.loaded.module, workspace.tree, list(plan.resolved)
-        self.run_in_background(lambda: sqnr_by_layer(module, tree, resolved),
-                               self.sqnrChanged.emit,
-                               lambda error: self.sqnrChanged.emit({}),
-                               "Measuring quantization error per layer…")
+        self._sqnr_running = True
+
+        def finished(values: dict[str, float]) -> None:
+            self._sqnr_running = False
+            if self._sqnr_again:
+                self._sqnr_again = False
+                self._compute_sqnr()
+            else:
+                self.sqnrChanged.emit(values)
+
+        def failed(_error: BaseException) -> None:
+            finished({})
+
+        self._in_background(lambda: sqnr_by_layer(module, tree, resolved), finished, failed)

@@ -211,8 +211,7 @@ class MainWindow(QMainWindow):
                                            self.project.save_as, self,
                                            self.run_in_background, self)
         self.compress.notice.connect(self.notices.show_notice)
-        self.layer_views = LayerViewController(self.qsession, self.layer_view,
-                                               self.run_in_background, self)
+        self.layer_views = LayerViewController(self.qsession, self.layer_view, self)
         self.layer_views.sqnrChanged.connect(self.tree_model.set_sqnr)
 
     # --- the session, as the controllers and tests read it ----------------------------------
