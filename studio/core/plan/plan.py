@@ -9,7 +9,7 @@ from studio.core.plan.spec import FIELDS, LayerSpec, parse_nm
 
 ROOT = ""
 DEFAULTS = {"sparsity": 0.0, "granularity": "unstructured", "weight_bits": None,
-            "act_bits": None, "exclude": False}
+            "act_bits": None, "exclude": False, "distill_from": None, "distill_weight": 1.0}
 """Values at the top of the inheritance chain; ``None`` bits mean "as the model stores them"."""
 
 
@@ -24,6 +24,10 @@ class ResolvedSpec:
     exclude: bool
     sources: dict[str, str | None]
     """Field -> name of the node that set it (``None``: the built-in default)."""
+    distill_from: str | None = None
+    """Teacher layer this node's output is matched to while distilling (see
+    :func:`studio.core.plan.distill_pairs.plan_feature_pairs`)."""
+    distill_weight: float = 1.0
 
     @property
     def effective_sparsity(self) -> float:

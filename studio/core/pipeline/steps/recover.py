@@ -22,6 +22,7 @@ from studio.core.methods.distill import (
 from studio.core.methods.distill.distiller import training_parameters
 from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.step import Need, StageReport, Step
+from studio.core.plan.distill_pairs import merged_pairs, plan_feature_pairs
 from studio.core.plan.recipe import Recipe
 from studio.core.plan.stages import TrainSection
 from studio.core.train.loop import TrainConfig, cross_entropy, evaluate, resolve_device, train
@@ -70,9 +71,12 @@ class Recover(Step):
                       f"{'KL of softened scores' if kind == 'logits' else '1 - cosine + MSE'}"
                       f"{hidden}; dropout off)")
         elif recipe.distill is not None:
+            tree = context.workspace.tree
+            plan_pairs = plan_feature_pairs(tree, context.workspace.plan.resolve(tree))
             kd = KDConfig(temperature=recipe.distill.temperature, alpha=recipe.distill.alpha,
                           feature_pairs=tuple(FeaturePair(p.student, p.teacher, p.weight)
-                                              for p in recipe.distill.features),
+                                              for p in merged_pairs(recipe.distill.features,
+                                                                    plan_pairs)),
                           relation_weight=recipe.distill.relation_weight)
             teacher = default_teacher(original)
             assert context.workspace.example is not None
