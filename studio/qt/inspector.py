@@ -147,9 +147,8 @@ class InspectorPanel(QGroupBox):
         self.distill_weight.setKeyboardTracking(False)
         self.distill_weight.valueChanged.connect(
             lambda value: self._edit("distill_weight", round(value, 4)))
-        self.distill_shape = QLabel()
-        self.distill_shape.setWordWrap(True)
-        self.distill_shape.setStyleSheet("color: gray; font-size: 11px;")
+        self.distill_check = ""
+        """The shape check of the selected layer's match, shown in its hint and tooltip."""
 
         self.rows = {
             "sparsity": _FieldRow(sparsity_box, lambda: self._edit("sparsity", None)),
@@ -169,7 +168,6 @@ class InspectorPanel(QGroupBox):
         form.addRow("Exclude", self.rows["exclude"])
         form.addRow("Distill from", self.rows["distill_from"])
         form.addRow("Distill weight", self.rows["distill_weight"])
-        form.addRow("", self.distill_shape)
         self.error = QLabel()
         self.error.setStyleSheet("color: #b00020;")
         self.error.setWordWrap(True)
@@ -225,8 +223,7 @@ class InspectorPanel(QGroupBox):
             self._fill_teachers(tree)
             self._select_teacher(spec.distill_from)
             self.distill_weight.setValue(spec.distill_weight)
-            self.distill_shape.setText(self._shape_check(first, spec) if len(self.nodes) == 1
-                                       else "")
+            self.distill_check = self._shape_check(first, spec) if len(self.nodes) == 1 else ""
         finally:
             self._updating = False
         nm = spec.granularity not in ("unstructured", "channels")
@@ -239,6 +236,10 @@ class InspectorPanel(QGroupBox):
             origin = spec.sources[field]
             origin_text = "the defaults" if origin is None else (origin or tree.model_name)
             row.show_origin(explicit, origin_text, mixed)
+        teacher_row = self.rows["distill_from"]
+        teacher_row.setToolTip(self.distill_check)
+        if self.distill_check:
+            teacher_row.hint.setText(f"{teacher_row.hint.text()} · {self.distill_check}")
 
     def _fill_teachers(self, tree: LayerTree) -> None:
         """The teacher's layers: the uncompressed model, whose tree is the one shown."""

@@ -26,11 +26,13 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QDockWidget,
     QFileDialog,
+    QFrame,
     QInputDialog,
     QLineEdit,
     QMainWindow,
     QMessageBox,
     QProgressBar,
+    QScrollArea,
     QSplitter,
     QStackedWidget,
     QStyle,
@@ -142,7 +144,11 @@ class MainWindow(QMainWindow):
         right_layout.setContentsMargins(0, 0, 0, 0)
         self.inspector = InspectorPanel()
         self.totals = TotalsPanel()
-        right_layout.addWidget(self.inspector, 1)
+        inspector_scroll = QScrollArea()  # its rows grow with the plan's fields: scroll, not
+        inspector_scroll.setWidget(self.inspector)  # a taller window
+        inspector_scroll.setWidgetResizable(True)
+        inspector_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        right_layout.addWidget(inspector_scroll, 1)
         right_layout.addWidget(self.totals)
         editor.addWidget(right)
         editor.setStretchFactor(0, 3)

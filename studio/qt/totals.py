@@ -5,7 +5,7 @@ from __future__ import annotations
 from html import escape
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QGridLayout, QGroupBox, QLabel, QWidget
+from PySide6.QtWidgets import QFrame, QGridLayout, QGroupBox, QLabel, QScrollArea, QWidget
 
 from studio.core.plan.estimate import Estimate
 from studio.core.units import format_bytes, format_count
@@ -50,15 +50,20 @@ class TotalsPanel(QGroupBox):
         figures so nobody learns it only from the run report."""
         self.caveats.setWordWrap(True)
         self.caveats.setStyleSheet("color: #b35900; font-size: 11px;")
-        self.caveats.hide()
-        grid.addWidget(self.caveats, len(_ROWS) + 2, 0, 1, 4)
+        self.caveats_box = QScrollArea()  # several notes must not push the window taller
+        self.caveats_box.setWidget(self.caveats)
+        self.caveats_box.setWidgetResizable(True)
+        self.caveats_box.setFrameShape(QFrame.Shape.NoFrame)
+        self.caveats_box.setMaximumHeight(80)
+        self.caveats_box.hide()
+        grid.addWidget(self.caveats_box, len(_ROWS) + 2, 0, 1, 4)
 
     def show_estimate(self, estimate: Estimate | None) -> None:
         notes = estimate.notes if estimate is not None else ()
         self.caveats.setText("Will not pay off:<br>" + "<br>".join(
             f"• {escape(first_sentence(note))}" for note in notes))
         self.caveats.setToolTip("\n\n".join(notes))
-        self.caveats.setVisible(bool(notes))
+        self.caveats_box.setVisible(bool(notes))
         for _title, field, fmt in _ROWS:
             before, after, ratio = self.cells[field]
             if estimate is None:

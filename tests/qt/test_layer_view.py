@@ -41,7 +41,7 @@ def test_selected_layer_is_drawn_from_a_worker_and_cached(qtbot, demo_window: Ma
     assert "demo calibration digits" in win.layer_view.header.text()
     assert win.layer_view.codes.titleLabel.text.startswith("Integer grid at int4: 15 levels")
 
-    win.layer_view.resize(1200, 520)
+    win.layer_view.resize(1280, 260)
     image = win.layer_view.grab().toImage()
     path = (SHOTS if SHOTS.parts else tmp_path) / "layer-view.png"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,10 +91,10 @@ def test_sqnr_column_is_filled_and_coloured(qtbot, demo_window: MainWindow) -> N
 def test_estimate_says_what_will_not_pay_off(demo_window: MainWindow) -> None:
     win = demo_window
     _plan(win, "res.conv2", sparsity=0.5, granularity="channels")
-    assert win.totals.caveats.isVisibleTo(win)
+    assert win.totals.caveats_box.isVisibleTo(win)
     assert "res.conv2, block2.0 left whole" in win.totals.caveats.text()
     _plan(win, "block2.0", sparsity=0.5, granularity="channels")
-    assert not win.totals.caveats.isVisibleTo(win)
+    assert not win.totals.caveats_box.isVisibleTo(win)
     _plan(win, "res.conv1.0", weight_bits="int4", act_bits="int8")
     assert "int4/int2 convolutions" in win.totals.caveats.text()
     assert "ORT stores and runs them as int8" in win.totals.caveats.toolTip()

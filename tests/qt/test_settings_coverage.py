@@ -93,11 +93,12 @@ def test_per_layer_distillation_is_inherited_shown_and_paired(demo_window: MainW
     select(win, "res.conv2")
     win.controller.set_field(["res.conv2"], "sparsity", 0.5)
     win.controller.set_field(["res.conv2"], "granularity", "channels")
-    assert win.inspector.distill_shape.text() == (
+    assert win.inspector.distill_check == (
         "1×32×14×14 → 1×64×14×14: a learned 1×1 convolution, 32 → 64 channels")
+    assert win.inspector.distill_check in win.inspector.rows["distill_from"].hint.text()
     select(win, "stem.0")
     choose(win.inspector.distill_from, "head.2")  # a Linear's output: another rank
-    assert "different ranks" in win.inspector.distill_shape.text()
+    assert "different ranks" in win.inspector.distill_check
     choose(win.inspector.distill_from, None)
     tree = win.workspace.tree
     pairs = plan_feature_pairs(tree, win.workspace.plan.resolve(tree))

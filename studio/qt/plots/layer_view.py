@@ -8,13 +8,15 @@ import math
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from studio.core.engine.layer_stats import LayerStats
 from studio.core.units import format_count
 from studio.qt.plots.export import style_plot
 from studio.qt.plots.heatmap import level_label
 
+PLOTS_MIN_HEIGHT = 420
+"""Below this the six plots' axes crowd out their data."""
 _BEFORE = (150, 150, 150)
 _AFTER = (31, 119, 180)
 _ACT = (214, 110, 20)
@@ -70,7 +72,8 @@ def describe(stats: LayerStats) -> str:
 
 
 class LayerView(QWidget):
-    """Six small plots over one layer; :meth:`show_stats` replaces them all."""
+    """Six small plots over one layer, in a scroll area so a short dock scrolls instead of
+    squashing them (and never makes the window taller); :meth:`show_stats` replaces them."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -78,12 +81,16 @@ class LayerView(QWidget):
         self.header.setWordWrap(True)
         self.layout_widget = pg.GraphicsLayoutWidget()
         self.layout_widget.setBackground("w")
+        self.layout_widget.setMinimumSize(720, PLOTS_MIN_HEIGHT)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.layout_widget)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.header)
-        layout.addWidget(self.layout_widget, 1)
+        layout.addWidget(scroll, 1)
         grid = self.layout_widget
-        self.histogram = _plot(grid, 0, 0, "Weights: before (grey) and after the plan",
+        self.histogram = _plot(grid, 0, 0, "Weights: before (grey), after (blue)",
                                "count (log)", "weight")
         self.histogram.setLogMode(y=True)
         self.codes = _plot(grid, 0, 1, "Integer grid at the planned bits", "weights",
