@@ -10,11 +10,13 @@ from studio.core.errors import ArchitectureConsentRequired, InputError
 from studio.core.graph.onnx_tree import build_onnx_tree
 from studio.core.graph.torch_tree import build_torch_tree
 from studio.core.graph.tree import LayerTree
+from studio.core.methods.pruning.structured import channel_groups
 from studio.core.models.factory import is_built_in
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loaded import DEMO, LoadedModel
 from studio.core.models.loader import open_model
-from studio.core.plan.plan import Plan
+from studio.core.plan.estimate import Estimate, estimate
+from studio.core.plan.plan import Plan, ResolvedSpec
 from studio.core.plan.recipe import ModelSection, Recipe, check_layer_names
 
 
@@ -23,7 +25,20 @@ def build_tree(loaded: LoadedModel, example: InputSpec | None) -> LayerTree:
     models have their shapes inferred for it."""
     if loaded.capabilities.backend == "onnx":
         return build_onnx_tree(loaded.onnx_model, loaded.name, example, loaded.path.parent)
-    return build_torch_tree(loaded.module, example, loaded.name, loaded.type_names)
+    tree = build_torch_tree(loaded.module, example, loaded.name, loaded.type_names)
+    if example is not None:
+        _trace_channel_groups(tree, loaded, example)
+    return tree
+
+
+def _trace_channel_groups(tree: LayerTree, loaded: LoadedModel, example: InputSpec) -> None:
+    """Give the tree the groups structured pruning cuts together, so the plan's estimate uses
+    them; a model Torch-Pruning cannot trace keeps None (the estimate then says so)."""
+    try:
+        tree.channel_groups = channel_groups(loaded.module, example.make_tensor())
+    except Exception as error:  # the tracer meets arbitrary user code
+        tree.notes.append(f"Coupled layers could not be traced ({type(error).__name__}); "
+                          "channel-pruning estimates treat each layer alone.")
 
 
 def portable_path(path: str, base: Path | None) -> str:
@@ -56,6 +71,12 @@ class Workspace:
     @property
     def architecture(self) -> str | None:
         return self.loaded.architecture
+
+    def estimate(self, resolved: list[ResolvedSpec] | None = None) -> Estimate:
+        """The plan's estimate with this workspace's quantize settings (``resolved``: the plan
+        already resolved on the tree, to save resolving it again)."""
+        return estimate(self.tree, resolved if resolved is not None else
+                        self.plan.resolve(self.tree), self.stages.get("quantize"))
 
     def to_recipe(self, base: Path | None = None) -> Recipe:
         """This workspace as a recipe whose model path is relative to ``base``."""

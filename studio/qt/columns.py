@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from studio.core.graph.tree import LayerNode
 from studio.core.plan import ResolvedSpec
-from studio.core.plan.spec import parse_nm
+from studio.core.plan.spec import NO_MATCH, SAME_LAYER, parse_nm
 from studio.core.units import format_bytes, format_count, format_percent, format_shape
 
 
@@ -49,6 +49,16 @@ def plan_bits_text(node: LayerNode, spec: ResolvedSpec) -> str:
     return f"{weights} · act {spec.act_bits}" if spec.act_bits else weights
 
 
+def plan_distill_text(node: LayerNode, spec: ResolvedSpec) -> str:
+    if spec.exclude or spec.distill_from is None:
+        return "–"
+    if spec.distill_from == NO_MATCH:
+        return "off"
+    weight = f" ×{spec.distill_weight:g}" if spec.distill_weight != 1.0 else ""
+    target = "same layer" if spec.distill_from == SAME_LAYER else spec.distill_from
+    return f"← {target}{weight}"
+
+
 COLUMNS: tuple[Column, ...] = (
     Column("Layer", lambda n, s: n.label, lambda n, s: n.label.lower(),
            "Module name (ONNX: name scope or node)"),
@@ -74,11 +84,21 @@ COLUMNS: tuple[Column, ...] = (
     Column("Plan: bits", plan_bits_text, lambda n, s: s.weight_bits or "",
            "Planned weight and activation bits (grey italics: inherited)",
            plan_fields=("weight_bits", "act_bits", "exclude")),
+    Column("Plan: distill", plan_distill_text, lambda n, s: s.distill_from or "",
+           "Teacher layer this layer's output is matched to while distilling, and the "
+           "match's weight (grey italics: inherited)",
+           plan_fields=("distill_from", "distill_weight")),
 )
 SENSITIVITY_COLUMN = len(COLUMNS)
 """Filled from a sensitivity report by the model (see ``LayerTreeModel.set_sensitivity``)."""
 COLUMNS = (*COLUMNS, Column("Sensitivity", lambda n, s: "", lambda n, s: 0.0,
                             "Metric drop when this layer alone is pruned to 50% "
                             "(accuracy: in points)",
+                            numeric=True))
+SQNR_COLUMN = len(COLUMNS)
+"""Filled from the layer view's per-layer quantization error (``LayerTreeModel.set_sqnr``)."""
+COLUMNS = (*COLUMNS, Column("SQNR", lambda n, s: "", lambda n, s: 0.0,
+                            "Signal to quantization noise of the weight at its planned bits, "
+                            "in dB (higher is better; below ~15 dB expect a drop)",
                             numeric=True))
 PLAN_COLUMNS = tuple(i for i, column in enumerate(COLUMNS) if column.plan_fields)

@@ -25,8 +25,19 @@ from PySide6.QtWidgets import (
 )
 
 from studio.core.errors import StudioError
-from studio.core.graph.tree import LayerNode
-from studio.core.plan.spec import ACT_BITS, GRANULARITIES, MAX_SPARSITY, WEIGHT_BITS
+from studio.core.graph.tree import LayerNode, LayerTree
+from studio.core.methods.distill.projection import describe_projection
+from studio.core.plan.channels import kept_channels
+from studio.core.plan.plan import ResolvedSpec
+from studio.core.plan.spec import (
+    ACT_BITS,
+    GRANULARITIES,
+    MAX_SPARSITY,
+    NO_MATCH,
+    SAME_LAYER,
+    WEIGHT_BITS,
+)
+from studio.core.units import format_shape
 from studio.qt.plan_controller import PlanController
 
 _GRANULARITY_LABELS = {"unstructured": "unstructured (weights)",
@@ -121,18 +132,42 @@ class InspectorPanel(QGroupBox):
         self.exclude = QCheckBox("leave uncompressed")
         self.exclude.clicked.connect(lambda checked: self._edit("exclude", checked))
 
+        self.distill_from = QComboBox()
+        self.distill_from.setEditable(True)
+        self.distill_from.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        self.distill_from.setToolTip("While distilling (Run settings ▸ distill), match this "
+                                     "layer's output to a layer of the teacher (the "
+                                     "uncompressed model)")
+        self.distill_from.activated.connect(lambda _i: self._edit_teacher())
+        self.distill_from.lineEdit().editingFinished.connect(self._edit_teacher)
+        self.distill_weight = QDoubleSpinBox()
+        self.distill_weight.setRange(0.0, 1000.0)
+        self.distill_weight.setDecimals(2)
+        self.distill_weight.setSingleStep(0.1)
+        self.distill_weight.setKeyboardTracking(False)
+        self.distill_weight.valueChanged.connect(
+            lambda value: self._edit("distill_weight", round(value, 4)))
+        self.distill_check = ""
+        """The shape check of the selected layer's match, shown in its hint and tooltip."""
+
         self.rows = {
             "sparsity": _FieldRow(sparsity_box, lambda: self._edit("sparsity", None)),
             "granularity": _FieldRow(self.granularity, lambda: self._edit("granularity", None)),
             "weight_bits": _FieldRow(self.weight_bits, lambda: self._edit("weight_bits", None)),
             "act_bits": _FieldRow(self.act_bits, lambda: self._edit("act_bits", None)),
             "exclude": _FieldRow(self.exclude, lambda: self._edit("exclude", None)),
+            "distill_from": _FieldRow(self.distill_from,
+                                      lambda: self._edit("distill_from", None)),
+            "distill_weight": _FieldRow(self.distill_weight,
+                                        lambda: self._edit("distill_weight", None)),
         }
         form.addRow("Sparsity", self.rows["sparsity"])
         form.addRow("Granularity", self.rows["granularity"])
         form.addRow("Weight bits", self.rows["weight_bits"])
         form.addRow("Activation bits", self.rows["act_bits"])
         form.addRow("Exclude", self.rows["exclude"])
+        form.addRow("Distill from", self.rows["distill_from"])
+        form.addRow("Distill weight", self.rows["distill_weight"])
         self.error = QLabel()
         self.error.setStyleSheet("color: #b00020;")
         self.error.setWordWrap(True)
@@ -185,6 +220,10 @@ class InspectorPanel(QGroupBox):
             self._select(self.weight_bits, spec.weight_bits or stored)
             self._select(self.act_bits, spec.act_bits or "fp32")
             self.exclude.setChecked(spec.exclude)
+            self._fill_teachers(tree)
+            self._select_teacher(spec.distill_from)
+            self.distill_weight.setValue(spec.distill_weight)
+            self.distill_check = self._shape_check(first, spec) if len(self.nodes) == 1 else ""
         finally:
             self._updating = False
         nm = spec.granularity not in ("unstructured", "channels")
@@ -197,6 +236,68 @@ class InspectorPanel(QGroupBox):
             origin = spec.sources[field]
             origin_text = "the defaults" if origin is None else (origin or tree.model_name)
             row.show_origin(explicit, origin_text, mixed)
+        teacher_row = self.rows["distill_from"]
+        teacher_row.setToolTip(self.distill_check)
+        if self.distill_check:
+            teacher_row.hint.setText(f"{teacher_row.hint.text()} · {self.distill_check}")
+
+    def _fill_teachers(self, tree: LayerTree) -> None:
+        """The teacher's layers: the uncompressed model, whose tree is the one shown."""
+        if self.distill_from.property("tree") == id(tree):
+            return
+        self.distill_from.clear()
+        self.distill_from.addItem("not matched", None)
+        self.distill_from.addItem("same layer in the teacher", SAME_LAYER)
+        self.distill_from.addItem("none (stop an inherited match)", NO_MATCH)
+        for node in tree.nodes:
+            if node.parent is not None and node.output_shape is not None:
+                self.distill_from.addItem(f"{node.name}  {format_shape(node.output_shape)}",
+                                          node.name)
+        self.distill_from.setProperty("tree", id(tree))
+
+    def _select_teacher(self, value: str | None) -> None:
+        index = self.distill_from.findData(value)
+        if index < 0:  # a name from a recipe that this tree does not have
+            self.distill_from.addItem(f"{value} (not in the teacher)", value)
+            index = self.distill_from.count() - 1
+        self.distill_from.setCurrentIndex(index)
+
+    def _edit_teacher(self) -> None:
+        """A chosen item gives its layer; typed text is taken as a layer name."""
+        combo = self.distill_from
+        text = combo.currentText().strip()
+        index = combo.findText(text)
+        value = combo.itemData(index) if index >= 0 else text.split()[0] if text else None
+        if value != self.controller_value("distill_from"):
+            self._edit("distill_from", value)
+
+    def controller_value(self, field: str) -> object:
+        if self.controller is None or not self.nodes:
+            return None
+        return getattr(self.controller.resolved[self.nodes[0].id], field)
+
+    def _shape_check(self, node: LayerNode, spec: ResolvedSpec) -> str:
+        """The student's output after the plan against the teacher layer's, and the
+        projection the pair will train (the rule distillation itself uses)."""
+        assert self.controller is not None
+        tree = self.controller.workspace.tree
+        teacher = node.name if spec.distill_from == SAME_LAYER else spec.distill_from
+        if teacher in (None, NO_MATCH) or node.output_shape is None:
+            return ""
+        if teacher not in tree:
+            return f"⚠ the teacher has no layer {teacher!r}"
+        target = tree.nodes[tree.get(teacher).id].output_shape
+        student = list(node.output_shape)
+        if node.prunable and spec.granularity == "channels" and spec.effective_sparsity > 0:
+            axis = 1 if len(student) == 4 else -1
+            student[axis] = kept_channels(int(student[axis]), spec.effective_sparsity)
+        if target is None or any(isinstance(d, str) for d in (*student, *target)):
+            return "shapes unknown until the model runs"
+        try:
+            how = describe_projection(tuple(student), tuple(target))
+        except StudioError as error:
+            return f"⚠ {error}"
+        return f"{format_shape(tuple(student))} → {format_shape(target)}: {how}"
 
     @staticmethod
     def _select(combo: QComboBox, value: str) -> None:

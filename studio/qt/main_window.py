@@ -42,7 +42,6 @@ from PySide6.QtWidgets import (
 from superqt.utils import create_worker
 
 from studio.core.models.loaded import DEMO
-from studio.core.plan.estimate import estimate
 from studio.core.project.session import Session
 from studio.core.search.settings import SearchSettings
 from studio.core.workspace import Workspace
@@ -54,9 +53,11 @@ from studio.qt.icons import redo_icon, undo_icon
 from studio.qt.inspector import InspectorPanel
 from studio.qt.jobs import JobsPanel
 from studio.qt.jobs.status import JobStatus
+from studio.qt.layer_view_controller import LayerViewController
 from studio.qt.notices import NoticeBar
 from studio.qt.plan_controller import PlanController
 from studio.qt.plots import CurvesPlot, ParetoPlot, PlanDiffView, SensitivityHeatmap
+from studio.qt.plots.layer_view import LayerView
 from studio.qt.project_controller import ProjectController
 from studio.qt.recent import RecentFiles
 from studio.qt.results_controller import ResultsController
@@ -161,7 +162,11 @@ class MainWindow(WindowQuestions, QMainWindow):
         right_layout.setContentsMargins(0, 0, 0, 0)
         self.inspector = InspectorPanel()
         self.totals = TotalsPanel()
-        right_layout.addWidget(self.inspector, 1)
+        inspector_scroll = QScrollArea()  # its rows grow with the plan's fields: scroll, not
+        inspector_scroll.setWidget(self.inspector)  # a taller window
+        inspector_scroll.setWidgetResizable(True)
+        inspector_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        right_layout.addWidget(inspector_scroll, 1)
         right_layout.addWidget(self.totals)
         scroll = QScrollArea()  # a short screen scrolls the plan instead of growing the window
         scroll.setWidget(right)
@@ -208,6 +213,7 @@ class MainWindow(WindowQuestions, QMainWindow):
         self.results.reportRequested.connect(lambda: self.show_dock("Report"))
         self.results.compareShown.connect(lambda: self.show_dock("Compare"))
         self.search_panel = SearchPanel()
+        self.layer_view = LayerView()
         docks = []
         for title, widget in (("Experiments", splitter(self.pareto, self.results.table)),
                               ("Report", self.results.report),
@@ -216,7 +222,7 @@ class MainWindow(WindowQuestions, QMainWindow):
                               ("Data", self.data_panel),
                               ("Run settings", self.run_settings), ("Jobs", self.jobs),
                               ("Training", self.curves), ("Sensitivity", self.heatmap),
-                              ("Search", self.search_panel)):
+                              ("Search", self.search_panel), ("Layer view", self.layer_view)):
             dock = QDockWidget(title, self)
             dock.setObjectName(f"dock-{title.lower()}")
             dock.setWidget(widget)
@@ -244,6 +250,8 @@ class MainWindow(WindowQuestions, QMainWindow):
             self.qsession, self.compress, self.search_panel,
             lambda settings, estimate: self.ask_search(settings, estimate), self)
         self.search.notice.connect(self.notices.show_notice)
+        self.layer_views = LayerViewController(self.qsession, self.layer_view, self)
+        self.layer_views.sqnrChanged.connect(self.tree_model.set_sqnr)
 
     # --- the session, as the controllers and tests read it ----------------------------------
     @property
@@ -439,6 +447,7 @@ class MainWindow(WindowQuestions, QMainWindow):
         self.undo_group.addStack(self.controller.undo_stack)
         self.undo_group.setActiveStack(self.controller.undo_stack)
         self.controller.planChanged.connect(self._plan_changed)
+        self.controller.stagesChanged.connect(lambda _key: self._update_totals())
         self.filter_edit.clear()
         self.tree_model.set_tree(workspace.tree, self.controller.resolved)
         self.pages.setCurrentWidget(self.editor)
@@ -461,6 +470,7 @@ class MainWindow(WindowQuestions, QMainWindow):
             return
         nodes = [self.workspace.tree.nodes[i] for i in self.selected_node_ids()]
         self.inspector.set_selection(self.controller, nodes)
+        self.layer_views.select(nodes)
 
     def _plan_changed(self, names: list[str]) -> None:
         assert self.controller is not None
@@ -472,7 +482,7 @@ class MainWindow(WindowQuestions, QMainWindow):
         if self.workspace is None or self.controller is None:
             self.totals.show_estimate(None)
             return
-        self.totals.show_estimate(estimate(self.workspace.tree, self.controller.resolved))
+        self.totals.show_estimate(self.workspace.estimate(self.controller.resolved))
 
     def _filter_changed(self, text: str) -> None:
         self.proxy.set_filter_text(text)

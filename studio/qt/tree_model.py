@@ -12,7 +12,7 @@ from PySide6.QtGui import QColor, QFont
 from studio.core.graph.tree import LayerNode, LayerTree
 from studio.core.plan import Plan, ResolvedSpec
 from studio.core.reports.sensitivity_report import SensitivityReport
-from studio.qt.columns import COLUMNS, PLAN_COLUMNS, SENSITIVITY_COLUMN
+from studio.qt.columns import COLUMNS, PLAN_COLUMNS, SENSITIVITY_COLUMN, SQNR_COLUMN
 from studio.qt.plots.metric import MetricAxis, metric_axis
 
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -21,6 +21,14 @@ NODE_ID_ROLE = Qt.ItemDataRole.UserRole + 3
 INHERITED_ROLE = Qt.ItemDataRole.UserRole + 4
 
 _INHERITED_COLOUR = QColor(130, 130, 130)
+SQNR_GOOD_DB, SQNR_BAD_DB = 30.0, 10.0
+"""Green at or above, red at or below (int8 weights usually sit near 40 dB, int4 near 20)."""
+
+
+def health_colour(badness: float) -> QColor:
+    """Pale green (0) through yellow to pale red (1): a cell's background."""
+    badness = min(max(badness, 0.0), 1.0)
+    return QColor.fromHsvF((1.0 - badness) / 3.0, 0.35, 1.0)
 _ALIGN_NUMBER = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 _Index = QModelIndex | QPersistentModelIndex
 _TOP = QModelIndex()
@@ -34,6 +42,7 @@ class LayerTreeModel(QAbstractItemModel):
         self._resolved = resolved or (Plan().resolve(tree) if tree is not None else [])
         self._sensitivity: dict[str, tuple[float, str]] = {}
         self._sensitivity_metric: MetricAxis = metric_axis(None)
+        self._sqnr: dict[str, float] = {}
         self._italic = QFont()
         self._italic.setItalic(True)
         self._bold = QFont()
@@ -133,6 +142,8 @@ class LayerTreeModel(QAbstractItemModel):
         spec = self._resolved[node.id]
         if index.column() == SENSITIVITY_COLUMN:
             return self._sensitivity_data(node, role)
+        if index.column() == SQNR_COLUMN:
+            return self._sqnr_data(node, role)
         if role == Qt.ItemDataRole.DisplayRole:
             if node.parent is None and index.column() == 0:
                 return self._tree.model_name if self._tree else ""
@@ -165,9 +176,33 @@ class LayerTreeModel(QAbstractItemModel):
             return "" if value is None else self._drop_text(value[0])
         if role == SORT_ROLE:
             return -1.0 if value is None else value[0]
+        if role == Qt.ItemDataRole.BackgroundRole and value is not None:
+            worst = max((abs(v) for v, _ in self._sensitivity.values()), default=0.0)
+            return health_colour(value[0] / worst if worst > 0 else 0.0)
         if role == Qt.ItemDataRole.ToolTipRole and value is not None:
             label = self._sensitivity_metric.label.lower()
             return f"{label} drop with this layer alone pruned: {value[1]}"
+        if role == Qt.ItemDataRole.TextAlignmentRole:
+            return _ALIGN_NUMBER
+        if role in (FILTER_ROLE, NODE_ID_ROLE):
+            return f"{node.name} {node.type_label}" if role == FILTER_ROLE else node.id
+        return None
+
+    def set_sqnr(self, values: dict[str, float]) -> None:
+        """Show each layer's SQNR (dB) at its planned bits; layers not given show nothing."""
+        self._sqnr = dict(values)
+        if self._tree is not None:
+            self._emit_columns(list(self._tree.nodes), SQNR_COLUMN, SQNR_COLUMN)
+
+    def _sqnr_data(self, node: LayerNode, role: int) -> object:
+        value = self._sqnr.get(node.name)
+        if role == Qt.ItemDataRole.DisplayRole:
+            return "" if value is None else "lossless" if value == float("inf") \
+                else f"{value:.1f} dB"
+        if role == SORT_ROLE:
+            return -1.0 if value is None else min(value, 1e9)
+        if role == Qt.ItemDataRole.BackgroundRole and value is not None:
+            return health_colour((SQNR_GOOD_DB - value) / (SQNR_GOOD_DB - SQNR_BAD_DB))
         if role == Qt.ItemDataRole.TextAlignmentRole:
             return _ALIGN_NUMBER
         if role in (FILTER_ROLE, NODE_ID_ROLE):

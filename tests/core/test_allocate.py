@@ -68,11 +68,21 @@ def test_channels_move_coupled_layers_together_and_cut_macs(workspace: Workspace
 
 
 def test_pinned_layers_keep_their_spec(workspace: Workspace) -> None:
-    pin = LayerSpec(weight_bits="fp16")
+    pin = LayerSpec(weight_bits="int8")
     result = allocate(workspace.tree, _report(), Target("size", 0.5), {"res.conv2": pin})
     assert result.plan.spec("res.conv2") == pin
     assert "res.conv2" not in result.chosen
     assert result.estimate.ratio("nbytes") <= 0.5
+
+
+def test_a_pin_the_backend_cannot_honour_shows_in_the_estimate(workspace: Workspace) -> None:
+    """fp16 cannot share one ORT model with int8 layers: the estimate counts the pinned layer
+    as fp32, as the engine will store it, and says so."""
+    pin = LayerSpec(weight_bits="fp16")
+    result = allocate(workspace.tree, _report(), Target("size", 0.5), {"res.conv2": pin})
+    assert result.plan.spec("res.conv2") == pin
+    assert any("fp16 layers cannot share one ORT model with int8 layers" in note
+               for note in result.estimate.notes)
 
 
 def test_impossible_target_says_so(workspace: Workspace) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from studio.core.plan.estimate import estimate, kept_channels
+from studio.core.plan.channels import kept_channels
+from studio.core.plan.estimate import estimate
 from studio.core.plan.plan import ROOT, Plan
 from studio.core.plan.spec import LayerSpec, parse_nm
 
@@ -145,7 +146,9 @@ def test_int8_weights_take_a_quarter_plus_scales(tree):
     convs_and_linears = _prunable(tree)
     assert {node.op_type for node in convs_and_linears} == {"Conv2d", "Linear"}
     weight_bytes = sum(node.weight_params * 4 for node in convs_and_linears)
-    int8_bytes = sum(node.weight_params + 4 * node.out_channels for node in convs_and_linears)
+    # act_bits unset with convolutions: int8_path auto quantizes static; per output channel one
+    # fp32 scale and one int8 zero point, and the bias as int32 with its own fp32 scale
+    int8_bytes = sum(node.weight_params + 9 * node.out_channels for node in convs_and_linears)
     expected = result.before.nbytes - weight_bytes + int8_bytes
     assert result.after.nbytes == expected
     assert result.after.params == result.before.params
@@ -162,18 +165,35 @@ def test_fp16_halves_weight_bytes_without_scales(tree):
     assert result.before.nbytes - result.after.nbytes == weight_bytes // 2
 
 
-def test_channel_pruning_halves_one_conv(tree):
-    conv = tree.get("res.conv2")
+def test_channel_pruning_halves_one_conv_and_its_consumers(tree):
+    conv = tree.get("res.conv1.0")
     assert conv.out_channels == 64
-    plan = Plan({"res.conv2": LayerSpec(sparsity=0.5, granularity="channels")})
+    plan = Plan({"res.conv1.0": LayerSpec(sparsity=0.5, granularity="channels")})
     result = estimate(tree, plan.resolve(tree))
     assert kept_channels(64, 0.5) == 32
-    norm = tree.get("res.bn2")  # normalises res.conv2's channels: it loses half of them too
-    assert norm.input_from == conv.id
-    assert result.before.macs - result.after.macs == conv.macs // 2
-    assert result.before.params - result.after.params == conv.params // 2 + norm.params // 2
-    assert result.before.nbytes - result.after.nbytes == conv.nbytes // 2 + norm.nbytes // 2
+    norm = tree.get("res.conv1.1")  # normalises the conv's channels: it loses half of them too
+    consumer = tree.get("res.conv2")  # reads them: it loses half of its inputs
+    assert result.before.macs - result.after.macs == \
+        conv.macs // 2 + norm.macs // 2 + consumer.macs // 2
+    assert result.before.params - result.after.params == \
+        conv.params // 2 + norm.params // 2 + consumer.params // 2
+    folded_bias = norm.params // 2 * 4  # the export folds the norm into the conv: one bias
+    assert result.before.nbytes - result.after.nbytes == \
+        conv.nbytes // 2 + folded_bias // 2 + consumer.nbytes // 2
     assert result.after.nonzero_params == result.after.params
+
+
+def test_a_conv_coupled_outside_the_selection_is_left_whole_and_said_so(tree):
+    """res.conv2 is added to block2.0's output: the engine cuts both or neither."""
+    alone = estimate(tree, Plan({"res.conv2": LayerSpec(sparsity=0.5, granularity="channels")}
+                                ).resolve(tree))
+    assert alone.after == alone.before
+    assert any("res.conv2, block2.0 left whole: coupled with block2.0" in note
+               for note in alone.notes)
+    both = Plan({name: LayerSpec(sparsity=0.5, granularity="channels")
+                 for name in ("res.conv2", "block2.0")})
+    cut = estimate(tree, both.resolve(tree))
+    assert cut.ratio("macs") < 1.0 and not cut.notes
 
 
 def test_channel_pruning_always_keeps_a_channel():
@@ -208,11 +228,13 @@ def test_excluded_layers_are_left_alone(tree):
     assert saved_in_res.after.macs < saved_in_res.before.macs
     assert partial.after.macs > full.after.macs
     assert partial.after.nbytes > full.after.nbytes
-    # res.conv1.0 is excluded but reads block2.0's outputs, which are still cut in half.
-    only_block2 = estimate(tree, Plan({"block2.0": everything.spec(ROOT)}).resolve(tree))
-    conv = tree.get("res.conv1.0")
-    assert only_block2.before.macs - only_block2.after.macs == \
-        tree.get("block2.0").macs // 2 + conv.macs // 2
+    # block1.0 is cut; block2.0 is excluded but reads its outputs: it loses half its inputs.
+    block1 = Plan({ROOT: LayerSpec(exclude=True), "block1.0": everything.spec(ROOT)})
+    block1.set_field("block1.0", "exclude", False)
+    only_block1 = estimate(tree, block1.resolve(tree))
+    conv, norm = tree.get("block2.0"), tree.get("block1.1")
+    assert only_block1.before.macs - only_block1.after.macs == \
+        tree.get("block1.0").macs // 2 + norm.macs // 2 + conv.macs // 2
     # And with everything excluded, nothing changes at all.
     none = everything.copy()
     none.set_field(ROOT, "exclude", True)

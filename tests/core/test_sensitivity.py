@@ -15,13 +15,13 @@ from studio.core.engine.sensitivity import (
     SweepSize,
     cell_name,
     estimate_runtime_s,
-    fake_quantize_weight,
     measure_seconds_per_eval,
     parse_cell_name,
     sensitivity_job,
     sensitivity_workspace,
 )
 from studio.core.jobs import CancelToken, JobCancelled, Metric, Progress, Result
+from studio.core.methods.quantization.grid import fake_quantize_weight
 from studio.core.plan.recipe import parse_recipe
 from studio.core.reports.sensitivity_report import SensitivityReport
 from studio.core.workspace import Workspace, open_workspace

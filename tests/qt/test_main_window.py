@@ -78,7 +78,9 @@ def test_editing_a_layer_updates_tree_totals_and_undo(qtbot, demo_window: MainWi
     assert cell(win, "res.conv2", PLAN_SPARSITY) == "50% ch"
     assert cell(win, "res.conv2", PLAN_BITS) == "int8"
     assert win.totals.cells["nbytes"][1].text() != bytes_before
-    assert win.totals.cells["macs"][1].text() != macs_before
+    # res.conv2 is added to block2.0's output: cut alone, its channels stay, and it says so
+    assert win.totals.cells["macs"][1].text() == macs_before
+    assert "res.conv2, block2.0 left whole" in win.totals.caveats.text()
     assert win.windowTitle().endswith("*")
 
     stack = win.controller.undo_stack

@@ -157,29 +157,35 @@ class _Allocator:
             plan.set_spec(name, self.spec(name, state.sparsity[name], state.bits[name]))
         return plan
 
-    def _figures_table(self) -> dict[str, dict[tuple[int, int], int]]:
-        """Layer -> (sparsity index, bits index) -> the model's figure with only that layer
-        changed. A layer's spec changes only its own subtree's figures, so the figure of any
-        combination is the base figure plus the sum of the layers' differences."""
+    def _figures_table(self) -> dict[tuple[str, ...], dict[tuple[int, ...], int]]:
+        """Block -> its members' (sparsity, bits) indices -> the model's figure with only that
+        block changed, filled as the search asks. A block is a dependency group (channel
+        sweeps: its layers are cut together or not at all, as the estimate and the engine
+        decide) or one layer; the figure of any combination is the base figure plus the sum
+        of the blocks' differences."""
         empty = _State(dict.fromkeys(self.layers, -1), dict.fromkeys(self.layers, -1))
         self.base_plan = self.plan(empty)
         reference = estimate(self.tree, self.base_plan.resolve(self.tree))
         self.original = getattr(reference.before, self.measure)
         self.start = getattr(reference.after, self.measure)
-        table: dict[str, dict[tuple[int, int], int]] = {}
-        for name in self.layers:
-            table[name] = {}
-            for s in range(-1, len(self.s_levels)):
-                for b in range(-1, len(self.b_levels)):
-                    plan = self.base_plan.copy()
-                    plan.set_spec(name, self.spec(name, s, b))
-                    after = estimate(self.tree, plan.resolve(self.tree)).after
-                    table[name][(s, b)] = getattr(after, self.measure) - self.start
-        return table
+        in_units = {name for unit in self.units for name in unit}
+        self.blocks = [*self.units, *((name,) for name in self.layers if name not in in_units)]
+        return {block: {} for block in self.blocks}
+
+    def _block_delta(self, block: tuple[str, ...], state: _State) -> int:
+        key = tuple(index for name in block for index in (state.sparsity[name],
+                                                           state.bits[name]))
+        known = self.table[block]
+        if key not in known:
+            plan = self.base_plan.copy()
+            for name in block:
+                plan.set_spec(name, self.spec(name, state.sparsity[name], state.bits[name]))
+            after = estimate(self.tree, plan.resolve(self.tree)).after
+            known[key] = getattr(after, self.measure) - self.start
+        return known[key]
 
     def figure(self, state: _State) -> float:
-        return self.start + sum(self.table[name][(state.sparsity[name], state.bits[name])]
-                                for name in self.layers)
+        return self.start + sum(self._block_delta(block, state) for block in self.blocks)
 
     def drop(self, state: _State) -> float:
         total = 0.0

@@ -40,6 +40,7 @@ from studio.core.methods.pruning import dependency_groups, prune_channels
 from studio.core.methods.pruning.importance import magnitude_scores
 from studio.core.methods.pruning.masks import layer_weight
 from studio.core.methods.pruning.unstructured import layer_masks
+from studio.core.methods.quantization.grid import fake_quantize_weight
 from studio.core.plan.recipe import Recipe
 from studio.core.plan.spec import BITS_PER_ELEMENT
 from studio.core.plan.stages import DataSection
@@ -82,20 +83,6 @@ def sweep_layers(workspace: Workspace, layers: Sequence[str] | None = None) -> l
         raise StudioError(f"sensitivity: {', '.join(map(repr, unknown))} is not a prunable "
                           "layer of the model (a Conv or Linear with a weight)")
     return list(layers)
-
-
-@torch.no_grad()
-def fake_quantize_weight(weight: Tensor, bits: str) -> Tensor:
-    """``weight`` rounded as a per-output-channel symmetric integer (or cast to fp16/bf16):
-    the first-order effect of weight-only quantization, without any kernel."""
-    if bits in ("fp16", "bf16"):
-        return weight.to(torch.float16 if bits == "fp16" else torch.bfloat16).to(weight.dtype)
-    if bits == "fp32":
-        return weight.clone()
-    qmax = 2 ** (BITS_PER_ELEMENT[bits] - 1) - 1
-    amax = weight.abs().flatten(1).amax(1).clamp_min(1e-12)
-    scale = (amax / qmax).view(-1, *([1] * (weight.dim() - 1)))
-    return (weight / scale).round().clamp(-qmax, qmax) * scale
 
 
 def _check_levels(sparsity_levels: Sequence[float], bit_levels: Sequence[str],

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from studio.core.graph.groups import ChannelGroup
+
 
 @dataclass(eq=False)
 class LayerNode:
@@ -96,6 +98,9 @@ class LayerTree:
         self.example_input: tuple[int, ...] | None = None
         self.notes: list[str] = []
         """What the figures leave out and why (shapes that could not be inferred), in words."""
+        self.channel_groups: list[ChannelGroup] | None = None
+        """Layers structured pruning must cut together (traced on the example input); None
+        where unknown (ONNX models, no example input)."""
 
     def add(self, name: str, label: str, op_type: str, parent: int | None) -> LayerNode:
         siblings = self.nodes[parent].children if parent is not None else []

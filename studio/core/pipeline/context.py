@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from studio.core.data.task import TaskData
 from studio.core.graph.tree import LayerTree
 from studio.core.jobs import CancelToken
-from studio.core.methods.quantization.ort_plan import QuantPlan
+from studio.core.plan.ort_rules import QuantPlan
 from studio.core.plan.recipe import Recipe
 from studio.core.workspace import Workspace
 

@@ -10,7 +10,8 @@ from studio.core.plan.spec import FIELDS, LayerSpec, parse_nm
 ROOT = ""
 DEFAULTS = {"sparsity": 0.0, "granularity": "unstructured", "weight_bits": None,
             "act_bits": None, "exclude": False, "group_size": 32, "adapter": "lora",
-            "adapter_rank": 8, "adapter_alpha": 16.0, "adapter_dropout": 0.0}
+            "adapter_rank": 8, "adapter_alpha": 16.0, "adapter_dropout": 0.0,
+            "distill_from": None, "distill_weight": 1.0}
 """Values at the top of the inheritance chain; ``None`` bits mean "as the model stores them"."""
 
 
@@ -32,6 +33,10 @@ class ResolvedSpec:
     adapter_rank: int = 8
     adapter_alpha: float = 16.0
     adapter_dropout: float = 0.0
+    distill_from: str | None = None
+    """Teacher layer this node's output is matched to while distilling (see
+    :func:`studio.core.plan.distill_pairs.plan_feature_pairs`)."""
+    distill_weight: float = 1.0
 
     @property
     def effective_sparsity(self) -> float:

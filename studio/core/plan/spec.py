@@ -18,6 +18,10 @@ BITS_PER_ELEMENT = {"fp32": 32, "fp16": 16, "bf16": 16, "int16": 16, "int8": 8, 
 GRANULARITIES = ("unstructured", "channels", "2:4", "4:8", "1:4")
 """Offered in the GUI; any N:M (N nonzero weights in every M, 0 < N < M <= 32) is accepted."""
 MAX_SPARSITY = 0.99
+SAME_LAYER = "same"
+"""``distill_from`` value: match the teacher's layer that has this layer's name."""
+NO_MATCH = "none"
+"""``distill_from`` value: no feature match here (stops an inherited ``same``)."""
 _NM = re.compile(r"^(\d+):(\d+)$")
 
 
@@ -54,6 +58,13 @@ class LayerSpec(BaseModel):
     adapter_dropout: float | None = Field(default=None, ge=0.0, lt=1.0,
                                           description="dropout on the adapter's input while "
                                           "training with dropout")
+    distill_from: str | None = Field(
+        default=None, min_length=1,
+        description=f"while distilling, match this layer's output to a teacher layer: its "
+                    f"name, {SAME_LAYER!r} (the teacher's layer of the same name; inherited by "
+                    f"every weighted layer below) or {NO_MATCH!r}")
+    distill_weight: float | None = Field(default=None, ge=0.0,
+                                         description="weight of that match in the loss")
 
     @field_validator("granularity")
     @classmethod

@@ -35,7 +35,6 @@ from studio.core.engine.run import run_recipe
 from studio.core.engine.sensitivity import fake_quantize_weight
 from studio.core.errors import StudioError
 from studio.core.export.measure import torch_outputs
-from studio.core.graph.tree import LayerTree
 from studio.core.jobs import CancelToken, Event, Result
 from studio.core.methods.pruning import dependency_groups
 from studio.core.methods.pruning.masks import layer_weight
@@ -45,28 +44,15 @@ from studio.core.pipeline.steps.bn_recalibration import BnRecalibration
 from studio.core.pipeline.steps.prune import Prune
 from studio.core.pipeline.torch_backend import TorchBackend
 from studio.core.plan.estimate import estimate
-from studio.core.plan.plan import Plan
 from studio.core.plan.recipe import Recipe
-from studio.core.plan.stages import DataSection, PruneSection, TrainSection
+from studio.core.plan.stages import DataSection, PruneSection, QuantizeSection, TrainSection
 from studio.core.search.problem import TrialOutcome, TrialRequest
 from studio.core.search.settings import SearchSettings
 from studio.core.search.space import CompressionSpace, searched_layers
 from studio.core.train.loop import evaluate
 from studio.core.workspace import Workspace, open_recipe_workspace
 
-CONV_OPS = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d")
-SUB_INT8 = ("int4", "int2")
 LATENCY_KEY = "batch_64"
-
-
-def stored_plan(tree: LayerTree, plan: Plan) -> Plan:
-    """``plan`` with each convolution's int4/int2 weights as the exported file stores them:
-    int8 (onnxruntime has no sub-8-bit convolution)."""
-    stored = plan.copy()
-    for node, spec in zip(tree.nodes, plan.resolve(tree), strict=True):
-        if node.prunable and node.op_type in CONV_OPS and spec.weight_bits in SUB_INT8:
-            stored.set_field(node.name, "weight_bits", "int8")
-    return stored
 
 
 @dataclass
@@ -225,8 +211,7 @@ class CompressionProblem:
                     weight.copy_(fake_quantize_weight(weight, spec.weight_bits))
         task = prepared.task
         value = evaluate(model, task.test, metric=task.metric, reference=prepared.reference)
-        sizes = estimate(workspace.tree, stored_plan(workspace.tree, plan).resolve(
-            workspace.tree))
+        sizes = estimate(workspace.tree, resolved, prepared.recipe.section(QuantizeSection))
         figures = {"metric": value, "baseline": prepared.baseline,
                    "drop_pt": round(100.0 * drop(task.metric, prepared.baseline, value), 6),
                    "bytes": sizes.ratio("nbytes"), "macs": sizes.ratio("macs"),

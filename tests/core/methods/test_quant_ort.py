@@ -18,15 +18,11 @@ from studio.core.export.onnx_export import export_onnx, onnx_file_bytes
 from studio.core.graph.onnx_tree import build_onnx_tree
 from studio.core.graph.torch_tree import build_torch_tree
 from studio.core.methods.quantization.ort import gemm_to_matmul, quantize_onnx
-from studio.core.methods.quantization.ort_plan import (
-    QuantPlan,
-    apply_quant_plan,
-    plan_to_ort,
-    resolved_by_name,
-)
+from studio.core.methods.quantization.ort_plan import apply_quant_plan
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loader import open_model
 from studio.core.plan import LayerSpec, Plan
+from studio.core.plan.ort_rules import QuantPlan, plan_to_ort, resolved_by_name
 
 INT8 = LayerSpec(weight_bits="int8", act_bits="int8")
 

@@ -25,7 +25,6 @@ from studio.core.export.measure import (
 )
 from studio.core.graph.torch_tree import build_torch_tree
 from studio.core.jobs import CancelToken
-from studio.core.methods.quantization.ort_plan import resolved_by_name
 from studio.core.methods.quantization.qat import (
     FakeQuantMixin,
     convert_qat_to_qdq_onnx,
@@ -38,6 +37,7 @@ from studio.core.methods.quantization.qat_ort import convert_qat_to_ort_static
 from studio.core.models.inputs import InputSpec
 from studio.core.models.loader import open_model
 from studio.core.plan import LayerSpec, Plan
+from studio.core.plan.ort_rules import resolved_by_name
 from studio.core.train.loop import TrainConfig, train
 
 LAYERS = ("stem.0", "block1.0", "block2.0", "res.conv1.0", "res.conv2", "head.2")

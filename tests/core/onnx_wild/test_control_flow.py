@@ -16,7 +16,7 @@ from studio.core.engine.run import run_recipe
 from studio.core.graph.onnx_walk import all_graphs
 from studio.core.jobs import CancelToken, Result
 from studio.core.methods.pruning.onnx_initializers import prune_initializers
-from studio.core.methods.quantization.ort_plan import plan_to_ort
+from studio.core.plan.ort_rules import plan_to_ort
 from studio.core.plan.plan import ResolvedSpec
 from studio.core.plan.recipe import parse_recipe
 from studio.core.workspace import open_workspace

@@ -17,11 +17,8 @@ from studio.core.export.onnx_export import export_onnx
 from studio.core.graph.onnx_tree import build_onnx_tree
 from studio.core.jobs import CancelToken, Log, Result
 from studio.core.methods.pruning import apply_plan_pruning
-from studio.core.methods.quantization.ort_plan import (
-    apply_quant_plan,
-    plan_to_ort,
-    resolved_by_name,
-)
+from studio.core.methods.quantization.ort_plan import apply_quant_plan
+from studio.core.plan.ort_rules import plan_to_ort, resolved_by_name
 from studio.core.plan.plan import Plan
 from studio.core.plan.recipe import Recipe
 from studio.core.plan.spec import LayerSpec

@@ -11,12 +11,9 @@ import pytest
 from studio.core.export.measure import run_onnx
 from studio.core.export.onnx_export import export_onnx
 from studio.core.graph.onnx_tree import build_onnx_tree
-from studio.core.methods.quantization.ort_plan import (
-    apply_quant_plan,
-    plan_to_ort,
-    resolved_by_name,
-)
+from studio.core.methods.quantization.ort_plan import apply_quant_plan
 from studio.core.models.hf import tokenize
+from studio.core.plan.ort_rules import plan_to_ort, resolved_by_name
 from studio.core.plan.plan import Plan
 from studio.core.plan.spec import LayerSpec
 from studio.core.workspace import open_workspace

@@ -7,6 +7,35 @@ from torch import Tensor, nn
 from studio.core.errors import StudioError
 
 
+def projection_kind(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]
+                    ) -> tuple[str, int, int]:
+    """("conv", s, t) for a 1x1 convolution from width s to t, ("linear", s, t), or
+    ("identity", s, t) when the widths agree; :class:`StudioError` when no projection fits.
+    Shared by :class:`FeatureProjector` and the inspector's shape check."""
+    if len(student_shape) != len(teacher_shape):
+        raise StudioError(f"feature KD: student feature {student_shape} and teacher feature "
+                          f"{teacher_shape} have different ranks; pick layers of the same kind")
+    rank = len(student_shape)
+    if rank in (2, 3, 4):
+        axis = 1 if rank == 4 else -1
+        s_width, t_width = student_shape[axis], teacher_shape[axis]
+        kind = "identity" if s_width == t_width else "conv" if rank == 4 else "linear"
+        return kind, s_width, t_width
+    if student_shape[1:] == teacher_shape[1:]:
+        return "identity", 0, 0
+    raise StudioError(f"feature KD: cannot project a {rank}-D feature {student_shape} "
+                      f"onto {teacher_shape}; use 2-D, 3-D or 4-D features")
+
+
+def describe_projection(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> str:
+    """The projection a pair will train, in words ("none: widths agree", "1×1 conv 32 → 64")."""
+    kind, s_width, t_width = projection_kind(student_shape, teacher_shape)
+    if kind == "identity":
+        return "no projection: the widths agree"
+    what = "1×1 convolution" if kind == "conv" else "linear layer"
+    return f"a learned {what}, {s_width} → {t_width} channels"
+
+
 class FeatureProjector(nn.Module):
     """1x1 convolution for 4-D maps (N, C, H, W); Linear on the last dim for 2-D (N, C) and
     3-D (N, L, C) features; identity when the widths already agree.
@@ -17,24 +46,12 @@ class FeatureProjector(nn.Module):
 
     def __init__(self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> None:
         super().__init__()
-        if len(student_shape) != len(teacher_shape):
-            raise StudioError(f"feature KD: student feature {student_shape} and teacher feature "
-                              f"{teacher_shape} have different ranks; pick layers of the same kind")
+        kind, s_width, t_width = projection_kind(tuple(student_shape), tuple(teacher_shape))
         self.student_shape = tuple(student_shape)
         self.teacher_shape = tuple(teacher_shape)
-        rank = len(student_shape)
-        if rank == 4:
-            s_width, t_width = student_shape[1], teacher_shape[1]
-            self.proj: nn.Module = (nn.Conv2d(s_width, t_width, 1) if s_width != t_width
-                                    else nn.Identity())
-        elif rank in (2, 3):
-            s_width, t_width = student_shape[-1], teacher_shape[-1]
-            self.proj = nn.Linear(s_width, t_width) if s_width != t_width else nn.Identity()
-        elif student_shape[1:] == teacher_shape[1:]:
-            self.proj = nn.Identity()
-        else:
-            raise StudioError(f"feature KD: cannot project a {rank}-D feature {student_shape} "
-                              f"onto {teacher_shape}; use 2-D, 3-D or 4-D features")
+        self.proj: nn.Module = (nn.Conv2d(s_width, t_width, 1) if kind == "conv" else
+                                nn.Linear(s_width, t_width) if kind == "linear" else
+                                nn.Identity())
 
     @property
     def learned(self) -> bool:

@@ -19,7 +19,7 @@ Modules: ``unstructured`` and ``nm`` (masks), ``schedule`` (gradual AGP pruning)
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from operator import attrgetter
 from typing import Any
 
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from studio.core.graph.tree import LayerNode, LayerTree
+from studio.core.graph.tree import LayerTree
 from studio.core.methods.pruning.fisher import (
     FISHER_SAMPLES,
     MaskSite,
@@ -52,43 +52,18 @@ from studio.core.methods.pruning.unstructured import (
     global_masks,
     layer_masks,
 )
-from studio.core.plan.estimate import (
-    channel_kind,
-    held_attentions,
+from studio.core.plan.channels import (
+    DENSE_ZEROS_NOTE,
+    RESIDUAL_REASON,
+    PlanPartition,
     kept_channels,
-    wants_channels,
+    partition_plan,
 )
 from studio.core.plan.plan import ResolvedSpec
-from studio.core.plan.spec import parse_nm
 from studio.core.train.loop import LossFn, cross_entropy
 
-DENSE_ZEROS_NOTE = (
-    "Unstructured and N:M zeros are stored densely: they make neither the ONNX file smaller nor "
-    "onnxruntime on CPU faster. They pay off when the file is compressed, and N:M 2:4 on GPUs "
-    "with sparse tensor cores.")
 RETRACE_NOTE = "Channels were removed: rebuild the layer tree (names are unchanged, shapes not)."
-RESIDUAL_REASON = ("its outputs are the transformer's residual width, which is not cut; heads "
-                   "and FFN width are")
 
-
-@dataclass(frozen=True)
-class PlanPartition:
-    """The plan's prunable layers sorted by what will happen to them."""
-
-    channels: dict[str, float] = field(default_factory=dict)
-    heads: dict[str, float] = field(default_factory=dict)
-    """Attention -> fraction of its heads to remove."""
-    ffn: dict[str, float] = field(default_factory=dict)
-    """First Linear of an FFN -> fraction of its hidden units to remove."""
-    unstructured: dict[str, float] = field(default_factory=dict)
-    nm: dict[str, tuple[int, int]] = field(default_factory=dict)
-    excluded: list[str] = field(default_factory=list)
-    left_whole: dict[str, str] = field(default_factory=dict)
-    """Layers asked for channels that channel pruning does not cut, with the reason."""
-
-    @property
-    def is_empty(self) -> bool:
-        return not (self.channels or self.heads or self.ffn or self.unstructured or self.nm)
 
 
 @dataclass
@@ -98,50 +73,6 @@ class PruningResult:
     report: dict[str, Any]
     """JSON-ready: what was cut, per layer, with params/MACs before and after."""
     structured: StructuredReport | None = None
-
-
-def partition_plan(tree: LayerTree, resolved: list[ResolvedSpec]) -> PlanPartition:
-    """Split the resolved plan by granularity; layers with nothing to remove are left out."""
-    partition = PlanPartition()
-    held = held_attentions(tree, resolved)
-    for node in tree.nodes:
-        spec = resolved[node.id]
-        if node.heads and wants_channels(spec):
-            if node.id in held:
-                partition.left_whole[node.name] = "a layer of this attention is excluded"
-            else:
-                partition.heads[node.name] = spec.effective_sparsity
-        if not node.prunable:
-            continue
-        if spec.exclude:
-            partition.excluded.append(node.name)
-            continue
-        sparsity = spec.effective_sparsity
-        if sparsity <= 0.0:
-            continue
-        nm = parse_nm(spec.granularity)
-        if nm is not None:
-            partition.nm[node.name] = nm
-        elif spec.granularity == "channels":
-            _sort_channels(tree, node, sparsity, resolved, partition)
-        else:
-            partition.unstructured[node.name] = sparsity
-    return partition
-
-
-def _sort_channels(tree: LayerTree, node: LayerNode, sparsity: float,
-                   resolved: list[ResolvedSpec], partition: PlanPartition) -> None:
-    kind = channel_kind(tree, node)
-    if kind == "channels":
-        partition.channels[node.name] = sparsity
-    elif kind == "ffn":
-        partition.ffn[node.name] = sparsity
-    elif kind == "residual":
-        partition.left_whole[node.name] = RESIDUAL_REASON
-    elif node.head_of is not None and not wants_channels(resolved[node.head_of]):
-        attention = tree.nodes[node.head_of].name
-        partition.left_whole[node.name] = (f"split by the heads of {attention!r}: set channels "
-                                           "on that attention to remove heads")
 
 
 def _achieved(model: nn.Module, name: str) -> float:
@@ -270,5 +201,5 @@ def fisher_search(model: nn.Module, partition: PlanPartition, layouts: dict[str,
                    "magnitude_instead": unplaced}
 
 
-__all__ = ["MaskSet", "PlanPartition", "PruningResult", "StructuredReport",
+__all__ = ["RESIDUAL_REASON", "MaskSet", "PlanPartition", "PruningResult", "StructuredReport",
            "apply_plan_pruning", "dependency_groups", "partition_plan", "prune_channels"]

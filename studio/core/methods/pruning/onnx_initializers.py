@@ -20,9 +20,9 @@ import torch
 from onnx import numpy_helper
 
 from studio.core.graph.onnx_walk import all_graphs, walk_nodes
-from studio.core.methods.pruning import DENSE_ZEROS_NOTE
 from studio.core.methods.pruning.unstructured import DEFAULT_LAYER_CAP, global_masks, layer_masks
 from studio.core.models.onnx_weights import read_array, tensor_dtype
+from studio.core.plan.channels import DENSE_ZEROS_NOTE
 
 WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 """Op -> which input is the weight (as the layer tree reads it)."""

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from studio.core.errors import StudioError
+from studio.core.graph.groups import ChannelGroup
 from studio.core.methods.pruning.attention import HeadPrunedAttention
 from studio.core.methods.pruning.importance import (
     accumulate_gradients,
@@ -35,7 +36,7 @@ from studio.core.methods.pruning.importance import (
     clear_gradients,
 )
 from studio.core.methods.pruning.measure import NO_SIZE, Size, measure, output_shapes
-from studio.core.plan.estimate import kept_channels
+from studio.core.plan.channels import group_cut, kept_channels
 from studio.core.train.loop import LossFn, cross_entropy
 
 ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
@@ -61,19 +62,6 @@ class _OpaqueAttentionPruner(tp.pruner.function.BasePruningFunc):
         return layer.embed_dim
 
     get_in_channels = get_out_channels
-
-
-@dataclass(frozen=True)
-class ChannelGroup:
-    """Layers that must lose the same output channels, and the modules the cut follows into."""
-
-    layers: list[str]
-    """Conv/Linear layers whose output channels are coupled (cut together)."""
-    followers: list[str]
-    """Other named modules the cut changes: batch norms, and layers consuming the channels."""
-    channels: int
-    feeds_output: bool
-    through_attention: bool
 
 
 @dataclass
@@ -197,23 +185,6 @@ class _GivenScores(tp.importance.Importance):
         return given if given is not None else self.fallback(group)
 
 
-def _skip_reason(info: ChannelGroup, ratios: Mapping[str, float],
-                 protected: set[str]) -> str | None:
-    if info.feeds_output:
-        return "feeds the model output: its channels are the model's outputs"
-    kept = sorted(protected.intersection(info.layers))
-    if kept:
-        return f"coupled with excluded layer(s) {', '.join(kept)}"
-    if info.through_attention:
-        return ("runs through attention's model width; use head or FFN pruning "
-                "(studio.core.methods.pruning.transformer)")
-    missing = [name for name in info.layers if ratios.get(name, 0.0) <= 0.0]
-    if missing:
-        return (f"coupled with {', '.join(missing)}, not set to channel pruning; give every "
-                "coupled layer a channels ratio to cut them together")
-    return None
-
-
 @dataclass(frozen=True)
 class _Cut:
     root: nn.Module
@@ -233,11 +204,8 @@ def _choose_cuts(model: nn.Module, graph: tp.DependencyGraph, asked: Mapping[str
         reached.update(info.layers)
         if not any(name in asked for name in info.layers):
             continue
-        reason = _skip_reason(info, asked, protected)
-        ratio = min(asked.get(name, 0.0) for name in info.layers)
+        ratio, reason = group_cut(info, asked, protected)
         remove = info.channels - kept_channels(info.channels, ratio)
-        if reason is None and remove <= 0:
-            reason = f"{ratio:.0%} of {info.channels} channels rounds to none"
         scores = scorer(group) if reason is None else None
         if reason is None and scores is None:
             reason = "no weights to rank"

@@ -45,7 +45,7 @@ from studio.core.methods.pruning.structured import (
     channel_groups,
     prune_channels,
 )
-from studio.core.plan.estimate import kept_channels
+from studio.core.plan.channels import kept_channels
 from studio.core.train.loop import LossFn, cross_entropy
 from studio.core.util import first_tensor
 

@@ -29,8 +29,20 @@ def _removed_count(numel: int, fraction: float) -> int:
 
 
 def _smallest(scores: Tensor, count: int) -> Tensor:
-    """Flat indices of the ``count`` smallest scores; ties go to the earlier index."""
-    return torch.argsort(scores.flatten(), stable=True)[:count]
+    """Flat indices (ascending) of the ``count`` smallest scores; ties go to the earlier index.
+
+    A selection (``kthvalue``) rather than a full sort: the same set as a stable argsort, in
+    linear time, which on a 4096x4096 layer is seconds instead of tens of seconds."""
+    flat = scores.flatten()
+    if count <= 0:
+        return torch.zeros(0, dtype=torch.long, device=flat.device)
+    if count >= flat.numel():
+        return torch.arange(flat.numel(), device=flat.device)
+    threshold = flat.kthvalue(count).values
+    chosen = flat < threshold
+    ties = (flat == threshold).nonzero().squeeze(1)[:count - int(chosen.sum())]
+    chosen[ties] = True
+    return chosen.nonzero().squeeze(1)
 
 
 def layer_masks(scores: Mapping[str, Tensor], sparsity: Mapping[str, float]) -> MaskSet:

@@ -19,9 +19,9 @@ from studio.core.methods.layerwise.apply import QuantTarget, quantize_layerwise
 from studio.core.methods.layerwise.blocks import is_linear
 from studio.core.methods.pruning.masks import MaskSet
 from studio.core.methods.quantization.nbits_onnx import matching_nodes, write_matmul_nbits
-from studio.core.methods.quantization.ort_plan import QuantPlan
 from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.step import Need, StageReport, Step
+from studio.core.plan.ort_rules import QuantPlan
 from studio.core.plan.recipe import Recipe
 from studio.core.plan.spec import BITS_PER_ELEMENT
 from studio.core.plan.stages import QuantizeSection

@@ -9,10 +9,10 @@ from typing import Any
 from studio.core.jobs import Event, Log
 from studio.core.methods.pruning import partition_plan
 from studio.core.methods.pruning.onnx_initializers import prune_initializers
-from studio.core.methods.quantization.ort_plan import resolved_by_name
 from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.onnx_backend import TORCH_HINT, OnnxBackend
 from studio.core.pipeline.step import Need, StageReport, Step
+from studio.core.plan.ort_rules import resolved_by_name
 from studio.core.plan.stages import PruneSection
 
 

@@ -7,11 +7,11 @@ from collections.abc import Generator
 
 from studio.core.export.onnx_export import save_onnx
 from studio.core.jobs import Event
-from studio.core.methods.quantization.ort_plan import resolved_by_name
 from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.onnx_backend import OnnxBackend
 from studio.core.pipeline.step import Need, StageReport, Step
 from studio.core.pipeline.steps.ptq import FLOAT_FILE, quant_plan, quantize_file
+from studio.core.plan.ort_rules import resolved_by_name
 from studio.core.plan.stages import QuantizeSection
 
 

@@ -16,16 +16,12 @@ from studio.core.graph.tree import LayerTree
 from studio.core.jobs import Event, Log
 from studio.core.methods.quantization.bias_correction import correct_bias
 from studio.core.methods.quantization.ort import calibration_batches
-from studio.core.methods.quantization.ort_plan import (
-    QuantPlan,
-    apply_quant_plan,
-    keep_float,
-    plan_to_ort,
-)
+from studio.core.methods.quantization.ort_plan import apply_quant_plan, keep_float
 from studio.core.methods.quantization.path_check import PathCheck, check_path
 from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.steps.ptq_aware import accuracy_aware
 from studio.core.pipeline.steps.ptq_prepare import check_feeds, prepare_float
+from studio.core.plan.ort_rules import QuantPlan, plan_to_ort
 from studio.core.plan.plan import ResolvedSpec
 from studio.core.plan.stages import QuantizeSection
 

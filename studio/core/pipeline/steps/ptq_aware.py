@@ -20,12 +20,9 @@ from studio.core.export.measure import latency_ms
 from studio.core.export.onnx_export import onnx_file_bytes, remove_onnx
 from studio.core.jobs import Event, Log
 from studio.core.methods.quantization.accuracy_aware import allowed_drop, search
-from studio.core.methods.quantization.ort_plan import (
-    QuantPlan,
-    keep_float,
-    neighbour_activations,
-)
+from studio.core.methods.quantization.ort_plan import keep_float, neighbour_activations
 from studio.core.pipeline.context import RunContext
+from studio.core.plan.ort_rules import QuantPlan
 from studio.core.plan.stages import QuantizeSection
 
 KEPT_FLOAT = "accuracy-aware: kept float to meet max_drop"

@@ -15,6 +15,7 @@ from studio.core.methods.distill import OutputMatchingLoss, default_teacher, mat
 from studio.core.methods.distill.recovery import build_distillation
 from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.step import Need, StageReport, Step
+from studio.core.plan.distill_pairs import merged_pairs, plan_feature_pairs
 from studio.core.plan.recipe import Recipe
 from studio.core.plan.stages import TrainSection
 from studio.core.train.checkpointing import checkpoint_candidates
@@ -69,10 +70,14 @@ class Recover(Step):
                       f"{'KL of softened scores' if kind == 'logits' else '1 - cosine + MSE'}"
                       f"{hidden}; dropout off)")
         elif recipe.distill is not None:
+            tree = context.workspace.tree
+            plan_pairs = plan_feature_pairs(tree, context.workspace.plan.resolve(tree))
+            distill = recipe.distill.model_copy(update={
+                "features": merged_pairs(recipe.distill.features, plan_pairs)})
             assert context.workspace.example is not None
             example = context.workspace.example.make_tensor().to(device)
             distillation = build_distillation(
-                recipe.distill, model, original, example, data, context.out_dir,
+                distill, model, original, example, data, context.out_dir,
                 context.base_dir, context.trust_models, section.seed, str(device))
             loss_fn, close, finish = distillation.loss_fn, distillation.close, distillation.finish
             parameters = distillation.parameters
