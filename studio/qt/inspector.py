@@ -1,4 +1,5 @@
-"""Edit the plan of the selected layers: sparsity, granularity, bits, exclusion.
+"""Edit the plan of the selected layers: sparsity, granularity, bits, exclusion, block-wise
+group size, adapters and per-layer distillation.
 
 Shows the settings in force (inherited ones in grey, with where they come from); each field has
 a reset button that clears the layer's own value so it inherits again. All edits go through the
@@ -19,6 +20,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QSlider,
+    QSpinBox,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -31,6 +33,7 @@ from studio.core.plan.channels import kept_channels
 from studio.core.plan.plan import ResolvedSpec
 from studio.core.plan.spec import (
     ACT_BITS,
+    ADAPTER_KINDS,
     GRANULARITIES,
     MAX_SPARSITY,
     NO_MATCH,
@@ -46,6 +49,8 @@ _CHANNELS_BY_ROLE = {"attention": "attention heads (structured)",
                      "FFN": "FFN hidden units (structured)",
                      "encoder block": "heads and FFN units (structured)"}
 """What channel pruning removes from a transformer part (the core cuts heads, not columns)."""
+GROUP_SIZES = tuple(2 ** power for power in range(4, 13))
+"""The group sizes LayerSpec accepts: powers of two from 16 to 4096."""
 
 
 class _FieldRow(QWidget):
@@ -150,6 +155,38 @@ class InspectorPanel(QGroupBox):
         self.distill_check = ""
         """The shape check of the selected layer's match, shown in its hint and tooltip."""
 
+        self.group_size = QComboBox()
+        for size in GROUP_SIZES:
+            self.group_size.addItem(str(size), size)
+        self.group_size.setToolTip("int4/int2 (and weight-only int8) MatMul layers: weights "
+                                   "along the input sharing one scale")
+        self.group_size.activated.connect(
+            lambda _i: self._edit("group_size", self.group_size.currentData()))
+        self.adapter = QComboBox()
+        for kind in ADAPTER_KINDS:
+            self.adapter.addItem(kind, kind)
+        self.adapter.setToolTip("With an adapters section (Run settings): the adapter trained "
+                                "on this subtree's Linear/Conv layers")
+        self.adapter.activated.connect(
+            lambda _i: self._edit("adapter", self.adapter.currentData()))
+        self.adapter_rank = QSpinBox()
+        self.adapter_rank.setRange(1, 4096)
+        self.adapter_rank.setKeyboardTracking(False)
+        self.adapter_rank.valueChanged.connect(lambda value: self._edit("adapter_rank", value))
+        self.adapter_alpha = QDoubleSpinBox()
+        self.adapter_alpha.setRange(0.01, 1e6)
+        self.adapter_alpha.setDecimals(2)
+        self.adapter_alpha.setKeyboardTracking(False)
+        self.adapter_alpha.valueChanged.connect(
+            lambda value: self._edit("adapter_alpha", round(value, 4)))
+        self.adapter_dropout = QDoubleSpinBox()
+        self.adapter_dropout.setRange(0.0, 0.99)
+        self.adapter_dropout.setDecimals(2)
+        self.adapter_dropout.setSingleStep(0.05)
+        self.adapter_dropout.setKeyboardTracking(False)
+        self.adapter_dropout.valueChanged.connect(
+            lambda value: self._edit("adapter_dropout", round(value, 4)))
+
         self.rows = {
             "sparsity": _FieldRow(sparsity_box, lambda: self._edit("sparsity", None)),
             "granularity": _FieldRow(self.granularity, lambda: self._edit("granularity", None)),
@@ -160,6 +197,14 @@ class InspectorPanel(QGroupBox):
                                       lambda: self._edit("distill_from", None)),
             "distill_weight": _FieldRow(self.distill_weight,
                                         lambda: self._edit("distill_weight", None)),
+            "group_size": _FieldRow(self.group_size, lambda: self._edit("group_size", None)),
+            "adapter": _FieldRow(self.adapter, lambda: self._edit("adapter", None)),
+            "adapter_rank": _FieldRow(self.adapter_rank,
+                                      lambda: self._edit("adapter_rank", None)),
+            "adapter_alpha": _FieldRow(self.adapter_alpha,
+                                       lambda: self._edit("adapter_alpha", None)),
+            "adapter_dropout": _FieldRow(self.adapter_dropout,
+                                         lambda: self._edit("adapter_dropout", None)),
         }
         form.addRow("Sparsity", self.rows["sparsity"])
         form.addRow("Granularity", self.rows["granularity"])
@@ -168,6 +213,11 @@ class InspectorPanel(QGroupBox):
         form.addRow("Exclude", self.rows["exclude"])
         form.addRow("Distill from", self.rows["distill_from"])
         form.addRow("Distill weight", self.rows["distill_weight"])
+        form.addRow("Group size", self.rows["group_size"])
+        form.addRow("Adapter", self.rows["adapter"])
+        form.addRow("Adapter rank", self.rows["adapter_rank"])
+        form.addRow("Adapter alpha", self.rows["adapter_alpha"])
+        form.addRow("Adapter dropout", self.rows["adapter_dropout"])
         self.error = QLabel()
         self.error.setStyleSheet("color: #b00020;")
         self.error.setWordWrap(True)
@@ -223,6 +273,11 @@ class InspectorPanel(QGroupBox):
             self._fill_teachers(tree)
             self._select_teacher(spec.distill_from)
             self.distill_weight.setValue(spec.distill_weight)
+            self.group_size.setCurrentIndex(self.group_size.findData(spec.group_size))
+            self._select(self.adapter, spec.adapter)
+            self.adapter_rank.setValue(spec.adapter_rank)
+            self.adapter_alpha.setValue(spec.adapter_alpha)
+            self.adapter_dropout.setValue(spec.adapter_dropout)
             self.distill_check = self._shape_check(first, spec) if len(self.nodes) == 1 else ""
         finally:
             self._updating = False

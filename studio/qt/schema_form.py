@@ -162,7 +162,7 @@ def _text_editor(field: FieldForm) -> _Editor:
                 value = yaml.safe_load(f"[{text}]")
         except yaml.YAMLError:
             return text  # the schema then names the field
-        if isinstance(field.default, (list, tuple)) and not isinstance(value, (list, tuple)):
+        if field.many and not isinstance(value, (list, tuple)):
             return [value]  # one value where a list is expected ("0.5": one for all)
         return value
 

@@ -13,7 +13,7 @@ from studio.core.plan import FIELDS
 from studio.core.plan.distill_pairs import plan_feature_pairs
 from studio.core.plan.recipe import read_recipe
 from studio.core.plan.schema import FieldForm, job_sections, section_fields
-from studio.core.plan.stages import FeaturePair
+from studio.core.plan.stages import FeaturePair, TeacherSource
 from studio.qt.columns import COLUMNS
 from studio.qt.main_window import MainWindow
 from tests.qt.test_main_window import cell, choose, select
@@ -31,8 +31,12 @@ def _other_value(field: FieldForm) -> Any:
         return (field.default or 0) + 1
     if field.kind == "float":
         return field.default * 0.5 if field.default else 0.25
+    if field.kind == "table" and field.model is TeacherSource:
+        return [TeacherSource(path="original", weight=0.5)]
     if field.kind == "table":
         return [FeaturePair(student="res.conv2", teacher="res.conv2", weight=0.5)]
+    if field.kind == "value":  # a list of layer names (self-distillation's layers)
+        return ["res.conv2"]
     assert field.kind == "text", field
     return "auto"
 
@@ -60,6 +64,11 @@ def test_window_settings_round_trip_through_a_recipe(qtbot, demo_window: MainWin
     choose(inspector.act_bits, "int8")
     choose(inspector.distill_from, "block2.0")
     inspector.distill_weight.setValue(0.5)
+    choose(inspector.group_size, 128)
+    choose(inspector.adapter, "dora")
+    inspector.adapter_rank.setValue(4)
+    inspector.adapter_alpha.setValue(8.0)
+    inspector.adapter_dropout.setValue(0.1)
     select(win, "head")
     inspector.exclude.click()
     expected = {}
@@ -78,6 +87,8 @@ def test_window_settings_round_trip_through_a_recipe(qtbot, demo_window: MainWin
     assert (spec.sparsity, spec.granularity, spec.weight_bits, spec.act_bits,
             spec.distill_from, spec.distill_weight) == (0.3, "channels", "int4", "int8",
                                                           "block2.0", 0.5)
+    assert (spec.group_size, spec.adapter, spec.adapter_rank, spec.adapter_alpha,
+            spec.adapter_dropout) == (128, "dora", 4, 8.0, 0.1)
     assert recipe.to_plan().spec("head").exclude is True
     assert recipe.stages() == expected
 

@@ -41,6 +41,8 @@ class FieldForm:
     choices: tuple[Any, ...] = ()
     model: type[BaseModel] | None = None
     """The nested model of a ``section`` or the row model of a ``table``."""
+    many: bool = False
+    """A list or tuple ``value``: one item typed alone means a list of one."""
 
 
 def label_of(name: str) -> str:
@@ -106,7 +108,8 @@ def section_fields(model: type[BaseModel]) -> list[FieldForm]:
         default = None if info.is_required() else info.get_default(call_default_factory=True)
         help_text = " ".join((info.description or "").split())
         forms.append(FieldForm(name, info.title or label_of(name), kind, help_text, default,
-                               optional, choices=choices, model=nested, **limits))
+                               optional, choices=choices, model=nested,
+                               many=get_origin(annotation) in (list, tuple), **limits))
     return forms
 
 
