@@ -314,7 +314,7 @@ def _static(src: Path, out: Path, calibration: TensorDataset | None, per_channel
     batch = fixed_batch_size(model) or 32
     reader = DatasetReader(calibration, feed, batch)
     if calibrate_method == "auto":
-        chosen = choose_ranges(src, DatasetReader(calibration, feed, batch))
+        chosen = choose_ranges(src, lambda: DatasetReader(calibration, feed, batch))
         extra_options["TensorQuantOverrides"] = {
             **chosen.overrides, **extra_options.get("TensorQuantOverrides", {})}
         calibrate_method = "minmax"  # every tensor it calibrates has its range given
