@@ -95,12 +95,15 @@ def choose_ranges(model_path: Path, make_reader: Callable[[], CalibrationDataRea
     """Collect histograms of every tensor static int8 quantizes in ``model_path`` over the
     batches each reader ``make_reader`` gives, and pick each one's range. A model with
     non-finite activations (a transformer's additive attention mask, -3.4e38) cannot be
-    histogrammed whole; then only the tensors around its weighted layers are, and the rest
-    keep onnxruntime's min-max ranges."""
+    histogrammed whole; then only the tensors around its weighted layers are (or none, when
+    those hold some too), and the rest keep onnxruntime's min-max ranges."""
     try:
         histograms, entropy = _histograms(model_path, make_reader(), None)
     except ValueError:  # "supplied range of [-inf, inf] is not finite"
-        histograms, entropy = _histograms(model_path, make_reader(), list(WEIGHTED_OPS))
+        try:
+            histograms, entropy = _histograms(model_path, make_reader(), list(WEIGHTED_OPS))
+        except ValueError:
+            return RangeChoice({}, {})  # every tensor keeps its min-max range
     overrides: dict[str, list[dict[str, np.ndarray]]] = {}
     methods: dict[str, str] = {}
     for tensor, (hist, edges, low, high, *_rest) in histograms.items():
