@@ -182,5 +182,5 @@ def test_drop_blocks_removes_the_least_influential_block_then_prunes_the_rest(
 
 
 def test_dropping_every_block_is_refused_in_words(tiny_bert: Path, tmp_path: Path) -> None:
-    with pytest.raises(StudioError, match="prune.drop_blocks: 2 of the model's 2 blocks"):
+    with pytest.raises(StudioError, match=r"prune\.drop_blocks: 2 of the model's 2 blocks"):
         _run(tiny_bert, tmp_path, {}, {"drop_blocks": 2}, {})
