@@ -34,6 +34,14 @@ from benchmarks.transformer_text import training_sentences
 from studio.core.data.text import token_blocks
 from studio.core.export.measure import latency_ms, run_onnx, score_outputs
 from studio.core.export.onnx_export import export_onnx, onnx_file_bytes
+from studio.core.methods.layerwise.apply import (
+    PruneTarget,
+    QuantTarget,
+    prune_layerwise,
+    quantize_layerwise,
+)
+from studio.core.methods.pruning.importance import magnitude_scores
+from studio.core.methods.pruning.nm import nm_masks
 from studio.core.methods.pruning.unstructured import prune_unstructured
 from studio.core.models.generate import greedy_text
 from studio.core.models.hf import load_tokenizer
@@ -60,6 +68,33 @@ def _magnitude(sparsity: float) -> Compress:
     return compress
 
 
+def _magnitude_nm(nm: tuple[int, int]) -> Compress:
+    def compress(model: nn.Module, _calibration: torch.Tensor) -> None:
+        names = decoder_linears(model)
+        nm_masks(magnitude_scores(model, names), dict.fromkeys(names, nm)).apply(model)
+
+    return compress
+
+
+def _layerwise_prune(method: str, nm: tuple[int, int] | None) -> Compress:
+    """SparseGPT or Wanda, block by block on the calibration blocks: 50% or N:M."""
+    def compress(model: nn.Module, calibration: torch.Tensor) -> None:
+        targets = {name: PruneTarget(0.5, nm) for name in decoder_linears(model)}
+        prune_layerwise(model, calibration, targets, method)  # type: ignore[arg-type]
+
+    return compress
+
+
+def _int4(method: str, group_size: int = 128) -> Compress:
+    """int4 weights (asymmetric, ``group_size`` per scale) of the decoder Linears, rounded to
+    nearest or by GPTQ, on the grid MatMulNBits stores (fake-quantized in torch)."""
+    def compress(model: nn.Module, calibration: torch.Tensor) -> None:
+        targets = {name: QuantTarget(4, group_size) for name in decoder_linears(model)}
+        quantize_layerwise(model, calibration, targets, method)  # type: ignore[arg-type]
+
+    return compress
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -70,7 +105,18 @@ class Variant:
 VARIANTS: list[Variant] = [
     Variant("magnitude50", _magnitude(0.5),
             "50% unstructured by magnitude, per layer, decoder Linears only"),
-    # SparseGPT / Wanda / GPTQ / RTN / LoRA rows go here (llm-compress, lora-train).
+    Variant("wanda50", _layerwise_prune("wanda", None),
+            "50% unstructured by Wanda (|w| x input norm per output), decoder Linears"),
+    Variant("sparsegpt50", _layerwise_prune("sparsegpt", None),
+            "50% unstructured by SparseGPT (OBS weight update), decoder Linears"),
+    Variant("magnitude24", _magnitude_nm((2, 4)), "2:4 by magnitude, decoder Linears"),
+    Variant("wanda24", _layerwise_prune("wanda", (2, 4)), "2:4 by Wanda, decoder Linears"),
+    Variant("sparsegpt24", _layerwise_prune("sparsegpt", (2, 4)),
+            "2:4 by SparseGPT, decoder Linears"),
+    Variant("rtn_int4", _int4("rtn"), "int4 g128 asymmetric, round to nearest"),
+    Variant("gptq_int4", _int4("gptq"), "int4 g128 asymmetric, GPTQ"),
+    # int4 bytes ratio and ORT latency of the GPTQ file: benchmarks.llm_compress.quant_rows.
+    # LoRA rows go here (lora-train).
 ]
 
 

@@ -14,8 +14,10 @@ import contextlib
 import io
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
@@ -26,6 +28,7 @@ PERCENTILES = (99.9, 99.99)
 CLIPS = np.linspace(0.25, 1.0, 16)
 """Fractions of the min-max range tried for the MSE-optimal clip."""
 LEVELS = 255
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass
@@ -75,17 +78,32 @@ def candidates(hist: np.ndarray, edges: np.ndarray, low: float, high: float,
     return found
 
 
-def choose_ranges(model_path: Path, reader: CalibrationDataReader) -> RangeChoice:
-    """Collect histograms of every tensor static int8 quantizes in ``model_path`` over the
-    batches ``reader`` gives, and pick each one's range."""
+def _histograms(model_path: Path, reader: CalibrationDataReader,
+                op_types: list[str] | None) -> tuple[dict, Any]:
     with tempfile.TemporaryDirectory(prefix=".calib.", dir=model_path.parent) as scratch:
         calibrator = create_calibrator(
-            model_path, None, Path(scratch) / "augmented.onnx", CalibrationMethod.Entropy,
+            model_path, op_types, Path(scratch) / "augmented.onnx", CalibrationMethod.Entropy,
             extra_options={"num_bins": BINS, "num_quantized_bins": 128})
         with contextlib.redirect_stdout(io.StringIO()):  # it prints a line per pass
             calibrator.collect_data(reader)
             entropy = calibrator.compute_data()
-        histograms = calibrator.collector.histogram_dict
+        return calibrator.collector.histogram_dict, entropy
+
+
+def choose_ranges(model_path: Path, make_reader: Callable[[], CalibrationDataReader]
+                  ) -> RangeChoice:
+    """Collect histograms of every tensor static int8 quantizes in ``model_path`` over the
+    batches each reader ``make_reader`` gives, and pick each one's range. A model with
+    non-finite activations (a transformer's additive attention mask, -3.4e38) cannot be
+    histogrammed whole; then only the tensors around its weighted layers are (or none, when
+    those hold some too), and the rest keep onnxruntime's min-max ranges."""
+    try:
+        histograms, entropy = _histograms(model_path, make_reader(), None)
+    except ValueError:  # "supplied range of [-inf, inf] is not finite"
+        try:
+            histograms, entropy = _histograms(model_path, make_reader(), list(WEIGHTED_OPS))
+        except ValueError:
+            return RangeChoice({}, {})  # every tensor keeps its min-max range
     overrides: dict[str, list[dict[str, np.ndarray]]] = {}
     methods: dict[str, str] = {}
     for tensor, (hist, edges, low, high, *_rest) in histograms.items():

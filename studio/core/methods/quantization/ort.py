@@ -314,7 +314,7 @@ def _static(src: Path, out: Path, calibration: TensorDataset | None, per_channel
     batch = fixed_batch_size(model) or 32
     reader = DatasetReader(calibration, feed, batch)
     if calibrate_method == "auto":
-        chosen = choose_ranges(src, DatasetReader(calibration, feed, batch))
+        chosen = choose_ranges(src, lambda: DatasetReader(calibration, feed, batch))
         extra_options["TensorQuantOverrides"] = {
             **chosen.overrides, **extra_options.get("TensorQuantOverrides", {})}
         calibrate_method = "minmax"  # every tensor it calibrates has its range given
@@ -322,7 +322,9 @@ def _static(src: Path, out: Path, calibration: TensorDataset | None, per_channel
             counts = ", ".join(f"{name} {count}" for name, count in
                                sorted(chosen.counts().items()))
             prepared.append(f"calibration auto: per tensor, the range with the least rounding "
-                            f"error on the calibration split ({counts})")
+                            f"error on the calibration split ({counts})" if counts else
+                            "calibration auto: min-max for every tensor (the model's "
+                            "activations hold non-finite values, which cannot be histogrammed)")
     mask_path = [name for name in mask_path_nodes(model) if name not in exclude]
     if mask_path and prepared is not None:
         prepared.append(f"static quantization: {len(mask_path)} node(s) of the additive "

@@ -20,6 +20,7 @@ from studio.core.methods.adapters.peft_adapters import (
     save_adapter,
 )
 from studio.core.methods.pruning.schedule import GradualPruner
+from studio.core.methods.quantization.ort_plan import resolved_by_name
 from studio.core.methods.quantization.qat import qat_bits_from_plan
 from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.step import Need, StageReport, Step
@@ -29,12 +30,6 @@ from studio.core.train.loop import evaluate
 from studio.core.util import first_tensor
 
 PARITY_SAMPLES = 64
-
-
-def _resolved(context: RunContext) -> dict[str, Any]:
-    workspace = context.workspace
-    return {node.name: spec for node, spec in
-            zip(workspace.tree.nodes, workspace.plan.resolve(workspace.tree), strict=True)}
 
 
 class AttachAdapters(Step):
@@ -57,7 +52,8 @@ class AttachAdapters(Step):
         if isinstance(context.after_step, GradualPruner):
             raise StudioError("adapters keep the base weights frozen, so gradual (AGP) pruning "
                               "cannot prune them while they train; use prune.schedule: oneshot")
-        model, resolved = context.model, _resolved(context)
+        model = context.model
+        resolved = resolved_by_name(context.workspace.tree, context.workspace.plan)
         targets, notes = adapter_targets(model, resolved)
         for note in notes:
             context.note(note)
