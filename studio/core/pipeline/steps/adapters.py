@@ -20,10 +20,10 @@ from studio.core.methods.adapters.peft_adapters import (
     save_adapter,
 )
 from studio.core.methods.pruning.schedule import GradualPruner
-from studio.core.methods.quantization.ort_plan import resolved_by_name
 from studio.core.methods.quantization.qat import qat_bits_from_plan
 from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.step import Need, StageReport, Step
+from studio.core.plan.ort_rules import resolved_by_name
 from studio.core.plan.recipe import Recipe
 from studio.core.plan.stages import AdapterSection, QuantizeSection, TrainSection
 from studio.core.train.loop import evaluate
