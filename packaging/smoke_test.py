@@ -26,7 +26,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "packaging" / "compression-studio.spec"
-STEP_TIMEOUT_S = 1800
+STEP_TIMEOUT_S = 3600
 """A guard against a hang (a job waiting forever), not a measurement."""
 
 

@@ -112,7 +112,10 @@ def test_kd_with_a_cache_trains_the_student_as_without_and_reports_hits(data, tm
         finally:
             setup.close()
     (uncached, no_stats), (with_cache, stats) = results
-    assert no_stats == [] and stats[0].hit_rate == 0.5 and not stats[0].on_disk
+    # The teacher ran once per sample; every later look-up (the second epoch, and the batch the
+    # memory estimate runs before training) was served from the cache.
+    assert no_stats == [] and not stats[0].on_disk
+    assert stats[0].misses == len(data) and stats[0].hits >= len(data)
     assert all(torch.allclose(uncached[k].float(), with_cache[k].float(), atol=1e-5)
                for k in uncached)
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
@@ -220,7 +223,8 @@ def test_several_teachers_torch_and_onnx_with_confidence_weighting_train(
                    CancelToken(), setup.loss_fn,
                    parameters=training_parameters(student, setup.extra_parameters)):
         pass
-    assert [s.hit_rate for s in setup.loss_fn.cache_stats()] == [pytest.approx(5 / 6)] * 2
+    for stats in setup.loss_fn.cache_stats():  # each teacher ran once per sample
+        assert stats.misses == len(data) and stats.hits >= 5 * len(data)
     setup.close()
     accuracy = (student(data.tensors[0]).argmax(1) == data.tensors[1]).float().mean()
     assert accuracy > 0.9
