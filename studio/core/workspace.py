@@ -8,6 +8,7 @@ from typing import Any
 
 from studio.core.errors import ArchitectureConsentRequired, InputError
 from studio.core.graph.onnx_tree import build_onnx_tree
+from studio.core.graph.roles import DECODER_BLOCK
 from studio.core.graph.torch_tree import build_torch_tree
 from studio.core.graph.tree import LayerTree
 from studio.core.methods.pruning.structured import channel_groups
@@ -26,7 +27,9 @@ def build_tree(loaded: LoadedModel, example: InputSpec | None) -> LayerTree:
     if loaded.capabilities.backend == "onnx":
         return build_onnx_tree(loaded.onnx_model, loaded.name, example, loaded.path.parent)
     tree = build_torch_tree(loaded.module, example, loaded.name, loaded.type_names)
-    if example is not None:
+    # Causal LMs: channel settings leave decoder blocks whole, and Torch-Pruning's group
+    # enumeration did not end on a tiny LLaMA or GPT-2, so their groups are not traced.
+    if example is not None and not any(node.role == DECODER_BLOCK for node in tree.nodes):
         _trace_channel_groups(tree, loaded, example)
     return tree
 
