@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import signal
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from studio.core.jobs import CancelToken, Event, JobCancelled, Log, Metric, Progress, Result
-from studio.core.jobs.events import event_to_json
+from studio.core.jobs import Event, JobCancelled, Log, Metric, Progress
 
 
 def add_run_command(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -69,29 +66,19 @@ class ProgressPrinter:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from studio.core.jobs.kinds import JobSpec, job_events
+    from studio.cli.stream import stream_job
+    from studio.core.jobs.kinds import JobSpec
     from studio.core.plan.recipe import read_recipe
 
     spec = JobSpec("run", read_recipe(args.recipe), args.recipe.parent, args.out, args.device,
                    args.trust, source=str(args.recipe), trust_data=args.trust)
-    token = CancelToken()
-    previous = signal.signal(signal.SIGINT, lambda *_: token.cancel())
     printer = ProgressPrinter(sys.stderr)
-    result: Result | None = None
     try:
-        for event in job_events(spec, token):
-            if args.jsonl:
-                print(json.dumps(event_to_json(event)), flush=True)
-            else:
-                printer(event)
-            if isinstance(event, Result):
-                result = event
+        result = stream_job(spec, printer, args.jsonl)
     except JobCancelled:
         print("compression-studio: cancelled; nothing was written over earlier results",
               file=sys.stderr)
         return 130
-    finally:
-        signal.signal(signal.SIGINT, previous)
     if result is not None and not args.jsonl:
         print(summary(result.report))
     return 0

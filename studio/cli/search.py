@@ -5,15 +5,13 @@ folder resumes the search."""
 from __future__ import annotations
 
 import argparse
-import json
-import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from studio.core.jobs import CancelToken, Event, JobCancelled, Log, Progress, Result
-from studio.core.jobs.events import Trial, event_to_json
+from studio.core.jobs import Event, JobCancelled, Log, Progress
+from studio.core.jobs.events import Trial
 
 
 def add_search_command(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -130,30 +128,20 @@ class SearchPrinter:
 
 
 def search_command(args: argparse.Namespace) -> int:
-    from studio.core.jobs.kinds import JobSpec, job_events
+    from studio.cli.stream import stream_job
+    from studio.core.jobs.kinds import JobSpec
     from studio.core.plan.recipe import read_recipe
 
     spec = JobSpec("search", read_recipe(args.recipe), args.recipe.parent, args.out,
                    trust=args.trust, options=options_of(args), source=str(args.recipe),
                    trust_data=args.trust)
-    token = CancelToken()
-    previous = signal.signal(signal.SIGINT, lambda *_: token.cancel())
     printer = SearchPrinter(sys.stderr, args.minutes)
-    result: Result | None = None
     try:
-        for event in job_events(spec, token):
-            if args.jsonl:
-                print(json.dumps(event_to_json(event)), flush=True)
-            else:
-                printer(event)
-            if isinstance(event, Result):
-                result = event
+        result = stream_job(spec, printer, args.jsonl)
     except JobCancelled:
         print(f"compression-studio: cancelled; finished trials are kept in {args.out} (run "
               "again to resume)", file=sys.stderr)
         return 130
-    finally:
-        signal.signal(signal.SIGINT, previous)
     if result is not None and not args.jsonl:
         print(front_table(result.report))
     return 0
