@@ -12,6 +12,7 @@ from studio import __version__
 from studio.core.errors import StudioError
 from studio.core.models.inputs import InputSpec
 from studio.core.resources import resource_path
+from studio.qt.gui_thread_gc import collect_garbage_in_gui_thread
 
 
 def _has_display() -> bool:
@@ -24,6 +25,7 @@ def application() -> QApplication:
     app = QApplication.instance()
     if app is None:
         app = QApplication(sys.argv[:1])
+    collect_garbage_in_gui_thread(app)
     app.setOrganizationName("CompressionStudio")
     app.setApplicationName("Compression Studio")
     app.setApplicationVersion(__version__)

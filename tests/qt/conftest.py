@@ -16,6 +16,7 @@ import pytest
 from PySide6.QtCore import QSettings, QThreadPool
 from PySide6.QtWidgets import QMessageBox
 
+from studio.qt.gui_thread_gc import collect_garbage_in_gui_thread
 from studio.qt.jobs import ProcessJob
 from studio.qt.main_window import MainWindow
 
@@ -42,6 +43,13 @@ def _child_processes() -> set[int]:
         if int(after_name[1]) == os.getpid():
             children.add(int(stat.parent.name))
     return children
+
+
+@pytest.fixture(autouse=True, scope="session")
+def garbage_is_collected_in_the_gui_thread(qapp) -> None:
+    """As in the studio (:mod:`studio.qt.gui_thread_gc`): without it a worker thread could free
+    an earlier test's window and deadlock against the GUI thread."""
+    collect_garbage_in_gui_thread(qapp)
 
 
 @pytest.fixture(autouse=True)
