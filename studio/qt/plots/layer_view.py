@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pyqtgraph as pg
+from PySide6.QtCore import QSize
 from PySide6.QtWidgets import QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from studio.core.engine.layer_stats import LayerStats
@@ -108,6 +109,13 @@ class LayerView(QWidget):
         self.sensitivity.addLegend(offset=(-10, 10))
         self._group_lines: list[pg.InfiniteLine] = []
         self.stats: LayerStats | None = None
+
+    def sizeHint(self) -> QSize:
+        """Tall enough for the plots without scrolling (the main window grows the dock to it)."""
+        margins = self.layout().contentsMargins()
+        return QSize(self.layout_widget.minimumWidth(),
+                     self.header.sizeHint().height() + PLOTS_MIN_HEIGHT + margins.top()
+                     + margins.bottom() + self.layout().spacing() + 4)
 
     def show_message(self, text: str) -> None:
         """No layer to draw (nothing selected, not a weighted layer, or still computing)."""
