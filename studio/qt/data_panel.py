@@ -228,6 +228,12 @@ class DataPanel(QWidget):
         self.train_samples.setSpecialValueText("all")
         self.train_samples.setSuffix(" samples")
         self.train_samples.setToolTip("Fine-tune on the first N training samples (all: 0)")
+        self.validation_samples = self._spin(0, 10_000_000, 0)
+        self.validation_samples.setSpecialValueText("the test split")
+        self.validation_samples.setSuffix(" samples")
+        self.validation_samples.setToolTip(
+            "Score on the last N training samples, kept out of fine-tuning and calibration, "
+            "instead of the test split: what a search selects on (the test split: 0)")
 
         split_box = QGroupBox("Labels, metric and splits")
         self.split_form = QFormLayout(split_box)
@@ -238,6 +244,7 @@ class DataPanel(QWidget):
         self.split_form.addRow("Split seed", self.split_seed)
         self.split_form.addRow("Calibration", self.calibration)
         self.split_form.addRow("Fine-tune on", self.train_samples)
+        self.split_form.addRow("Score on", self.validation_samples)
 
         self.check_button = QPushButton("Check data")
         self.check_button.setToolTip("Load the data in the background and show what it holds")
@@ -269,7 +276,8 @@ class DataPanel(QWidget):
             "label_column": self.label_column, "metric": self.metric,
             "test_fraction": self.test_fraction, "split_seed": self.split_seed,
             "calibration_samples": self.calibration, "train_samples": self.train_samples,
-            "max_samples": self.max_samples, "block_length": self.block_length,
+            "validation_samples": self.validation_samples, "max_samples": self.max_samples,
+            "block_length": self.block_length,
             "prompt": self.prompt, "generate_tokens": self.generate_tokens,
             "image.size": self.height, "image.mean": self.mean, "image.std": self.std,
         }
@@ -279,7 +287,8 @@ class DataPanel(QWidget):
                      self.labels_key, self.label_column, self.constants, self.prompt):
             edit.textChanged.connect(self._changed)
         for spin in (self.height, self.width, self.test_fraction, self.split_seed,
-                     self.calibration, self.train_samples, self.max_samples,
+                     self.calibration, self.train_samples, self.validation_samples,
+                     self.max_samples,
                      self.block_length, self.generate_tokens):
             spin.valueChanged.connect(self._changed)
         for box in (self.resize_box, self.use_labels):
@@ -315,6 +324,7 @@ class DataPanel(QWidget):
             self.split_seed.setValue(section.split_seed)
             self.calibration.setValue(section.calibration_samples)
             self.train_samples.setValue(section.train_samples or 0)
+            self.validation_samples.setValue(section.validation_samples or 0)
             self.max_samples.setValue(section.max_samples)
             self.block_length.setValue(section.block_length)
             self.prompt.setText(section.prompt)
@@ -347,6 +357,7 @@ class DataPanel(QWidget):
             "split_seed": self.split_seed.value(),
             "calibration_samples": self.calibration.value(),
             "train_samples": self.train_samples.value() or None,
+            "validation_samples": self.validation_samples.value() or None,
             "max_samples": self.max_samples.value(),
             "block_length": self.block_length.value(),
             "prompt": self.prompt.text() or DataSection().prompt,

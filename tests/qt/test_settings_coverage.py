@@ -13,7 +13,7 @@ from studio.core.plan import FIELDS
 from studio.core.plan.distill_pairs import plan_feature_pairs
 from studio.core.plan.recipe import read_recipe
 from studio.core.plan.schema import FieldForm, job_sections, section_fields
-from studio.core.plan.stages import FeaturePair, TeacherSource
+from studio.core.plan.stages import DataSection, FeaturePair, ImageOptions, TeacherSource
 from studio.qt.columns import COLUMNS
 from studio.qt.main_window import MainWindow
 from tests.qt.test_main_window import cell, choose, select
@@ -115,3 +115,35 @@ def test_per_layer_distillation_is_inherited_shown_and_paired(demo_window: MainW
     pairs = plan_feature_pairs(tree, win.workspace.plan.resolve(tree))
     assert [(p.student, p.teacher) for p in pairs] == [
         ("res.conv1.0", "res.conv1.0"), ("res.conv2", "res.conv2")]
+
+
+def _other_data_section() -> DataSection:
+    """Every field of the data section away from its default (an image folder, so the image
+    options are in play too)."""
+    values: dict[str, Any] = {}
+    for name, info in DataSection.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        values[name] = {
+            "source": "images", "path": "/data/digits", "test_path": "/data/test",
+            "inputs_key": "x", "constants": {"sr": 16000}, "labels_key": "y",
+            "label_column": "label", "labelled": True, "metric": "top1_agreement",
+            "image": ImageOptions(size=(32, 24), channels=1, mean=[0.5], std=[0.25]),
+            "test_fraction": 0.3, "split_seed": 7, "calibration_samples": 64,
+            "train_samples": 500, "validation_samples": 100, "max_samples": 900,
+            "block_length": 64, "prompt": "Once", "generate_tokens": 5}[name]
+        assert values[name] != default, name
+    return DataSection.model_validate(values)
+
+
+def test_every_data_setting_round_trips_through_the_data_tab_and_a_recipe(
+        demo_window: MainWindow, tmp_path: Path) -> None:
+    win = demo_window
+    section = _other_data_section()
+    panel = win.data_panel
+    panel.set_section(section)
+    assert set(panel.values()) == set(DataSection.model_fields)  # no field without an editor
+    assert panel.section() == section  # the tab shows every field and reads it back
+    win.data_panel.edited.emit(panel.section())
+    path = tmp_path / "data.yaml"
+    win.session.export_recipe(path)
+    assert read_recipe(path).stages()["data"] == section
