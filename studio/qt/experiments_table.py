@@ -13,9 +13,6 @@ from datetime import datetime
 from typing import Any
 
 from PySide6.QtCore import (
-    QAbstractTableModel,
-    QModelIndex,
-    QPersistentModelIndex,
     QPoint,
     QSortFilterProxyModel,
     Qt,
@@ -27,13 +24,13 @@ from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView, QWidge
 from studio.core.project.experiments import Experiment, experiment_point
 from studio.core.units import format_bytes
 from studio.qt.plots.metric import metric_axis
+from studio.qt.row_table import Index, RowTableModel
 
 COLUMNS = ("Name", "Date", "Metric", "Size", "Latency", "MACs", "Notes")
 NAME, DATE, METRIC, SIZE, LATENCY, MACS, NOTES = range(len(COLUMNS))
 EDITABLE = {NAME: "name", NOTES: "note"}
 ID_ROLE = Qt.ItemDataRole.UserRole + 1
 SORT_ROLE = Qt.ItemDataRole.UserRole + 2
-Index = QModelIndex | QPersistentModelIndex
 EMPTY_TEXT = ("No experiments yet. Plan some compression in the tree, then Compress ▸ Run Plan "
               "(Ctrl+R): each finished run lands here and on the plot.")
 
@@ -46,35 +43,24 @@ def local_date(iso: str) -> str:
         return iso
 
 
-class ExperimentsModel(QAbstractTableModel):
+class ExperimentsModel(RowTableModel[Experiment]):
+    columns = COLUMNS
+
     def __init__(self, edit: Callable[[str, str, str], None], parent: Any = None) -> None:
         """``edit(experiment_id, field, text)`` saves a rename (``name``) or note (``note``)."""
         super().__init__(parent)
         self._edit = edit
-        self._rows: list[Experiment] = []
 
     def set_experiments(self, experiments: Mapping[str, Experiment]) -> None:
         self.beginResetModel()
-        self._rows = list(experiments.values())
+        self.rows = list(experiments.values())
         self.endResetModel()
 
     def experiment(self, row: int) -> Experiment:
-        return self._rows[row]
+        return self.rows[row]
 
     def row_of(self, experiment_id: str) -> int:
-        return next((i for i, e in enumerate(self._rows) if e.id == experiment_id), -1)
-
-    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008 (Qt's signature)
-        return 0 if parent.isValid() else len(self._rows)
-
-    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(COLUMNS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation,
-                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return COLUMNS[section]
-        return None
+        return next((i for i, e in enumerate(self.rows) if e.id == experiment_id), -1)
 
     def flags(self, index: Index) -> Qt.ItemFlag:
         flags = super().flags(index)
@@ -104,7 +90,7 @@ class ExperimentsModel(QAbstractTableModel):
     def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid():
             return None
-        experiment = self._rows[index.row()]
+        experiment = self.rows[index.row()]
         if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.EditRole):
             return self._cell(experiment, index.column())[0]
         if role == SORT_ROLE:
@@ -119,7 +105,7 @@ class ExperimentsModel(QAbstractTableModel):
         field = EDITABLE.get(index.column())
         if field is None or role != Qt.ItemDataRole.EditRole:
             return False
-        self._edit(self._rows[index.row()].id, field, str(value))
+        self._edit(self.rows[index.row()].id, field, str(value))
         return True
 
 

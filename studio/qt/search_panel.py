@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
+from PySide6.QtCore import QModelIndex, Qt, Signal
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
@@ -17,32 +17,21 @@ from PySide6.QtWidgets import (
 )
 
 from studio.core.jobs.events import Trial
+from studio.qt.row_table import Index, RowTableModel
 
 COLUMNS = ("trial", "status", "fidelity", "drop (pt)", "bytes ×", "MACs ×", "latency ×",
            "why it failed")
-Index = QModelIndex | QPersistentModelIndex
 FIGURES = {3: "drop_pt", 4: "bytes", 5: "macs", 6: "latency"}
 
 
-class TrialTable(QAbstractTableModel):
+class TrialTable(RowTableModel[Trial]):
     """One row per trial, updated in place as its events arrive."""
+
+    columns = COLUMNS
 
     def __init__(self) -> None:
         super().__init__()
-        self.rows: list[Trial] = []
         self._index: dict[int, int] = {}
-
-    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008 - Qt's signature
-        return 0 if parent.isValid() else len(self.rows)
-
-    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(COLUMNS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation,
-                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
-            return COLUMNS[section]
-        return None
 
     def data(self, index: Index,
              role: int = Qt.ItemDataRole.DisplayRole) -> Any:
@@ -78,7 +67,7 @@ class TrialTable(QAbstractTableModel):
             trial = Trial(trial.number, "running", trial.fidelity, self.rows[at].figures,
                           trial.params)
         self.rows[at] = trial
-        self.dataChanged.emit(self.index(at, 0), self.index(at, len(COLUMNS) - 1))
+        self.row_changed(at)
 
     def clear(self) -> None:
         self.beginResetModel()

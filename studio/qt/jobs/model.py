@@ -12,11 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from PySide6.QtCore import (
-    QAbstractTableModel,
     QMetaObject,
     QModelIndex,
     QObject,
-    QPersistentModelIndex,
     Qt,
     QTimer,
     Signal,
@@ -24,6 +22,7 @@ from PySide6.QtCore import (
 
 from studio.core.jobs import Artifact, Event, Log, Metric, Progress, Result
 from studio.qt.jobs.runner import CANCELLED, FAILED, FINISHED, SHUTDOWN_GRACE_MS, JobHandle
+from studio.qt.row_table import Index, RowTableModel
 
 COLUMNS = ("Name", "Status", "Progress", "Elapsed", "Time left", "Latest metric")
 NAME, STATUS, PROGRESS, ELAPSED, LEFT, METRIC = range(len(COLUMNS))
@@ -33,7 +32,6 @@ FLUSH_MS = 66  # ~15 Hz
 TICK_MS = 1000
 ENDED = (FINISHED, FAILED, CANCELLED)
 
-Index = QModelIndex | QPersistentModelIndex
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -86,15 +84,16 @@ class JobRow:
         return (now - self.stage_started) * max(0, self.total - self.done) / steps
 
 
-class JobsModel(QAbstractTableModel):
+class JobsModel(RowTableModel[JobRow]):
     """Jobs as rows; runs at most ``max_running`` at once and queues the rest."""
+
+    columns = COLUMNS
 
     logAppended = Signal(int, list)  # row, new lines (sent at flush time)
     jobFinished = Signal(str, str, object)  # name, status, report or None
 
     def __init__(self, parent: QObject | None = None, max_running: int = 1) -> None:
         super().__init__(parent)
-        self.rows: list[JobRow] = []
         self.max_running = max_running
         self._dirty: set[int] = set()
         self._new_lines: dict[int, list[str]] = {}
@@ -109,18 +108,6 @@ class JobsModel(QAbstractTableModel):
         self._shut_down = False
 
     # --- Qt model API -----------------------------------------------------------------------
-    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008 - Qt's signature
-        return 0 if parent.isValid() else len(self.rows)
-
-    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(COLUMNS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation,
-                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return COLUMNS[section]
-        return None
-
     def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid() or not 0 <= index.row() < len(self.rows):
             return None
@@ -256,7 +243,7 @@ class JobsModel(QAbstractTableModel):
         dirty, self._dirty = sorted(self._dirty), set()
         for number in dirty:
             self.view_updates += 1
-            self.dataChanged.emit(self.index(number, 0), self.index(number, len(COLUMNS) - 1))
+            self.row_changed(number)
         lines, self._new_lines = self._new_lines, {}
         for number, new in lines.items():
             self.logAppended.emit(number, new)
