@@ -31,17 +31,13 @@ import torch
 from onnx import helper
 
 from benchmarks.baselines import ort_static_int8
-from benchmarks.common import machine_info, write_json
+from benchmarks.common import machine_info, run_plan, write_json
 from studio.core.data.metrics import cosine
 from studio.core.data.task import demo_task
-from studio.core.engine.run import run_workspace
 from studio.core.export.measure import inputs_for_batches, latency_ms, onnx_accuracy, run_onnx
 from studio.core.export.onnx_export import onnx_file_bytes
-from studio.core.jobs import CancelToken, Log, Result
 from studio.core.models.loader import open_model
-from studio.core.plan.recipe import Recipe
 from studio.core.plan.spec import LayerSpec
-from studio.core.workspace import open_workspace
 
 BEST_INT8 = {"calibration": "auto", "equalize": True, "bias_correction": True}
 """The quantize section the studio's static int8 rows use."""
@@ -59,22 +55,6 @@ def weights_into_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def run(model: str | Path, plan: dict[str, LayerSpec], stages: dict[str, Any], out: Path,
-        base: Path | None = None) -> dict[str, Any]:
-    """One engine run; returns its report."""
-    workspace = open_workspace(str(model))
-    for name, spec in plan.items():
-        workspace.plan.set_spec(name, spec)
-    recipe = Recipe.model_validate({"schema_version": 1, **stages})
-    report: dict[str, Any] = {}
-    for event in run_workspace(workspace, recipe, out, CancelToken(), base_dir=base):
-        if isinstance(event, Log):
-            print(f"  {event.message}", flush=True)
-        elif isinstance(event, Result):
-            report = event.report
-    return report
-
-
 def _ratio(report: dict[str, Any], key: str) -> float:
     return report["compressed"]["latency_ms"][key] / report["baseline"]["latency_ms"][key]
 
@@ -88,7 +68,7 @@ def _pruning(work: Path, export: dict[str, Any]) -> dict[str, Any]:
     figures = {}
     for key, recalibrate in (("no_bn_acc70", False), ("bn_reestimate_acc70", True)):
         print(key, flush=True)
-        report = run("demo", spec, {"train": {"epochs": 0}, "export": export,
+        report = run_plan("demo", spec, {"train": {"epochs": 0}, "export": export,
                                     "prune": {"global_unstructured": True,
                                               "bn_recalibration": recalibrate}},
                      work / key)
@@ -99,7 +79,7 @@ def _pruning(work: Path, export: dict[str, Any]) -> dict[str, Any]:
 
 def _demo_int8(work: Path, export: dict[str, Any], repeats: int) -> dict[str, Any]:
     print("demo int8 static", flush=True)
-    report = run("demo", {"": LayerSpec(weight_bits="int8")},
+    report = run_plan("demo", {"": LayerSpec(weight_bits="int8")},
                  {"train": {"epochs": 0}, "export": export, "quantize": BEST_INT8},
                  work / "int8")
     baseline, studio = Path(report["paths"]["baseline"]), Path(report["paths"]["model"])
@@ -130,7 +110,7 @@ def _demo_int8(work: Path, export: dict[str, Any], repeats: int) -> dict[str, An
 
 def _aware(work: Path, export: dict[str, Any]) -> dict[str, Any]:
     print("demo accuracy-aware, 0.1 point", flush=True)
-    report = run("demo", {"": LayerSpec(weight_bits="int8")},
+    report = run_plan("demo", {"": LayerSpec(weight_bits="int8")},
                  {"train": {"epochs": 0}, "export": export,
                   "quantize": {"max_drop": 0.001}}, work / "aware")
     aware = report["stages"]["quantize"]["accuracy_aware"]
@@ -155,7 +135,7 @@ def _old_opset(work: Path, export: dict[str, Any], samples: int) -> dict[str, An
     task = demo_task()
     np.savez(path.parent / "digits.npz", x=task.train.tensors[0][:samples].numpy())
     np.savez(path.parent / "test.npz", x=task.test.tensors[0].numpy())
-    report = run(path, {"": LayerSpec(weight_bits="int8")},
+    report = run_plan(path, {"": LayerSpec(weight_bits="int8")},
                  {"train": {"epochs": 0}, "export": export, "quantize": BEST_INT8,
                   "data": {"source": "arrays", "path": "digits.npz", "test_path": "test.npz",
                            "calibration_samples": min(samples, 256)}}, work / "old-out",
@@ -197,7 +177,7 @@ def _minilm(work: Path, tokens: int, calibration: int) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     for name, (act, quantize) in rows.items():
         print(f"MiniLM {name}", flush=True)
-        report = run(model, {"": LayerSpec(weight_bits="int8", **act)},
+        report = run_plan(model, {"": LayerSpec(weight_bits="int8", **act)},
                      {**stages, "quantize": quantize}, work / name, work)
         figures[name] = {
             "token_cosine": report["compressed"]["metric"]["value"],

