@@ -164,6 +164,40 @@ def dependency_groups(model: nn.Module, example_inputs: Any) -> dict[str, list[s
             for name in info.layers}
 
 
+@dataclass(frozen=True)
+class RankedGroup:
+    """A group of coupled channels with each channel's importance (the group's L1 norm, as
+    once-for-all sorts channels) and the named modules whose outputs carry the channels."""
+
+    info: ChannelGroup
+    scores: Tensor | None
+    """One score per channel; None when the group has no weights to rank."""
+    carriers: list[str]
+    """Convs, linears and norms whose output channels are the group's (cut with it)."""
+
+
+def ranked_groups(model: nn.Module, example_inputs: Any) -> list[RankedGroup]:
+    """Every group of coupled output channels in ``model`` with its channels' L1 importance,
+    so a caller can keep the most important first (an elastic-width supernet)."""
+    graph = build_graph(model, example_inputs)
+    names = {module: name for name, module in model.named_modules()}
+    scorer = _importance("l1")
+    found = []
+    for group, info in _groups(model, graph):
+        carriers: list[str] = []
+        for dep, _ in group:
+            module = dep.target.module
+            if (isinstance(module, nn.Module) and module in names
+                    and graph.is_out_channel_pruning_fn(dep.handler)
+                    and names[module] not in carriers):
+                carriers.append(names[module])
+        with torch.no_grad():
+            scores = scorer(group)
+        found.append(RankedGroup(info, None if scores is None else scores.detach().cpu(),
+                                 carriers))
+    return found
+
+
 def _importance(kind: str) -> tp.importance.Importance:
     if kind == "taylor":
         return tp.importance.GroupTaylorImportance(normalizer=None)

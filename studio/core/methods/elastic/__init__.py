@@ -1,0 +1,2 @@
+"""Elastic (once-for-all) supernets: elastic width and depth over the user's model, trained
+with progressive shrinking and in-place distillation."""
