@@ -151,13 +151,7 @@ class CompressionProblem:
         return outcome
 
     def constraints(self, outcome: TrialOutcome) -> dict[str, float]:
-        found = {}
-        if self.settings.max_drop_pt is not None:
-            found["drop_pt"] = outcome.figures["drop_pt"] - self.settings.max_drop_pt
-        if self.settings.max_cost_ratio is not None:
-            cost = self.settings.costs[0]
-            found[cost] = outcome.figures[cost] - self.settings.max_cost_ratio
-        return found
+        return constraint_excess(self.settings, outcome.figures)
 
     def _values(self, figures: dict[str, float]) -> list[float]:
         return [figures[name] for name in self.objectives]
@@ -167,18 +161,8 @@ class CompressionProblem:
         if prepared is None:
             recipe = Recipe.model_validate(self.recipe_json)
             base = None if self.base_dir is None else Path(self.base_dir)
-            workspace = open_recipe_workspace(recipe, base, self.trust, self.source)
-            section = recipe.section(DataSection).model_copy(update={
-                "validation_samples": self.settings.validation_samples,
-                "calibration_samples": self.settings.proxy_samples})
-            task = load_task(section, base, self.trust)
-            module = workspace.loaded.module
-            assert module is not None
-            reference = torch_outputs(module, task.test.tensors[0])
-            task = metric_for_output(section, task, "output", ("N", *reference.shape[1:]),
-                                     self.source)
-            keep = None if task.metric == "accuracy" else reference
-            baseline = evaluate(module, task.test, metric=task.metric, reference=keep)
+            workspace, task, baseline, keep = open_validation(recipe, base, self.trust,
+                                                              self.settings, self.source)
             prepared = _Prepared(workspace, recipe.model_copy(update={
                 "prune": recipe.section(PruneSection).model_copy(
                     update={"bn_recalibration": True})}), task, baseline, keep)
@@ -234,6 +218,38 @@ class CompressionProblem:
                             recipe=recipe.model_dump(mode="json", exclude_none=True),
                             report=report, files={"onnx": report["paths"]["model"],
                                                   "report": report["paths"]["report"]})
+
+
+def open_validation(recipe: Recipe, base: Path | None, trust: bool, settings: SearchSettings,
+                    source: str) -> tuple[Workspace, TaskData, float, torch.Tensor | None]:
+    """What every trial of a search scores against: the open model, the task with its
+    validation split carved from the training data (``task.test``; the test split is never
+    read), the original model's score there, and its outputs where the metric compares with
+    them (None for accuracy)."""
+    workspace = open_recipe_workspace(recipe, base, trust, source)
+    section = recipe.section(DataSection).model_copy(update={
+        "validation_samples": settings.validation_samples,
+        "calibration_samples": settings.proxy_samples})
+    task = load_task(section, base, trust)
+    module = workspace.loaded.module
+    assert module is not None
+    reference = torch_outputs(module, task.test.tensors[0])
+    task = metric_for_output(section, task, "output", ("N", *reference.shape[1:]), source)
+    keep = None if task.metric == "accuracy" else reference
+    baseline = evaluate(module, task.test, metric=task.metric, reference=keep)
+    return workspace, task, baseline, keep
+
+
+def constraint_excess(settings: SearchSettings, figures: Mapping[str, float]
+                      ) -> dict[str, float]:
+    """Each constraint's excess by the figure it limits; 0 or less is feasible."""
+    found = {}
+    if settings.max_drop_pt is not None:
+        found["drop_pt"] = figures["drop_pt"] - settings.max_drop_pt
+    if settings.max_cost_ratio is not None:
+        cost = settings.costs[0]
+        found[cost] = figures[cost] - settings.max_cost_ratio
+    return found
 
 
 def full_figures(report: Mapping[str, Any]) -> dict[str, float]:
