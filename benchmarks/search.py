@@ -7,13 +7,21 @@ selects on it, so the recipes and the allocator are scored on it too, and the te
 never read. Hypervolume: the area each method's points dominate in (drop in points, bytes ratio)
 up to (10 points, 1.0), every value minimised.
 
+The elastic-subnet rows (``--only subnet`` runs just them): a supernet trained once from the
+demo with progressive shrinking, searched under MACs <= 0.25x on the validation split; the best
+feasible subnet by the zero-shot score and a spread of others are fine-tuned, giving
+``subnet_macs_ratio`` and ``subnet_drop_pt`` (the best's, after fine-tuning) and
+``subnet_spearman`` (zero-shot drop against fine-tuned drop over those subnets).
+
     python -m benchmarks.search --json PATH [--budget-s S] [--throughput-trials N]
+                                [--only subnet] [--supernet-epochs E] [--subnet-trials N]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import resource
 import shutil
 import tempfile
@@ -22,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import scipy.stats
 import torch
 
 from benchmarks.common import machine_info, write_json
@@ -40,7 +49,9 @@ from studio.core.search.compression import CompressionProblem, full_figures
 from studio.core.search.driver import run_search
 from studio.core.search.executors import InProcess, LocalProcesses, RayCluster
 from studio.core.search.front import hypervolume
+from studio.core.search.problem import TrialRequest
 from studio.core.search.settings import SearchSettings
+from studio.core.search.subnet import SubnetProblem, train_supernet_job
 from studio.core.workspace import open_recipe_workspace
 
 VALIDATION = 500
@@ -152,6 +163,77 @@ def throughput(out: Path, trials: int) -> dict[str, Any]:
     return figures
 
 
+SUBNET_MACS = 0.25
+SUBNET_RECIPE = {"schema_version": 1, "model": {"path": "demo"},
+                 "data": {"source": "demo", "calibration_samples": 256},
+                 "train": {"epochs": 0, "lr": 0.002, "batch_size": 64, "seed": 0},
+                 "distill": {"temperature": 4.0, "alpha": 0.7}}
+
+
+def _spread(rows: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """``count`` distinct subnets evenly spread over the zero-shot drops."""
+    distinct = {json.dumps(row["params"], sort_keys=True): row for row in rows}
+    ordered = sorted(distinct.values(), key=lambda row: row["proxy"]["drop_pt"])
+    if len(ordered) <= count:
+        return ordered
+    return [ordered[round(i * (len(ordered) - 1) / (count - 1))] for i in range(count)]
+
+
+def subnets(out: Path, supernet_epochs: int, trials: int, finetune_epochs: int,
+            spread: int) -> dict[str, Any]:
+    """Train the supernet, search it zero-shot under MACs <= 0.25x, fine-tune the best
+    feasible subnet and a spread of others."""
+    recipe = Recipe.model_validate(SUBNET_RECIPE)
+    base = resource_path("recipes")
+    settings = SearchSettings(space="subnet", costs=["macs"], max_cost_ratio=SUBNET_MACS,
+                              trials=trials, population=8, full_fidelity=False,
+                              full_epochs=finetune_epochs, supernet_epochs=supernet_epochs,
+                              validation_samples=VALIDATION)
+    folder = out / "subnet"
+    started = time.perf_counter()
+    trained: dict[str, Any] = {}
+    for event in train_supernet_job(recipe, base, folder, CancelToken(), settings):
+        if isinstance(event, Result):
+            trained = event.report
+    supernet_s = time.perf_counter() - started
+    problem = SubnetProblem.create(recipe, base, False, settings, folder)
+    report = None
+    started = time.perf_counter()
+    for event in run_search(problem, settings, folder, CancelToken(), InProcess()):
+        if isinstance(event, Result):
+            report = event.report
+    assert report is not None
+    search_s = time.perf_counter() - started
+    rows = [row for row in report["trials"] if row["state"] == "complete"]
+    feasible = sorted((row for row in rows if row["proxy"]["macs"] <= SUBNET_MACS),
+                      key=lambda row: (row["proxy"]["drop_pt"], row["proxy"]["macs"]))
+    chosen = feasible[:1] + [row for row in _spread(rows, spread)
+                             if not feasible or row["params"] != feasible[0]["params"]]
+    started = time.perf_counter()
+    tuned = []
+    for row in chosen:
+        outcome = problem.evaluate(TrialRequest(row["number"], row["params"], "full",
+                                                str(folder / "tuned" / str(row["number"]))))
+        tuned.append({"number": row["number"], "subnet": problem.describe(row["params"]),
+                      "zero_shot": row["proxy"], "fine_tuned": outcome.figures})
+    finetune_s = time.perf_counter() - started
+    best = tuned[0] if feasible else None
+    spearman = scipy.stats.spearmanr([t["zero_shot"]["drop_pt"] for t in tuned],
+                                     [t["fine_tuned"]["drop_pt"] for t in tuned]).statistic
+    return {
+        "subnet_macs_ratio": None if best is None else round(best["fine_tuned"]["macs"], 4),
+        "subnet_drop_pt": None if best is None else round(best["fine_tuned"]["drop_pt"], 3),
+        "subnet_spearman": round(float(spearman), 3),
+        "subnet_goal_met": bool(best and best["fine_tuned"]["macs"] <= SUBNET_MACS
+                                and best["fine_tuned"]["drop_pt"] <= 0.5),
+        "subnet": {"supernet": trained, "supernet_s": round(supernet_s, 1),
+                   "search_s": round(search_s, 1), "finetune_s": round(finetune_s, 1),
+                   "trials": len(rows), "feasible": len(feasible),
+                   "finetune_epochs": finetune_epochs, "tuned": tuned,
+                   "validation_samples": VALIDATION},
+    }
+
+
 def run(out: Path, budget_s: float | None, trials: int, epochs: int) -> dict[str, Any]:
     torch.set_num_threads(1)  # one core per trial, as the search's workers run
     recipe_points, recipe_cpu, recipe_wall = _timed(lambda: recipes(out))
@@ -172,8 +254,6 @@ def run(out: Path, budget_s: float | None, trials: int, epochs: int) -> dict[str
                     "names": list(RECIPES)},
         "allocator": {"points": allocator_points, "cpu_s": allocator_cpu,
                       "wall_s": allocator_wall, "size_targets": list(SIZE_TARGETS)},
-        "subnet_macs_ratio": None, "subnet_drop_pt": None, "subnet_spearman": None,
-        "subnet_note": "the elastic-subnet search is another task's",
     }
     result.update(throughput(out, trials))
     return result
@@ -187,14 +267,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--throughput-trials", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=1,
                         help="recovery epochs of the search's and the allocator's runs")
+    parser.add_argument("--only", choices=("all", "subnet"), default="all",
+                        help="subnet: only the elastic-subnet rows")
+    parser.add_argument("--supernet-epochs", type=int, default=4)
+    parser.add_argument("--subnet-trials", type=int, default=40)
+    parser.add_argument("--finetune-epochs", type=int, default=2,
+                        help="fine-tuning epochs of each chosen subnet")
+    parser.add_argument("--spread", type=int, default=6,
+                        help="subnets fine-tuned for the Spearman figure, beside the best")
     args = parser.parse_args(argv)
     scratch = Path(tempfile.mkdtemp(prefix="search-bench-"))
     try:
-        result = run(scratch, args.budget_s, args.throughput_trials, args.epochs)
+        torch.set_num_threads(1)
+        result = {"machine": machine_info()} if args.only == "subnet" else run(
+            scratch, args.budget_s, args.throughput_trials, args.epochs)
+        result.update(subnets(scratch, args.supernet_epochs, args.subnet_trials,
+                              args.finetune_epochs, args.spread))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     for key in ("search_hypervolume", "recipes_hypervolume", "allocator_hypervolume",
-                "trials_per_min_1", "trials_per_min_2", "trials_per_min_ray"):
+                "trials_per_min_1", "trials_per_min_2", "trials_per_min_ray",
+                "subnet_macs_ratio", "subnet_drop_pt", "subnet_spearman"):
         print(f"{key}: {result.get(key)}")
     if args.json:
         write_json(args.json, result)

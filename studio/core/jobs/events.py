@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -68,3 +69,10 @@ def event_from_json(data: dict[str, Any]) -> Event:
     values = dict(data)
     kind = values.pop("event")
     return _TYPES[kind](**values)
+
+
+def drain(events: Iterable[Event]) -> None:
+    """Run a job (or a step's generator) to its end, dropping its events: a search trial
+    runs steps whose progress nobody watches."""
+    for _ in events:
+        pass

@@ -106,11 +106,21 @@ def _search(spec: JobSpec, token: CancelToken) -> Iterator[Event]:
                           spec.trust, spec.source)
 
 
+def _supernet(spec: JobSpec, token: CancelToken) -> Iterator[Event]:
+    from studio.core.search.job import search_settings
+    from studio.core.search.subnet import train_supernet_job
+
+    yield from train_supernet_job(spec.recipe, spec.base_dir, _out_dir(spec), token,
+                                  search_settings(spec.options, spec.source), spec.trust,
+                                  spec.source)
+
+
 KINDS: dict[str, JobKind] = {kind.name: kind for kind in (
     JobKind("run", "Run a recipe: compress, export ONNX, measure", _run),
     JobKind("sensitivity", "Sweep each layer's sparsity and bits", _sensitivity),
     JobKind("check_data", "Load the data and check it fits the model", _check_data),
     JobKind("search", "Search plans: the metric against size, MACs or latency", _search),
+    JobKind("supernet", "Train a once-for-all supernet (elastic width and depth)", _supernet),
 )}
 
 

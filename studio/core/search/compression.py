@@ -19,7 +19,7 @@ import copy
 import dataclasses
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,8 @@ from studio.core.engine.run import run_recipe
 from studio.core.engine.sensitivity import fake_quantize_weight
 from studio.core.errors import StudioError
 from studio.core.export.measure import torch_outputs
-from studio.core.jobs import CancelToken, Event, Result
+from studio.core.jobs import CancelToken, Result
+from studio.core.jobs.events import drain
 from studio.core.methods.pruning import dependency_groups
 from studio.core.methods.pruning.masks import layer_weight
 from studio.core.pipeline.context import RunContext
@@ -184,7 +185,7 @@ class CompressionProblem:
             context.data = prepared.task
             for step in (Prune(), BnRecalibration()):
                 if step.applies(context):
-                    _drain(step.run(context))
+                    drain(step.run(context))
         model = context.model
         resolved = plan.resolve(workspace.tree)
         with torch.no_grad():
@@ -265,8 +266,3 @@ def full_figures(report: Mapping[str, Any]) -> dict[str, float]:
             "macs": comp["macs"] / base["macs"] if base["macs"] else 1.0,
             "latency": comp["latency_ms"][latency_key] / base["latency_ms"][latency_key],
             "higher_is_better": float(higher_is_better(metric))}
-
-
-def _drain(events: Iterator[Event]) -> None:
-    for _ in events:
-        pass

@@ -1,6 +1,8 @@
-"""The ``search`` job: a compression search over the recipe's plan, stored in ``out_dir``
-(``search.db``; full-fidelity trials as experiments under ``out_dir/experiments`` or the
-project named by ``project_dir``). Running it again on the same folder resumes it."""
+"""The ``search`` job: a compression search over the recipe's plan, or, with ``space:
+subnet``, a supernet trained once into ``out_dir/supernet.pt`` and a search of its subnets;
+stored in ``out_dir`` (``search.db``; full-fidelity trials as experiments under
+``out_dir/experiments`` or the project named by ``project_dir``). Running it again on the same
+folder resumes it."""
 
 from __future__ import annotations
 
@@ -11,11 +13,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from studio.core.errors import StudioError
-from studio.core.jobs import CancelToken, Event
+from studio.core.jobs import CancelToken, Event, Log, Result
 from studio.core.plan.recipe import Recipe
 from studio.core.search.compression import CompressionProblem
 from studio.core.search.driver import run_search
 from studio.core.search.settings import SearchSettings
+from studio.core.search.subnet import SubnetProblem, supernet_path, train_supernet_job
 
 
 def search_settings(options: Mapping[str, Any], source: str = "search") -> SearchSettings:
@@ -33,7 +36,18 @@ def search_job(recipe: Recipe, base_dir: Path | None, out_dir: Path, token: Canc
                options: Mapping[str, Any], trust: bool = False, source: str = "recipe"
                ) -> Iterator[Event]:
     settings = search_settings(options, source)
-    problem = CompressionProblem.create(recipe, base_dir, trust, settings, source)
+    problem: CompressionProblem | SubnetProblem
+    if settings.space == "subnet":
+        if not supernet_path(out_dir).exists():  # trained once per folder; a resume reuses it
+            for event in train_supernet_job(recipe, base_dir, out_dir, token, settings, trust,
+                                            source):
+                if isinstance(event, Result):  # the search's result comes last, not this one
+                    event = Log(f"Supernet trained in {event.report['seconds']} s; searching "
+                                "its subnets")
+                yield event
+        problem = SubnetProblem.create(recipe, base_dir, trust, settings, out_dir, source)
+    else:
+        problem = CompressionProblem.create(recipe, base_dir, trust, settings, source)
     project = options.get("project_dir")
     yield from run_search(problem, settings, out_dir, token,
                           project_dir=Path(project) if project else None)

@@ -59,6 +59,18 @@ class SearchSettings(BaseModel):
     """Local worker processes (ignored with ray_address)."""
     ray_address: str | None = None
     """Run trials on a Ray cluster ('auto', 'local' or host:port) instead of local processes."""
+    space: Literal["plan", "subnet"] = "plan"
+    """plan: each layer's sparsity and bits; subnet: widths and depths of a once-for-all
+    supernet trained from the model first (no retraining per trial; the chosen subnet is
+    fine-tuned for full_epochs)."""
+    widths: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
+    """subnet: shares of each channel group's channels a subnet may keep (most important
+    first)."""
+    skip_blocks: bool = True
+    """subnet: residual blocks may be skipped (elastic depth)."""
+    supernet_epochs: int = Field(default=4, ge=1, le=100)
+    """subnet: epochs of supernet training (progressive shrinking, in-place distillation);
+    trained once per search folder."""
 
     @field_validator("sparsity_levels")
     @classmethod
@@ -67,6 +79,14 @@ class SearchSettings(BaseModel):
         if bad or not levels:
             raise ValueError(f"sparsity levels lie in [0, 1); got {bad or 'none'}")
         return levels
+
+    @field_validator("widths")
+    @classmethod
+    def _widths(cls, widths: list[float]) -> list[float]:
+        bad = [width for width in widths if not 0.0 < width <= 1.0]
+        if bad or not widths:
+            raise ValueError(f"widths lie in (0, 1]; got {bad or 'none'}")
+        return widths
 
     @field_validator("granularities")
     @classmethod
