@@ -55,6 +55,17 @@ def add_search_command(commands: Any, common: argparse.ArgumentParser) -> None:
                         help="recovery epochs of a full-fidelity trial")
     search.add_argument("--proxy-only", action="store_true",
                         help="no full-fidelity trials (no recovery, export or timing)")
+    search.add_argument("--space", choices=("plan", "subnet"), default="plan",
+                        help="plan: per-layer sparsity and bits; subnet: train a once-for-all "
+                             "supernet from the model (once per --out folder), then search its "
+                             "widths and depths without retraining each")
+    search.add_argument("--widths", type=_levels, default=[0.25, 0.5, 0.75, 1.0],
+                        help="subnet: shares of each channel group kept (default "
+                             "0.25,0.5,0.75,1)")
+    search.add_argument("--supernet-epochs", type=int, default=4,
+                        help="subnet: epochs of supernet training (progressive shrinking)")
+    search.add_argument("--no-skip-blocks", action="store_true",
+                        help="subnet: keep every residual block (width only)")
     search.add_argument("--trust", action="store_true",
                         help="allow code from the model or data files to run (as for run)")
     search.add_argument("--jsonl", action="store_true",
@@ -70,7 +81,7 @@ def _levels(text: str) -> list[float]:
     try:
         return [float(value) for value in _names(text)]
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"{text!r}: give numbers such as 0,0.5,0.75"
+        raise argparse.ArgumentTypeError(f"{text!r}: give numbers such as 0.25,0.5,1"
                                          ) from error
 
 
@@ -81,7 +92,9 @@ def options_of(args: argparse.Namespace) -> dict[str, Any]:
         "granularities": args.granularities, "bits": args.bits,
         "sparsity_levels": args.sparsity_levels,
         "validation_samples": args.validation_samples,
-        "full_fidelity": not args.proxy_only, "costs": args.cost or ["bytes"]}
+        "full_fidelity": not args.proxy_only, "costs": args.cost or ["bytes"],
+        "space": args.space, "widths": args.widths, "supernet_epochs": args.supernet_epochs,
+        "skip_blocks": not args.no_skip_blocks}
     for key, value in (("minutes", args.minutes), ("ray_address", args.ray_address),
                        ("max_drop_pt", args.max_drop), ("max_cost_ratio", args.max_ratio)):
         if value is not None:
