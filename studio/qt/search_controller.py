@@ -18,6 +18,7 @@ from PySide6.QtCore import QObject, Signal
 
 from studio.core.jobs import Progress
 from studio.core.jobs.events import Trial
+from studio.core.methods.elastic.training import STAGE as SUPERNET_STAGE
 from studio.core.search.estimate import estimate_search_s
 from studio.core.search.settings import SearchSettings
 from studio.qt.compress_controller import CompressController
@@ -110,6 +111,9 @@ class SearchController(QObject):
             if event.fidelity == "full" and event.state == "complete" and event.experiment:
                 self.session.core.adopt_experiment(event.experiment)
             self.trialUpdated.emit(event)
+        elif isinstance(event, Progress) and event.done and event.stage == SUPERNET_STAGE:
+            self.panel.status.setText(f"Training the supernet once (then the subnets are "
+                                      f"searched): step {event.done}/{event.total}")
         elif isinstance(event, Progress) and event.done:
             elapsed = time.monotonic() - self._started
             rows = self.panel.table_model.rows

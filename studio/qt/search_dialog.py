@@ -31,7 +31,9 @@ class SearchDialog(QDialog):
         layout = QVBoxLayout(self)
         intro = QLabel("Every trial is scored on a validation split carved from the training "
                        "data; the most promising run the whole plan (recovery, export, "
-                       "onnxruntime timing) and are saved as experiments.")
+                       "onnxruntime timing) and are saved as experiments. Space 'subnet' "
+                       "first trains the model once as a supernet of elastic widths and "
+                       "depths, then searches its subnets without retraining each.")
         intro.setWordWrap(True)
         layout.addWidget(intro)
         self.form = SchemaForm(SearchSettings)
