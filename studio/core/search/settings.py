@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from studio.core.export.measure import DEFAULT_THREADS
 from studio.core.plan.spec import GRANULARITIES, WEIGHT_BITS
 
 Cost = Literal["bytes", "macs", "latency"]
@@ -68,6 +69,8 @@ class SearchSettings(BaseModel):
     first)."""
     skip_blocks: bool = True
     """subnet: residual blocks may be skipped (elastic depth)."""
+    latency_threads: int = Field(default=DEFAULT_THREADS, ge=1, le=256)
+    """onnxruntime threads latency is measured with (at the recipe's export.latency_batch)."""
     supernet_epochs: int = Field(default=4, ge=1, le=100)
     """subnet: epochs of supernet training (progressive shrinking, in-place distillation);
     trained once per search folder."""

@@ -4,10 +4,13 @@ search, without retraining each.
 
 Proxy (zero-shot): the subnet is cut from the trained supernet as a plain model, its BatchNorm
 statistics are re-estimated on a few hundred training samples, and it is scored on the
-validation split; its MACs and parameter bytes are counted on the cut model, its latency is
-the MACs ratio. Full: the same subnet fine-tuned for ``full_epochs`` with distillation from
-the original model, exported to ONNX (parity checked against torch), its bytes the file's and
-its latency timed in onnxruntime side by side with the original's.
+validation split; its MACs and parameter bytes are counted on the cut model, its latency (when
+searched) is summed from a per-layer latency table (each layer configuration timed once in
+onnxruntime, ``latency-table.json`` beside the study), else the MACs ratio.
+
+Full: the same subnet fine-tuned for ``full_epochs`` with distillation from the original
+model, exported to ONNX (parity checked against torch), its bytes the file's and its latency
+timed in onnxruntime side by side with the original's.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from studio.core.atomic import write_bytes_atomic, write_text_atomic
 from studio.core.data.metrics import drop
 from studio.core.data.task import TaskData
 from studio.core.errors import StudioError
+from studio.core.export.layer_latency import LayerLatencyTable
 from studio.core.export.measure import inputs_for_batches, latency_ms, parity
 from studio.core.export.onnx_export import export_onnx, onnx_file_bytes
 from studio.core.jobs import CancelToken, Event, Log, Result
@@ -48,7 +52,9 @@ from studio.core.train.loop import TrainConfig, evaluate, train
 from studio.core.workspace import Workspace, open_recipe_workspace
 
 SUPERNET_FILE = "supernet.pt"
-LATENCY_BATCH = 64
+LATENCY_TABLE_FILE = "latency-table.json"
+TABLE_REPEATS = 10
+"""Timing rounds per layer configuration: each is timed once for the whole search."""
 
 
 def supernet_path(folder: Path) -> Path:
@@ -118,6 +124,9 @@ class _Prepared:
     original: nn.Module
     macs: int
     params: int
+    table: LayerLatencyTable | None
+    """Per-layer latencies, when latency is searched."""
+    base_ms: float
 
 
 _PREPARED: dict[str, _Prepared] = {}
@@ -193,8 +202,15 @@ class SubnetProblem:
             module, example = _module(workspace, self.source)
             size = measure(module, example)
             supernet = read_supernet(Path(self.supernet), copy.deepcopy(module), example)
+            table, base_ms = None, 0.0
+            if "latency" in self.settings.costs:
+                export = recipe.section(ExportSection)
+                table = LayerLatencyTable(export.latency_batch, self.settings.latency_threads,
+                                          min(export.latency_repeats, TABLE_REPEATS),
+                                          Path(self.supernet).parent / LATENCY_TABLE_FILE)
+                base_ms = table.model_ms(module, example)
             prepared = _Prepared(workspace, recipe, task, baseline, reference, supernet,
-                                 module, size.macs, size.params)
+                                 module, size.macs, size.params, table, base_ms)
             _PREPARED.clear()  # one problem per worker at a time
             _PREPARED[self.key] = prepared
         return prepared
@@ -213,11 +229,15 @@ class SubnetProblem:
         task = prepared.task
         value = evaluate(model, task.test, metric=task.metric, reference=prepared.reference)
         assert prepared.workspace.example is not None
-        size = measure(model, prepared.workspace.example.make_tensor())
+        example = prepared.workspace.example.make_tensor()
+        size = measure(model, example)
         macs = size.macs / prepared.macs if prepared.macs else 1.0
+        latency = macs
+        if prepared.table is not None and prepared.base_ms:
+            latency = prepared.table.model_ms(model, example) / prepared.base_ms
         return {"metric": value, "baseline": prepared.baseline,
                 "drop_pt": round(100.0 * drop(task.metric, prepared.baseline, value), 6),
-                "macs": macs, "bytes": size.params / prepared.params, "latency": macs}
+                "macs": macs, "bytes": size.params / prepared.params, "latency": latency}
 
     def _proxy(self, request: TrialRequest) -> TrialOutcome:
         figures = self._figures(self.cut(request.params))
@@ -243,22 +263,24 @@ class SubnetProblem:
         with tempfile.TemporaryDirectory(prefix="studio-subnet-") as scratch:
             base = export_onnx(prepared.original, example, Path(scratch) / "original.onnx",
                                external_data=False)
-            repeats = prepared.recipe.section(ExportSection).latency_repeats
-            timed = latency_ms({"baseline": base, "subnet": path},
-                               inputs_for_batches(prepared.task.test, (LATENCY_BATCH,)),
-                               repeats=repeats)
+            export = prepared.recipe.section(ExportSection)
+            batch = export.latency_batch
+            timed = {name: by_batch[batch] for name, by_batch in latency_ms(
+                {"baseline": base, "subnet": path},
+                inputs_for_batches(prepared.task.test, (batch,)),
+                repeats=export.latency_repeats, threads=self.settings.latency_threads).items()}
             base_bytes = onnx_file_bytes(base)
         figures["bytes"] = onnx_file_bytes(path) / base_bytes
-        figures["latency"] = timed["subnet"][LATENCY_BATCH] / timed["baseline"][LATENCY_BATCH]
+        figures["latency"] = timed["subnet"] / timed["baseline"]
         subnet = self.subnet(request.params).to_json()
         choice = out / "subnet.json"
         write_text_atomic(choice, json.dumps(subnet, indent=2) + "\n")
         report = {"subnet": subnet, "fine_tune_epochs": self.settings.full_epochs,
                   "baseline": _point(prepared.task.metric, figures["baseline"], prepared.macs,
-                                     base_bytes, timed["baseline"][LATENCY_BATCH]),
+                                     base_bytes, batch, timed["baseline"]),
                   "compressed": _point(prepared.task.metric, figures["metric"],
                                        figures["macs"] * prepared.macs, onnx_file_bytes(path),
-                                       timed["subnet"][LATENCY_BATCH])}
+                                       batch, timed["subnet"])}
         return TrialOutcome([figures[name] for name in self.objectives], figures, "full",
                             report=report, files={"onnx": str(path), "subnet": str(choice)})
 
@@ -277,8 +299,8 @@ class SubnetProblem:
         return loss
 
 
-def _point(metric: str, value: float, macs: float, onnx_bytes: int, latency: float
-           ) -> dict[str, Any]:
+def _point(metric: str, value: float, macs: float, onnx_bytes: int, batch: int,
+           latency: float) -> dict[str, Any]:
     """Figures in the run report's shape, so the Experiments plot places the trial."""
     return {"metric": {"name": metric, "value": value}, "macs": int(macs),
-            "onnx_bytes": onnx_bytes, "latency_ms": {f"batch_{LATENCY_BATCH}": latency}}
+            "onnx_bytes": onnx_bytes, "latency_ms": {f"batch_{batch}": latency}}
