@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from studio.cli.main import main
+from studio.core.errors import StudioError
 from studio.core.export.measure import run_onnx
 from studio.core.jobs import CancelToken
 from studio.core.plan.recipe import Recipe
@@ -101,3 +102,16 @@ def test_bad_widths_are_refused_in_one_line(tmp_path: Path, capsys) -> None:
 
 def _study(folder: Path) -> optuna.Study:
     return optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{study_path(folder)}")
+
+
+def test_a_model_with_nothing_elastic_is_refused_before_training(tmp_path: Path) -> None:
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)),
+               tmp_path / "linear.pt")
+    recipe = Recipe.model_validate({**RECIPE, "model": {"path": "linear.pt"},
+                                    "example_input": {"shape": [1, 1, 28, 28]}})
+    settings = SearchSettings(space="subnet", validation_samples=64, proxy_samples=32)
+    with pytest.raises(StudioError, match="no channel group that may shrink and no residual "
+                                          "block that may be skipped; there is nothing to search"):
+        list(train_supernet_job(recipe, tmp_path, tmp_path / "s", CancelToken(), settings,
+                                trust=True))
+    assert not supernet_path(tmp_path / "s").exists()
