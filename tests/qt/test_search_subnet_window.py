@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QCheckBox, QComboBox
 
 from studio.core.plan.stages import DataSection, ExportSection, TrainSection
@@ -66,3 +67,10 @@ def test_the_search_dialog_runs_a_tiny_subnet_search(qtbot, demo_window: MainWin
     assert artifact_path(tmp_path / "project", experiment, "onnx") is not None
     assert experiment.id in {p["id"] for p in win.pareto.points()}
     assert any((tmp_path / "project").rglob("supernet.pt"))  # trained once, kept for a resume
+
+    plan = win.workspace.plan
+    notices: list[str] = []
+    win.compress.notice.connect(lambda _kind, text: notices.append(text))
+    win.pareto._on_points_clicked([experiment.id], Qt.KeyboardModifier.NoModifier)
+    assert notices and "is a subnet of a supernet, not a plan" in notices[0]
+    assert win.workspace.plan is plan
