@@ -13,6 +13,9 @@ from typing import Any, TextIO
 from studio.core.jobs import Event, JobCancelled, Log, Progress
 from studio.core.jobs.events import Trial
 
+SUPERNET_EVERY = 20
+"""Print every this many supernet steps."""
+
 
 def add_search_command(commands: Any, common: argparse.ArgumentParser) -> None:
     search = commands.add_parser(
@@ -111,6 +114,10 @@ class SearchPrinter:
         self.first_done: int | None = None
         self._pending = ""
         """The last trial's line, printed with the count and time left that follow it."""
+        from studio.core.methods.elastic.training import STAGE  # the job imports it anyway
+
+        self.supernet_stage = STAGE
+        """A subnet search's supernet training reports steps, not trials."""
 
     def left(self, done: int, total: int) -> str:
         if self.first_done is None:
@@ -134,6 +141,9 @@ class SearchPrinter:
             self._pending = f"trial {event.number} {event.fidelity}: {text}"
             if event.fidelity == "full":
                 self.stream.write(self._pending + "\n")
+        elif isinstance(event, Progress) and event.stage == self.supernet_stage:
+            if event.done % SUPERNET_EVERY == 0 or event.done == event.total:
+                self.stream.write(f"supernet: step {event.done}/{event.total}\n")
         elif isinstance(event, Progress):
             self.stream.write(f"{self._pending} [{event.done}/{event.total}, "
                               f"{self.left(event.done, event.total)}]\n")

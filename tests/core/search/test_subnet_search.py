@@ -49,6 +49,7 @@ def test_the_cli_trains_a_supernet_once_searches_it_and_exports_the_chosen_subne
     assert main(["search", str(recipe), "--out", str(folder), "--trials", "2", *ARGS]) == 0
     printed = capsys.readouterr()
     assert "Supernet: 4 elastic channel group(s), 1 skippable block(s)" in printed.err
+    assert "supernet: step 2/2" in printed.err and "[1/2," in printed.err  # steps, then trials
     assert "front (full fidelity, validation split):" in printed.out
     trained = supernet_path(folder).stat().st_mtime_ns
 
