@@ -54,13 +54,22 @@ class LayerLatencyTable:
         self.entries: dict[str, float] = {}
         self.measured = 0
         """Configurations this table timed itself (the rest came from the file)."""
-        if path is not None and path.exists():
-            saved = json.loads(path.read_text())
-            if saved.get("batch") == batch and saved.get("threads") == threads:
-                self.entries = {k: float(v) for k, v in saved.get("layers", {}).items()}
+        self._read()
+
+    def _read(self) -> None:
+        """Take what the file holds at this batch and thread count (another worker of the
+        same search may have timed a layer since)."""
+        if self.path is None or not self.path.exists():
+            return
+        saved = json.loads(self.path.read_text())
+        if saved.get("batch") == self.batch and saved.get("threads") == self.threads:
+            self.entries = {**{k: float(v) for k, v in saved.get("layers", {}).items()},
+                            **self.entries}
 
     def layer_ms(self, module: nn.Module, input_shape: tuple[int, ...]) -> float:
         key = _key(layer_config(module, input_shape))
+        if key not in self.entries:
+            self._read()
         if key not in self.entries:
             self.entries[key] = self._time(module, input_shape)
             self.measured += 1
