@@ -79,7 +79,12 @@ def train_supernet_job(recipe: Recipe, base_dir: Path | None, out_dir: Path,
                        token: CancelToken, settings: SearchSettings, trust: bool = False,
                        source: str = "recipe") -> Iterator[Event]:
     """Train the recipe's model as a supernet on the training data left after the validation
-    split, and save it as ``out_dir/supernet.pt`` (weights and channel rankings, no code)."""
+    split, and save it as ``out_dir/supernet.pt`` (weights and channel rankings, no code);
+    an existing one is never written over."""
+    path = supernet_path(out_dir)
+    if path.exists():
+        raise StudioError(f"{path} exists: a supernet was trained there already; give another "
+                          "folder, or delete it to train again")
     workspace, task, _, _ = open_validation(recipe, base_dir, trust, settings, source)
     module, example = _module(workspace, source)
     supernet = Supernet.build(module, example)
@@ -97,7 +102,6 @@ def train_supernet_job(recipe: Recipe, base_dir: Path | None, out_dir: Path,
     summary = yield from train_supernet(supernet, task.train, config, token)
     buffer = io.BytesIO()
     torch.save(supernet.state(), buffer)
-    path = supernet_path(out_dir)
     write_bytes_atomic(path, buffer.getvalue())
     yield Result({"supernet": str(path), "seconds": round(time.perf_counter() - started, 1),
                   "groups": [g.key for g in supernet.groups], "blocks": supernet.blocks,

@@ -79,6 +79,8 @@ def test_a_full_fidelity_subnet_exports_onnx_that_matches_torch(tmp_path: Path) 
     recipe = Recipe.model_validate(RECIPE)
     for _ in train_supernet_job(recipe, tmp_path, tmp_path / "s", CancelToken(), settings):
         pass
+    with pytest.raises(StudioError, match=r"supernet\.pt exists: a supernet was trained there"):
+        list(train_supernet_job(recipe, tmp_path, tmp_path / "s", CancelToken(), settings))
     problem = SubnetProblem.create(recipe, tmp_path, False, settings, tmp_path / "s")
     params = {name: 0.5 for name in problem.distributions() if name.startswith("width/")}
     params |= {f"skip/{block}": True for block in problem.blocks}
