@@ -25,7 +25,7 @@ from studio.core.methods.elastic.supernet import Subnet, Supernet, load_supernet
 from studio.core.methods.elastic.training import (
     SupernetConfig,
     shrinking_stages,
-    stage_of,
+    stage_at,
     train_supernet,
 )
 from studio.core.train.batch_norm import reestimate_batch_norms
@@ -178,12 +178,12 @@ def test_a_saved_supernet_loads_onto_its_architecture_only() -> None:
         load_supernet(nn.Sequential(nn.Conv2d(1, 4, 3)), _inputs(1), state)
 
 
-def test_progressive_shrinking_goes_depth_first_then_one_width_more_per_stage() -> None:
+def test_shrinking_goes_depth_first_then_one_width_more_per_stage_the_last_longest() -> None:
     stages = shrinking_stages((0.25, 0.5, 1.0), True)
     assert [(s.widths, s.skip) for s in stages] == [((1.0,), True), ((1.0, 0.5), True),
                                                     ((1.0, 0.5, 0.25), True)]
-    assert [stage_of(e, 3, 3) for e in range(3)] == [0, 1, 2]
-    assert stage_of(0, 1, 3) == 2  # a single epoch trains the last stage
+    assert [stage_at(step, 8, 3) for step in range(8)] == [0, 0, 1, 1, 2, 2, 2, 2]
+    assert stage_at(0, 1, 3) == 2  # a single step trains the last stage
 
 
 def _quadrants(count: int) -> TensorDataset:

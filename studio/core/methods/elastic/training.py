@@ -2,7 +2,8 @@
 
 Progressive shrinking: the largest network first learns to run with its residual blocks
 skipped (elastic depth), then with ever smaller widths, one more width allowed per stage; the
-channels are ranked again before each width stage. Every step follows the sandwich rule: the
+channels are ranked again before each width stage, and the last stage (every width) takes half
+of the steps. Every step follows the sandwich rule: the
 largest subnet learns from the labels (or, on unlabelled data, from the original model), and
 its outputs are the soft targets the smallest and two random subnets learn from (in-place
 distillation). The loop is written here rather than on :func:`studio.core.train.loop.train`
@@ -57,9 +58,15 @@ def shrinking_stages(widths: tuple[float, ...], skip: bool) -> list[ShrinkStage]
     return stages or [ShrinkStage(ordered, skip)]
 
 
-def stage_of(epoch: int, epochs: int, count: int) -> int:
-    """The stage an epoch trains: stages spread over the epochs, the last always reached."""
-    return max(0, (epoch + 1) * count // epochs - 1)
+def stage_at(step: int, total: int, count: int) -> int:
+    """The stage a step trains: the last stage (every width) takes the second half of the
+    steps, as once-for-all spends most of its schedule there; the earlier stages share the
+    first half equally."""
+    last = count - 1
+    early = total // 2
+    if last == 0 or step >= early:
+        return last
+    return step * last // early
 
 
 def train_supernet(supernet: Supernet, data: TensorDataset, config: SupernetConfig,
@@ -81,18 +88,18 @@ def train_supernet(supernet: Supernet, data: TensorDataset, config: SupernetConf
     step, current = 0, -1
     losses: list[float] = []
     for epoch in range(config.epochs):
-        index = stage_of(epoch, config.epochs, len(stages))
-        stage = stages[index]
-        if index != current:
-            current = index
-            if len(stage.widths) > 1:
-                supernet.rerank()
-            yield Log(f"{STAGE}: stage {index + 1} of {len(stages)}: widths "
-                      f"{', '.join(f'{w:g}' for w in stage.widths)}"
-                      f"{', blocks skippable' if stage.skip else ''}")
         model.train()
         for batch in batches(data, config.batch_size, shuffle=True, seed=config.seed + epoch):
             token.check()
+            index = stage_at(step, total, len(stages))
+            stage = stages[index]
+            if index != current:
+                current = index
+                if len(stage.widths) > 1:
+                    supernet.rerank()
+                yield Log(f"{STAGE}: stage {index + 1} of {len(stages)} from step {step + 1}: "
+                          f"widths {', '.join(f'{w:g}' for w in stage.widths)}"
+                          f"{', blocks skippable' if stage.skip else ''}")
             loss = _sandwich_step(supernet, batch, stage, rng, config, teacher)
             optimizer.step()
             schedule.step()
