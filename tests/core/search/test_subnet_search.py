@@ -16,7 +16,8 @@ import yaml
 from studio.cli.main import main
 from studio.core.errors import StudioError
 from studio.core.export.measure import run_onnx
-from studio.core.jobs import CancelToken
+from studio.core.jobs import CancelToken, Result
+from studio.core.jobs.kinds import JobSpec, job_events
 from studio.core.plan.recipe import Recipe
 from studio.core.project.experiments import artifact_path, load_experiments
 from studio.core.search.problem import TrialRequest
@@ -77,8 +78,11 @@ def test_a_full_fidelity_subnet_exports_onnx_that_matches_torch(tmp_path: Path) 
                               costs=["macs", "latency"], proxy_samples=32, supernet_epochs=1,
                               full_epochs=0)
     recipe = Recipe.model_validate(RECIPE)
-    for _ in train_supernet_job(recipe, tmp_path, tmp_path / "s", CancelToken(), settings):
-        pass
+    spec = JobSpec("supernet", recipe, tmp_path, tmp_path / "s",
+                   options=settings.model_dump(mode="json"))
+    (result,) = [e for e in job_events(spec, CancelToken()) if isinstance(e, Result)]
+    assert result.report["supernet"] == str(supernet_path(tmp_path / "s"))
+    assert result.report["steps"] == 2 and result.report["blocks"] == ["res"]
     with pytest.raises(StudioError, match=r"supernet\.pt exists: a supernet was trained there"):
         list(train_supernet_job(recipe, tmp_path, tmp_path / "s", CancelToken(), settings))
     problem = SubnetProblem.create(recipe, tmp_path, False, settings, tmp_path / "s")
