@@ -317,7 +317,8 @@ class CompressController(QObject):
             controller.replace_plan(Plan(), "Restore the plan of the baseline")
             return
         experiment = self.experiments[experiment_id]
-        if experiment.recipe is None and "subnet" in (experiment.report or {}):
+        if experiment.recipe is None and "subnet" in ((experiment.report or {}).get("stages")
+                                                      or {}):
             self.notice.emit("info", f"{experiment.name} is a subnet of a supernet, not a plan: "
                              "its model is the experiment's ONNX file; the plan is unchanged.")
             return

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -71,8 +71,11 @@ def event_from_json(data: dict[str, Any]) -> Event:
     return _TYPES[kind](**values)
 
 
-def drain(events: Iterable[Event]) -> None:
-    """Run a job (or a step's generator) to its end, dropping its events: a search trial
-    runs steps whose progress nobody watches."""
-    for _ in events:
-        pass
+def drain(events: Iterator[Event]) -> Any:
+    """Run a job (or a step's generator) to its end, dropping its events, and return what the
+    generator returned: a search trial runs steps whose progress nobody watches."""
+    while True:
+        try:
+            next(events)
+        except StopIteration as stop:
+            return stop.value

@@ -30,11 +30,11 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from torch import Tensor, nn
 
 from studio.core.atomic import write_bytes_atomic, write_text_atomic
-from studio.core.data.metrics import drop
+from studio.core.data.metrics import drop, higher_is_better
 from studio.core.data.task import TaskData
 from studio.core.errors import StudioError
 from studio.core.export.layer_latency import LayerLatencyTable
-from studio.core.export.measure import inputs_for_batches, latency_ms, parity
+from studio.core.export.measure import inputs_for_batches, latency_ms, parity, zip_bytes
 from studio.core.export.onnx_export import export_onnx, onnx_file_bytes
 from studio.core.jobs import CancelToken, Event, Log, Result
 from studio.core.jobs.events import drain
@@ -44,6 +44,7 @@ from studio.core.methods.elastic.training import SupernetConfig, train_supernet
 from studio.core.methods.pruning.measure import measure
 from studio.core.plan.recipe import Recipe
 from studio.core.plan.stages import DistillSection, ExportSection, TrainSection
+from studio.core.reports.run_report import Figures, MetricValue, RunReport
 from studio.core.search.compression import constraint_excess, open_validation
 from studio.core.search.problem import TrialOutcome, TrialRequest
 from studio.core.search.settings import SearchSettings
@@ -53,6 +54,8 @@ from studio.core.workspace import Workspace, open_recipe_workspace
 
 SUPERNET_FILE = "supernet.pt"
 LATENCY_TABLE_FILE = "latency-table.json"
+PARITY_SAMPLES = 64
+"""Validation samples the exported file is compared with torch on."""
 TABLE_REPEATS = 10
 """Timing rounds per layer configuration: each is timed once for the whole search."""
 
@@ -131,6 +134,7 @@ class _Prepared:
     table: LayerLatencyTable | None
     """Per-layer latencies, when latency is searched."""
     base_ms: float
+    example: Tensor
 
 
 _PREPARED: dict[str, _Prepared] = {}
@@ -214,7 +218,7 @@ class SubnetProblem:
                                           Path(self.supernet).parent / LATENCY_TABLE_FILE)
                 base_ms = table.model_ms(module, example)
             prepared = _Prepared(workspace, recipe, task, baseline, reference, supernet,
-                                 module, size.macs, size.params, table, base_ms)
+                                 module, size.macs, size.params, table, base_ms, example)
             _PREPARED.clear()  # one problem per worker at a time
             _PREPARED[self.key] = prepared
         return prepared
@@ -232,8 +236,7 @@ class SubnetProblem:
         prepared = self._prepared()
         task = prepared.task
         value = evaluate(model, task.test, metric=task.metric, reference=prepared.reference)
-        assert prepared.workspace.example is not None
-        example = prepared.workspace.example.make_tensor()
+        example = prepared.example
         size = measure(model, example)
         macs = size.macs / prepared.macs if prepared.macs else 1.0
         latency = macs
@@ -250,43 +253,59 @@ class SubnetProblem:
     def _full(self, request: TrialRequest) -> TrialOutcome:
         if request.out_dir is None:
             raise StudioError("a full-fidelity trial needs a folder for its files")
+        started = time.perf_counter()
         prepared = self._prepared()
         model = self.cut(request.params)
+        stages: dict[str, Any] = {"subnet": self.subnet(request.params).to_json()}
         if self.settings.full_epochs:
-            drain(train(model, prepared.task.train,
-                         _train_config(prepared.recipe, self.settings,
-                                       self.settings.full_epochs),
-                         CancelToken(), loss_fn=self._distil_loss(), stage="fine-tune"))
+            config = _train_config(prepared.recipe, self.settings, self.settings.full_epochs)
+            summary = drain(train(model, prepared.task.train, config, CancelToken(),
+                                  loss_fn=self._distil_loss(), stage="fine-tune"))
+            stages["fine_tune"] = {"epochs": config.epochs, "lr": config.lr,
+                                   "teacher": "the original model", **summary.to_json()}
         figures = self._figures(model)
         out = Path(request.out_dir)
-        assert prepared.workspace.example is not None
-        example = prepared.workspace.example.make_tensor()
-        path = export_onnx(model, example, out / "model.onnx", external_data=False)
-        inputs = prepared.task.test.tensors[0]
-        figures["parity_max_abs"] = float(parity(model, path, inputs[:64])["max_abs_diff"] or 0.0)
+        path = export_onnx(model, prepared.example, out / "model.onnx", external_data=False)
         with tempfile.TemporaryDirectory(prefix="studio-subnet-") as scratch:
-            base = export_onnx(prepared.original, example, Path(scratch) / "original.onnx",
-                               external_data=False)
+            base = export_onnx(prepared.original, prepared.example,
+                               Path(scratch) / "original.onnx", external_data=False)
             export = prepared.recipe.section(ExportSection)
-            batch = export.latency_batch
-            timed = {name: by_batch[batch] for name, by_batch in latency_ms(
-                {"baseline": base, "subnet": path},
-                inputs_for_batches(prepared.task.test, (batch,)),
-                repeats=export.latency_repeats, threads=self.settings.latency_threads).items()}
-            base_bytes = onnx_file_bytes(base)
-        figures["bytes"] = onnx_file_bytes(path) / base_bytes
-        figures["latency"] = timed["subnet"] / timed["baseline"]
-        subnet = self.subnet(request.params).to_json()
+            timed = latency_ms({"baseline": base, "subnet": path},
+                               inputs_for_batches(prepared.task.test, (export.latency_batch,)),
+                               repeats=export.latency_repeats,
+                               threads=self.settings.latency_threads)
+            baseline = self._file_figures(prepared.original, base, figures["baseline"],
+                                          timed["baseline"])
+        compressed = self._file_figures(model, path, figures["metric"], timed["subnet"])
+        figures["parity_max_abs"] = float(compressed.parity.get("max_abs_diff") or 0.0)
+        figures["bytes"] = compressed.onnx_bytes / baseline.onnx_bytes
+        batch = f"batch_{export.latency_batch}"
+        figures["latency"] = compressed.latency_ms[batch] / baseline.latency_ms[batch]
         choice = out / "subnet.json"
-        write_text_atomic(choice, json.dumps(subnet, indent=2) + "\n")
-        report = {"subnet": subnet, "fine_tune_epochs": self.settings.full_epochs,
-                  "baseline": _point(prepared.task.metric, figures["baseline"], prepared.macs,
-                                     base_bytes, batch, timed["baseline"]),
-                  "compressed": _point(prepared.task.metric, figures["metric"],
-                                       figures["macs"] * prepared.macs, onnx_file_bytes(path),
-                                       batch, timed["subnet"])}
+        write_text_atomic(choice, json.dumps(stages["subnet"], indent=2) + "\n")
+        report = RunReport(
+            recipe=self.source, model=str(prepared.recipe.model.path), source_format="torch",
+            data=prepared.task.summary(), device="cpu", baseline=baseline,
+            compressed=compressed, stages=stages, seed=self.settings.seed,
+            elapsed_s=round(time.perf_counter() - started, 2), paths={"model": str(path)},
+            notes=[f"A subnet of the supernet ({self.describe(request.params)}), fine-tuned "
+                   f"{self.settings.full_epochs} epoch(s) with distillation from the original "
+                   "model; scored on the validation split carved from the training data (the "
+                   "test split is not read)."])
         return TrialOutcome([figures[name] for name in self.objectives], figures, "full",
-                            report=report, files={"onnx": str(path), "subnet": str(choice)})
+                            report=report.to_json(),
+                            files={"onnx": str(path), "subnet": str(choice)})
+
+    def _file_figures(self, model: nn.Module, path: Path, value: float,
+                      latency: Mapping[int, float]) -> Figures:
+        """An exported model measured as a run report measures it."""
+        prepared = self._prepared()
+        size = measure(model, prepared.example)
+        metric = prepared.task.metric
+        return Figures(MetricValue(metric, value, higher_is_better(metric)), size.params,
+                       size.nonzero_params, size.macs, onnx_file_bytes(path), zip_bytes(path),
+                       parity(model, path, prepared.task.test.tensors[0][:PARITY_SAMPLES]),
+                       latency_ms={f"batch_{batch}": ms for batch, ms in latency.items()})
 
     def _distil_loss(self) -> Any:
         """Fine-tuning loss: the recipe's distillation weights (or 0.7 at T 4) with the
@@ -302,9 +321,3 @@ class SubnetProblem:
                                      section.alpha)
         return loss
 
-
-def _point(metric: str, value: float, macs: float, onnx_bytes: int, batch: int,
-           latency: float) -> dict[str, Any]:
-    """Figures in the run report's shape, so the Experiments plot places the trial."""
-    return {"metric": {"name": metric, "value": value}, "macs": int(macs),
-            "onnx_bytes": onnx_bytes, "latency_ms": {f"batch_{batch}": latency}}

@@ -20,6 +20,7 @@ from studio.core.jobs import CancelToken, Result
 from studio.core.jobs.kinds import JobSpec, job_events
 from studio.core.plan.recipe import Recipe
 from studio.core.project.experiments import artifact_path, load_experiments
+from studio.core.reports.run_report import RunReport
 from studio.core.search.problem import TrialRequest
 from studio.core.search.settings import SearchSettings
 from studio.core.search.study import STUDY_NAME, study_path, trial_rows
@@ -57,9 +58,12 @@ def test_the_cli_trains_a_supernet_once_searches_it_and_exports_the_chosen_subne
     (experiment,) = load_experiments(folder)
     onnx = artifact_path(folder, experiment, "onnx")
     assert onnx is not None
-    report = experiment.report
-    assert report["compressed"]["macs"] <= report["baseline"]["macs"]
-    assert report["fine_tune_epochs"] == 1
+    report = RunReport.from_json(experiment.report)  # the window's report view reads it
+    assert report.compressed.macs <= report.baseline.macs
+    assert report.stages["fine_tune"]["epochs"] == 1 and "widths" in report.stages["subnet"]
+    assert report.compressed.onnx_bytes == onnx.stat().st_size
+    assert isinstance(report.data, dict) and report.data["sizes"]["test"] == 0
+    assert "scored on 64 validation samples" in report.data["name"]  # never on test
     assert run_onnx(onnx, torch.rand(4, 1, 28, 28)).shape == (4, 10)
     rows = {row.number: row for row in trial_rows(_study(folder))}
     full = [row for row in rows.values() if row.fidelity == "full"]
