@@ -23,6 +23,7 @@ and on the test split (reported, never used to choose), are the goal's.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import resource
@@ -44,6 +45,7 @@ from studio.core.engine.sensitivity import sensitivity_workspace
 from studio.core.export.measure import onnx_metric
 from studio.core.export.onnx_export import export_onnx
 from studio.core.jobs import CancelToken, Result
+from studio.core.methods.elastic.supernet import Supernet
 from studio.core.plan.plan import ROOT, Plan
 from studio.core.plan.recipe import Recipe
 from studio.core.plan.spec import LayerSpec
@@ -57,6 +59,8 @@ from studio.core.search.front import hypervolume
 from studio.core.search.problem import TrialRequest
 from studio.core.search.settings import SearchSettings
 from studio.core.search.subnet import SubnetProblem, train_supernet_job
+from studio.core.train.batch_norm import reestimate_batch_norms
+from studio.core.train.loop import evaluate
 from studio.core.workspace import open_recipe_workspace
 
 VALIDATION = 500
@@ -201,6 +205,22 @@ def _test_figures(folder: Path) -> dict[str, float]:
             "drop_pt": round(100.0 * (base - value), 3)}
 
 
+def smallest_zero_shot(problem: SubnetProblem) -> dict[str, float]:
+    """The smallest subnet's validation accuracy without fine-tuning: cut from the trained
+    supernet, and cut the same way from the plain model (BatchNorms re-estimated in both)."""
+    smallest = {name: min(dist.choices) for name, dist in problem.distributions().items()
+                if name.startswith("width/")}
+    smallest |= {f"skip/{block}": True for block in problem.blocks}
+    from_supernet = problem.evaluate(TrialRequest(-1, smallest, "proxy")).figures
+    prepared = problem._prepared()
+    plain = Supernet.build(copy.deepcopy(prepared.original), prepared.example)
+    model = plain.extract(problem.subnet(smallest))
+    reestimate_batch_norms(model, prepared.task.calibration, 64)
+    return {"macs": round(from_supernet["macs"], 4),
+            "from_supernet": from_supernet["metric"],
+            "from_plain_model": evaluate(model, prepared.task.test)}
+
+
 def subnets(out: Path, supernet_epochs: int, trials: int, finetune_epochs: int,
             spread: int, best_epochs: int) -> dict[str, Any]:
     """Train the supernet, search it zero-shot under MACs <= 0.25x; fine-tune the best
@@ -220,6 +240,7 @@ def subnets(out: Path, supernet_epochs: int, trials: int, finetune_epochs: int,
             trained = event.report
     supernet_s = time.perf_counter() - started
     problem = SubnetProblem.create(recipe, base, False, settings, folder)
+    smallest = smallest_zero_shot(problem)
     report = None
     started = time.perf_counter()
     for event in run_search(problem, settings, folder, CancelToken(), InProcess()):
@@ -261,6 +282,7 @@ def subnets(out: Path, supernet_epochs: int, trials: int, finetune_epochs: int,
                                 and best["fine_tuned"]["drop_pt"] <= 0.5),
         "subnet_test": test,
         "subnet_best": best,
+        "subnet_smallest_zero_shot": smallest,
         "subnet": {"supernet": trained, "supernet_s": round(supernet_s, 1),
                    "search_s": round(search_s, 1), "finetune_s": round(finetune_s, 1),
                    "trials": len(rows), "feasible": len(feasible),
