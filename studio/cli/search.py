@@ -23,7 +23,9 @@ def add_search_command(commands: Any, common: argparse.ArgumentParser) -> None:
         description="Search RECIPE's plan (per-group sparsity and granularity, per-layer "
                     "bits) with Optuna: a cheap zero-shot proxy for every trial, the whole "
                     "pipeline for the most promising, scored on a validation split carved from "
-                    "the training data. The study lives in DIR/search.db; run again to resume.")
+                    "the training data. The study lives in DIR/search.db; run again to resume. "
+                    "--space subnet trains a once-for-all supernet (DIR/supernet.pt) and "
+                    "searches its widths and depths instead of the plan.")
     search.add_argument("recipe", type=Path, help="recipe file (YAML, schema_version 1)")
     search.add_argument("--out", type=Path, required=True,
                         help="folder of the study (search.db, trials/, experiments/)")
