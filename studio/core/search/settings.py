@@ -63,7 +63,7 @@ class SearchSettings(BaseModel):
     space: Literal["plan", "subnet"] = "plan"
     """plan: each layer's sparsity and bits; subnet: widths and depths of a once-for-all
     supernet trained from the model first (no retraining per trial; the chosen subnet is
-    fine-tuned for full_epochs)."""
+    fine-tuned for full_epochs; sparsity levels, granularities, bits and layers are unused)."""
     widths: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
     """subnet: shares of each channel group's channels a subnet may keep (most important
     first)."""
