@@ -68,6 +68,10 @@ def test_the_search_dialog_runs_a_tiny_subnet_search(qtbot, demo_window: MainWin
     assert experiment.id in {p["id"] for p in win.pareto.points()}
     assert any((tmp_path / "project").rglob("supernet.pt"))  # trained once, kept for a resume
 
+    win.results.report.show_experiment(experiment)  # a typed run report the view reads
+    shown = win.results.report.toPlainText()
+    assert "cannot be read" not in shown and "Stage: subnet" in shown
+
     plan = win.workspace.plan
     notices: list[str] = []
     win.compress.notice.connect(lambda _kind, text: notices.append(text))
