@@ -36,7 +36,7 @@ from studio.core.methods.pruning import apply_plan_pruning
 from studio.core.plan.recipe import read_recipe
 from studio.core.plan.stages import DistillSection, FeaturePair, TeacherSource
 from studio.core.resources import resource_path
-from studio.core.train.loop import TrainConfig, cross_entropy, evaluate, train
+from studio.core.train.loop import TrainConfig, cross_entropy, evaluate, optimizer_steps, train
 from studio.core.workspace import Workspace, open_workspace
 
 RECIPE = "demo-structured-kd.yaml"
@@ -50,6 +50,7 @@ def variants() -> dict[str, DistillSection | None]:
         "plain": None,
         "logit-kd": DistillSection(temperature=4.0, alpha=0.7),
         "logit-kd-t2": DistillSection(temperature=2.0, alpha=0.5),
+        "logit-kd-warmup": DistillSection(temperature=4.0, alpha=0.7, alpha_warmup=0.5),
         "feature-kd": DistillSection(temperature=2.0, alpha=0.5,
                                      features=[FeaturePair(student="res", teacher="res")]),
         "relation-kd": DistillSection(temperature=2.0, alpha=0.5, relation_weight=1.0),
@@ -82,19 +83,21 @@ def recover(section: DistillSection | None, pruned: nn.Module, original: nn.Modu
     """Train a copy of ``pruned`` as the recover step would; accuracy and CPU time."""
     model = copy.deepcopy(pruned)
     loss_fn: Any = cross_entropy
-    parameters, close, finish = None, None, None
+    parameters, close, finish, after_step = None, None, None, None
     if section is not None:
         teachers = [t.model_copy(update={"path": str(onnx_teacher)})
                     if t.path == ONNX_TEACHER else t for t in section.teachers]
         section = section.model_copy(update={"teachers": teachers})
         run = build_distillation(section, model, original, example, data, folder,
-                                 seed=config.seed)
+                                 seed=config.seed,
+                                 total_steps=optimizer_steps(len(data.train), config))
         loss_fn, parameters, close, finish = run.loss_fn, run.parameters, run.close, run.finish
+        after_step = run.after_step
     cpu, wall = time.process_time(), time.perf_counter()
     extra: dict[str, Any] = {}
     try:
         for _ in train(model, data.train, config, CancelToken(), loss_fn,
-                       "distill" if section else "fine-tune", None, parameters):
+                       "distill" if section else "fine-tune", after_step, parameters):
             pass
         if finish is not None:
             extra = finish()

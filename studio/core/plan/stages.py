@@ -260,6 +260,13 @@ class DistillSection(_Section):
     none: the model's top-level blocks that hold weights, except its last."""
     aux_weight: float = Field(default=0.3, ge=0, le=10)
     """Self-distillation: weight of each auxiliary head's loss."""
+    alpha_warmup: float = Field(default=0.0, ge=0, le=1)
+    """Share of the training steps over which the KD weight rises linearly from 0 to alpha
+    (pure cross entropy first, as DKD's warm-up): a student far from its teacher learns the
+    labels before it matches softened scores. 0: alpha from the first step."""
+    projection_init: Literal["least_squares", "random"] = "least_squares"
+    """Feature pairs of different widths: start each learned projection at the least-squares
+    map from the student's feature to the teacher's on calibration samples, or random."""
 
 
 class AdapterSection(_Section):

@@ -130,6 +130,14 @@ def _prepare(model: nn.Module, params: list[nn.Parameter], first: tuple[Tensor, 
     return choice, memory
 
 
+def optimizer_steps(samples: int, config: TrainConfig) -> int:
+    """How many optimiser steps :func:`train` takes over ``samples`` training samples (what
+    its learning-rate schedule, and a loss with its own schedule, run over)."""
+    loader_steps = (samples + config.batch_size - 1) // config.batch_size
+    accumulate = max(1, config.accumulation_steps)
+    return config.epochs * ((loader_steps + accumulate - 1) // accumulate)
+
+
 def train(model: nn.Module, data: TensorDataset, config: TrainConfig, token: CancelToken,
           loss_fn: LossFn = cross_entropy, stage: str = "fine-tune",
           after_step: Callable[[int], None] | None = None,
@@ -144,9 +152,7 @@ def train(model: nn.Module, data: TensorDataset, config: TrainConfig, token: Can
         p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     accumulate = max(1, config.accumulation_steps)
-    loader_steps = (len(data) + config.batch_size - 1) // config.batch_size
-    per_epoch = (loader_steps + accumulate - 1) // accumulate
-    total = config.epochs * per_epoch
+    total = optimizer_steps(len(data), config)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, total))
     step = 0
     if dropout:

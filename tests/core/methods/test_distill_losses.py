@@ -17,6 +17,7 @@ from studio.core.methods.distill import (
     rkd_distance_loss,
     soft_targets,
 )
+from studio.core.methods.distill.projection import fit_projection
 
 
 @pytest.fixture
@@ -116,6 +117,25 @@ def test_feature_projection_linear_for_tokens_and_vectors():
     assert float(feature_kd_loss(x, x.clone(), same)) == 0.0
     with pytest.raises(StudioError, match="different ranks"):
         FeatureProjector((2, 16, 4, 4), (2, 16))
+
+
+def test_a_fitted_projection_recovers_a_linear_teacher_map_and_beats_a_random_start():
+    g = torch.Generator().manual_seed(3)
+    student = torch.randn(8, 6, 14, 14, generator=g)
+    mix, shift = torch.randn(10, 6, generator=g), torch.randn(10, generator=g)
+    teacher = torch.nn.functional.avg_pool2d(  # another width and a coarser map
+        torch.einsum("ts,nshw->nthw", mix, student) + shift[:, None, None], 2)
+    random_start = FeatureProjector(tuple(student.shape), tuple(teacher.shape))
+    fitted = FeatureProjector(tuple(student.shape), tuple(teacher.shape))
+    fit_projection(fitted, student, teacher)
+    assert torch.allclose(fitted.proj.weight[:, :, 0, 0], mix, atol=1e-4)
+    assert torch.allclose(fitted.proj.bias, shift, atol=1e-4)
+    assert float(feature_kd_loss(student, teacher, fitted).detach()) < 1e-8
+    assert float(feature_kd_loss(student, teacher, random_start).detach()) > 1.0
+    tokens = FeatureProjector((2, 12, 4), (2, 12, 3))
+    rows = torch.randn(2, 12, 4, generator=g)
+    fit_projection(tokens, rows, rows[..., :3] * 2)
+    assert float(feature_kd_loss(rows, rows[..., :3] * 2, tokens).detach()) < 1e-8
 
 
 def test_feature_loss_does_not_train_the_teacher():

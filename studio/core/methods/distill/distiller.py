@@ -26,8 +26,9 @@ from studio.core.methods.distill.losses import (
     rkd_distance_loss,
     soft_targets,
 )
-from studio.core.methods.distill.projection import FeatureProjector
+from studio.core.methods.distill.projection import FeatureProjector, fit_projection
 from studio.core.methods.distill.teachers import Teacher, TeacherOutput, TorchTeacher, freeze
+from studio.core.train.memory import kept_buffers
 from studio.core.util import first_tensor
 
 
@@ -63,6 +64,13 @@ class KDConfig:
     """``confidence``: per sample, each teacher's weight times its top-1 probability there."""
     seed: int = 0
     """Seeds the projections' initial weights, so a run is reproducible."""
+    alpha_warmup_steps: int = 0
+    """Optimiser steps over which the KD weight rises linearly from 0 to ``alpha`` (the
+    cross entropy taking the rest), counted by :meth:`KDLoss.after_step`; 0: alpha from the
+    start."""
+    projection_init: Literal["least_squares", "random"] = "least_squares"
+    """How learned projections start: fitted by least squares on a real batch (the fit
+    inputs given to :func:`make_kd_loss`), or random (FitNets)."""
 
     def __post_init__(self) -> None:
         # Recipes hand in lists; normalise to FeaturePair tuples (weight 1 when left out).
@@ -75,6 +83,8 @@ class KDConfig:
         problems = []
         if not self.temperature > 0:
             problems.append(f"temperature must be > 0, got {self.temperature}")
+        if self.alpha_warmup_steps < 0:
+            problems.append(f"alpha_warmup_steps must be >= 0, got {self.alpha_warmup_steps}")
         if not 0.0 <= self.alpha <= 1.0:
             problems.append(f"alpha must lie in [0, 1], got {self.alpha}")
         weights = [("logit_weight", self.logit_weight),
@@ -158,7 +168,18 @@ class KDLoss:
         self.projections = projections
         self._student_capture = student_capture
         self.last: dict[str, Tensor] = {}
+        self.steps_done = 0
         self._closed = False
+
+    @property
+    def alpha(self) -> float:
+        """The KD weight now: ``config.alpha``, scaled down linearly during the warm-up."""
+        warmup = self.config.alpha_warmup_steps
+        return self.config.alpha * (min(1.0, self.steps_done / warmup) if warmup else 1.0)
+
+    def after_step(self, step: int) -> None:
+        """The training loop's hook after each optimiser step: advances the alpha warm-up."""
+        self.steps_done = step
 
     def cache_stats(self) -> list[CacheStats]:
         """One entry per cached teacher (none when caching is off)."""
@@ -184,7 +205,7 @@ class KDLoss:
                        else soft_targets)
             probs = combine(teacher_logits, cfg.temperature, cfg.teacher_weights)
             parts["logit"] = distillation_loss(student_logits, probs, labels, cfg.temperature,
-                                               cfg.alpha)
+                                               self.alpha)
             total = total + cfg.logit_weight * parts["logit"]
         for index, pair in enumerate(cfg.feature_pairs):
             term = feature_kd_loss(self._student_capture[pair.student], first[pair.teacher],
@@ -243,7 +264,8 @@ def _as_teacher(teacher: nn.Module | Teacher, feature_names: Sequence[str], inde
 
 def make_kd_loss(student: nn.Module, teachers: nn.Module | Teacher | Sequence[nn.Module | Teacher],
                  config: KDConfig, example_inputs: Tensor,
-                 cache: CacheSettings | None = None) -> KDSetup:
+                 cache: CacheSettings | None = None, fit_inputs: Tensor | None = None
+                 ) -> KDSetup:
     """Build the KD loss for ``student``: freeze the teachers, hook the chosen layers, check
     the teachers' outputs against the student's and size the projections from one example
     forward through both; with ``cache``, frozen teachers' outputs are kept per sample.
@@ -253,7 +275,9 @@ def make_kd_loss(student: nn.Module, teachers: nn.Module | Teacher | Sequence[nn
     Build it after the student has its final shape (after structured pruning): projections are
     sized from the student's current widths. Pass ``training_parameters(student,
     extra_parameters)`` as ``train(parameters=...)`` so the projections learn too, and call
-    ``close()`` when done (a ``finally`` block) to remove hooks.
+    ``close()`` when done (a ``finally`` block) to remove hooks. ``fit_inputs``, a batch of
+    real training inputs, fits the learned projections by least squares before training
+    (``config.projection_init``); without it they start random.
     """
     given = [teachers] if isinstance(teachers, nn.Module) or not isinstance(
         teachers, Sequence) else list(teachers)
@@ -276,6 +300,8 @@ def make_kd_loss(student: nn.Module, teachers: nn.Module | Teacher | Sequence[nn
             teacher_list.append(_as_teacher(teacher, teacher_names, index, device))
         student_capture = FeatureCapture(student, student_names, "student")
         projections = _probe(student, teacher_list, config, example_inputs, student_capture)
+        if fit_inputs is not None and config.projection_init == "least_squares":
+            _fit(student, teacher_list[0], config, fit_inputs, student_capture, projections)
     except BaseException:
         for teacher in teacher_list:
             teacher.close()
@@ -321,3 +347,25 @@ def _probe(student: nn.Module, teachers: Sequence[Teacher], config: KDConfig,
             projections[f"pair{index}"] = projection.to(device=s_feat.device, dtype=s_feat.dtype)
     student_capture.clear()
     return projections
+
+
+def _fit(student: nn.Module, teacher: Teacher, config: KDConfig, inputs: Tensor,
+         student_capture: FeatureCapture, projections: nn.ModuleDict) -> None:
+    """Fit every learned projection on ``inputs``, the student in training mode (batch norms
+    on batch statistics, as they will train) with its running statistics left untouched."""
+    if not any(isinstance(p, FeatureProjector) and p.learned for p in projections.values()):
+        return
+    was_training = student.training
+    try:
+        with torch.no_grad(), kept_buffers(student):
+            student.train()
+            student(inputs)
+            features = teacher(inputs).features
+            for index, pair in enumerate(config.feature_pairs):
+                projection = projections[f"pair{index}"]
+                assert isinstance(projection, FeatureProjector)
+                fit_projection(projection, student_capture[pair.student],
+                               features[pair.teacher])
+    finally:
+        student.train(was_training)
+        student_capture.clear()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from studio.core.errors import StudioError
+from studio.core.methods.distill.losses import align_features
 
 
 def projection_kind(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]
@@ -60,3 +62,30 @@ class FeatureProjector(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x)
+
+
+@torch.no_grad()
+def fit_projection(projector: FeatureProjector, student: Tensor, teacher: Tensor) -> None:
+    """Set a learned projection to the least-squares map from ``student`` to ``teacher``
+    features on a real batch (every pixel or token a row), instead of a random start.
+
+    A random regressor starts the feature loss far from anything the student can reach and
+    sends noise back into the student while it learns; the fitted one starts at the best
+    linear match, so the feature term pulls only towards what the teacher does differently.
+    Pooling and a 1x1 map commute, so fitting on the aligned features is exact."""
+    if not projector.learned:
+        return
+    layer = projector.proj
+    assert isinstance(layer, nn.Conv2d | nn.Linear)
+    source, target = align_features(student.float(), teacher.float())
+    if source.dim() == 4:
+        source, target = source.movedim(1, -1), target.movedim(1, -1)
+    rows = source.reshape(-1, source.shape[-1])
+    ones = rows.new_ones(len(rows), 1)
+    solution = torch.linalg.lstsq(torch.cat([rows, ones], 1).cpu(),
+                                  target.reshape(-1, target.shape[-1]).cpu(),
+                                  driver="gelsd").solution
+    weight, bias = solution[:-1].t(), solution[-1]
+    layer.weight.copy_(weight.reshape(layer.weight.shape))
+    assert layer.bias is not None
+    layer.bias.copy_(bias)

@@ -27,6 +27,9 @@ from studio.core.methods.distill.sources import open_teacher
 from studio.core.plan.stages import DistillSection, TeacherSource
 from studio.core.train.loop import evaluate
 
+FIT_SAMPLES = 64
+"""Calibration samples the feature projections are fitted on before training."""
+
 
 @dataclass
 class Distillation:
@@ -37,6 +40,8 @@ class Distillation:
     finish: Callable[[], dict[str, Any]] = dict
     """Call after training: keeps the better mutual-learning student, and returns what the
     stage report should add (cache size and hit rate, the students' scores)."""
+    after_step: Callable[[int], None] | None = None
+    """For the training loop's ``after_step``: advances the loss's own schedule."""
 
 
 def _cache_report(loss: KDLoss) -> dict[str, Any]:
@@ -72,9 +77,10 @@ def _teachers(section: DistillSection, original: nn.Module, trust: bool,
 def build_distillation(section: DistillSection, student: nn.Module, original: nn.Module,
                        example: Tensor, data: TaskData, out_dir: Path | None = None,
                        base_dir: Path | None = None, trust: bool = False, seed: int = 0,
-                       device: str = "cpu") -> Distillation:
+                       device: str = "cpu", total_steps: int = 0) -> Distillation:
     """The loss for ``section.mode``: teachers (cached per sample unless ``cache: off``; disk
-    caches go under ``out_dir``), self-distillation, or mutual learning with a peer."""
+    caches go under ``out_dir``), self-distillation, or mutual learning with a peer.
+    ``total_steps``, the run's optimiser steps, sizes ``alpha_warmup``."""
     if section.mode != "teacher" and not data.labelled:
         raise StudioError(f"distill.mode {section.mode}: needs labels, and this data has "
                           "none; use mode teacher (the uncompressed model's outputs)")
@@ -106,13 +112,21 @@ def build_distillation(section: DistillSection, student: nn.Module, original: nn
                                           for p in section.features),
                       relation_weight=section.relation_weight,
                       teacher_weights=tuple(weights) if len(weights) > 1 else None,
-                      teacher_weighting=section.teacher_weighting, seed=seed)
+                      teacher_weighting=section.teacher_weighting, seed=seed,
+                      alpha_warmup_steps=round(section.alpha_warmup * total_steps),
+                      projection_init=section.projection_init)
     cache = None if section.cache == "off" else CacheSettings(
         len(data.train), section.cache, out_dir)
-    setup = make_kd_loss(student, teachers, config, example, cache)
+    fit = data.calibration.tensors[0][:FIT_SAMPLES].to(example.device) if (
+        section.features and len(data.calibration)) else None
+    setup = make_kd_loss(student, teachers, config, example, cache, fit)
     logs = [] if data.labelled else ["No labels: distilling without the cross-entropy term"]
     if len(teachers) > 1:
         logs.append(f"{len(teachers)} teachers ({', '.join(t.name for t in teachers)}), "
                     f"{section.teacher_weighting} weighting")
+    if config.alpha_warmup_steps:
+        logs.append(f"KD weight rises from 0 to {section.alpha} over the first "
+                    f"{config.alpha_warmup_steps} steps")
     return Distillation(setup.loss_fn, training_parameters(student, setup.extra_parameters),
-                        setup.close, logs, lambda: _cache_report(setup.loss_fn))
+                        setup.close, logs, lambda: _cache_report(setup.loss_fn),
+                        setup.loss_fn.after_step)

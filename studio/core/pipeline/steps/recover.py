@@ -4,7 +4,7 @@ uncompressed model's outputs (and a transformer's hidden states)."""
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from torch import nn
@@ -19,7 +19,14 @@ from studio.core.plan.distill_pairs import merged_pairs, plan_feature_pairs
 from studio.core.plan.recipe import Recipe
 from studio.core.plan.stages import TrainSection
 from studio.core.train.checkpointing import checkpoint_candidates
-from studio.core.train.loop import TrainConfig, cross_entropy, evaluate, resolve_device, train
+from studio.core.train.loop import (
+    TrainConfig,
+    cross_entropy,
+    evaluate,
+    optimizer_steps,
+    resolve_device,
+    train,
+)
 from studio.core.train.memory import memory_limit
 
 
@@ -58,6 +65,7 @@ class Recover(Step):
             memory_limit=memory_limit(section.memory_limit_gb, device))
         loss_fn: Any = cross_entropy
         parameters, close, finish = None, None, None
+        after_step = context.after_step
         stage = "fine-tune"
         if not data.labelled and recipe.distill is None:
             kind = matching_kind(data.metric)
@@ -78,8 +86,10 @@ class Recover(Step):
             example = context.workspace.example.make_tensor().to(device)
             distillation = build_distillation(
                 distill, model, original, example, data, context.out_dir,
-                context.base_dir, context.trust_models, section.seed, str(device))
+                context.base_dir, context.trust_models, section.seed, str(device),
+                optimizer_steps(len(data.train), config))
             loss_fn, close, finish = distillation.loss_fn, distillation.close, distillation.finish
+            after_step = both_hooks(context.after_step, distillation.after_step)
             parameters = distillation.parameters
             stage = "distill"
             for line in distillation.logs:
@@ -88,7 +98,7 @@ class Recover(Step):
         extra: dict[str, Any] = {}
         try:
             summary = yield from train(model, data.train, config, context.token, loss_fn, stage,
-                                       context.after_step, parameters,
+                                       after_step, parameters,
                                        dropout=stage != "match")
             if finish is not None:
                 extra = finish()
@@ -117,3 +127,16 @@ class Recover(Step):
                              f"accuracy {mutual['model']:.3f} model, {mutual['peer']:.3f} "
                              "peer)")
         return report
+
+
+def both_hooks(first: Callable[[int], None] | None, second: Callable[[int], None] | None
+               ) -> Callable[[int], None] | None:
+    """One ``after_step`` calling a pruning schedule's hook, then the loss's own."""
+    if first is None or second is None:
+        return first or second
+
+    def after_step(step: int) -> None:
+        first(step)
+        second(step)
+
+    return after_step
