@@ -101,21 +101,24 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, bits: int = 4, group_size: in
     scales, zeros = [], []
     for start in range(0, w.shape[1], group_size):
         end = min(start + group_size, w.shape[1])
-        block = w[:, start:end].clone()
+        scale, zero = grid(w[:, start:end], bits, symmetric)
+        # Swept transposed ([columns, out]) so each column is contiguous: the same arithmetic
+        # as on the [out, columns] block, several times faster on CPU (as in ``sparsegpt``).
+        block = w[:, start:end].t().contiguous()
+        kept = mask[:, start:end].t().contiguous() if mask is not None else None
         inverse = upper[start:end, start:end]
-        scale, zero = grid(block, bits, symmetric)
         errors = torch.zeros_like(block)
         for column in range(end - start):
-            values = block[:, column]
+            values = block[column]
             integers = _round(values, scale, zero, bits)
-            if mask is not None:
-                integers = torch.where(mask[:, start + column], integers, zero)
+            if kept is not None:
+                integers = torch.where(kept[column], integers, zero)
             rounded = scale * (integers - zero)
             error = (values - rounded) / inverse[column, column]
-            block[:, column:] -= error.unsqueeze(1) * inverse[column, column:].unsqueeze(0)
-            errors[:, column] = error
+            block[column:] -= inverse[column, column:].unsqueeze(1) * error.unsqueeze(0)
+            errors[column] = error
             q[:, start + column] = integers.to(torch.uint8)
-        w[:, end:] -= errors @ upper[start:end, end:]
+        w[:, end:] -= errors.t().contiguous() @ upper[start:end, end:]
         scales.append(scale)
         zeros.append(zero)
     return QuantizedWeight(q, torch.stack(scales, 1), torch.stack(zeros, 1).to(torch.uint8),

@@ -37,29 +37,37 @@ def sparsegpt_prune(weight: Tensor, hessian: Tensor, sparsity: float = 0.5,
         block_size = max(m, block_size - block_size % m)
     for start in range(0, columns, block_size):
         end = min(start + block_size, columns)
-        block = w[:, start:end].clone()
+        # The sweep works on the block transposed ([columns, out], one column per contiguous
+        # row): the per-column update then touches contiguous memory, several times faster
+        # on CPU than strided columns, with the same arithmetic element by element.
+        block = w[:, start:end].t().contiguous()
         inverse = upper[start:end, start:end]
         diag = torch.diag(inverse)
         errors = torch.zeros_like(block)
         drop = torch.zeros(block.shape, dtype=torch.bool, device=block.device)
         if not nm:
-            saliency = block.pow(2) / diag.pow(2)
+            saliency = w[:, start:end].pow(2) / diag.pow(2)
             count = int(saliency.numel() * sparsity)
             if count:
-                drop.view(-1)[torch.topk(saliency.flatten(), count, largest=False).indices] = True
+                chosen = torch.zeros_like(saliency, dtype=torch.bool)
+                chosen.view(-1)[torch.topk(saliency.flatten(), count, largest=False).indices] \
+                    = True
+                drop = chosen.t().contiguous()
         for column in range(end - start):
             absolute = start + column
             if nm and column % m == 0 and absolute + m <= full:
-                saliency = block[:, column:column + m].pow(2) / diag[column:column + m].pow(2)
+                group = block[column:column + m].t()
+                saliency = group.pow(2) / diag[column:column + m].pow(2)
                 lowest = torch.topk(saliency, m - nm[0], dim=1, largest=False).indices
-                drop[:, column:column + m].scatter_(1, lowest, True)
-            values = block[:, column]
-            kept = values.masked_fill(drop[:, column], 0.0)
+                chosen = torch.zeros_like(saliency, dtype=torch.bool).scatter_(1, lowest, True)
+                drop[column:column + m] = chosen.t()
+            values = block[column]
+            kept = values.masked_fill(drop[column], 0.0)
             error = (values - kept) / inverse[column, column]
-            block[:, column:] -= error.unsqueeze(1) * inverse[column, column:].unsqueeze(0)
-            block[:, column] = kept
-            errors[:, column] = error
-        w[:, start:end] = block
-        mask[:, start:end] = ~drop
-        w[:, end:] -= errors @ upper[start:end, end:]
+            block[column:] -= inverse[column, column:].unsqueeze(1) * error.unsqueeze(0)
+            block[column] = kept
+            errors[column] = error
+        w[:, start:end] = block.t()
+        mask[:, start:end] = ~drop.t()
+        w[:, end:] -= errors.t().contiguous() @ upper[start:end, end:]
     return w * mask, mask
