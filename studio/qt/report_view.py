@@ -17,6 +17,7 @@ from studio.core.reports.report_summary import (
     FigureRow,
     compare_rows,
     figure_rows,
+    generations,
     parity_lines,
     stage_sections,
 )
@@ -31,7 +32,7 @@ EMPTY_COMPARE = ("<h3>Nothing to compare yet</h3><p>Select two experiments in th
                  "figures appear here side by side, and their plans below.</p>")
 STYLE = ("<style>table{border-collapse:collapse} td,th{padding:2px 10px;"
          "border-bottom:1px solid #ddd} th{text-align:left;background:#f3f3f3}"
-         " td.n{text-align:right}</style>")
+         " td.n{text-align:right} p.sample{white-space:pre-wrap}</style>")
 
 
 def figures_table(rows: list[FigureRow], headers: list[str]) -> str:
@@ -56,6 +57,11 @@ def report_html(experiment: Experiment, report: RunReport) -> str:
         parts.append(f"<p><i>{escape(experiment.note)}</i></p>")
     parts += ["<h4>Baseline and compressed</h4>",
               figures_table(figure_rows(report), ["baseline", "compressed"])]
+    written = generations(report)
+    if written:
+        parts.append("<h4>Generated text (greedy)</h4>")
+        parts += [f"<p class='sample'>{escape(name)}: <b>{escape(prompt)}</b>{escape(text)}</p>"
+                  for name, prompt, text in written]
     parity = parity_lines(report)
     if parity:
         parts += ["<h4>Parity</h4>", _list(parity)]

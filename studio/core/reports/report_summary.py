@@ -83,12 +83,23 @@ def parity_lines(report: RunReport) -> list[str]:
                      f"difference {parity['max_abs_diff']:.3g}"
                      + (f", top-1 agreement {parity['top1_agreement'] * 100:.1f}%"
                         if parity.get("top1_agreement") is not None else ""))
-    agreement = report.compressed.agreement or {}
+    # A measure that does not apply to these outputs is None (top-1 of a causal LM's logits)
+    agreement = {name: value for name, value in (report.compressed.agreement or {}).items()
+                 if value is not None}
     if agreement:
         parts = [f"{name} {value:.4g}" if name != "top1_agreement"
                  else f"top-1 agreement {value * 100:.1f}%" for name, value in agreement.items()]
         lines.append("Compressed vs uncompressed outputs on the test data: " + ", ".join(parts))
     return lines
+
+
+def generations(report: RunReport) -> list[tuple[str, str, str]]:
+    """(``baseline`` or ``compressed``, prompt, continuation) of a causal LM's report: the
+    text each model wrote, which says what its perplexity means; empty for other models."""
+    return [(name, figures.generation.get("prompt", ""), figures.generation.get("text", ""))
+            for name, figures in (("baseline", report.baseline),
+                                  ("compressed", report.compressed))
+            if figures.generation]
 
 
 def _layers(names: Sequence[str], limit: int = 6) -> str:
