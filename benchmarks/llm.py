@@ -291,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-epochs", type=int, default=LoraSettings.epochs)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--repeats", type=int, default=10, help="timed onnxruntime runs")
+    parser.add_argument("--dense-onnx", type=Path,
+                        help="the dense file an earlier run of this benchmark exported (the "
+                        "export takes minutes; its onnxruntime perplexity is measured again)")
     parser.add_argument("--work", type=Path, default=Path("benchmark-llm"),
                         help="folder for the ONNX files")
     args = parser.parse_args(argv)
@@ -323,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         "open_s": round(opened, 1), "dense_ppl": dense_ppl,
         "dense_sample": greedy_text(model, tokenizer, PROMPT, 12),
         "settings": {**vars(args), "json": str(args.json) if args.json else None,
-                     "work": str(args.work)},
+                     "work": str(args.work), "dense_onnx": str(args.dense_onnx)},
         "machine": machine_info(onnxruntime=__import__("onnxruntime").__version__)}
 
     def save() -> None:
@@ -332,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"dense: perplexity {dense_ppl:.3f}; {PROMPT!r} → {figures['dense_sample']!r}")
     example = text.held_out[:1]
-    files = {"dense": export_onnx(model, example, args.work / "dense.onnx", opset=18)}
+    files = {"dense": args.dense_onnx or export_onnx(model, example, args.work / "dense.onnx",
+                                                     opset=18)}
     figures["dense_onnx_bytes"] = onnx_file_bytes(files["dense"])
     figures["dense_ort_ppl"] = ort_perplexity(files["dense"], text.held_out)
     print(f"dense ONNX: {figures['dense_onnx_bytes']:,} bytes, perplexity in onnxruntime "
