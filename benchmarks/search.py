@@ -324,8 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--throughput-trials", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=1,
                         help="recovery epochs of the search's and the allocator's runs")
-    parser.add_argument("--only", choices=("all", "subnet"), default="all",
-                        help="subnet: only the elastic-subnet rows")
+    parser.add_argument("--only", choices=("all", "subnet", "throughput"), default="all",
+                        help="subnet: only the elastic-subnet rows; throughput: only the "
+                             "trials per minute with 1 and 2 workers and a local Ray")
     parser.add_argument("--supernet-epochs", type=int, default=4)
     parser.add_argument("--subnet-trials", type=int, default=40)
     parser.add_argument("--finetune-epochs", type=int, default=2,
@@ -338,10 +339,15 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="search-bench-"))
     try:
         torch.set_num_threads(1)
-        result = {"machine": machine_info()} if args.only == "subnet" else run(
-            scratch, args.budget_s, args.throughput_trials, args.epochs)
-        result.update(subnets(scratch, args.supernet_epochs, args.subnet_trials,
-                              args.finetune_epochs, args.spread, args.best_epochs))
+        if args.only == "all":
+            result = run(scratch, args.budget_s, args.throughput_trials, args.epochs)
+        else:
+            result = {"machine": machine_info()}
+        if args.only == "throughput":
+            result.update(throughput(scratch, args.throughput_trials))
+        else:
+            result.update(subnets(scratch, args.supernet_epochs, args.subnet_trials,
+                                  args.finetune_epochs, args.spread, args.best_epochs))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     for key in ("search_hypervolume", "recipes_hypervolume", "allocator_hypervolume",
