@@ -118,6 +118,7 @@ def _note_cost(context: RunContext, plan: QuantPlan, check: PathCheck) -> None:
                   else " (asked for by act_bits: fp32, or no convolutions to make it static)")
     what = f"int8 {plan.mode}" if plan.mode in ("static", "dynamic") else \
         plan.mode or "weight-only"
-    context.note(f"{what}{forced}: {check.latency_ratio:.2f}x the float file's "
-                 f"latency and output cosine {check.cosine:.3f} against it, on a calibration "
-                 "batch.")
+    recorded = check.to_json()  # the note quotes the figures the report holds
+    context.note(f"{what}{forced}: {recorded['latency_ratio']:.2f}x the float file's "
+                 f"latency and output cosine {recorded['cosine']:.3f} against it, on a "
+                 "calibration batch.")
