@@ -19,7 +19,7 @@ import copy
 import dataclasses
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,21 +138,7 @@ class CompressionProblem:
                                         "distill": recipe.distill if train.epochs else None})
 
     def evaluate(self, request: TrialRequest) -> TrialOutcome:
-        started = time.perf_counter()
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # the same float sums in any worker: bit-identical trials
-        try:
-            torch.manual_seed(self.settings.seed + request.number)
-            run = self._full if request.fidelity == "full" else self._proxy
-            outcome = run(request)
-        finally:
-            torch.set_num_threads(threads)
-        outcome.seconds = round(time.perf_counter() - started, 3)
-        outcome.constraints = self.constraints(outcome)
-        return outcome
-
-    def constraints(self, outcome: TrialOutcome) -> dict[str, float]:
-        return constraint_excess(self.settings, outcome.figures)
+        return run_trial(self.settings, request, self._proxy, self._full)
 
     def _values(self, figures: dict[str, float]) -> list[float]:
         return [figures[name] for name in self.objectives]
@@ -239,6 +225,24 @@ def open_validation(recipe: Recipe, base: Path | None, trust: bool, settings: Se
     keep = None if task.metric == "accuracy" else reference
     baseline = evaluate(module, task.test, metric=task.metric, reference=keep)
     return workspace, task, baseline, keep
+
+
+def run_trial(settings: SearchSettings, request: TrialRequest,
+              proxy: Callable[[TrialRequest], TrialOutcome],
+              full: Callable[[TrialRequest], TrialOutcome]) -> TrialOutcome:
+    """One trial at its fidelity, on one thread and seeded by its number (the same float sums
+    in any worker: bit-identical trials), timed, with its constraints' excess."""
+    started = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(settings.seed + request.number)
+        outcome = (full if request.fidelity == "full" else proxy)(request)
+    finally:
+        torch.set_num_threads(threads)
+    outcome.seconds = round(time.perf_counter() - started, 3)
+    outcome.constraints = constraint_excess(settings, outcome.figures)
+    return outcome
 
 
 def constraint_excess(settings: SearchSettings, figures: Mapping[str, float]

@@ -45,7 +45,7 @@ from studio.core.methods.pruning.measure import measure
 from studio.core.plan.recipe import Recipe
 from studio.core.plan.stages import DistillSection, ExportSection, TrainSection
 from studio.core.reports.run_report import Figures, MetricValue, RunReport
-from studio.core.search.compression import constraint_excess, open_validation
+from studio.core.search.compression import open_validation, run_trial
 from studio.core.search.problem import TrialOutcome, TrialRequest
 from studio.core.search.settings import SearchSettings
 from studio.core.train.batch_norm import reestimate_batch_norms
@@ -187,18 +187,7 @@ class SubnetProblem:
         return ", ".join(parts) or "the largest subnet"
 
     def evaluate(self, request: TrialRequest) -> TrialOutcome:
-        started = time.perf_counter()
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # the same float sums in any worker: bit-identical trials
-        try:
-            torch.manual_seed(self.settings.seed + request.number)
-            outcome = self._full(request) if request.fidelity == "full" else self._proxy(
-                request)
-        finally:
-            torch.set_num_threads(threads)
-        outcome.seconds = round(time.perf_counter() - started, 3)
-        outcome.constraints = constraint_excess(self.settings, outcome.figures)
-        return outcome
+        return run_trial(self.settings, request, self._proxy, self._full)
 
     def _prepared(self) -> _Prepared:
         prepared = _PREPARED.get(self.key)
