@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from studio.core.data.task import demo_task, model_inputs
+from studio.core.graph.observe import observe
 from studio.core.graph.tree import LayerTree
 from studio.core.methods.pruning.masks import layer_weight
 from studio.core.methods.pruning.nm import nm_mask
@@ -162,14 +163,7 @@ def activation_ranges(model: nn.Module, name: str, inputs: Tensor | Mapping[str,
         if isinstance(output, Tensor):
             seen.append(output.detach().float())
 
-    handle = layer.register_forward_hook(keep)
-    training = model.training
-    try:
-        model.eval()
-        model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
-    finally:
-        handle.remove()
-        model.train(training)
+    observe(model, inputs, [(layer, keep)])
     if not seen:
         raise ValueError(f"{name} gave no tensor output on the samples")
     output = seen[0]

@@ -23,6 +23,7 @@ from torch import nn
 from studio.core.atomic import write_text_atomic
 from studio.core.export.measure import DEFAULT_THREADS, latency_ms
 from studio.core.export.onnx_export import export_onnx
+from studio.core.graph.observe import observe
 
 TIMED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _CONV_FIELDS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
@@ -92,15 +93,11 @@ class LayerLatencyTable:
         """The sum of the table's times for every conv and linear ``model`` runs on
         ``example`` (layers met for the first time are timed now)."""
         seen: list[tuple[nn.Module, tuple[int, ...]]] = []
-        handles = [m.register_forward_hook(
-            lambda m, args, out: seen.append((m, tuple(args[0].shape))))
-            for m in model.modules() if isinstance(m, TIMED)]
-        try:
-            with torch.no_grad():
-                model.eval()(example)
-        finally:
-            for handle in handles:
-                handle.remove()
+
+        def keep(module: nn.Module, args: tuple, _out: Any) -> None:
+            seen.append((module, tuple(args[0].shape)))
+
+        observe(model, example, [(m, keep) for m in model.modules() if isinstance(m, TIMED)])
         return sum(self.layer_ms(module, shape) for module, shape in seen)
 
     def save(self) -> None:

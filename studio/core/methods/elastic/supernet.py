@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from studio.core.errors import StudioError
+from studio.core.graph.observe import observe
 from studio.core.methods.pruning.structured import ROOT_TYPES, prune_channels, ranked_groups
 from studio.core.plan.channels import kept_channels
 
@@ -63,19 +64,16 @@ def residual_blocks(model: nn.Module, example: Tensor) -> list[str]:
     """Modules that add their input to what they compute and keep its shape (outermost
     only): skipping one leaves a model that runs."""
     shapes: dict[str, tuple[Any, Any]] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if name and any(True for _ in module.children()):
-            handles.append(module.register_forward_hook(
-                lambda m, args, out, name=name: shapes.__setitem__(name, (
-                    tuple(args[0].shape) if len(args) == 1 and isinstance(args[0], Tensor)
-                    else None, tuple(out.shape) if isinstance(out, Tensor) else None))))
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        for handle in handles:
-            handle.remove()
+
+    def hook(name: str) -> Any:
+        def keep(_m: nn.Module, args: tuple, out: Any) -> None:
+            shapes[name] = (tuple(args[0].shape) if len(args) == 1
+                            and isinstance(args[0], Tensor) else None,
+                            tuple(out.shape) if isinstance(out, Tensor) else None)
+        return keep
+
+    observe(model, example, [(module, hook(name)) for name, module in model.named_modules()
+                             if name and any(True for _ in module.children())])
     found: list[str] = []
     for name, module in model.named_modules():
         if name not in shapes or any(name.startswith(f"{block}.") for block in found):

@@ -14,6 +14,7 @@ import torch_pruning as tp
 from torch import nn
 
 from studio.core.graph.macs import MacCounter
+from studio.core.graph.observe import evaluating, run_model
 from studio.core.graph.torch_tree import build_torch_tree
 from studio.core.models.inputs import DTYPES, InputSpec
 
@@ -37,14 +38,6 @@ def _count_params(model: nn.Module) -> tuple[int, int]:
     return params, nonzero
 
 
-def _run(model: nn.Module, example: Any) -> Any:
-    if isinstance(example, dict):
-        return model(**example)
-    if isinstance(example, tuple | list):
-        return model(*example)
-    return model(example)
-
-
 def measure(model: nn.Module, example: Any) -> Size:
     """Params, nonzero params and MACs of ``model`` on ``example`` (a tensor, tuple or dict).
 
@@ -57,29 +50,14 @@ def measure(model: nn.Module, example: Any) -> Size:
         return Size(root.total_params, root.total_params - root.total_zeros, root.total_macs)
     params, nonzero = _count_params(model)
     counter = MacCounter(lambda: 0)
-    training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), counter:
-            _run(model, example)
-    finally:
-        model.train(training)
+    with evaluating(model), counter:
+        run_model(model, example)
     return Size(params, nonzero, sum(counter.macs.values()))
-
-
-def run_model(model: nn.Module, example: Any) -> Any:
-    """``model`` applied to ``example`` however it is packed (tensor, tuple or dict of kwargs)."""
-    return _run(model, example)
 
 
 def output_shapes(model: nn.Module, example: Any) -> list[tuple[int, ...]]:
     """Shapes of every tensor the model returns, in eval mode and without gradients."""
-    training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            output = _run(model, example)
-    finally:
-        model.train(training)
+    with evaluating(model):
+        output = run_model(model, example)
     return [tuple(t.shape) for t in tp.utils.flatten_as_list(output)
             if isinstance(t, torch.Tensor)]

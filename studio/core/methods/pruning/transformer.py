@@ -15,7 +15,7 @@ Every function checks that the model still runs with the same output shapes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from studio.core.errors import StudioError
+from studio.core.graph.observe import observe
 from studio.core.graph.roles import is_hf_attention
 from studio.core.methods.pruning.attention import HeadPrunedAttention
 from studio.core.methods.pruning.importance import (
@@ -33,13 +34,7 @@ from studio.core.methods.pruning.importance import (
     check_importance,
     clear_gradients,
 )
-from studio.core.methods.pruning.measure import (
-    NO_SIZE,
-    Size,
-    measure,
-    output_shapes,
-    run_model,
-)
+from studio.core.methods.pruning.measure import NO_SIZE, Size, measure, output_shapes
 from studio.core.methods.pruning.structured import (
     StructuredReport,
     channel_groups,
@@ -285,24 +280,18 @@ def _block_io(model: nn.Module, names: Iterable[str], example_inputs: Any
               ) -> dict[str, tuple[Tensor, Tensor, int]]:
     """(input, output, tuple length) of each named block on one forward pass."""
     seen: dict[str, tuple[Tensor, Tensor, int]] = {}
-    handles = []
-    for name in names:
-        def hook(_m: nn.Module, args: tuple, kwargs: dict, output: Any, name: str = name) -> None:
+
+    def hook(name: str) -> Callable[..., None]:
+        def keep(_m: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             x = args[0] if args else first_tensor(kwargs)
             y = output if isinstance(output, Tensor) else first_tensor(output)
             length = len(output) if isinstance(output, tuple) else 0
             if isinstance(x, Tensor) and y is not None and name not in seen:
                 seen[name] = (x.detach(), y.detach(), length)
-        handles.append(model.get_submodule(name).register_forward_hook(hook, with_kwargs=True))
-    training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            run_model(model, example_inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(training)
+        return keep
+
+    observe(model, example_inputs, [(model.get_submodule(name), hook(name)) for name in names],
+            with_kwargs=True)
     return seen
 
 
