@@ -7,7 +7,7 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # the Qt tests run without a display
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,16 @@ import torch
 from studio.core.demo.model import DEMO_INPUT_SHAPE, DemoCNN
 from studio.core.models.loader import open_model
 from studio.core.workspace import Workspace, open_workspace
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny convolutions on a loaded 2-core machine run up to 100x slower on two threads than
+    on one; tests that train them ask for this."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

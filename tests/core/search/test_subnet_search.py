@@ -4,7 +4,6 @@ that matches torch and saved as an experiment; a resume reuses the supernet."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +33,7 @@ ARGS = ["--space", "subnet", "--population", "2", "--seed", "1", "--supernet-epo
         "0.25,1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Convolutions on a loaded 2-core machine run far slower on two threads than on one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_the_cli_trains_a_supernet_once_searches_it_and_exports_the_chosen_subnet(
