@@ -2,7 +2,8 @@
 
 ``loader:batches`` in one project and ``loader:batches`` in another are different programs, so
 what the user allows is a :class:`FunctionCode`: the files importing the function runs (its
-packages' ``__init__.py``, then its module), each with the sha256 of its content. They are found
+packages' ``__init__.py``, the project's own modules it imports, then its module), each with the
+sha256 of its content. They are found
 the way ``import`` would find them, project folder first, but without importing anything: each
 dotted part is looked up through the import system's finders, so not even a package's
 ``__init__.py`` runs before the user has said yes.
@@ -10,6 +11,7 @@ dotted part is looked up through the import system's finders, so not even a pack
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import importlib
@@ -22,6 +24,9 @@ from typing import Any
 
 from studio.core.errors import StudioError, TrustRequired
 from studio.core.plan.stages import DataSection
+
+MAX_HELPERS = 200
+"""Project modules followed from one data function at most (a guard against odd folders)."""
 
 
 class FunctionTrustRequired(TrustRequired):
@@ -119,16 +124,73 @@ def _sha256(path: Path, target: str) -> str:
     return digest.hexdigest()
 
 
+def _imported_names(source: Path, package: str) -> list[str]:
+    """Modules ``source`` names in its import statements (relative ones resolved against
+    ``package``), read from its syntax tree: nothing runs. ``from a import b`` yields ``a``
+    and ``a.b``, since ``b`` may be a submodule."""
+    try:
+        tree = ast.parse(source.read_bytes(), filename=str(source))
+    except (OSError, SyntaxError, ValueError):
+        return []  # importing it fails the same way, after consent, with its own message
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                if not parent:
+                    continue
+                base = f"{parent}.{base}" if base else parent
+            names.append(base)
+            names.extend(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
+    return names
+
+
+def _project_helpers(specs: list[importlib.machinery.ModuleSpec], folder: str | None
+                     ) -> list[importlib.machinery.ModuleSpec]:
+    """Modules inside the project ``folder`` that the function's module imports, directly or
+    through one another. Loading the function drops them from ``sys.modules`` with it (see
+    ``data/function.py``), so they are part of the code the user allows: changing a helper
+    beside ``loader.py`` must ask again. Installed packages are the user's environment and are
+    not hashed; imports built from strings at run time cannot be seen."""
+    if folder is None:
+        return []
+    seen = {spec.name for spec in specs}
+    queue, found = [specs[-1]], []
+    while queue and len(found) < MAX_HELPERS:
+        spec = queue.pop(0)
+        if not (spec.has_location and spec.origin):
+            continue
+        package = spec.name if spec.submodule_search_locations is not None else spec.parent
+        for name in _imported_names(Path(spec.origin), package or ""):
+            if name in seen:
+                continue
+            seen.add(name)
+            try:
+                helper = module_specs(name)[-1]
+            except StudioError:
+                continue  # not a module (an attribute of ``from a import b``) or not installed
+            if helper.has_location and helper.origin and \
+                    Path(helper.origin).resolve().is_relative_to(folder):
+                found.append(helper)
+                queue.append(helper)
+    return found
+
+
 def locate_function(target: str, base_dir: Path | None) -> FunctionCode:
-    """The code ``target`` names, looked up in ``base_dir`` first, without running any of it."""
-    with importable_from(base_dir):
+    """The code ``target`` names, looked up in ``base_dir`` first, without running any of it:
+    its packages, the project's modules it imports, and its module, last."""
+    with importable_from(base_dir) as folder:
         specs = module_specs(target)
+        helpers = _project_helpers(specs, folder)
     files = []
-    for spec in specs:
+    for spec in [*specs[:-1], *helpers, specs[-1]]:
         if spec.has_location and spec.origin:  # built-in and namespace packages hold no file
             path = Path(spec.origin).resolve()
             files.append((str(path), _sha256(path, target)))
-    return FunctionCode(target, tuple(files))
+    return FunctionCode(target, tuple(dict.fromkeys(files)))
 
 
 def data_functions(section: DataSection | None, base_dir: Path | None

@@ -120,3 +120,31 @@ def test_bytecode_beside_the_allowed_source_never_runs(tmp_path: Path) -> None:
     task = load_task(SECTION, folder, trust=True)
     assert set(task.test.tensors[0].flatten().tolist()) == {1.0}
     assert (folder / "imported-harmless").exists() and not (folder / "imported-harmful").exists()
+
+
+def test_consent_covers_the_project_modules_the_function_imports(tmp_path: Path) -> None:
+    """Allowing loader.py allows the helpers beside it that it imports, as they are now: an
+    edited helper asks again; installed packages (numpy) are not part of the consent."""
+    project = tmp_path / "p"
+    (project / "tools").mkdir(parents=True)
+    (project / "tools" / "__init__.py").write_text("", encoding="utf-8")
+    (project / "tools" / "scale.py").write_text("from . import offset\nFACTOR = 2.0\n",
+                                                encoding="utf-8")
+    (project / "tools" / "offset.py").write_text("SHIFT = 1.0\n", encoding="utf-8")
+    (project / "unused.py").write_text("", encoding="utf-8")
+    (project / "loader.py").write_text(
+        "import numpy as np\nfrom tools import scale\n\n"
+        "def batches():\n    yield np.full((6, 2), scale.FACTOR + scale.offset.SHIFT,"
+        " dtype=np.float32)\n", encoding="utf-8")
+    code = locate_function("loader:batches", project)
+    files = [Path(path).relative_to(project.resolve()).as_posix() for path, _ in code.files]
+    assert files == ["tools/__init__.py", "tools/scale.py", "tools/offset.py", "loader.py"]
+    check_consent(SECTION, project, [code])
+
+    (project / "tools" / "offset.py").write_text("SHIFT = 100.0\n", encoding="utf-8")
+    with pytest.raises(FunctionTrustRequired, match="not the code you allowed"):
+        check_consent(SECTION, project, [code])
+    again = locate_function("loader:batches", project)
+    task = load_task(SECTION, project, trust=True)
+    assert set(task.test.tensors[0].flatten().tolist()) == {102.0}
+    check_consent(SECTION, project, [again])
