@@ -15,7 +15,8 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -235,10 +236,16 @@ def _export_dynamo(model: nn.Module, inputs: tuple[Tensor, ...], target: Path, o
             optimize=True, verbose=False)
     finally:
         chatter.setLevel(level)
+    save_program(program, model, target)
+
+
+def save_program(program: object, model: nn.Module, target: Path) -> None:
+    """Save what ``torch.onnx.export(dynamo=True)`` returned, weights outside the file only
+    when they would pass protobuf's 2 GB."""
     if program is None:
         raise StudioError("the dynamo exporter returned no program")
     weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-    program.save(str(target), external_data=weights > _SINGLE_FILE_LIMIT)
+    program.save(str(target), external_data=weights > _SINGLE_FILE_LIMIT)  # type: ignore[attr-defined]
 
 
 def export_onnx(model: nn.Module, example_inputs: Tensor | Sequence[Tensor], path: str | Path,
@@ -257,41 +264,55 @@ def export_onnx(model: nn.Module, example_inputs: Tensor | Sequence[Tensor], pat
     path = Path(path)
     inputs = _as_tuple(example_inputs)
     names = input_names(len(inputs))
+    was_training = model.training
+    try:
+        with writing_onnx(path, bool(external_data)) as target:
+            model.eval()
+            try:
+                axes = dynamic_axes(model, inputs, names) if dynamic_batch else None
+                with warnings.catch_warnings(), torch.no_grad():
+                    warnings.simplefilter("ignore")  # TorchScript's exporter warns it is deprecated
+                    if getattr(model, "onnx_exporter", None) == "dynamo":
+                        _export_dynamo(model, inputs, target, opset, names, axes)
+                    else:
+                        torch.onnx.export(model, inputs, str(target), dynamo=False,
+                                          opset_version=opset, input_names=names,
+                                          output_names=[OUTPUT_NAME], dynamic_axes=axes,
+                                          do_constant_folding=constant_folding)
+            except OSError:
+                raise
+            except Exception as error:  # the exporter raises many types; all mean one thing
+                message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+                raise StudioError(
+                    f"cannot export {type(model).__name__} to ONNX (opset {opset}): {message}"
+                ) from error
+    finally:
+        model.train(was_training)
+    return path
+
+
+@contextmanager
+def writing_onnx(path: Path, external_data: bool = False) -> Iterator[Path]:
+    """A private path in a temporary folder beside ``path`` to export to; when the block ends
+    without error the file (with its data file, first) is renamed into place, so a failed
+    export never leaves a half-written file or temporary files behind."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     except OSError as error:
         raise StudioError(f"cannot write {path}: {error.strerror or error}") from error
-    was_training = model.training
     try:
         target = scratch / path.name
-        model.eval()
         try:
-            axes = dynamic_axes(model, inputs, names) if dynamic_batch else None
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")  # the TorchScript exporter warns it is deprecated
-                if getattr(model, "onnx_exporter", None) == "dynamo":
-                    _export_dynamo(model, inputs, target, opset, names, axes)
-                else:
-                    torch.onnx.export(model, inputs, str(target), dynamo=False,
-                                      opset_version=opset, input_names=names,
-                                      output_names=[OUTPUT_NAME], dynamic_axes=axes,
-                                      do_constant_folding=constant_folding)
+            yield target
         except OSError as error:  # a full or read-only disk while the exporter writes
             raise StudioError(f"cannot write {path}: {error.strerror or error}; "
                               "the previous file is unchanged") from error
-        except Exception as error:  # the exporter raises many types; all mean the same to a user
-            message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-            raise StudioError(
-                f"cannot export {type(model).__name__} to ONNX (opset {opset}): {message}"
-            ) from error
-        data_files = _consolidate(target, bool(external_data))
+        data_files = _consolidate(target, external_data)
         for data in data_files:  # data first: the model file never points at missing data
             os.replace(data, path.parent / data.name)
         os.replace(target, path)
     except OSError as error:
         raise StudioError(f"cannot write {path}: {error.strerror or error}") from error
     finally:
-        model.train(was_training)
         shutil.rmtree(scratch, ignore_errors=True)
-    return path
