@@ -28,8 +28,9 @@ from studio.core.methods.adapters.peft_adapters import ADAPTER_FILES
 from studio.core.pipeline.backend import Backend
 from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.onnx_backend import TORCH_HINT, OnnxBackend
-from studio.core.pipeline.registry import steps_for, unmet
+from studio.core.pipeline.registry import STEPS, steps_for, unmet
 from studio.core.pipeline.step import Phase, Step
+from studio.core.pipeline.steps.kv_cache import KV_FILE
 from studio.core.pipeline.steps.ptq import drop_advice_for
 from studio.core.pipeline.torch_backend import TorchBackend
 from studio.core.plan.recipe import Recipe
@@ -42,7 +43,7 @@ MODEL_FILE = "model.onnx"
 BASELINE_FILE = "baseline.onnx"
 REPORT_FILE = "report.json"
 RUN_FILES = (MODEL_FILE, BASELINE_FILE, REPORT_FILE, SPLITS_FILE, WEIGHTS_FILE, ADAPTERS_FILE,
-             *ADAPTER_FILES)
+             KV_FILE, *ADAPTER_FILES)
 """Every file a run leaves in its output folder."""
 
 
@@ -63,6 +64,9 @@ def backend_class(workspace: Workspace) -> type[TorchBackend] | type[OnnxBackend
 def check_recipe_fits(workspace: Workspace, recipe: Recipe, source: str = "recipe") -> None:
     """Refuse, before any work, a recipe asking for what the model's backend cannot do."""
     needs = refusals(recipe, backend_class(workspace))
+    refused = [reason for step in STEPS for reason in step.refuses(workspace, recipe)]
+    if refused:
+        raise StudioError(f"{source}: {'; '.join(refused)}")
     if needs:
         raise StudioError(
             f"{source}: {workspace.loaded.path.name} is an ONNX file and {'; '.join(needs)} "
@@ -153,6 +157,8 @@ def _finish(report: RunReport, context: RunContext, outputs: RunOutputs, baselin
                     "report": str(outputs.out_dir / REPORT_FILE)}
     for written in context.backend.write_weights(context):
         report.paths[written.stem] = str(outputs.final(written))
+    if (staging / KV_FILE).is_file():
+        report.paths["kv_cache"] = str(outputs.out_dir / KV_FILE)
     if (staging / ADAPTER_FILES[0]).is_file():  # PEFT format: the folder holding its files
         report.paths["adapter"] = str(outputs.out_dir)
     splits = context.task.splits

@@ -20,6 +20,7 @@ from studio.core.plan.recipe import Recipe
 
 if TYPE_CHECKING:  # the context names the steps' backend; only for type hints
     from studio.core.pipeline.context import RunContext
+    from studio.core.workspace import Workspace
 
 
 class Need(enum.Enum):
@@ -54,6 +55,11 @@ class Step:
     def asks_for(self, recipe: Recipe) -> list[str]:
         """The recipe's settings that call for this step, in words: a backend that cannot run
         it refuses the recipe before any work, naming them."""
+        return []
+
+    def refuses(self, workspace: Workspace, recipe: Recipe) -> list[str]:
+        """Why this model cannot do what the recipe asks of this step, checked before any
+        work (empty when it can)."""
         return []
 
     def applies(self, context: RunContext) -> bool:

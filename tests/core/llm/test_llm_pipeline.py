@@ -56,3 +56,29 @@ def test_run_measures_perplexity_of_the_exported_files(
     assert report.compressed.nonzero_params < report.baseline.nonzero_params
     assert report.baseline.generation is not None and report.compressed.generation is not None
     assert report.baseline.generation["prompt"] == "The quick"
+
+
+def test_a_run_with_kv_cache_writes_a_cached_file_that_generates_the_compressed_models_tokens(
+        tiny_llama: Path, tmp_path: Path) -> None:
+    (tmp_path / "text.txt").write_text(TEXT, encoding="utf-8")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.format(model=tiny_llama, block="model.model.layers.1")
+                      .replace("latency_repeats: 1}", "latency_repeats: 1, kv_cache: true}"))
+    assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    stage = report["stages"]["kv_cache"]
+    assert stage["same_tokens_as_torch"] is True and stage["new_tokens"] == 5
+    assert stage["prompt_tokens"] == 23  # a 24-token held-out block, less its last token
+    assert Path(report["paths"]["kv_cache"]) == tmp_path / "out" / "model-kv.onnx"
+    assert (tmp_path / "out" / "model-kv.onnx").is_file()
+    assert any("model-kv.onnx" in note and "per new token" in note for note in report["notes"])
+
+
+def test_kv_cache_for_a_model_that_is_not_a_language_model_is_refused_before_any_work(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("schema_version: 1\nmodel: {path: demo}\nexport: {kv_cache: true}\n")
+    assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "export.kv_cache" in error and "not a causal language model" in error
+    assert not (tmp_path / "out").exists()
