@@ -15,6 +15,7 @@ knows nothing of the studio's pruned and fake-quantized modules.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import statistics
 import time
@@ -22,6 +23,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -44,12 +46,21 @@ class CacheLayer:
     head_size: int
 
 
+def _run_cached(model: nn.Module, cache: object = None, **inputs: object) -> tuple[Tensor, Any]:
+    """Logits and the cache after one call; the keyword is ``cache`` from transformers 5.20
+    on and ``past_key_values`` before (the old name still works there, with a warning)."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters \
+        else "past_key_values"
+    out = model(**inputs, **{name: cache}, use_cache=True)
+    return out["logits"], out.get(name)
+
+
 @torch.no_grad()
 def cache_layout(model: nn.Module) -> list[CacheLayer]:
     """The layers that fill the cache, read from one real forward pass: pruning may leave
     layers with different head counts, and a dropped block (a pass-through) caches nothing."""
-    probe = model(input_ids=torch.zeros(1, 1, dtype=torch.int64), use_cache=True)
-    layers = getattr(probe.past_key_values, "layers", None) or []
+    _, cache = _run_cached(model, input_ids=torch.zeros(1, 1, dtype=torch.int64))
+    layers = getattr(cache, "layers", None) or []
     layout = [CacheLayer(index, int(layer.keys.shape[1]), int(layer.keys.shape[3]))
               for index, layer in enumerate(layers) if getattr(layer, "keys", None) is not None]
     if not layout:
@@ -87,10 +98,10 @@ class CachedDecoder(nn.Module):
             cache.update(placeholder, placeholder, index)
         start = past[0].shape[2]
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None] + start
-        out = self.model(input_ids=input_ids, past_key_values=cache, position_ids=positions,
-                         use_cache=True)
-        layers = out.past_key_values.layers
-        return (out.logits, *(t for index in self.indices
+        logits, cache = _run_cached(self.model, cache, input_ids=input_ids,
+                                    position_ids=positions)
+        layers = cache.layers
+        return (logits, *(t for index in self.indices
                               for t in (layers[index].keys, layers[index].values)))
 
 

@@ -101,9 +101,10 @@ def test_a_dropped_block_has_no_cache_and_the_rest_still_generate(tiny_llama: Pa
 
 
 def test_a_model_without_a_cache_is_a_clear_error(tmp_path: Path) -> None:
-    class NoCache(torch.nn.Module):
-        def forward(self, input_ids: torch.Tensor, use_cache: bool = True) -> object:
-            return type("Output", (), {"past_key_values": type("C", (), {"layers": []})()})()
+    class NoCache(torch.nn.Module):  # logits, but nothing cached
+        def forward(self, input_ids: torch.Tensor, cache: object = None,
+                    use_cache: bool = True) -> dict[str, object]:
+            return {"logits": torch.zeros(1, 1, 4), "cache": None}
 
     with pytest.raises(StudioError, match="no key/value cache"):
         export_with_cache(NoCache(), tmp_path / "x.onnx")
