@@ -216,3 +216,38 @@ def test_training_teaches_the_smallest_subnet_and_stops_on_cancel() -> None:
         for event in train_supernet(Supernet.build(_tiny(), _inputs(1)), data, config, token):
             if isinstance(event, Progress) and event.done == 2:
                 token.cancel()
+
+
+def test_a_bert_supernet_drops_whole_heads_and_ffn_units(tmp_path: Path) -> None:
+    """Query/key/value channels of a BERT-like attention go a head at a time (the model splits
+    them into heads of a fixed size); the masked subnet computes what the cut model does, and
+    the cut model has fewer heads and FFN units and exports to matching ONNX."""
+    pytest.importorskip("transformers")
+    from studio.core.models.loader import open_model
+
+    from ..transformers.conftest import save_tiny_bert
+
+    model = open_model(save_tiny_bert(tmp_path / "bert")).module
+    example = torch.randint(1, 100, (2, 12))
+    supernet = Supernet.build(model, example)
+    attention = [g for g in supernet.groups if g.attention is not None]
+    ffn = [g for g in supernet.groups if g.key.endswith("intermediate.dense")]
+    assert [(g.attention, g.unit, g.units) for g in attention] == [
+        (f"model.encoder.layer.{i}.attention", 8, 4) for i in range(2)]
+    assert [g.channels for g in ffn] == [64, 64]
+    mask = supernet.keep_mask(attention[0].key, 0.5)
+    assert mask.reshape(4, 8).sum(1).tolist().count(8.0) == 2  # two whole heads stay
+    assert set(mask.reshape(4, 8).sum(1).tolist()) == {0.0, 8.0}
+
+    subnet = Subnet({attention[0].key: 0.25, attention[1].key: 0.5, ffn[0].key: 0.5})
+    with torch.no_grad():
+        with supernet.active(subnet) as net:
+            masked = net(example)
+        small = supernet.extract(subnet)
+        assert not torch.allclose(masked, model(example), atol=1e-4)
+        assert torch.allclose(small(example), masked, atol=1e-5)
+    layers = small.model.encoder.layer
+    assert [layer.attention.self.num_attention_heads for layer in layers] == [1, 2]
+    assert layers[0].intermediate.dense.out_features == 32
+    path = export_onnx(small, example, tmp_path / "small.onnx")
+    assert np.abs(run_onnx(path, example) - masked.numpy()).max() < 1e-4

@@ -119,3 +119,33 @@ def test_a_model_with_nothing_elastic_is_refused_before_training(tmp_path: Path)
         list(train_supernet_job(recipe, tmp_path, tmp_path / "s", CancelToken(), settings,
                                 trust=True))
     assert not supernet_path(tmp_path / "s").exists()
+
+
+def test_a_bert_subnet_search_shrinks_heads_and_ffn_units(tmp_path: Path, capsys) -> None:
+    """On a sentence-transformers BERT (token ids, no labels: cosine to the original), the
+    supernet's elastic groups are its heads and FFN units, and the chosen subnet is a BERT with
+    fewer of them, exported and matched in onnxruntime."""
+    pytest.importorskip("transformers")
+    from ..transformers.conftest import save_tiny_bert
+
+    folder = save_tiny_bert(tmp_path / "bert")
+    ids = np.random.default_rng(0).integers(1, 100, (160, 16)).astype(np.int64)
+    np.savez(tmp_path / "tokens.npz", inputs=ids)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "schema_version": 1, "model": {"path": str(folder)},
+        "data": {"source": "arrays", "path": "tokens.npz", "calibration_samples": 8},
+        "train": {"epochs": 0, "batch_size": 8},
+        "export": {"latency_repeats": 1, "latency_batch": 2}}))
+    out = tmp_path / "s"
+    assert main(["search", str(recipe), "--out", str(out), "--trials", "2", "--space", "subnet",
+                 "--population", "2", "--seed", "0", "--supernet-epochs", "1",
+                 "--full-epochs", "0", "--cost", "macs", "--validation-samples", "16",
+                 "--widths", "0.5,1"]) == 0
+    assert "Supernet: 4 elastic channel group(s)" in capsys.readouterr().err
+    (experiment,) = load_experiments(out)
+    report = RunReport.from_json(experiment.report)
+    assert report.compressed.macs < report.baseline.macs
+    widths = report.stages["subnet"]["widths"]
+    assert set(widths.values()) <= {0.5, 1.0} and any(w < 1 for w in widths.values())
+    assert report.compressed.parity is not None and report.compressed.parity["max_abs_diff"] < 1e-4

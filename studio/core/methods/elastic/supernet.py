@@ -5,15 +5,19 @@ structured pruner cuts) keeps a share of its channels, the most important first 
 norm, as once-for-all sorts them). Instead of physically reordering tensors, the supernet keeps
 each group's ranking; a subnet masks the dropped channels at the output of every conv, linear
 and batch norm that carries them, which is exactly what cutting those channels computes.
-Groups that feed the model's output, run through attention or pass through another kind of
-layer (a LayerNorm would average over masked zeros) stay whole.
+The query, key and value projections of a BERT-like attention are one such group, but the model
+splits their channels into heads of a fixed size, so there a head goes at a time (the heads'
+magnitude ranks them, as the head pruner does); an FFN's hidden units are an ordinary group.
+Groups that feed the model's output, run through other attention or pass through another kind
+of layer (a LayerNorm would average over masked zeros) stay whole.
 
 Depth: a residual block (a module that adds its input to what it computes, and whose output
 has its input's shape) can be skipped: its output becomes its input.
 
 :meth:`Supernet.extract` turns a subnet into a plain model: a copy cut with the structured
-pruner using the supernet's own ranking (so the cut keeps exactly the masked channels), with
-skipped blocks replaced by identities. It exports to ONNX like any model.
+pruner (or the head pruner) using the supernet's own ranking (so the cut keeps exactly the
+masked channels), with skipped blocks replaced by identities. It exports to ONNX like any
+model.
 """
 
 from __future__ import annotations
@@ -31,7 +35,14 @@ from torch import Tensor, fx, nn
 
 from studio.core.errors import StudioError
 from studio.core.graph.observe import observe
+from studio.core.graph.roles import is_hf_attention
 from studio.core.methods.pruning.structured import ROOT_TYPES, prune_channels, ranked_groups
+from studio.core.methods.pruning.transformer import (
+    HF_LAYOUT,
+    head_layouts,
+    head_scores,
+    prune_heads,
+)
 from studio.core.plan.channels import kept_channels
 
 CARRIER_TYPES = (*ROOT_TYPES, nn.modules.batchnorm._BatchNorm)
@@ -46,6 +57,16 @@ class ElasticGroup:
     layers: list[str]
     carriers: list[str]
     channels: int
+    attention: str | None = None
+    """For the query/key/value projections of a BERT-like attention: that attention. Its
+    channels are then dropped a whole head at a time (``unit`` channels), because the model
+    splits them into heads of a fixed size; cutting single channels would mix heads."""
+    unit: int = 1
+    """Channels that go together: one, or a head's size."""
+
+    @property
+    def units(self) -> int:
+        return self.channels // self.unit
 
 
 @dataclass(frozen=True)
@@ -104,6 +125,19 @@ def _adds_its_input(module: nn.Module) -> bool:
     return False
 
 
+def _attention_of(modules: Mapping[str, nn.Module], carriers: Sequence[str]) -> str | None:
+    """The BERT-like attention whose query, key and value projections ``carriers`` are."""
+    parents = {name.rsplit(".", 2)[0] for name in carriers if name.count(".") >= 2}
+    if len(parents) != 1:
+        return None
+    (parent,) = parents
+    module = modules.get(parent)
+    if not is_hf_attention(module):
+        return None
+    inner = {f"{parent}.self.{part}" for part in ("query", "key", "value")}
+    return parent if inner <= set(carriers) else None
+
+
 def _channel_dim(module: nn.Module) -> int:
     return -1 if isinstance(module, nn.Linear) else 1
 
@@ -140,8 +174,16 @@ class Supernet:
                                                   for name in found.carriers)):
                 continue
             key = info.layers[0]
-            groups.append(ElasticGroup(key, list(info.layers), found.carriers, info.channels))
-            ranked[key] = found.scores
+            attention = _attention_of(modules, found.carriers)
+            if attention is None:
+                groups.append(ElasticGroup(key, list(info.layers), found.carriers,
+                                           info.channels))
+                ranked[key] = found.scores
+                continue
+            heads = int(modules[attention].self.num_attention_heads)
+            groups.append(ElasticGroup(key, list(info.layers), found.carriers, info.channels,
+                                       attention, info.channels // heads))
+            ranked[key] = head_scores(modules[attention], HF_LAYOUT)
         if scores is not None:
             missing = [g.key for g in groups if g.key not in scores]
             if missing:
@@ -151,21 +193,25 @@ class Supernet:
         return cls(model, example, groups, ranked, residual_blocks(model, example))
 
     def rerank(self) -> None:
-        """Rank every group's channels by the current weights (before each width stage)."""
-        self.scores = {found.info.layers[0]: found.scores
-                       for found in ranked_groups(self.model, self.example)
-                       if found.info.layers and found.info.layers[0] in self.scores
-                       and found.scores is not None}
+        """Rank every group's channels (heads) by the current weights (before each width
+        stage)."""
+        channels = {found.info.layers[0]: found.scores
+                    for found in ranked_groups(self.model, self.example)
+                    if found.info.layers and found.scores is not None}
+        self.scores = {group.key: channels[group.key] if group.attention is None
+                       else head_scores(self._modules[group.attention], HF_LAYOUT)
+                       for group in self.groups if group.key in channels}
 
     def keep_mask(self, key: str, width: float) -> Tensor:
         """1 for the channels a ``width`` share keeps, 0 for the rest: the least important
-        go first, exactly as the structured pruner removes them."""
+        channels (or heads) go first, exactly as the structured pruner removes them."""
         scores = self.scores[key]
         count = len(scores)
         remove = count - kept_channels(count, 1.0 - width)
         mask = torch.ones(count)
         mask[torch.argsort(scores, stable=True)[:remove]] = 0.0
-        return mask
+        unit = next(group.unit for group in self.groups if group.key == key)
+        return mask.repeat_interleave(unit)
 
     def largest(self) -> Subnet:
         return Subnet()
@@ -202,8 +248,14 @@ class Supernet:
     def extract(self, subnet: Subnet) -> nn.Module:
         """``subnet`` as a plain model (a copy: channels cut, skipped blocks gone)."""
         model = copy.deepcopy(self.model).eval()
-        ratios = {name: 1.0 - width for group in self.groups
-                  for width in [subnet.widths.get(group.key, 1.0)] if width < 1.0
+        cut = [(group, 1.0 - subnet.widths.get(group.key, 1.0)) for group in self.groups
+               if subnet.widths.get(group.key, 1.0) < 1.0]
+        heads = {group.attention: ratio for group, ratio in cut if group.attention is not None}
+        if heads:
+            prune_heads(model, self.example, heads, head_layouts(model, heads),
+                        scores={group.attention: self.scores[group.key]
+                                for group, _ in cut if group.attention is not None})
+        ratios = {name: ratio for group, ratio in cut if group.attention is None
                   for name in group.layers}
         if ratios:
             report = prune_channels(model, self.example, ratios,
