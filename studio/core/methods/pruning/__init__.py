@@ -41,6 +41,7 @@ from studio.core.methods.pruning.importance import check_importance, weight_scor
 from studio.core.methods.pruning.masks import MaskSet, layer_weight
 from studio.core.methods.pruning.measure import measure
 from studio.core.methods.pruning.nm import dense_tail, nm_masks
+from studio.core.methods.pruning.obert import block_fisher
 from studio.core.methods.pruning.structured import (
     StructuredReport,
     dependency_groups,
@@ -88,22 +89,33 @@ def apply_plan_pruning(model: nn.Module, tree: LayerTree, resolved: list[Resolve
     """Prune ``model`` in place as the plan says; ``tree`` must describe ``model`` as it is now.
 
     ``resolved`` comes from ``Plan.resolve(tree)``. ``importance``: ``magnitude`` (``l1``,
-    ``l2`` for channels) or ``taylor`` (needs ``data``: a few labelled batches, such as the
-    task's calibration split). ``global_unstructured`` draws one magnitude threshold across all
-    unstructured layers (the same total count removed), each capped at ``layer_cap``.
+    ``l2`` for channels), ``taylor`` (needs ``data``: a few labelled batches, such as the
+    task's calibration split) or ``obert`` (single weights by block-Fisher scores, the kept
+    ones updated; labelled ``data``). ``global_unstructured`` draws one magnitude threshold
+    across all unstructured layers (the same total count removed), each capped at
+    ``layer_cap``.
     """
     check_importance(importance, data)
     partition = partition_plan(tree, resolved)
     before = measure(model, example_inputs)
-    transformer = _prune_transformer(model, example_inputs, partition, importance, data, loss_fn)
+    units = "magnitude" if importance == "obert" else importance  # oBERT scores single weights
+    transformer = _prune_transformer(model, example_inputs, partition, units, data, loss_fn)
+    units = "magnitude" if units == "fisher" else units
     if importance == "fisher":  # a search over heads and FFN units; weights go by magnitude
         importance = "magnitude"
     structured = None
     if partition.channels:
-        structured = prune_channels(model, example_inputs, partition.channels, importance, data,
+        structured = prune_channels(model, example_inputs, partition.channels, units, data,
                                     protect=partition.excluded, loss_fn=loss_fn)
     mask_layers = [*partition.unstructured, *partition.nm]
-    scores = weight_scores(model, mask_layers, importance, data, loss_fn) if mask_layers else {}
+    fisher = None
+    if importance == "obert" and mask_layers:
+        assert data is not None
+        fisher = block_fisher(model, mask_layers, data, loss_fn)
+        scores = fisher.scores
+    else:
+        scores = weight_scores(model, mask_layers, importance, data, loss_fn) \
+            if mask_layers else {}
     masks = MaskSet()
     if partition.unstructured:
         chosen = {name: scores[name] for name in partition.unstructured}
@@ -116,6 +128,8 @@ def apply_plan_pruning(model: nn.Module, tree: LayerTree, resolved: list[Resolve
             masks = layer_masks(chosen, partition.unstructured)
     if partition.nm:
         masks = masks.merged(nm_masks(scores, partition.nm))
+    if fisher is not None:  # the kept weights make up for the removed ones
+        fisher.update(model, masks)
     masks.apply(model)
     after = measure(model, example_inputs)
     notes = []
@@ -128,6 +142,7 @@ def apply_plan_pruning(model: nn.Module, tree: LayerTree, resolved: list[Resolve
         notes.append(DENSE_ZEROS_NOTE)
     report = {
         "importance": importance,
+        **({"obert": fisher.report} if fisher is not None else {}),
         "excluded": partition.excluded,
         "structured": structured.to_dict() if structured is not None else None,
         "transformer": transformer,

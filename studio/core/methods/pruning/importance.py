@@ -18,10 +18,11 @@ from studio.core.data.task import batches
 from studio.core.methods.pruning.masks import layer_weight
 from studio.core.train.loop import LossFn, cross_entropy
 
-ImportanceKind = Literal["magnitude", "l1", "l2", "taylor", "fisher"]
+ImportanceKind = Literal["magnitude", "l1", "l2", "taylor", "fisher", "obert"]
 """``magnitude`` is L2 for channels (``l1``/``l2`` choose), |w| for single weights; ``taylor``
-needs data; ``fisher`` (heads and FFN units only, see :mod:`.fisher`) needs inputs, no labels."""
-IMPORTANCE_KINDS: tuple[str, ...] = ("magnitude", "l1", "l2", "taylor", "fisher")
+needs data; ``fisher`` (heads and FFN units only, see :mod:`.fisher`) needs inputs, no labels;
+``obert`` (single weights only, see :mod:`.obert`) needs labelled data."""
+IMPORTANCE_KINDS: tuple[str, ...] = ("magnitude", "l1", "l2", "taylor", "fisher", "obert")
 
 
 def check_importance(kind: str, data: TensorDataset | None) -> None:
@@ -31,8 +32,8 @@ def check_importance(kind: str, data: TensorDataset | None) -> None:
     if kind == "fisher" and (data is None or len(data) == 0):
         raise ValueError("Fisher mask search needs calibration inputs; pass data or use "
                          "magnitude")
-    if kind == "taylor" and (data is None or len(data) == 0):
-        raise ValueError("Taylor importance needs data (a few labelled batches); "
+    if kind in ("taylor", "obert") and (data is None or len(data) == 0):
+        raise ValueError(f"{kind} importance needs data (a few labelled batches); "
                          "pass data or use magnitude")
 
 

@@ -54,8 +54,9 @@ class Prune(Step):
     needs = frozenset({Need.TORCH})
 
     def asks_for(self, recipe: Recipe) -> list[str]:
-        taylor = recipe.prune is not None and recipe.prune.importance == "taylor"
-        return ["prune.importance: taylor (needs gradients)"] if taylor else []
+        importance = recipe.prune.importance if recipe.prune is not None else None
+        return [f"prune.importance: {importance} (needs gradients)"] \
+            if importance in ("taylor", "obert") else []
 
     def run(self, context: RunContext) -> Generator[Event, None, StageReport]:
         section, train = context.settings(PruneSection), context.settings(TrainSection)
@@ -74,10 +75,10 @@ class Prune(Step):
             resolved = _without_unstructured(tree, resolved, set(partition.unstructured))
         if partition.is_empty:
             return {"notes": []}
-        if importance == "taylor" and not data.labelled:
-            raise StudioError("prune.importance: taylor scores weights by the gradient of the "
-                              "task loss, which needs labels; this data has none, so use "
-                              "magnitude")
+        if importance in ("taylor", "obert") and not data.labelled:
+            raise StudioError(f"prune.importance: {importance} scores weights by the gradient "
+                              "of the task loss, which needs labels; this data has none, so "
+                              "use magnitude")
         transformer = (f"{len(partition.heads)} attentions by heads, {len(partition.ffn)} FFNs "
                        "by width, " if partition.heads or partition.ffn else "")
         yield Log(f"Pruning: {transformer}{len(partition.channels)} layers by channels, "
@@ -86,7 +87,8 @@ class Prune(Step):
         context.token.check()
         assert workspace.example is not None
         result = apply_plan_pruning(model, tree, resolved, workspace.example.make_tensor(),
-                                    data.calibration if importance in ("taylor", "fisher")
+                                    data.calibration if importance in ("taylor", "fisher",
+                                                                       "obert")
                                     else None, importance, section.global_unstructured)
         report: dict[str, Any] = result.report
         if section.reconstruct and (partition.heads or partition.ffn):
