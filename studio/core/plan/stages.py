@@ -176,9 +176,9 @@ class PruneSection(_Section):
     second-order search (Kwon et al. 2022: the Fisher of the outputs on the calibration split,
     no labels, then mask rearrangement), other layers by magnitude; obert: for unstructured and
     N:M weights, the Optimal BERT Surgeon (second order: a block-diagonal empirical Fisher from
-    per-sample loss gradients on the calibration split, needs labels; the kept weights of each
-    block are updated to make up for the removed ones), channels by magnitude. For the Linear
-    layers of a
+    per-sample gradients on the calibration split: of the task loss with labels, of the
+    outputs in random directions without; the kept weights of each block are updated to make
+    up for the removed ones), channels by magnitude. For the Linear layers of a
     transformer's blocks, unstructured or N:M: wanda (|weight| x input norm on the calibration
     split, per output) or sparsegpt (also updates the kept weights to make up for the removed
     ones; the most accurate one-shot choice for language models). Both run block by block,

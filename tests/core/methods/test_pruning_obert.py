@@ -89,16 +89,16 @@ def test_obert_through_the_plan_keeps_more_accuracy_than_magnitude_on_the_demo(
     assert accuracy["obert"] > accuracy["magnitude"] + 0.1
 
 
-def test_obert_on_data_without_labels_is_refused_in_words(tmp_path, capsys) -> None:
-    from studio.cli.main import main
-
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("schema_version: 1\nmodel: {path: demo}\n"
-                      "plan: {layers: {block1.0: {sparsity: 0.5}}}\n"
-                      "data: {source: demo, labelled: false, calibration_samples: 16}\n"
-                      "prune: {importance: obert}\ntrain: {epochs: 0}\n"
-                      "export: {latency_repeats: 1}\n")
-    assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 2
-    error = capsys.readouterr().err
-    assert "prune.importance: obert scores weights by the gradient of the task loss" in error
-    assert not (tmp_path / "out").exists()
+def test_without_labels_obert_takes_the_outputs_fisher_and_still_beats_magnitude(
+        demo: Workspace, task: TaskData) -> None:
+    """No labels: the gradients are of the outputs in random directions (E[g gᵀ] = JᵀJ)."""
+    layers = ["stem.0", "block1.0", "block2.0", "res.conv1.0", "res.conv2", "head.2"]
+    plan = Plan({name: LayerSpec(sparsity=0.5) for name in layers})
+    unlabelled = TensorDataset(task.calibration.tensors[0])
+    accuracy = {}
+    for importance in ("magnitude", "obert"):
+        model = copy.deepcopy(demo.loaded.module)
+        apply_plan_pruning(model, demo.tree, plan.resolve(demo.tree), demo.example.make_tensor(),
+                           unlabelled, importance)
+        accuracy[importance] = evaluate(model, task.test)
+    assert accuracy["obert"] > accuracy["magnitude"] + 0.1

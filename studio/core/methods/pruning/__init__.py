@@ -41,7 +41,7 @@ from studio.core.methods.pruning.importance import check_importance, weight_scor
 from studio.core.methods.pruning.masks import MaskSet, layer_weight
 from studio.core.methods.pruning.measure import measure
 from studio.core.methods.pruning.nm import dense_tail, nm_masks
-from studio.core.methods.pruning.obert import block_fisher
+from studio.core.methods.pruning.obert import block_fisher, output_fisher_loss
 from studio.core.methods.pruning.structured import (
     StructuredReport,
     dependency_groups,
@@ -91,9 +91,9 @@ def apply_plan_pruning(model: nn.Module, tree: LayerTree, resolved: list[Resolve
     ``resolved`` comes from ``Plan.resolve(tree)``. ``importance``: ``magnitude`` (``l1``,
     ``l2`` for channels), ``taylor`` (needs ``data``: a few labelled batches, such as the
     task's calibration split) or ``obert`` (single weights by block-Fisher scores, the kept
-    ones updated; labelled ``data``). ``global_unstructured`` draws one magnitude threshold
-    across all unstructured layers (the same total count removed), each capped at
-    ``layer_cap``.
+    ones updated; the task loss's Fisher on labelled ``data``, the outputs' without labels).
+    ``global_unstructured`` draws one magnitude threshold across all unstructured layers (the
+    same total count removed), each capped at ``layer_cap``.
     """
     check_importance(importance, data)
     partition = partition_plan(tree, resolved)
@@ -111,7 +111,9 @@ def apply_plan_pruning(model: nn.Module, tree: LayerTree, resolved: list[Resolve
     fisher = None
     if importance == "obert" and mask_layers:
         assert data is not None
-        fisher = block_fisher(model, mask_layers, data, loss_fn)
+        labelled = len(data.tensors) > 1  # else the Fisher of the outputs, no labels
+        fisher = block_fisher(model, mask_layers, data,
+                              loss_fn if labelled else output_fisher_loss())
         scores = fisher.scores
     else:
         scores = weight_scores(model, mask_layers, importance, data, loss_fn) \

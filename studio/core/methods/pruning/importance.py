@@ -21,7 +21,7 @@ from studio.core.train.loop import LossFn, cross_entropy
 ImportanceKind = Literal["magnitude", "l1", "l2", "taylor", "fisher", "obert"]
 """``magnitude`` is L2 for channels (``l1``/``l2`` choose), |w| for single weights; ``taylor``
 needs data; ``fisher`` (heads and FFN units only, see :mod:`.fisher`) needs inputs, no labels;
-``obert`` (single weights only, see :mod:`.obert`) needs labelled data."""
+``obert`` (single weights only, see :mod:`.obert`) needs data, labels or not."""
 IMPORTANCE_KINDS: tuple[str, ...] = ("magnitude", "l1", "l2", "taylor", "fisher", "obert")
 
 

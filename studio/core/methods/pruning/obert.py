@@ -28,6 +28,7 @@ from studio.core.data.task import batches
 from studio.core.errors import StudioError
 from studio.core.methods.pruning.masks import MaskSet, layer_weight
 from studio.core.train.loop import LossFn, cross_entropy
+from studio.core.util import first_tensor
 
 BLOCK = 32
 """Weights per Fisher block (oBERT uses 50; a power of two keeps rows of common widths whole)."""
@@ -88,16 +89,31 @@ class BlockFisherInverse:
         return moved.reshape(-1)[:weight.numel()].view(weight.shape).to(weight.dtype)
 
 
+def output_fisher_loss(seed: int = 0) -> LossFn:
+    """For data without labels: ``v · f(x)`` with a fresh Gaussian ``v`` per call, whose
+    gradient ``Jᵀv`` has ``E[g gᵀ] = JᵀJ``, the Fisher of the outputs under a Gaussian
+    likelihood (as the heads' mask search takes it)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def loss(model: nn.Module, inputs: Tensor, _labels: Tensor | None) -> Tensor:
+        output = first_tensor(model(inputs))
+        if output is None:
+            raise StudioError("prune.importance: obert needs the model to return a tensor")
+        return (output * torch.randn(output.shape, generator=generator).to(output)).sum()
+    return loss
+
+
 def _gradient_steps(model: nn.Module, data: TensorDataset, loss_fn: LossFn, count: int,
                     batch_size: int) -> Iterator[int]:
     """``count`` mini-batch backward passes, each leaving its loss gradient in ``param.grad``
     (the caller keeps the model in eval mode: no dropout, no batch-norm updates)."""
     device = next(model.parameters()).device
-    for index, (inputs, labels) in enumerate(batches(data, batch_size)):
+    for index, batch in enumerate(batches(data, batch_size)):
         if index >= count:
             return
+        inputs, labels = batch[0].to(device), batch[1].to(device) if len(batch) > 1 else None
         model.zero_grad(set_to_none=True)
-        loss_fn(model, inputs.to(device), labels.to(device)).backward()
+        loss_fn(model, inputs, labels).backward()
         yield index
 
 
@@ -124,7 +140,8 @@ def block_fisher(model: nn.Module, names: Sequence[str], data: TensorDataset,
                  gradients: int = GRADIENTS, damp: float = DAMP,
                  check: Callable[[], None] | None = None) -> BlockFisher:
     """Scores ``w² / (2 [F⁻¹]_qq)`` of each named layer's weights, from ``gradients``
-    per-sample loss gradients on ``data`` (labelled)."""
+    per-sample gradients of ``loss_fn`` on ``data`` (the task loss on labelled data,
+    :func:`output_fisher_loss` without labels)."""
     weights = {name: layer_weight(model, name) for name in names}
     needed = sum(-(-w.numel() // block) * block * block * 4 for w in weights.values())
     if needed > MEMORY_LIMIT_BYTES:

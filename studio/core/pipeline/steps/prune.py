@@ -75,10 +75,10 @@ class Prune(Step):
             resolved = _without_unstructured(tree, resolved, set(partition.unstructured))
         if partition.is_empty:
             return {"notes": []}
-        if importance in ("taylor", "obert") and not data.labelled:
-            raise StudioError(f"prune.importance: {importance} scores weights by the gradient "
-                              "of the task loss, which needs labels; this data has none, so "
-                              "use magnitude")
+        if importance == "taylor" and not data.labelled:
+            raise StudioError("prune.importance: taylor scores weights by the gradient of the "
+                              "task loss, which needs labels; this data has none, so use "
+                              "magnitude or obert")
         transformer = (f"{len(partition.heads)} attentions by heads, {len(partition.ffn)} FFNs "
                        "by width, " if partition.heads or partition.ffn else "")
         yield Log(f"Pruning: {transformer}{len(partition.channels)} layers by channels, "
