@@ -72,9 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-rank", type=int, default=0,
                         help="also recover the same cut with LoRA of this rank on every "
                         "Linear (0: off), for LoRA beside full recovery")
+    parser.add_argument("--unstructured", type=float, default=0.0,
+                        help="instead: one-shot unstructured pruning of this share of every "
+                        "encoder Linear by magnitude, oBERT and SparseGPT, no training "
+                        "(cosine of each against the fp32 file)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     folder = minilm_folder()
+    if args.unstructured:
+        return _unstructured(folder, args, started)
     with tempfile.TemporaryDirectory(prefix="minilm-bench-") as scratch:
         work = Path(scratch)
         train = training_sentences(args.sentences)
@@ -182,6 +188,44 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:32} {row['bytes_ratio']:6.3f}x {row['cosine']:8.4f} "
               f"{row['latency_ms_b32x128']:9.1f} ms {row['latency_ratio']:.2f}x")
     print({key: round(figures[key], 4) for key in GOALS}, figures["goals_met"])
+    if args.json:
+        write_json(args.json, figures)
+    return 0
+
+
+def _unstructured(folder: Path, args: argparse.Namespace, started: float) -> int:
+    """Magnitude, oBERT (output Fisher: these sentences have no labels) and SparseGPT on the
+    same one-shot unstructured cut, through the engine, no recovery."""
+    rows: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="minilm-unstructured-") as scratch:
+        work = Path(scratch)
+        np.savez(work / "train.npz", input_ids=tokenize(
+            folder, training_sentences(args.sentences), args.tokens).numpy())
+        evaluation = tokenize(folder, EVALUATION_SENTENCES, args.tokens)
+        np.savez(work / "test.npz", input_ids=evaluation.numpy())
+        data = {"source": "arrays", "path": "train.npz", "test_path": "test.npz",
+                "calibration_samples": args.calibration}
+        blocks = {f"model.encoder.layer.{i}": LayerSpec(sparsity=args.unstructured)
+                  for i in range(6)}
+        baseline = None
+        for importance in ("magnitude", "obert", "sparsegpt"):
+            print(f"{args.unstructured:.0%} unstructured by {importance}", flush=True)
+            report = run_plan(folder, blocks, {
+                "data": data, "train": {"epochs": 0}, "prune": {"importance": importance},
+                "export": {"latency_batch": 2, "latency_repeats": 1}}, work / importance, work)
+            if baseline is None:
+                baseline = run_onnx(report["paths"]["baseline"], evaluation)
+            rows[importance] = {
+                "cosine": cosine(baseline, run_onnx(report["paths"]["model"], evaluation)),
+                "nonzero_ratio": report["compressed"]["nonzero_params"]
+                / report["baseline"]["nonzero_params"],
+                "elapsed_s": report["elapsed_s"]}
+            print(rows[importance], flush=True)
+    figures = {"unstructured": args.unstructured, "rows": rows,
+               "settings": {**vars(args), "json": str(args.json) if args.json else None},
+               "machine": machine_info(onnxruntime=onnxruntime.__version__,
+                                       transformers=transformers.__version__),
+               "elapsed_s": round(time.perf_counter() - started, 1)}
     if args.json:
         write_json(args.json, figures)
     return 0
