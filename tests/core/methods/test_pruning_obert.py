@@ -22,14 +22,16 @@ from studio.core.plan.spec import LayerSpec
 from studio.core.train.loop import evaluate
 from studio.core.workspace import Workspace
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def test_the_woodbury_inverse_is_the_inverse_of_the_damped_empirical_fisher() -> None:
     torch.manual_seed(0)
     weight = torch.randn(2, 8)  # 16 weights: blocks of 8 are the two rows
     gradients = [torch.randn(2, 8) for _ in range(5)]
     inverse = BlockFisherInverse(weight, block=8, damp=0.3)
-    for gradient in gradients:
-        inverse.add(gradient, total=len(gradients))
+    inverse.add(gradients[:3], total=len(gradients))  # a rank-3 update, then a rank-2 one
+    inverse.add(gradients[3:], total=len(gradients))
     for row in range(2):
         g = torch.stack([gradient[row] for gradient in gradients])
         fisher = 0.3 * torch.eye(8) + g.T @ g / len(gradients)
