@@ -123,25 +123,36 @@ def allocator(out: Path, epochs: int) -> list[list[float]]:
     return points
 
 
-def search(out: Path, budget_s: float, epochs: int) -> tuple[list[list[float]], int]:
-    settings = SearchSettings(costs=["bytes"], trials=10_000, minutes=budget_s / 60,
+def search(out: Path, budget_cpu_s: float, epochs: int, seeded: bool
+           ) -> tuple[list[list[float]], dict[str, Any]]:
+    """The search on one core in this process, stopped by CPU time (this process and its
+    children) at ``budget_cpu_s``; ``seeded``: its first generation starts with the example
+    recipes' plans (mapped onto its space). Its points are its full-fidelity trials."""
+    settings = SearchSettings(costs=["bytes"], trials=10_000, minutes=budget_cpu_s / 60,
                               bits=["fp32", "int8", "int4"], full_epochs=epochs,
                               validation_samples=VALIDATION)
     problem = CompressionProblem.create(load_recipe(BASE, False), resource_path("recipes"),
                                         False, settings, BASE)
+    seeds = problem.seed_params([load_recipe(name, False).to_plan() for name in RECIPES]
+                                ) if seeded else []
     report = None
-    for event in run_search(problem, settings, out / "search", CancelToken(), InProcess()):
+    for event in run_search(problem, settings, out / ("seeded" if seeded else "cold"),
+                            CancelToken(), InProcess(), seeds=seeds, clock=_cpu_s):
         if isinstance(event, Result):
             report = event.report
     assert report is not None
     full = [row for row in report["trials"] if row["fidelity"] == "full"
             and row["state"] == "complete"]
-    return [[row["figures"]["drop_pt"], row["figures"]["bytes"]] for row in full], len(
-        report["trials"])
+    return [[row["figures"]["drop_pt"], row["figures"]["bytes"]] for row in full], {
+        "trials": len(report["trials"]), "full_trials": len(full), "seeds": seeds,
+        "full_epochs": epochs, "granularities": settings.granularities, "bits": settings.bits}
 
 
 def throughput(out: Path, trials: int) -> dict[str, Any]:
-    """The same proxy-only trials in one process, two local processes and a local Ray."""
+    """The same proxy-only trials in one process, two local processes and a local Ray. Each
+    executor is started and warm (every worker has opened the model and the data) before the
+    steady-state clock starts: ``startup_s_*`` is that cost, ``trials_per_min_*`` the
+    trials after it, ``trials_per_min_with_startup_*`` both together."""
     settings = SearchSettings(costs=["bytes"], trials=trials, population=trials // 2,
                               full_fidelity=False, validation_samples=VALIDATION,
                               bits=["fp32", "int8", "int4"])
@@ -150,11 +161,13 @@ def throughput(out: Path, trials: int) -> dict[str, Any]:
     executors: dict[str, Callable[[], Any]] = {"1": InProcess, "2": lambda: LocalProcesses(2)}
     if importlib.util.find_spec("ray") is not None:
         executors["ray"] = lambda: RayCluster("local", 2)
-    figures: dict[str, Any] = {}
+    figures: dict[str, Any] = {"throughput_trials": trials,
+                               "throughput_population": settings.population}
     reference = None
     for name, make in executors.items():
         started = time.perf_counter()
         executor = make()
+        executor.start(problem)
         ready = time.perf_counter()
         rows = None
         for event in run_search(problem, settings, out / f"speed-{name}", CancelToken(),
@@ -163,12 +176,20 @@ def throughput(out: Path, trials: int) -> dict[str, Any]:
                 rows = [(row["number"], row["params"], row["proxy"])
                         for row in event.report["trials"]]
         total = time.perf_counter() - started
-        figures[f"trials_per_min_{name}"] = round(trials / total * 60, 1)
+        figures[f"trials_per_min_{name}"] = round(trials / (total - (ready - started)) * 60, 1)
+        figures[f"trials_per_min_with_startup_{name}"] = round(trials / total * 60, 1)
         figures[f"startup_s_{name}"] = round(ready - started, 1)
         figures[f"wall_s_{name}"] = round(total, 1)
         if reference is None:
             reference = rows
         figures[f"identical_{name}"] = rows == reference
+    for name in ("2", "ray"):
+        if f"trials_per_min_{name}" in figures:
+            figures[f"speedup_{name}"] = round(
+                figures[f"trials_per_min_{name}"] / figures["trials_per_min_1"], 2)
+            figures[f"speedup_with_startup_{name}"] = round(
+                figures[f"trials_per_min_with_startup_{name}"]
+                / figures["trials_per_min_with_startup_1"], 2)
     return figures
 
 
@@ -291,26 +312,36 @@ def subnets(out: Path, supernet_epochs: int, trials: int, finetune_epochs: int,
     }
 
 
-def run(out: Path, budget_s: float | None, trials: int, epochs: int) -> dict[str, Any]:
+def run(out: Path, budget_cpu_s: float | None, trials: int, epochs: int | None
+        ) -> dict[str, Any]:
     torch.set_num_threads(1)  # one core per trial, as the search's workers run
+    if epochs is None:  # the allocator's and the search's runs recover as the base recipe does
+        epochs = load_recipe(BASE, False).section(TrainSection).epochs
     recipe_points, recipe_cpu, recipe_wall = _timed(lambda: recipes(out))
     allocator_points, allocator_cpu, allocator_wall = _timed(lambda: allocator(out, epochs))
-    budget = budget_s if budget_s is not None else recipe_wall
+    budget = budget_cpu_s if budget_cpu_s is not None else max(recipe_cpu, allocator_cpu)
     found: dict[str, Any] = {}
-    search_points, search_cpu, search_wall = _timed(
-        lambda: found.setdefault("points", search(out, budget, epochs))[0])
+    cold_points, cold_cpu, cold_wall = _timed(
+        lambda: found.setdefault("cold", search(out, budget, epochs, False))[0])
+    seeded_points, seeded_cpu, seeded_wall = _timed(
+        lambda: found.setdefault("seeded", search(out, budget, epochs, True))[0])
     result: dict[str, Any] = {
         "machine": machine_info(),
         "reference_point": list(REFERENCE),
-        "search_hypervolume": hypervolume(search_points, REFERENCE),
+        "budget_cpu_s": budget,
+        "search_hypervolume": hypervolume(cold_points, REFERENCE),
+        "search_seeded_hypervolume": hypervolume(seeded_points, REFERENCE),
         "recipes_hypervolume": hypervolume(recipe_points, REFERENCE),
         "allocator_hypervolume": hypervolume(allocator_points, REFERENCE),
-        "search": {"points": search_points, "cpu_s": search_cpu, "wall_s": search_wall,
-                   "budget_wall_s": round(budget, 1), "trials": found["points"][1]},
-        "recipes": {"points": recipe_points, "cpu_s": recipe_cpu, "wall_s": recipe_wall,
-                    "names": list(RECIPES)},
-        "allocator": {"points": allocator_points, "cpu_s": allocator_cpu,
-                      "wall_s": allocator_wall, "size_targets": list(SIZE_TARGETS)},
+        "search": {"points": cold_points, "budget_cpu_s": budget, "cpu_s": cold_cpu,
+                   "wall_s": cold_wall, **found["cold"][1]},
+        "search_seeded": {"points": seeded_points, "budget_cpu_s": budget,
+                          "cpu_s": seeded_cpu, "wall_s": seeded_wall, **found["seeded"][1]},
+        "recipes": {"points": recipe_points, "budget_cpu_s": budget, "cpu_s": recipe_cpu,
+                    "wall_s": recipe_wall, "names": list(RECIPES)},
+        "allocator": {"points": allocator_points, "budget_cpu_s": budget,
+                      "cpu_s": allocator_cpu, "wall_s": allocator_wall,
+                      "size_targets": list(SIZE_TARGETS), "epochs": epochs},
     }
     result.update(throughput(out, trials))
     return result
@@ -319,11 +350,13 @@ def run(out: Path, budget_s: float | None, trials: int, epochs: int) -> dict[str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write every figure to this file")
-    parser.add_argument("--budget-s", type=float,
-                        help="the search's wall-clock budget (default: what the recipes took)")
+    parser.add_argument("--budget-cpu-s", type=float,
+                        help="CPU seconds (this process and its children) each search gets "
+                             "(default: what the recipes or the allocator took, the larger)")
     parser.add_argument("--throughput-trials", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=1,
-                        help="recovery epochs of the search's and the allocator's runs")
+    parser.add_argument("--epochs", type=int,
+                        help="recovery epochs of the search's full trials and the allocator's "
+                             "runs (default: the base recipe's, 3)")
     parser.add_argument("--only", choices=("all", "subnet", "throughput"), default="all",
                         help="subnet: only the elastic-subnet rows; throughput: only the "
                              "trials per minute with 1 and 2 workers and a local Ray")
@@ -340,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         torch.set_num_threads(1)
         if args.only == "all":
-            result = run(scratch, args.budget_s, args.throughput_trials, args.epochs)
+            result = run(scratch, args.budget_cpu_s, args.throughput_trials, args.epochs)
         else:
             result = {"machine": machine_info()}
         if args.only == "throughput":
@@ -350,8 +383,10 @@ def main(argv: list[str] | None = None) -> int:
                                   args.finetune_epochs, args.spread, args.best_epochs))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    for key in ("search_hypervolume", "recipes_hypervolume", "allocator_hypervolume",
-                "trials_per_min_1", "trials_per_min_2", "trials_per_min_ray",
+    for key in ("budget_cpu_s", "search_hypervolume", "search_seeded_hypervolume",
+                "recipes_hypervolume", "allocator_hypervolume", "trials_per_min_1",
+                "trials_per_min_2", "trials_per_min_ray", "startup_s_1", "startup_s_2",
+                "startup_s_ray", "speedup_2", "speedup_ray",
                 "subnet_macs_ratio", "subnet_drop_pt", "subnet_spearman"):
         print(f"{key}: {result.get(key)}")
     if args.json:

@@ -47,9 +47,9 @@ def add_search_command(commands: Any, common: argparse.ArgumentParser) -> None:
     search.add_argument("--seed", type=int, default=0)
     search.add_argument("--layers", type=_names, help="layers searched, comma-separated "
                         "(default: every prunable layer)")
-    search.add_argument("--granularities", type=_names, default=["unstructured", "channels"],
-                        help="granularities offered, comma-separated (default "
-                             "unstructured,channels)")
+    search.add_argument("--granularities", type=_names, default=["channels"],
+                        help="granularities offered, comma-separated (default channels: "
+                             "unstructured zeros lower no cost of the exported file)")
     search.add_argument("--bits", type=_names, default=["fp32", "int8"],
                         help="weight bits offered, comma-separated (default fp32,int8)")
     search.add_argument("--sparsity-levels", type=_levels, default=[0.0, 0.25, 0.5, 0.75],

@@ -19,7 +19,7 @@ import copy
 import dataclasses
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from studio.core.pipeline.steps.bn_recalibration import BnRecalibration
 from studio.core.pipeline.steps.prune import Prune
 from studio.core.pipeline.torch_backend import TorchBackend
 from studio.core.plan.estimate import estimate
+from studio.core.plan.plan import Plan
 from studio.core.plan.recipe import Recipe
 from studio.core.plan.stages import DataSection, PruneSection, QuantizeSection, TrainSection
 from studio.core.search.problem import TrialOutcome, TrialRequest
@@ -95,6 +96,11 @@ class CompressionProblem:
                               "example input (add example_input: {shape: [...]})")
         check_recipe_fits(workspace, recipe, source)
         layers = searched_layers(workspace.tree, settings.layers)
+        if settings.layers is None:  # what the recipe excludes stays out of the space too
+            resolved = recipe.to_plan().resolve(workspace.tree)
+            excluded = {node.name for node, spec in zip(workspace.tree.nodes, resolved,
+                                                        strict=True) if spec.exclude}
+            layers = [name for name in layers if name not in excluded]
         groups = {name: [name] for name in layers}
         if "channels" in settings.granularities:
             coupled = dependency_groups(copy.deepcopy(workspace.loaded.module).eval(),
@@ -111,6 +117,16 @@ class CompressionProblem:
 
     def distributions(self) -> dict[str, BaseDistribution]:
         return self.space.distributions()
+
+    def seed_params(self, plans: Sequence[Plan]) -> list[dict[str, Any]]:
+        """Each plan (a recipe's, an allocator's proposal) as the nearest parameters of this
+        search's space, to seed a new study with (``run_search(seeds=...)``)."""
+        recipe = Recipe.model_validate(self.recipe_json)
+        base = None if self.base_dir is None else Path(self.base_dir)
+        tree = open_recipe_workspace(recipe, base, self.trust, self.source).tree
+        names = [node.name for node in tree.nodes]
+        return [self.space.params_of(dict(zip(names, plan.resolve(tree), strict=True)))
+                for plan in plans]
 
     def describe(self, params: Mapping[str, Any]) -> str:
         parts = []
@@ -136,6 +152,9 @@ class CompressionProblem:
         return built.model_copy(update={"example_input": recipe.example_input, "data": data,
                                         "train": train,
                                         "distill": recipe.distill if train.epochs else None})
+
+    def prepare(self) -> None:
+        self._prepared()
 
     def evaluate(self, request: TrialRequest) -> TrialOutcome:
         return run_trial(self.settings, request, self._proxy, self._full)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from studio.core.jobs.events import Trial
 from studio.core.plan.recipe import Recipe
 from studio.core.project.experiments import new_experiment, save_experiment
 from studio.core.search.executors import Executor, make_executor
-from studio.core.search.front import pareto_ranks
+from studio.core.search.front import crowding_distances, pareto_ranks
 from studio.core.search.problem import SearchProblem, TrialOutcome, TrialRequest
 from studio.core.search.settings import SearchSettings
 from studio.core.search.study import (
@@ -39,15 +39,25 @@ TRIALS_DIR = "trials"
 
 
 def promoted(outcomes: dict[int, TrialOutcome], fraction: float) -> list[int]:
-    """The best ``fraction`` of a generation by the proxy: feasible first, then by
-    non-domination rank, then by the sum of the values."""
+    """The best ``fraction`` of a generation by the proxy, chosen as NSGA-II selects: feasible
+    first, then by non-domination rank, then spread along the front (largest crowding
+    distance first, its extremes before all). Spread, not the sum of the values: a drop in
+    points outweighs any cost ratio in a sum, so the sum promoted only the least-compressed
+    plans and never a deep cut whose zero-shot drop recovery would repair."""
     numbers = sorted(outcomes)
     if not numbers:
         return []
-    ranks = pareto_ranks([outcomes[n].values for n in numbers])
+    values = [outcomes[n].values for n in numbers]
+    ranks = pareto_ranks(values)
+    crowding = [0.0] * len(numbers)
+    for rank in set(ranks):
+        members = [i for i in range(len(numbers)) if ranks[i] == rank]
+        for i, distance in zip(members, crowding_distances([values[i] for i in members]),
+                               strict=True):
+            crowding[i] = distance
     order = sorted(range(len(numbers)), key=lambda i: (
         sum(max(0.0, c) for c in outcomes[numbers[i]].constraints.values()), ranks[i],
-        sum(outcomes[numbers[i]].values), numbers[i]))
+        -crowding[i], numbers[i]))
     count = max(1, math.ceil(len(numbers) * fraction))
     return sorted(numbers[i] for i in order[:count])
 
@@ -56,8 +66,10 @@ class _Run:
     """One run of the loop over a study (a fresh start or a resume)."""
 
     def __init__(self, problem: SearchProblem, settings: SearchSettings, folder: Path,
-                 token: CancelToken, executor: Executor, project_dir: Path) -> None:
+                 token: CancelToken, executor: Executor, project_dir: Path,
+                 clock: Callable[[], float]) -> None:
         self.problem, self.settings, self.folder = problem, settings, folder
+        self.clock = clock
         self.token, self.executor, self.project_dir = token, executor, project_dir
         self.distributions = problem.distributions()
         self.study = open_study(folder, settings, problem.objectives, self.distributions)
@@ -77,6 +89,7 @@ class _Run:
         for trial in asked:
             yield Trial(trial.number, "running", "proxy", params=dict(trial.params))
         outcomes: dict[int, TrialOutcome | str] = {}
+        done = len(finished(study))  # counted on, not re-read from SQLite after every tell
         for request, outcome in self.executor.run(
                 self.problem, [TrialRequest(t.number, dict(t.params), "proxy") for t in asked]):
             # Told at once, so a kill loses no finished trial. The order of tells within a
@@ -85,10 +98,11 @@ class _Run:
             self._tell(by_number[request.number], outcome)
             outcomes[request.number] = outcome
             self.evaluated += 1
+            done += 1
             yield self._trial_event(request.number, outcome, request.params)
-            yield Progress(STAGE, len(finished(study)), self.settings.trials)
+            yield Progress(STAGE, done, self.settings.trials)
             self.token.check()
-        if self.settings.full_fidelity and time.monotonic() >= deadline:
+        if self.settings.full_fidelity and self.clock() >= deadline:
             yield Log("Time budget reached: this generation's best trials keep their proxy "
                       "figures (no full-fidelity run)")
         elif self.settings.full_fidelity:
@@ -150,19 +164,27 @@ class _Run:
 
 def run_search(problem: SearchProblem, settings: SearchSettings, folder: Path,
                token: CancelToken, executor: Executor | None = None,
-               project_dir: Path | None = None) -> Iterator[Event]:
+               project_dir: Path | None = None, seeds: Sequence[Mapping[str, Any]] = (),
+               clock: Callable[[], float] = time.monotonic) -> Iterator[Event]:
     """Run (or resume) the search stored in ``folder`` until the study holds
-    ``settings.trials`` finished trials, ``settings.minutes`` pass, or ``token`` is cancelled.
-    Full-fidelity trials are saved as experiments of ``project_dir`` (default ``folder``).
-    The last event is a :class:`Result` with the trials and the front."""
+    ``settings.trials`` finished trials, ``settings.minutes`` pass on ``clock`` (wall time;
+    a benchmark passes CPU time), or ``token`` is cancelled. ``seeds``: known parameter sets
+    (a recipe's plan, an allocator's proposal) a new study evaluates first, in its first
+    generation; a resumed study ignores them. Full-fidelity trials are saved as experiments
+    of ``project_dir`` (default ``folder``). The last event is a :class:`Result` with the
+    trials and the front."""
     folder = Path(folder)
     run = _Run(problem, settings, folder, token,
                executor or make_executor(settings.workers, settings.ray_address),
-               Path(project_dir) if project_dir is not None else folder)
-    started = time.monotonic()
+               Path(project_dir) if project_dir is not None else folder, clock)
+    started, wall = clock(), time.monotonic()
     deadline = started + 60.0 * settings.minutes if settings.minutes else math.inf
     try:
         again = recover_interrupted(run.study)
+        if seeds and not run.study.get_trials(deepcopy=False):
+            for params in seeds:
+                run.study.enqueue_trial(dict(params), skip_if_exists=True)
+            yield Log(f"Seeded with {len(seeds)} known configuration(s), evaluated first")
         done = len(finished(run.study))
         yield Log(f"Search: {', '.join(problem.objectives)} minimised over "
                   f"{len(run.distributions)} choices; {done} of {settings.trials} trials "
@@ -176,7 +198,7 @@ def run_search(problem: SearchProblem, settings: SearchSettings, folder: Path,
             left = settings.trials - len(finished(run.study))
             if left <= 0:
                 break
-            if time.monotonic() >= deadline:
+            if clock() >= deadline:
                 yield Log(f"Time budget of {settings.minutes:g} min reached; run the search "
                           "again to continue it")
                 break
@@ -186,5 +208,5 @@ def run_search(problem: SearchProblem, settings: SearchSettings, folder: Path,
         run.executor.close()
     rows = trial_rows(run.study)
     yield Result({"study": str(study_path(folder)), "objectives": problem.objectives,
-                  "evaluated": run.evaluated, "elapsed_s": round(time.monotonic() - started, 2),
+                  "evaluated": run.evaluated, "elapsed_s": round(time.monotonic() - wall, 2),
                   "trials": [row.__dict__ for row in rows]})

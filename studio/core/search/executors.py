@@ -10,8 +10,10 @@ the rest. Ray is imported only when asked for (``pip install ".[cluster]"``).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
@@ -37,9 +39,37 @@ def run_trial(problem: SearchProblem, request: TrialRequest) -> TrialOutcome | s
         return reason(error)
 
 
+def prepare_here(problem: SearchProblem) -> int:
+    """Open the problem in this process (a worker's warm-up); returns the process id, so a
+    pool can tell when every worker is warm. A problem that cannot open fails in its
+    trials instead, each with the reason."""
+    with contextlib.suppress(Exception):  # the trials report it, one line each
+        problem.prepare()
+    return os.getpid()
+
+
+WARM_ROUNDS = 200
+"""Warm-up rounds at most before giving up on a worker that never shows (it would then open
+the problem in its first trial, as without a warm-up)."""
+WARM_PAUSE_S = 0.05
+"""How long a warm-up task holds its worker, so a worker still starting gets the next one."""
+
+
+def _warm_task(problem: SearchProblem) -> int:
+    pid = prepare_here(problem)
+    time.sleep(WARM_PAUSE_S)
+    return pid
+
+
 class Executor(Protocol):
     workers: int
     where: str
+
+    def start(self, problem: SearchProblem) -> None:
+        """Start every worker and open ``problem`` in it (model, data) before any trial, so
+        a generation's first trials do not carry that cost and it can be timed apart. The
+        workers then stay up, warm, across generations until :meth:`close`."""
+        ...
 
     def run(self, problem: SearchProblem, requests: Sequence[TrialRequest]
             ) -> Iterator[Finished]: ...
@@ -51,6 +81,9 @@ class InProcess:
     """One trial at a time in this process: the reference the others must match."""
 
     workers, where = 1, "this process"
+
+    def start(self, problem: SearchProblem) -> None:
+        prepare_here(problem)
 
     def run(self, problem: SearchProblem, requests: Sequence[TrialRequest]
             ) -> Iterator[Finished]:
@@ -73,6 +106,22 @@ class LocalProcesses:
     def __init__(self, workers: int) -> None:
         self.workers, self.where = workers, f"{workers} local processes"
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._warm: str | None = None
+        """The key of the problem every worker of the pool has open."""
+
+    def start(self, problem: SearchProblem) -> None:
+        """Warm-up tasks until every worker has answered: the pool spawns one worker per
+        task waiting (up to ``workers``), and a worker takes tasks only once it is up."""
+        key = problem.key
+        if self._pool is not None and self._warm == key:
+            return
+        pool, seen = self._executor(), set()
+        for _ in range(WARM_ROUNDS):
+            seen.update(f.result() for f in [pool.submit(_warm_task, problem)
+                                             for _ in range(self.workers)])
+            if len(seen) >= self.workers:
+                break
+        self._warm = key
 
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
@@ -83,6 +132,7 @@ class LocalProcesses:
 
     def run(self, problem: SearchProblem, requests: Sequence[TrialRequest]
             ) -> Iterator[Finished]:
+        self.start(problem)
         pool = self._executor()
         futures = {pool.submit(run_trial, problem, request): request for request in requests}
         broken = False
@@ -99,6 +149,7 @@ class LocalProcesses:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+            self._warm = None
 
 
 class RayCluster:
@@ -124,10 +175,28 @@ class RayCluster:
         self.workers = int(ray.cluster_resources().get("CPU", workers))
         self.where = f"Ray ({address}, {self.workers} CPUs)"
         self._remote = ray.remote(num_cpus=1, max_retries=0)(run_trial)
+        self._warm_remote = ray.remote(num_cpus=1, max_retries=0)(_warm_task)
+        self._warm: str | None = None
+
+    def start(self, problem: SearchProblem) -> None:
+        """As the local pool: warm-up tasks, one CPU each, until ``workers`` distinct worker
+        processes have opened the problem (on a cluster, those Ray happens to use)."""
+        key = problem.key
+        if self._warm == key:
+            return
+        ray, seen = self._ray, set()
+        shared = ray.put(problem)
+        for _ in range(WARM_ROUNDS):
+            seen.update(ray.get([self._warm_remote.remote(shared)
+                                 for _ in range(self.workers)]))
+            if len(seen) >= self.workers:
+                break
+        self._warm = key
 
     def run(self, problem: SearchProblem, requests: Sequence[TrialRequest]
             ) -> Iterator[Finished]:
         ray = self._ray
+        self.start(problem)
         shared = ray.put(problem)
         pending = {self._remote.remote(shared, request): request for request in requests}
         while pending:

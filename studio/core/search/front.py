@@ -3,6 +3,7 @@ cover (how a benchmark compares a search with recipes or the greedy allocator)."
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,6 +28,25 @@ def pareto_ranks(values: Sequence[Sequence[float]]) -> list[int]:
         rank += 1
     return ranks
 
+
+def crowding_distances(values: Sequence[Sequence[float]]) -> list[float]:
+    """NSGA-II's crowding distance of each point within its set: the sum over objectives of
+    the gap between its neighbours, normalised by the objective's range; the extremes of each
+    objective get infinity. A larger distance is a point in a sparser part of the front.
+    Written here because Optuna keeps its own private."""
+    count = len(values)
+    distances = [0.0] * count
+    if count <= 2:
+        return [math.inf] * count
+    for axis in range(len(values[0])):
+        order = sorted(range(count), key=lambda i: (values[i][axis], i))
+        low, high = values[order[0]][axis], values[order[-1]][axis]
+        distances[order[0]] = distances[order[-1]] = math.inf
+        if high == low:
+            continue
+        for before, here, after in zip(order, order[1:], order[2:], strict=False):
+            distances[here] += (values[after][axis] - values[before][axis]) / (high - low)
+    return distances
 
 
 def full_front(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]

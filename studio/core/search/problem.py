@@ -44,8 +44,16 @@ class TrialOutcome:
 class SearchProblem(Protocol):
     objectives: list[str]
     """Names, each minimised (a drop in points, a cost ratio)."""
+    key: str
+    """Tells this problem from another across processes: a worker keeps what it prepared for
+    it under this key."""
 
     def distributions(self) -> dict[str, BaseDistribution]: ...
+
+    def prepare(self) -> None:
+        """Open what trials need (model, data) in this process now and keep it, so a worker
+        pays for it once, before its first trial."""
+        ...
 
     def evaluate(self, request: TrialRequest) -> TrialOutcome:
         """Run in a worker; may raise (the trial is recorded as failed with the reason)."""

@@ -16,7 +16,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 
 from studio.core.errors import StudioError
 from studio.core.graph.tree import LayerTree
-from studio.core.plan.plan import Plan
+from studio.core.plan.plan import Plan, ResolvedSpec
 from studio.core.plan.spec import LayerSpec
 from studio.core.search.settings import SearchSettings
 
@@ -79,6 +79,35 @@ class CompressionSpace:
                               act_bits="int8" if bits == "int8" else FLOAT)
                 plan.set_spec(name, LayerSpec.model_validate(values))
         return plan
+
+
+    def params_of(self, resolved: Mapping[str, ResolvedSpec]) -> dict[str, Any]:
+        """The parameters closest to a plan already resolved per layer (a recipe's, an
+        allocator's proposal): per unit the offered sparsity level nearest its first layer's,
+        that layer's granularity if offered, per layer the offered bits nearest its own. A
+        study seeded with them starts from what is known to work."""
+        distributions = self.distributions()
+        found: dict[str, Any] = {}
+        for unit in self.units:
+            key, spec = unit_key(unit), resolved[unit[0]]
+            found[f"sparsity/{key}"] = min(self.settings.sparsity_levels,
+                                           key=lambda level: abs(level
+                                                                 - spec.effective_sparsity))
+            if f"granularity/{key}" in distributions:
+                offered = self.settings.granularities
+                found[f"granularity/{key}"] = (spec.granularity if spec.granularity in offered
+                                               else offered[0])
+        for name in self.layers:
+            if f"bits/{name}" in distributions:
+                bits = _bit_count(resolved[name].weight_bits)
+                found[f"bits/{name}"] = min(self.settings.bits,
+                                            key=lambda offered: abs(_bit_count(offered) - bits))
+        return found
+
+
+def _bit_count(bits: str | None) -> int:
+    """32 for fp32 (and weights as the model stores them), 16, 8, 4, 2 for the others."""
+    return 32 if bits is None else int(bits.lstrip("abfinpt"))
 
 
 def searched_layers(tree: LayerTree, asked: Sequence[str] | None) -> list[str]:

@@ -186,6 +186,9 @@ class SubnetProblem:
         parts += [f"{block} skipped" for block in subnet.skipped]
         return ", ".join(parts) or "the largest subnet"
 
+    def prepare(self) -> None:
+        self._prepared()
+
     def evaluate(self, request: TrialRequest) -> TrialOutcome:
         return run_trial(self.settings, request, self._proxy, self._full)
 
