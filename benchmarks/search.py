@@ -15,9 +15,11 @@ feasible subnet by the zero-shot score and a spread of others are fine-tuned, gi
 alike); the best is then fine-tuned longer (``--best-epochs``), and its figures, on validation
 and on the test split (reported, never used to choose), are the goal's.
 
-    python -m benchmarks.search --json PATH [--budget-s S] [--throughput-trials N]
-                                [--only subnet] [--supernet-epochs E] [--subnet-trials N]
-                                [--finetune-epochs F] [--spread K] [--best-epochs B]
+    python -m benchmarks.search --json PATH [--throughput-trials N]
+                                [--only hypervolume|throughput|subnet]
+                                [--budget-cpu-s S] [--epochs E] [--supernet-epochs E]
+                                [--subnet-trials N] [--finetune-epochs F] [--spread K]
+                                [--best-epochs B]
 """
 
 from __future__ import annotations
@@ -312,8 +314,9 @@ def subnets(out: Path, supernet_epochs: int, trials: int, finetune_epochs: int,
     }
 
 
-def run(out: Path, budget_cpu_s: float | None, trials: int, epochs: int | None
-        ) -> dict[str, Any]:
+def compare(out: Path, budget_cpu_s: float | None, epochs: int | None) -> dict[str, Any]:
+    """The hypervolume rows: recipes, allocator, then the cold and the seeded search, each
+    search given the same CPU seconds (the larger of what the other two took, by default)."""
     torch.set_num_threads(1)  # one core per trial, as the search's workers run
     if epochs is None:  # the allocator's and the search's runs recover as the base recipe does
         epochs = load_recipe(BASE, False).section(TrainSection).epochs
@@ -325,8 +328,7 @@ def run(out: Path, budget_cpu_s: float | None, trials: int, epochs: int | None
         lambda: found.setdefault("cold", search(out, budget, epochs, False))[0])
     seeded_points, seeded_cpu, seeded_wall = _timed(
         lambda: found.setdefault("seeded", search(out, budget, epochs, True))[0])
-    result: dict[str, Any] = {
-        "machine": machine_info(),
+    return {
         "reference_point": list(REFERENCE),
         "budget_cpu_s": budget,
         "search_hypervolume": hypervolume(cold_points, REFERENCE),
@@ -343,8 +345,6 @@ def run(out: Path, budget_cpu_s: float | None, trials: int, epochs: int | None
                       "cpu_s": allocator_cpu, "wall_s": allocator_wall,
                       "size_targets": list(SIZE_TARGETS), "epochs": epochs},
     }
-    result.update(throughput(out, trials))
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,9 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int,
                         help="recovery epochs of the search's full trials and the allocator's "
                              "runs (default: the base recipe's, 3)")
-    parser.add_argument("--only", choices=("all", "subnet", "throughput"), default="all",
-                        help="subnet: only the elastic-subnet rows; throughput: only the "
-                             "trials per minute with 1 and 2 workers and a local Ray")
+    parser.add_argument("--only", choices=("all", "hypervolume", "subnet", "throughput"),
+                        default="all",
+                        help="hypervolume: only the search against the recipes and the "
+                             "allocator; subnet: only the elastic-subnet rows; throughput: "
+                             "only the trials per minute with 1 and 2 workers and a local Ray")
     parser.add_argument("--supernet-epochs", type=int, default=4)
     parser.add_argument("--subnet-trials", type=int, default=40)
     parser.add_argument("--finetune-epochs", type=int, default=2,
@@ -372,13 +374,12 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="search-bench-"))
     try:
         torch.set_num_threads(1)
-        if args.only == "all":
-            result = run(scratch, args.budget_cpu_s, args.throughput_trials, args.epochs)
-        else:
-            result = {"machine": machine_info()}
-        if args.only == "throughput":
+        result: dict[str, Any] = {"machine": machine_info()}
+        if args.only in ("all", "hypervolume"):
+            result.update(compare(scratch, args.budget_cpu_s, args.epochs))
+        if args.only in ("all", "throughput"):
             result.update(throughput(scratch, args.throughput_trials))
-        else:
+        if args.only in ("all", "subnet"):
             result.update(subnets(scratch, args.supernet_epochs, args.subnet_trials,
                                   args.finetune_epochs, args.spread, args.best_epochs))
     finally:

@@ -10,7 +10,7 @@ from studio.core.plan.plan import ROOT, Plan
 from studio.core.plan.spec import LayerSpec
 from studio.core.search.driver import promoted
 from studio.core.search.estimate import estimate_search_s
-from studio.core.search.front import hypervolume, pareto_ranks
+from studio.core.search.front import crowding_distances, hypervolume, pareto_ranks
 from studio.core.search.problem import TrialOutcome
 from studio.core.search.settings import SearchSettings
 
@@ -18,6 +18,22 @@ from studio.core.search.settings import SearchSettings
 def test_pareto_ranks_peel_fronts() -> None:
     points = [[1, 5], [2, 2], [5, 1], [3, 3], [6, 6], [2, 2]]
     assert pareto_ranks(points) == [0, 0, 0, 1, 2, 0]
+
+
+def test_crowding_distance_ranks_the_extremes_first_then_the_sparse_middle() -> None:
+    points = [[0.0, 1.0], [1.0, 0.5], [1.2, 0.45], [4.0, 0.0]]
+    distances = crowding_distances(points)
+    assert distances[0] == distances[3] == float("inf")
+    assert distances[1] == pytest.approx(1.2 / 4 + 0.55 / 1)  # neighbours 0 and 2
+    assert distances[2] == pytest.approx(3.0 / 4 + 0.5 / 1)  # neighbours 1 and 3
+
+
+def test_promotion_spreads_over_the_front_instead_of_favouring_the_smallest_drop() -> None:
+    # A drop in points outweighs a bytes ratio in any sum: the deep cut (trial 3), whose
+    # zero-shot drop recovery repairs, must still reach full fidelity.
+    outcomes = {0: TrialOutcome([0.0, 0.9]), 1: TrialOutcome([0.5, 0.6]),
+                2: TrialOutcome([1.0, 0.5]), 3: TrialOutcome([8.0, 0.05])}
+    assert promoted(outcomes, 0.5) == [0, 3]
 
 
 def test_promotion_takes_feasible_trials_first_then_the_front() -> None:
