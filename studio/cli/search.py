@@ -58,6 +58,10 @@ def add_search_command(commands: Any, common: argparse.ArgumentParser) -> None:
                         help="training samples held out to score trials on")
     search.add_argument("--full-epochs", type=int, default=1,
                         help="recovery epochs of a full-fidelity trial")
+    search.add_argument("--seed-recipe", type=Path, action="append", dest="seed_recipes",
+                        metavar="RECIPE",
+                        help="start a new search with this recipe's plan among its first "
+                             "trials (repeatable; a resumed search ignores it)")
     search.add_argument("--proxy-only", action="store_true",
                         help="no full-fidelity trials (no recovery, export or timing)")
     search.add_argument("--space", choices=("plan", "subnet"), default="plan",
@@ -100,6 +104,8 @@ def options_of(args: argparse.Namespace) -> dict[str, Any]:
         "full_fidelity": not args.proxy_only, "costs": args.cost or ["bytes"],
         "space": args.space, "widths": args.widths, "supernet_epochs": args.supernet_epochs,
         "skip_blocks": not args.no_skip_blocks}
+    if args.seed_recipes:
+        options["seed_recipes"] = [str(path) for path in args.seed_recipes]
     for key, value in (("minutes", args.minutes), ("ray_address", args.ray_address),
                        ("max_drop_pt", args.max_drop), ("max_cost_ratio", args.max_ratio)):
         if value is not None:

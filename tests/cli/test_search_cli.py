@@ -24,6 +24,9 @@ def _recipe(tmp_path: Path, model: str = "demo") -> Path:
     (["--granularities", "diagonal"], "granularities: Value error, use some of"),
     (["--layers", "stem.9"], "'stem.9' is not a prunable layer"),
     (["--trials", "0"], "trials: Input should be greater than or equal to 1"),
+    (["--seed-recipe", "no-such.yaml"], "no-such.yaml: cannot read the file"),
+    (["--space", "subnet", "--seed-recipe", "no-such.yaml"], "a subnet search has none to "
+                                                               "start from"),
 ])
 def test_bad_search_options_are_one_line(tmp_path: Path, capsys, options: list[str],
                                          named: str) -> None:

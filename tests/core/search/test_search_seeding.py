@@ -7,11 +7,14 @@ import time
 from pathlib import Path
 
 import optuna
+import yaml
 
+from studio.cli.main import main
 from studio.core.jobs import CancelToken, Log
 from studio.core.plan.plan import ROOT, Plan
 from studio.core.plan.recipe import Recipe
 from studio.core.plan.spec import LayerSpec
+from studio.core.resources import resource_path
 from studio.core.search.compression import CompressionProblem
 from studio.core.search.driver import run_search
 from studio.core.search.executors import InProcess, LocalProcesses
@@ -77,3 +80,16 @@ def test_a_started_pool_has_every_worker_up_before_the_first_trial(tmp_path: Pat
         assert executor._pool is pool
     finally:
         executor.close()
+
+
+def test_the_cli_seeds_a_new_search_with_a_recipes_plan(tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(RECIPE))
+    code = main(["search", str(recipe), "--out", str(tmp_path / "s"), "--trials", "2",
+                 "--population", "2", "--proxy-only", "--layers", "block1.0,res.conv1.0",
+                 "--sparsity-levels", "0,0.5", "--validation-samples", "100",
+                 "--seed-recipe", str(resource_path("recipes", "demo-int8.yaml"))])
+    assert code == 0
+    assert _params(tmp_path / "s")[0] == {"sparsity/block1.0": 0.0,
+                                          "sparsity/res.conv1.0": 0.0,
+                                          "bits/block1.0": "int8", "bits/res.conv1.0": "int8"}
