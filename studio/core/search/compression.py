@@ -45,6 +45,7 @@ from studio.core.pipeline.steps.bn_recalibration import BnRecalibration
 from studio.core.pipeline.steps.prune import Prune
 from studio.core.pipeline.torch_backend import TorchBackend
 from studio.core.plan.estimate import estimate
+from studio.core.plan.ort_rules import CONV_OPS, resolved_by_name
 from studio.core.plan.plan import Plan
 from studio.core.plan.recipe import Recipe
 from studio.core.plan.stages import DataSection, PruneSection, QuantizeSection, TrainSection
@@ -78,9 +79,11 @@ class CompressionProblem:
 
     def __init__(self, recipe: dict[str, Any], base_dir: str | None, trust: bool,
                  settings: SearchSettings, layers: list[str], groups: dict[str, list[str]],
-                 source: str = "recipe") -> None:
+                 source: str = "recipe", conv_layers: list[str] | None = None) -> None:
         self.recipe_json, self.base_dir, self.trust = recipe, base_dir, trust
         self.settings, self.layers, self.groups, self.source = settings, layers, groups, source
+        self.conv_layers = conv_layers or []
+        """Searched layers that are convolutions (their sub-8-bit weights are stored as int8)."""
         self.objectives = ([] if settings.single_objective else ["drop_pt"]) + list(
             settings.costs)
         self.key = f"{id(self)}-{time.time_ns()}"
@@ -97,23 +100,24 @@ class CompressionProblem:
         check_recipe_fits(workspace, recipe, source)
         layers = searched_layers(workspace.tree, settings.layers)
         if settings.layers is None:  # what the recipe excludes stays out of the space too
-            resolved = recipe.to_plan().resolve(workspace.tree)
-            excluded = {node.name for node, spec in zip(workspace.tree.nodes, resolved,
-                                                        strict=True) if spec.exclude}
-            layers = [name for name in layers if name not in excluded]
+            resolved = resolved_by_name(workspace.tree, recipe.to_plan())
+            layers = [name for name in layers if not resolved[name].exclude]
         groups = {name: [name] for name in layers}
         if "channels" in settings.granularities:
             coupled = dependency_groups(copy.deepcopy(workspace.loaded.module).eval(),
                                         workspace.example.make_tensor())
             groups = {name: list(coupled.get(name, [name])) for name in layers}
+        convs = [node.name for node in workspace.tree.nodes
+                 if node.name in layers and node.op_type in CONV_OPS]
         return cls(recipe.model_dump(mode="json", exclude_none=True),
                    None if base_dir is None else str(base_dir), trust, settings, layers,
-                   groups, source)
+                   groups, source, convs)
 
     @property
     def space(self) -> CompressionSpace:
         return CompressionSpace(self.settings, self.layers, self.groups,
-                                Recipe.model_validate(self.recipe_json).to_plan())
+                                Recipe.model_validate(self.recipe_json).to_plan(),
+                                self.conv_layers)
 
     def distributions(self) -> dict[str, BaseDistribution]:
         return self.space.distributions()
@@ -124,9 +128,7 @@ class CompressionProblem:
         recipe = Recipe.model_validate(self.recipe_json)
         base = None if self.base_dir is None else Path(self.base_dir)
         tree = open_recipe_workspace(recipe, base, self.trust, self.source).tree
-        names = [node.name for node in tree.nodes]
-        return [self.space.params_of(dict(zip(names, plan.resolve(tree), strict=True)))
-                for plan in plans]
+        return [self.space.params_of(resolved_by_name(tree, plan)) for plan in plans]
 
     def describe(self, params: Mapping[str, Any]) -> str:
         parts = []

@@ -16,6 +16,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 
 from studio.core.errors import StudioError
 from studio.core.graph.tree import LayerTree
+from studio.core.plan.ort_rules import NBITS
 from studio.core.plan.plan import Plan, ResolvedSpec
 from studio.core.plan.spec import LayerSpec
 from studio.core.search.settings import SearchSettings
@@ -37,9 +38,11 @@ class CompressionSpace:
     """Plans over ``layers`` (grouped into ``units`` that share a cut) on top of ``base``."""
 
     def __init__(self, settings: SearchSettings, layers: Sequence[str],
-                 groups: Mapping[str, Sequence[str]], base: Plan) -> None:
+                 groups: Mapping[str, Sequence[str]], base: Plan,
+                 conv_layers: Sequence[str] = ()) -> None:
         self.settings, self.base = settings, base
         self.layers = list(layers)
+        self.conv_layers = set(conv_layers)
         self.units: list[list[str]] = []
         seen: set[str] = set()
         for name in self.layers:
@@ -58,10 +61,19 @@ class CompressionSpace:
             found[f"sparsity/{key}"] = CategoricalDistribution(settings.sparsity_levels)
             if len(settings.granularities) > 1:
                 found[f"granularity/{key}"] = CategoricalDistribution(settings.granularities)
-        if len(settings.bits) > 1:
-            for name in self.layers:
-                found[f"bits/{name}"] = CategoricalDistribution(settings.bits)
+        for name in self.layers:
+            offered = self.bits(name)
+            if len(offered) > 1:
+                found[f"bits/{name}"] = CategoricalDistribution(offered)
         return found
+
+    def bits(self, name: str) -> list[str]:
+        """The weight bits offered on a layer. A convolution is not offered int4/int2 beside
+        int8: onnxruntime stores them as int8, so they would cost accuracy and save nothing."""
+        offered = self.settings.bits
+        if name in self.conv_layers and "int8" in offered:
+            return [bits for bits in offered if bits not in NBITS]
+        return list(offered)
 
     def plan(self, params: Mapping[str, Any]) -> Plan:
         """The base plan with the searched fields of every searched layer set from ``params``."""
@@ -100,7 +112,7 @@ class CompressionSpace:
         for name in self.layers:
             if f"bits/{name}" in distributions:
                 bits = _bit_count(resolved[name].weight_bits)
-                found[f"bits/{name}"] = min(self.settings.bits,
+                found[f"bits/{name}"] = min(self.bits(name),
                                             key=lambda offered: abs(_bit_count(offered) - bits))
         return found
 

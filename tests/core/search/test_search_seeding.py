@@ -66,7 +66,16 @@ def test_the_time_budget_is_read_on_the_clock_given(tmp_path: Path) -> None:
 def test_layers_the_recipe_excludes_are_not_searched(tmp_path: Path) -> None:
     recipe = Recipe.model_validate({**RECIPE, "plan": {"layers": {"head": {"exclude": True}}}})
     problem = CompressionProblem.create(recipe, tmp_path, False, tiny_settings(layers=None))
-    assert "head" not in problem.layers and "block1.0" in problem.layers
+    assert "head.2" not in problem.layers and "block1.0" in problem.layers
+
+
+def test_a_convolution_is_not_offered_bits_it_would_store_as_int8(tmp_path: Path) -> None:
+    settings = tiny_settings(layers=["block1.0", "head.2"], bits=["fp32", "int8", "int4"])
+    choices = {name: list(d.choices) for name, d in
+               tiny_problem(settings, tmp_path).distributions().items()
+               if name.startswith("bits/")}
+    assert choices == {"bits/block1.0": ["fp32", "int8"],  # int4 conv: int8 in the file
+                       "bits/head.2": ["fp32", "int8", "int4"]}  # MatMulNBits
 
 
 def test_a_started_pool_has_every_worker_up_before_the_first_trial(tmp_path: Path) -> None:
