@@ -51,7 +51,7 @@ from studio.core.plan.recipe import Recipe
 from studio.core.plan.stages import DataSection, PruneSection, QuantizeSection, TrainSection
 from studio.core.search.problem import TrialOutcome, TrialRequest
 from studio.core.search.settings import SearchSettings
-from studio.core.search.space import CompressionSpace, searched_layers
+from studio.core.search.space import CompressionSpace, searched_layers, unit_key
 from studio.core.train.loop import evaluate
 from studio.core.workspace import Workspace, open_recipe_workspace
 
@@ -79,11 +79,14 @@ class CompressionProblem:
 
     def __init__(self, recipe: dict[str, Any], base_dir: str | None, trust: bool,
                  settings: SearchSettings, layers: list[str], groups: dict[str, list[str]],
-                 source: str = "recipe", conv_layers: list[str] | None = None) -> None:
+                 source: str = "recipe", conv_layers: list[str] | None = None,
+                 macs: dict[str, int] | None = None) -> None:
         self.recipe_json, self.base_dir, self.trust = recipe, base_dir, trust
         self.settings, self.layers, self.groups, self.source = settings, layers, groups, source
         self.conv_layers = conv_layers or []
         """Searched layers that are convolutions (their sub-8-bit weights are stored as int8)."""
+        self.macs = macs or {}
+        """MACs of each searched layer in the original model (for :meth:`work`)."""
         self.objectives = ([] if settings.single_objective else ["drop_pt"]) + list(
             settings.costs)
         self.key = f"{id(self)}-{time.time_ns()}"
@@ -107,11 +110,11 @@ class CompressionProblem:
             coupled = dependency_groups(copy.deepcopy(workspace.loaded.module).eval(),
                                         workspace.example.make_tensor())
             groups = {name: list(coupled.get(name, [name])) for name in layers}
-        convs = [node.name for node in workspace.tree.nodes
-                 if node.name in layers and node.op_type in CONV_OPS]
+        nodes = [node for node in workspace.tree.nodes if node.name in layers]
         return cls(recipe.model_dump(mode="json", exclude_none=True),
                    None if base_dir is None else str(base_dir), trust, settings, layers,
-                   groups, source, convs)
+                   groups, source, [node.name for node in nodes if node.op_type in CONV_OPS],
+                   {node.name: node.macs for node in nodes})
 
     @property
     def space(self) -> CompressionSpace:
@@ -129,6 +132,17 @@ class CompressionProblem:
         base = None if self.base_dir is None else Path(self.base_dir)
         tree = open_recipe_workspace(recipe, base, self.trust, self.source).tree
         return [self.space.params_of(resolved_by_name(tree, plan)) for plan in plans]
+
+    def work(self, params: Mapping[str, Any]) -> float:
+        """The share of the searched layers' MACs a channel cut keeps (a trial's BatchNorm
+        re-estimation, scoring and recovery all run through them; unstructured zeros run)."""
+        kept = 0.0
+        for unit in self.space.units:
+            key = unit_key(unit)
+            cut = params.get(f"granularity/{key}", self.settings.granularities[0]) == "channels"
+            share = 1.0 - float(params.get(f"sparsity/{key}", 0.0)) if cut else 1.0
+            kept += share * sum(self.macs.get(name, 0) for name in unit)
+        return kept / max(1, sum(self.macs.values()))
 
     def describe(self, params: Mapping[str, Any]) -> str:
         parts = []

@@ -90,8 +90,8 @@ class _Run:
             yield Trial(trial.number, "running", "proxy", params=dict(trial.params))
         outcomes: dict[int, TrialOutcome | str] = {}
         done = len(finished(study))  # counted on, not re-read from SQLite after every tell
-        for request, outcome in self.executor.run(
-                self.problem, [TrialRequest(t.number, dict(t.params), "proxy") for t in asked]):
+        for request, outcome in self.executor.run(self.problem, self._largest_first(
+                [TrialRequest(t.number, dict(t.params), "proxy") for t in asked])):
             # Told at once, so a kill loses no finished trial. The order of tells within a
             # generation does not change what the sampler sees at the next ask (the study's
             # trials by number), so any number of workers gives the same next generation.
@@ -109,6 +109,12 @@ class _Run:
             good = {n: o for n, o in outcomes.items() if isinstance(o, TrialOutcome)}
             chosen = promoted(good, self.settings.promote_fraction)
             yield from self.full(chosen)
+
+    def _largest_first(self, requests: list[TrialRequest]) -> list[TrialRequest]:
+        """Longest job first: the workers take the costliest trials first, so the
+        generation does not wait on a large one started last. Each trial is seeded by its
+        number, so the order changes no result."""
+        return sorted(requests, key=lambda r: (-self.problem.work(r.params), r.number))
 
     def _tell(self, trial: optuna.Trial, outcome: TrialOutcome | str) -> None:
         if isinstance(outcome, str):
@@ -136,7 +142,7 @@ class _Run:
                   "export and onnxruntime timing")
         for request in requests:
             yield Trial(request.number, "running", "full", params=request.params)
-        for request, outcome in self.executor.run(self.problem, requests):
+        for request, outcome in self.executor.run(self.problem, self._largest_first(requests)):
             if isinstance(outcome, str):
                 study.set_user_attr(f"full/{request.number}", {"failure": outcome})
                 yield Trial(request.number, "failed", "full", params=request.params,

@@ -59,6 +59,11 @@ class SearchProblem(Protocol):
         """Run in a worker; may raise (the trial is recorded as failed with the reason)."""
         ...
 
+    def work(self, params: Mapping[str, Any]) -> float:
+        """Roughly how much a trial with these parameters costs, relative to the others: a
+        generation is handed out largest first, so its slowest trial does not start last."""
+        ...
+
     def describe(self, params: Mapping[str, Any]) -> str:
         """A short line saying what the parameters choose."""
         ...

@@ -180,6 +180,12 @@ class SubnetProblem:
         return Subnet({key: float(params.get(f"width/{key}", 1.0)) for key in self.groups},
                       tuple(b for b in self.blocks if params.get(f"skip/{b}", False)))
 
+    def work(self, params: Mapping[str, Any]) -> float:
+        """The mean share of channels the subnet keeps, less its skipped blocks' share."""
+        subnet = self.subnet(params)
+        widths = list(subnet.widths.values()) or [1.0]
+        return sum(widths) / len(widths) - len(subnet.skipped) / (len(self.blocks) + 1)
+
     def describe(self, params: Mapping[str, Any]) -> str:
         subnet = self.subnet(params)
         parts = [f"{key} ×{width:g}" for key, width in subnet.widths.items() if width < 1.0]

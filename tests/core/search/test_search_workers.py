@@ -53,3 +53,14 @@ def test_a_dead_worker_fails_its_trial_and_the_search_goes_on(tmp_path: Path) ->
     finished = {e.number: e for e in events if isinstance(e, Trial) and e.state != "running"}
     assert finished[0].state == "failed" and finished[0].reason == DIED
     assert finished[2].state == "complete"
+
+
+def test_a_generation_is_handed_out_largest_trial_first(tmp_path: Path) -> None:
+    settings = tiny_settings(trials=4, population=4, granularities=["channels"],
+                             sparsity_levels=[0.0, 0.25, 0.5, 0.75])
+    problem = tiny_problem(settings, tmp_path)
+    events = list(run_search(problem, settings, tmp_path / "s", CancelToken(), InProcess()))
+    done = [e for e in events if isinstance(e, Trial) and e.state == "complete"]
+    work = [problem.work(e.params) for e in done]
+    assert len(set(work)) > 1 and work == sorted(work, reverse=True)
+    assert work[0] <= 1.0 and min(work) < 1.0  # a channel cut keeps less than all the MACs
