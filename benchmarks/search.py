@@ -131,7 +131,7 @@ def search(out: Path, budget_cpu_s: float, epochs: int, seeded: bool
     children) at ``budget_cpu_s``; ``seeded``: its first generation starts with the example
     recipes' plans (mapped onto its space). Its points are its full-fidelity trials."""
     settings = SearchSettings(costs=["bytes"], trials=10_000, minutes=budget_cpu_s / 60,
-                              bits=["fp32", "int8", "int4"], full_epochs=epochs,
+                              full_epochs=epochs,
                               validation_samples=VALIDATION)
     problem = CompressionProblem.create(load_recipe(BASE, False), resource_path("recipes"),
                                         False, settings, BASE)
@@ -156,8 +156,7 @@ def throughput(out: Path, trials: int) -> dict[str, Any]:
     steady-state clock starts: ``startup_s_*`` is that cost, ``trials_per_min_*`` the
     trials after it, ``trials_per_min_with_startup_*`` both together."""
     settings = SearchSettings(costs=["bytes"], trials=trials, population=trials // 2,
-                              full_fidelity=False, validation_samples=VALIDATION,
-                              bits=["fp32", "int8", "int4"])
+                              full_fidelity=False, validation_samples=VALIDATION)
     problem = CompressionProblem.create(load_recipe(BASE, False), resource_path("recipes"),
                                         False, settings, BASE)
     executors: dict[str, Callable[[], Any]] = {"1": InProcess, "2": lambda: LocalProcesses(2)}

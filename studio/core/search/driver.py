@@ -200,16 +200,22 @@ def run_search(problem: SearchProblem, settings: SearchSettings, folder: Path,
         for number in again:
             yield Trial(number, "failed", reason=INTERRUPTED)
         yield from run.full(run.unfinished_full())
+        pace = 0.0
+        """What the last generation took on ``clock``: the next starts only if the budget
+        left covers as much, so a search ends inside its budget instead of past it."""
         while True:
             left = settings.trials - len(finished(run.study))
             if left <= 0:
                 break
-            if clock() >= deadline:
-                yield Log(f"Time budget of {settings.minutes:g} min reached; run the search "
+            if clock() + pace >= deadline:
+                yield Log(f"Time budget of {settings.minutes:g} min reached (another "
+                          f"generation would take about {pace:.0f} s more); run the search "
                           "again to continue it")
                 break
             token.check()
+            began = clock()
             yield from run.generation(min(settings.population, left), deadline)
+            pace = clock() - began
     finally:
         run.executor.close()
     rows = trial_rows(run.study)

@@ -11,6 +11,7 @@ import yaml
 
 from studio.cli.main import main
 from studio.core.jobs import CancelToken, Log
+from studio.core.jobs.events import Trial
 from studio.core.plan.plan import ROOT, Plan
 from studio.core.plan.recipe import Recipe
 from studio.core.plan.spec import LayerSpec
@@ -61,6 +62,20 @@ def test_the_time_budget_is_read_on_the_clock_given(tmp_path: Path) -> None:
     frozen = list(run_search(tiny_problem(settings, tmp_path), settings, tmp_path / "t",
                              CancelToken(), InProcess(), clock=lambda: 0.0))
     assert frozen[-1].report["evaluated"] == 4  # a clock that never moves never ends it
+
+
+def test_no_generation_starts_that_the_budget_left_cannot_cover(tmp_path: Path) -> None:
+    settings = tiny_settings(trials=6, population=2, minutes=2.0)  # 120 s
+    now = [0.0]
+    events = []
+    for event in run_search(tiny_problem(settings, tmp_path), settings, tmp_path / "s",
+                            CancelToken(), InProcess(), clock=lambda: now[0]):
+        if isinstance(event, Trial) and event.state == "complete":
+            now[0] += 40.0  # each trial costs 40 s on this clock: a generation 80 s
+        events.append(event)
+    assert events[-1].report["evaluated"] == 2  # at 80 s, 80 s more would pass 120 s
+    assert any(isinstance(e, Log) and "another generation would take about 80 s" in e.message
+               for e in events)
 
 
 def test_layers_the_recipe_excludes_are_not_searched(tmp_path: Path) -> None:
