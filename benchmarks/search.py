@@ -131,8 +131,7 @@ def search(out: Path, budget_cpu_s: float, epochs: int, seeded: bool
     children) at ``budget_cpu_s``; ``seeded``: its first generation starts with the example
     recipes' plans (mapped onto its space). Its points are its full-fidelity trials."""
     settings = SearchSettings(costs=["bytes"], trials=10_000, minutes=budget_cpu_s / 60,
-                              full_epochs=epochs,
-                              validation_samples=VALIDATION)
+                              full_epochs=epochs, validation_samples=VALIDATION)
     problem = CompressionProblem.create(load_recipe(BASE, False), resource_path("recipes"),
                                         False, settings, BASE)
     seeds = problem.seed_params([load_recipe(name, False).to_plan() for name in RECIPES]
