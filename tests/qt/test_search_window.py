@@ -67,7 +67,8 @@ def test_a_search_runs_from_the_window_pauses_resumes_and_fills_the_plot(
         search.resume()
     rows = win.search_panel.table_model.rows
     complete = {row.number for row in rows if row.state == "complete"}
-    assert len(complete) >= 4 and set(kept) <= complete
+    assert len(complete) >= 4 and set(kept) <= complete, [  # on failure: what each row says
+        (row.number, row.state, row.fidelity, row.reason) for row in rows]
     full = [row for row in rows if row.fidelity == "full" and row.state == "complete"]
     assert full and all("bytes" in row.figures for row in full)
 
