@@ -53,6 +53,17 @@ def variants() -> dict[str, DistillSection | None]:
         "logit-kd-warmup": DistillSection(temperature=4.0, alpha=0.7, alpha_warmup=0.5),
         "feature-kd": DistillSection(temperature=2.0, alpha=0.5,
                                      features=[FeaturePair(student="res", teacher="res")]),
+        "dkd": DistillSection(temperature=4.0, alpha=0.5, logit_loss="dkd"),
+        "dkd-feature": DistillSection(temperature=4.0, alpha=0.5, logit_loss="dkd",
+                                      features=[FeaturePair(student="res", teacher="res")]),
+        "shift-kd": DistillSection(temperature=2.0, alpha=0.5, augment="shift"),
+        "shift-dkd": DistillSection(temperature=4.0, alpha=0.5, logit_loss="dkd",
+                                    augment="shift"),
+        "mixup-kd": DistillSection(temperature=2.0, alpha=0.5, augment="mixup"),
+        # Controls: the same augmentation with the KD weight at 0 (cross entropy alone, through
+        # the same code), so a gain of the augmented variants is not credited to the teacher.
+        "plain-shift": DistillSection(alpha=0.0, augment="shift"),
+        "plain-mixup": DistillSection(alpha=0.0, augment="mixup"),
         "relation-kd": DistillSection(temperature=2.0, alpha=0.5, relation_weight=1.0),
         "onnx-teacher": DistillSection(temperature=2.0, alpha=0.5,
                                        teachers=[TeacherSource(path=ONNX_TEACHER)]),

@@ -272,6 +272,35 @@ class DistillSection(_Section):
     projection_init: Literal["least_squares", "random"] = "least_squares"
     """Feature pairs of different widths: start each learned projection at the least-squares
     map from the student's feature to the teacher's on calibration samples, or random."""
+    logit_loss: Literal["kl", "dkd"] = "kl"
+    """kl: the KL between softened scores (Hinton et al.); dkd: decoupled KD (Zhao et al.
+    2022), the target-class and non-target-class parts weighed apart, so a teacher nearly sure
+    of the label still passes on its ranking of the wrong classes (mode teacher)."""
+    dkd_target_weight: float = Field(default=1.0, ge=0, le=100, title="DKD target weight")
+    """dkd: weight of the target-class part (TCKD; DKD's alpha)."""
+    dkd_nontarget_weight: float = Field(default=8.0, ge=0, le=100,
+                                        title="DKD non-target weight")
+    """dkd: weight of the non-target part (NCKD; DKD's beta, 8 in the paper's CIFAR runs)."""
+    augment: Literal["none", "shift", "mixup"] = "none"
+    """Consistent augmentation ("function matching", mode teacher): teacher and student see
+    the same augmented batch, so the teacher's scores are soft where on its own training
+    samples they are near one-hot. shift: images moved by up to 2 pixels; mixup: pairs of
+    samples blended (labels mixed in the cross entropy). The teacher cache cannot serve new
+    inputs every step, so it is off (auto) and refused when set to memory or disk."""
+
+    @model_validator(mode="after")
+    def _teacher_mode_settings(self) -> DistillSection:
+        if self.mode != "teacher":
+            used = [name for name, on in (("augment", self.augment != "none"),
+                                          ("logit_loss dkd", self.logit_loss == "dkd")) if on]
+            if used:
+                raise ValueError(f"{' and '.join(used)} apply to mode teacher, not "
+                                 f"{self.mode}")
+        if self.augment != "none" and self.cache in ("memory", "disk"):
+            raise ValueError(f"augment {self.augment} shows the teacher new inputs every step, "
+                             f"so the teacher cache ({self.cache}) cannot serve them; set cache "
+                             "off or auto")
+        return self
 
 
 class AdapterSection(_Section):

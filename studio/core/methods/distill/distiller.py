@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from studio.core.errors import StudioError
+from studio.core.methods.distill.augment import AUGMENTS, AugmentedBatch, ConsistentAugmentation
 from studio.core.methods.distill.cache import CachedTeacher, CacheStats, TeacherCache
 from studio.core.methods.distill.features import FeatureCapture
 from studio.core.methods.distill.losses import (
@@ -71,6 +72,12 @@ class KDConfig:
     projection_init: Literal["least_squares", "random"] = "least_squares"
     """How learned projections start: fitted by least squares on a real batch (the fit
     inputs given to :func:`make_kd_loss`), or random (FitNets)."""
+    decoupled: tuple[float, float] | None = None
+    """(TCKD weight, NCKD weight): the logit term is decoupled KD instead of the KL
+    (:func:`~studio.core.methods.distill.losses.decoupled_kd_loss`); None: the KL."""
+    augment: str = "none"
+    """Consistent augmentation (:mod:`~studio.core.methods.distill.augment`): none, shift or
+    mixup; teacher and student see the same augmented batch, so no cache can serve it."""
 
     def __post_init__(self) -> None:
         # Recipes hand in lists; normalise to FeaturePair tuples (weight 1 when left out).
@@ -100,6 +107,14 @@ class KDConfig:
         if self.logit_weight == 0 and not pairs and not self.uses_relation:
             problems.append("nothing to distil: logit_weight is 0 and there are no feature "
                             "pairs or relation terms")
+        if self.decoupled is not None:
+            object.__setattr__(self, "decoupled", tuple(self.decoupled))
+            if len(self.decoupled) != 2 or any(w < 0 for w in self.decoupled):
+                problems.append(f"decoupled must be two weights >= 0 (TCKD, NCKD), got "
+                                f"{self.decoupled}")
+        if self.augment not in AUGMENTS:
+            problems.append(f"augment must be one of {', '.join(AUGMENTS)}, got "
+                            f"{self.augment!r}")
         if self.teacher_weighting not in ("fixed", "confidence"):
             problems.append(f"teacher_weighting must be fixed or confidence, got "
                             f"{self.teacher_weighting!r}")
@@ -170,6 +185,8 @@ class KDLoss:
         self.last: dict[str, Tensor] = {}
         self.steps_done = 0
         self._closed = False
+        self._augmentation = (ConsistentAugmentation(config.augment, config.seed)
+                              if config.augment != "none" else None)
 
     @property
     def alpha(self) -> float:
@@ -193,6 +210,9 @@ class KDLoss:
                               "to make_kd_loss (its hooks and projections belong to it)")
         cfg = self.config
         self._student_capture.clear()
+        batch = (self._augmentation(inputs, labels) if self._augmentation is not None
+                 else AugmentedBatch(inputs, labels))
+        inputs = batch.inputs
         with torch.no_grad():
             outputs: list[TeacherOutput] = [teacher(inputs) for teacher in self.teachers]
         teacher_logits = [o.logits for o in outputs]
@@ -204,8 +224,7 @@ class KDLoss:
             combine = (confidence_soft_targets if cfg.teacher_weighting == "confidence"
                        else soft_targets)
             probs = combine(teacher_logits, cfg.temperature, cfg.teacher_weights)
-            parts["logit"] = distillation_loss(student_logits, probs, labels, cfg.temperature,
-                                               self.alpha)
+            parts["logit"] = self._logit_term(student_logits, probs, batch)
             total = total + cfg.logit_weight * parts["logit"]
         for index, pair in enumerate(cfg.feature_pairs):
             term = feature_kd_loss(self._student_capture[pair.student], first[pair.teacher],
@@ -226,6 +245,21 @@ class KDLoss:
                 total = total + cfg.relation_angle_weight * parts["relation_angle"]
         self.last = {name: value.detach() for name, value in parts.items()}
         return total
+
+    def _logit_term(self, student_logits: Tensor, probs: Tensor, batch: AugmentedBatch
+                    ) -> Tensor:
+        """The KD + CE mix; on a mixup batch, the mix of the two terms each set of labels
+        gives (mixup's cross entropy; for DKD each label is the target in its share)."""
+        cfg = self.config
+
+        def term(labels: Tensor | None) -> Tensor:
+            return distillation_loss(student_logits, probs, labels, cfg.temperature, self.alpha,
+                                     cfg.decoupled)
+
+        if batch.partner_labels is None:
+            return term(batch.labels)
+        return batch.share * term(batch.labels) + (1.0 - batch.share) * term(
+            batch.partner_labels)
 
     def close(self) -> None:
         """Remove every hook from student and teachers; safe to call twice."""
@@ -286,6 +320,11 @@ def make_kd_loss(student: nn.Module, teachers: nn.Module | Teacher | Sequence[nn
     if config.teacher_weights is not None and len(config.teacher_weights) != len(given):
         raise StudioError(f"{len(config.teacher_weights)} teacher weights given for "
                           f"{len(given)} teachers")
+    if cache is not None and config.augment != "none":
+        raise StudioError(f"the teacher cache cannot serve augment {config.augment}: every "
+                          "step shows the teacher new inputs; set cache off")
+    if config.augment != "none":
+        ConsistentAugmentation(config.augment).check(example_inputs)
     device = example_inputs.device
     teacher_names = [p.teacher for p in config.feature_pairs]
     student_names = [p.student for p in config.feature_pairs]

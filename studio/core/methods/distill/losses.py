@@ -71,15 +71,59 @@ def logit_kd_loss(student_logits: Tensor, teacher_probs: Tensor, temperature: fl
     return F.kl_div(log_q, target, reduction="batchmean") * temperature * temperature
 
 
+def decoupled_kd_loss(student_logits: Tensor, teacher_probs: Tensor, targets: Tensor,
+                      temperature: float, target_weight: float = 1.0,
+                      nontarget_weight: float = 8.0) -> Tensor:
+    """Decoupled KD (DKD, Zhao et al. CVPR 2022): ``target_weight * TCKD + nontarget_weight *
+    NCKD``, each times T².
+
+    Classic KD is TCKD + (1 - p_target) * NCKD, so a near one-hot teacher (p_target ~ 1)
+    silences its own ranking of the wrong classes. DKD weighs the two apart: TCKD is the KL
+    between the binary (target, rest) splits of both distributions; NCKD is the KL between the
+    distributions over the non-target classes alone, each renormalised there, so it still
+    carries the teacher's dark knowledge however sure it is. ``teacher_probs`` are softened
+    probabilities (from :func:`soft_targets`), ``targets`` one class per row.
+    """
+    rows = _rows(student_logits) / temperature
+    probs = teacher_probs.float().reshape(rows.shape)
+    flat = targets.reshape(-1)
+    if flat.shape[0] != rows.shape[0]:
+        raise ValueError(f"{flat.shape[0]} targets for {rows.shape[0]} rows of logits")
+    is_target = F.one_hot(flat, rows.shape[-1]).bool()
+    log_q = F.log_softmax(rows, dim=-1)
+    log_q_binary = torch.stack([log_q[is_target],
+                                log_q.masked_fill(is_target, float("-inf")).logsumexp(-1)], -1)
+    p_target = probs[is_target]
+    p_binary = torch.stack([p_target, (1.0 - p_target).clamp_min(0.0)], -1)
+    tckd = F.kl_div(log_q_binary, p_binary, reduction="batchmean")
+    others = rows.shape[-1] - 1
+    p_rest = probs[~is_target].reshape(-1, others)
+    p_rest = p_rest / p_rest.sum(-1, keepdim=True).clamp_min(torch.finfo(p_rest.dtype).tiny)
+    log_q_rest = F.log_softmax(rows[~is_target].reshape(-1, others), dim=-1)
+    nckd = F.kl_div(log_q_rest, p_rest, reduction="batchmean")
+    return (target_weight * tckd + nontarget_weight * nckd) * temperature * temperature
+
+
 def distillation_loss(student_logits: Tensor, teacher_probs: Tensor, labels: Tensor | None,
-                      temperature: float, alpha: float) -> Tensor:
+                      temperature: float, alpha: float,
+                      decoupled: tuple[float, float] | None = None) -> Tensor:
     """``alpha * KD + (1 - alpha) * CE``; KD alone where there are no labels.
 
     Labels that are ``None``, or negative (the convention for unlabelled samples), are left out
     of the cross entropy; a batch without any label is pure KD, so distillation also works on
-    unlabelled data.
+    unlabelled data. ``decoupled`` (TCKD weight, NCKD weight) makes KD the decoupled loss
+    (:func:`decoupled_kd_loss`), whose target class is the label, or the teacher's top class
+    where there is none.
     """
-    kd = logit_kd_loss(student_logits, teacher_probs, temperature)
+    if decoupled is None:
+        kd = logit_kd_loss(student_logits, teacher_probs, temperature)
+    else:
+        targets = teacher_probs.reshape(-1, teacher_probs.shape[-1]).argmax(-1)
+        if labels is not None:
+            given = labels.reshape(-1)
+            targets = torch.where(given >= 0, given, targets) if (
+                given.shape == targets.shape) else targets
+        kd = decoupled_kd_loss(student_logits, teacher_probs, targets, temperature, *decoupled)
     if labels is None or alpha >= 1.0:
         return kd
     rows = _rows(student_logits)

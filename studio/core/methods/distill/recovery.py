@@ -114,8 +114,11 @@ def build_distillation(section: DistillSection, student: nn.Module, original: nn
                       teacher_weights=tuple(weights) if len(weights) > 1 else None,
                       teacher_weighting=section.teacher_weighting, seed=seed,
                       alpha_warmup_steps=round(section.alpha_warmup * total_steps),
-                      projection_init=section.projection_init)
-    cache = None if section.cache == "off" else CacheSettings(
+                      projection_init=section.projection_init,
+                      decoupled=((section.dkd_target_weight, section.dkd_nontarget_weight)
+                                 if section.logit_loss == "dkd" else None),
+                      augment=section.augment)
+    cache = None if section.cache == "off" or section.augment != "none" else CacheSettings(
         len(data.train), section.cache, out_dir)
     fit = data.calibration.tensors[0][:FIT_SAMPLES].to(example.device) if (
         section.features and len(data.calibration)) else None
@@ -124,9 +127,19 @@ def build_distillation(section: DistillSection, student: nn.Module, original: nn
     if len(teachers) > 1:
         logs.append(f"{len(teachers)} teachers ({', '.join(t.name for t in teachers)}), "
                     f"{section.teacher_weighting} weighting")
+    if section.augment != "none":
+        logs.append(f"Consistent augmentation ({section.augment}): teacher and student see "
+                    "the same augmented batch; teacher cache off, since every step shows the "
+                    "teacher new inputs")
+    if config.decoupled is not None:
+        logs.append(f"Decoupled KD: target-class weight {section.dkd_target_weight}, "
+                    f"non-target weight {section.dkd_nontarget_weight}")
     if config.alpha_warmup_steps:
         logs.append(f"KD weight rises from 0 to {section.alpha} over the first "
                     f"{config.alpha_warmup_steps} steps")
+    cache_off = {"teacher_cache_off": f"augment {section.augment}: teacher and student see a "
+                 "newly augmented batch every step, which no cache of the teacher's outputs "
+                 "can serve"} if section.augment != "none" else {}
     return Distillation(setup.loss_fn, training_parameters(student, setup.extra_parameters),
-                        setup.close, logs, lambda: _cache_report(setup.loss_fn),
+                        setup.close, logs, lambda: _cache_report(setup.loss_fn) | cache_off,
                         setup.loss_fn.after_step)

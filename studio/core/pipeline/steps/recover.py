@@ -121,6 +121,8 @@ class Recover(Step):
                              f"{'on disk' if cache['on_disk'] else 'in memory'}, hit rate "
                              f"{cache['hit_rate']:.0%} ({cache['hits']} of "
                              f"{cache['hits'] + cache['misses']} samples read back)")
+            if "teacher_cache_off" in extra:
+                context.note(f"Teacher outputs not cached: {extra['teacher_cache_off']}.")
             if "mutual" in extra:
                 mutual = extra["mutual"]
                 context.note(f"Mutual learning kept the {mutual['kept']} (calibration "
