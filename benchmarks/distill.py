@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def merge(parts: list[Path], out: Path | None, epoch_counts: list[int]) -> int:
-    """One file from part runs of the same model, the goal judged over all variants."""
+    """One file from part runs of the same model, the goal judged over all variants; a
+    variant's rows join by epoch count (a later part's row replaces an earlier one's)."""
     figures: dict[str, Any] | None = None
     for part in parts:
         data = json.loads(part.read_text(encoding="utf-8"))
@@ -234,7 +235,9 @@ def merge(parts: list[Path], out: Path | None, epoch_counts: list[int]) -> int:
             figures = data
             continue
         for name, model in data["models"].items():
-            figures["models"][name]["variants"].update(model["variants"])
+            joined = figures["models"][name]["variants"]
+            for variant, by_epochs in model["variants"].items():  # a part may add epochs
+                joined.setdefault(variant, {}).update(by_epochs)
     assert figures is not None
     for model in figures["models"].values():
         model["goal"] = goals(model["variants"], epoch_counts)
