@@ -38,6 +38,23 @@ transformers ``Conv1D`` of GPT-2-style models, a Linear with its weight transpos
 CONV_OPS = frozenset({"Conv", "ConvTranspose", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d",
                       "ConvTranspose2d", "ConvTranspose3d"})
 WEIGHTED_OPS = MATMUL_OPS | CONV_OPS
+EMBEDDING_OPS = frozenset({"Embedding"})
+"""Token tables of the torch tree: int4 ones are looked up block-quantized (``embedding_nbits``,
+done in torch before export; a tied LM head shares their integers)."""
+EMBEDDING_BITS = (4,)
+"""What onnxruntime's CPU ``GatherBlockQuantized`` looks up from a packed uint8 table."""
+
+
+def embedding_group_problem(bits: int, group_size: int) -> str | None:
+    """Why ``GatherBlockQuantized`` cannot store a table at these settings, or None."""
+    if bits not in EMBEDDING_BITS:
+        return f"int{bits} embeddings: onnxruntime's GatherBlockQuantized looks up int4 only"
+    if group_size < 16 or group_size & (group_size - 1):
+        return (f"group size {group_size}: GatherBlockQuantized needs a power of two of at "
+                "least 16")
+    return None
+
+
 FLOAT_BITS = frozenset({"fp32", "fp16", "bf16"})
 NBITS = {"int4": 4, "int2": 2}
 
@@ -144,6 +161,11 @@ def plan_to_ort(tree_onnx: LayerTree, resolved_by_torch_name: Mapping[str, Resol
         bits = spec.weight_bits if spec is not None else None
         if bits != "fp16":
             not_fp16.append(node.name)
+        if node.op_type in EMBEDDING_OPS and bits in NBITS and not spec.exclude:
+            problem = embedding_group_problem(NBITS[bits], spec.group_size)
+            decisions[node.name] = f"float ({problem})" if problem else \
+                f"{bits} weight-only (GatherBlockQuantized)"
+            continue
         if node.op_type not in WEIGHTED_OPS or not node.weight_params:
             if spec is not None and (spec.exclude or bits in FLOAT_BITS):
                 float_other.append(node.name)

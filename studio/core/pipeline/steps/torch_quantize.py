@@ -13,6 +13,7 @@ from studio.core.jobs import Event, Log
 from studio.core.methods.quantization.qat import qat_layers
 from studio.core.methods.quantization.qat_ort import convert_qat_to_ort_static
 from studio.core.pipeline.context import RunContext
+from studio.core.pipeline.steps.embedding_quantize import EmbeddingQuantize, write_embeddings
 from studio.core.pipeline.step import Need, StageReport, Step
 from studio.core.pipeline.steps.layerwise_quantize import (
     hold_prequantized,
@@ -55,5 +56,8 @@ class TorchQuantize(Step):
                                           lambda: float_path.replace(context.model_path))
         if held:
             report["gptq"] = write_prequantized(context)["written"]
-        context.quantized = section.qat or bool(plan.mode) or bool(held)
+        embeddings = context.stages.get(EmbeddingQuantize.name)
+        if embeddings:
+            report["embeddings"] = write_embeddings(context)
+        context.quantized = section.qat or bool(plan.mode) or bool(held) or bool(embeddings)
         return report
