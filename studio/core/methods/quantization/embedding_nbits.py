@@ -30,6 +30,7 @@ from studio.core.methods.quantization.nbits_onnx import fingerprint, pack_matmul
 from studio.core.methods.quantization.ort import drop_unused_initializers
 from studio.core.plan.ort_rules import embedding_group_problem
 
+
 @torch.no_grad()
 def quantize_embedding(module: nn.Embedding, bits: int = 4, group_size: int = 32,
                        symmetric: bool = False) -> QuantizedWeight:

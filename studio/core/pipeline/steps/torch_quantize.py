@@ -13,8 +13,8 @@ from studio.core.jobs import Event, Log
 from studio.core.methods.quantization.qat import qat_layers
 from studio.core.methods.quantization.qat_ort import convert_qat_to_ort_static
 from studio.core.pipeline.context import RunContext
-from studio.core.pipeline.steps.embedding_quantize import EmbeddingQuantize, write_embeddings
 from studio.core.pipeline.step import Need, StageReport, Step
+from studio.core.pipeline.steps.embedding_quantize import EmbeddingQuantize, write_embeddings
 from studio.core.pipeline.steps.layerwise_quantize import (
     hold_prequantized,
     write_prequantized,
