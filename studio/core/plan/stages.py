@@ -340,6 +340,11 @@ class QuantizeSection(_Section):
     onnxruntime), gptq (column by column, moving each rounding error onto the columns still to
     come, from the calibration split; the transformer's block Linear layers, in torch) or hqq
     (onnxruntime's half-quadratic fit of each group's scale and zero point; no data)."""
+    act_order: bool = True
+    """GPTQ takes the inputs with the largest calibration activations first (``desc_act``),
+    every group's scale fitted beforehand on the original weights (static groups), so the
+    file's groups stay runs of consecutive inputs. SmolLM2-135M int4 g128: perplexity 1.13x
+    dense with it, 1.24x without (round to nearest 1.23x)."""
     symmetric: bool = False
     """Block-wise integer weights without a zero point (symmetric grid): a little smaller,
     usually a little less accurate. HQQ always fits a zero point."""
