@@ -318,6 +318,13 @@ class AdapterSection(_Section):
     """Train over the plan's int weight bits already rounded into the frozen base weights
     (QLoRA-style, on the studio's own fake-quantized weights), so the adapter learns to
     compensate the rounding."""
+    merge: bool = True
+    """Fold the trained adapters into the weights before export. False keeps them beside the
+    base in the file (two small float matmuls next to each adapted layer): the base's int4/int2
+    MatMul weights are then rounded before training on the grid the file stores (by
+    quantize.weight_method: gptq, else to nearest) and stored as they trained, so nothing is
+    rounded after the adapter learned to make up for it. SmolLM2-135M, SparseGPT 2:4 + int4:
+    see the README's LLM benchmark."""
     save_adapter: bool = True
     """Also write the trained adapter alone in PEFT format (adapter_config.json and
     adapter_model.safetensors in the output folder) for peft's PeftModel.from_pretrained."""

@@ -75,7 +75,8 @@ class LayerwiseQuantize(Step):
 
     def applies(self, context: RunContext) -> bool:
         section = context.settings(QuantizeSection)
-        return section.weight_method == "gptq" and not section.qat
+        rounded = self.name in context.stages  # before unmerged adapters trained over it
+        return section.weight_method == "gptq" and not section.qat and not rounded
 
     def run(self, context: RunContext) -> Generator[Event, None, StageReport]:
         section, model = context.settings(QuantizeSection), context.model
