@@ -67,12 +67,21 @@ def test_tied_embedding_is_stored_once_and_matches_torch(
     assert np.abs(got - expected).max() < 1e-4 * max(1.0, float(np.abs(expected).max()))
 
 
-def test_settings_onnxruntime_cannot_look_up_are_refused() -> None:
+def test_settings_onnxruntime_cannot_look_up_are_refused(tiny_gpt2: Path) -> None:
     table = torch.nn.Embedding(8, 32)
     with pytest.raises(ValueError, match="power of two"):
         quantize_embedding(table, 4, 24)
     with pytest.raises(ValueError, match="int4 only"):
         quantize_embedding(table, 2, 16)
+    # the plan's estimate keeps an int2 table float, as the run does
+    workspace = open_workspace(str(tiny_gpt2))
+    plan, tree = workspace.plan, workspace.tree
+    plan.set_spec("model.transformer.wte", LayerSpec(exclude=True))
+    floats = estimate(tree, plan.resolve(tree)).after.nbytes
+    plan.set_spec("model.transformer.wte", LayerSpec(weight_bits="int2"))
+    assert estimate(tree, plan.resolve(tree)).after.nbytes == floats
+    plan.set_spec("model.transformer.wte", LayerSpec(weight_bits="int4", group_size=16))
+    assert estimate(tree, plan.resolve(tree)).after.nbytes < floats
 
 
 RECIPE = """schema_version: 1
