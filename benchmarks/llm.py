@@ -89,9 +89,10 @@ class Settings:
     lr: float = 5e-4
     batch_size: int = 4
     epochs: int = 1
+    embedding_bits: int = 4
+    """int4 rows: bits of the token embedding (and the LM head tied to it), 4 or 8, stored
+    once (``embedding_nbits``); 0 leaves it float32."""
     embedding_group: int = 32
-    """int4 rows: the token embedding (and the LM head tied to it) int4 in groups of this
-    many along its width, stored once (``embedding_nbits``); 0 leaves it float32."""
     act_order: bool = True
     """GPTQ sweeps columns by decreasing Hessian diagonal (``desc_act``, static groups)."""
 
@@ -147,11 +148,11 @@ def zero_masks(model: nn.Module, names: list[str]) -> MaskSet:
 
 
 def int4_embeddings(model: nn.Module, settings: Settings) -> dict[str, QuantizedWeight]:
-    """Round the token embeddings (and so a tied LM head) to int4 in place, before GPTQ
-    calibrates on what the quantized model computes."""
-    if not settings.embedding_group:
+    """Round the token embeddings (and so a tied LM head) in place, before GPTQ calibrates on
+    what the quantized model computes."""
+    if not settings.embedding_bits:
         return {}
-    return {name: quantize_embedding(module, 4, settings.embedding_group)
+    return {name: quantize_embedding(module, settings.embedding_bits, settings.embedding_group)
             for name, module in model.named_modules() if isinstance(module, nn.Embedding)}
 
 
@@ -254,8 +255,10 @@ ROWS: list[Row] = [
     Row("sparsegpt24_lora", lora_recover,
         "SparseGPT 2:4, then LoRA on the training text, merged, 2:4 masks re-applied",
         base="sparsegpt24"),
-    Row("rtn_int4", _int4("rtn"), "int4 g128 asymmetric, round to nearest, decoder Linears"),
-    Row("gptq_int4", _int4("gptq"), "int4 g128 asymmetric, GPTQ, decoder Linears"),
+    Row("rtn_int4", _int4("rtn"), "int4 g128 asymmetric, round to nearest, decoder Linears "
+        "(and the embedding: --embedding-bits)"),
+    Row("gptq_int4", _int4("gptq"), "int4 g128 asymmetric, GPTQ, decoder Linears (and the "
+        "embedding: --embedding-bits)"),
     Row("combined", _sparse24_int4_lora,
         "SparseGPT 2:4, LoRA recovery, then GPTQ int4 g128 keeping the zeros",
         base="sparsegpt24"),
@@ -338,9 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-rank", type=int, default=Settings.rank)
     parser.add_argument("--lora-lr", type=float, default=Settings.lr)
     parser.add_argument("--lora-epochs", type=int, default=Settings.epochs)
+    parser.add_argument("--embedding-bits", type=int, default=Settings.embedding_bits,
+                        choices=(0, 4, 8), help="int4 rows: bits of the token embedding (and "
+                        "tied LM head); 0 keeps it float32")
     parser.add_argument("--embedding-group", type=int, default=Settings.embedding_group,
-                        help="int4 rows: group size of the int4 token embedding (and tied "
-                        "LM head); 0 keeps it float32")
+                        help="int4 rows: group size of the token embedding's scales")
     parser.add_argument("--no-act-order", dest="act_order", action="store_false",
                         help="GPTQ in the columns' own order")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -359,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     lora = Settings(rank=args.lora_rank, alpha=2.0 * args.lora_rank, lr=args.lora_lr,
-                    epochs=args.lora_epochs, embedding_group=args.embedding_group,
+                    epochs=args.lora_epochs, embedding_bits=args.embedding_bits,
+                    embedding_group=args.embedding_group,
                     act_order=args.act_order)
     begun = time.perf_counter()
     loaded = open_model(gguf)

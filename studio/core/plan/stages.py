@@ -357,8 +357,9 @@ class QuantizeSection(_Section):
     usually a little less accurate. HQQ always fits a zero point."""
     weight_only: bool = False
     """int8 weights with float activations on MatMul/Gemm: 8-bit weight-only MatMulNBits
-    (float compute) instead of dynamic int8. Keeps accuracy closest to fp32, but on CPU it runs
-    no faster than fp32 and leaves embeddings float; dynamic int8 is smaller and faster."""
+    (float compute) instead of dynamic int8, and int8 token embeddings 8-bit
+    GatherBlockQuantized lookups (a tied LM head sharing them). Keeps accuracy closest to fp32,
+    but on CPU it runs no faster than fp32; dynamic int8 is smaller and faster."""
     int8_path: Literal["auto", "static", "dynamic"] = "auto"
     """Where int8 layers leave act_bits unset: auto quantizes convolutions static (dynamic
     int8 convolutions run several times slower than fp32 on CPU) and a model without them

@@ -38,14 +38,15 @@ def _lookup_tables(model: onnx.ModelProto) -> dict[str, int]:
     return {name: initializers[name] for name in names}
 
 
-@pytest.mark.parametrize(("group", "symmetric"), [(16, False), (64, True)])
+@pytest.mark.parametrize(("bits", "group", "symmetric"), [(4, 16, False), (4, 64, True),
+                                                         (8, 32, False)])
 def test_tied_embedding_is_stored_once_and_matches_torch(
-        tiny_gpt2: Path, tmp_path: Path, group: int, symmetric: bool) -> None:
+        tiny_gpt2: Path, tmp_path: Path, bits: int, group: int, symmetric: bool) -> None:
     module = open_model(tiny_gpt2).module
     assert module is not None
     embedding = module.get_submodule("model.transformer.wte")
     assert module.get_submodule("model.lm_head").weight is embedding.weight  # tied
-    weight = quantize_embedding(embedding, 4, group, symmetric)  # 32 wide: 64 pads a block
+    weight = quantize_embedding(embedding, bits, group, symmetric)  # 32 wide: 64 pads a block
     ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = module(ids).numpy()
@@ -60,7 +61,7 @@ def test_tied_embedding_is_stored_once_and_matches_torch(
     # no float copy of the table is left; the integers are stored once for both nodes
     assert not [t for t in model.graph.initializer if tuple(t.dims) == (VOCAB, 32)]
     tables = _lookup_tables(model)
-    assert sum(tables.values()) == nbits_bytes(VOCAB, 32, 4, group, symmetric)
+    assert sum(tables.values()) == nbits_bytes(VOCAB, 32, bits, group, symmetric)
     head = next(n for n in model.graph.node if n.op_type == "MatMulNBits")
     assert set(head.input[1:]) == set(tables)
     got = run_onnx(path, ids.numpy(), batch_size=2)
@@ -71,7 +72,7 @@ def test_settings_onnxruntime_cannot_look_up_are_refused(tiny_gpt2: Path) -> Non
     table = torch.nn.Embedding(8, 32)
     with pytest.raises(ValueError, match="power of two"):
         quantize_embedding(table, 4, 24)
-    with pytest.raises(ValueError, match="int4 only"):
+    with pytest.raises(ValueError, match="int4 and int8 only"):
         quantize_embedding(table, 2, 16)
     # the plan's estimate keeps an int2 table float, as the run does
     workspace = open_workspace(str(tiny_gpt2))

@@ -1,4 +1,5 @@
-"""int4 token embeddings, and the LM head tied to them, stored once in the ONNX file.
+"""int4 (or int8) token embeddings, and the LM head tied to them, stored once in the ONNX
+file.
 
 A causal LM's embedding table is often its largest tensor (SmolLM2-135M: 28.3M of 134.5M
 weights), and a tied LM head reads the same table transposed. onnxruntime offers both halves:
@@ -34,8 +35,8 @@ from studio.core.plan.ort_rules import embedding_group_problem
 @torch.no_grad()
 def quantize_embedding(module: nn.Embedding, bits: int = 4, group_size: int = 32,
                        symmetric: bool = False) -> QuantizedWeight:
-    """Round the table [vocab, hidden] to nearest in groups along hidden and write it back in
-    place (a head tied to it follows); returns the integers."""
+    """Round the table [vocab, hidden] to nearest (``bits`` 4 or 8) in groups along hidden
+    and write it back in place (a head tied to it follows); returns the integers."""
     problem = embedding_group_problem(bits, group_size)
     if problem is not None:
         raise ValueError(problem)

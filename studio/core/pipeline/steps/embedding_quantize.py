@@ -1,4 +1,5 @@
-"""int4 token embeddings (plan ``weight_bits: int4`` on an Embedding layer): round the table in
+"""int4 token embeddings (plan ``weight_bits: int4`` on an Embedding layer; int8 with
+``quantize.weight_only``): round the table in
 torch before GPTQ calibrates and before export, so every later step sees what the file will
 hold; the quantize step then stores it as a ``GatherBlockQuantized`` lookup, with a tied LM
 head as a ``MatMulNBits`` over the same integers (``embedding_nbits``)."""
@@ -19,7 +20,7 @@ from studio.core.methods.quantization.embedding_nbits import (
 )
 from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.step import Need, StageReport, Step
-from studio.core.plan.ort_rules import EMBEDDING_OPS, NBITS, embedding_group_problem
+from studio.core.plan.ort_rules import EMBEDDING_OPS, embedding_bits, embedding_group_problem
 from studio.core.plan.stages import QuantizeSection
 
 ROUNDED = "embedding_weights"
@@ -41,7 +42,7 @@ class EmbeddingQuantize(Step):
         weights = {}
         for node, spec in zip(workspace.tree.nodes, workspace.plan.resolve(workspace.tree),
                               strict=True):
-            bits = NBITS.get(spec.weight_bits or "")
+            bits = embedding_bits(spec.weight_bits, section.weight_only)
             if node.op_type not in EMBEDDING_OPS or spec.exclude or bits is None:
                 continue
             problem = embedding_group_problem(bits, spec.group_size)
