@@ -42,6 +42,7 @@ from studio.core.export.onnx_export import export_onnx, onnx_file_bytes, save_on
 from studio.core.jobs import CancelToken
 from studio.core.methods.adapters.peft_adapters import (
     AdapterTarget,
+    AttachedAdapters,
     attach_adapters,
     merge_adapters,
 )
@@ -56,6 +57,10 @@ from studio.core.methods.pruning.importance import magnitude_scores
 from studio.core.methods.pruning.masks import MaskSet
 from studio.core.methods.pruning.nm import nm_masks
 from studio.core.methods.pruning.unstructured import prune_unstructured
+from studio.core.methods.quantization.embedding_nbits import (
+    quantize_embedding,
+    write_embedding_nbits,
+)
 from studio.core.methods.quantization.nbits_onnx import write_matmul_nbits
 from studio.core.models.generate import greedy_text
 from studio.core.models.hf import load_tokenizer
@@ -76,12 +81,21 @@ class Text:
 
 
 @dataclass(frozen=True)
-class LoraSettings:
+class Settings:
+    """LoRA recovery, and how the int4 rows treat the embedding and order GPTQ's columns."""
+
     rank: int = 16
     alpha: float = 32.0
     lr: float = 5e-4
     batch_size: int = 4
     epochs: int = 1
+    embedding_bits: int = 8
+    """int4 rows: bits of the token embedding (and the LM head tied to it), 4 or 8, stored
+    once (``embedding_nbits``); 0 leaves it float32. 8 by default: SmolLM2's GGUF stores its
+    embedding at 8 bits (Q8_0), and int4 on it cost 6.5 perplexity points."""
+    embedding_group: int = 32
+    act_order: bool = True
+    """GPTQ sweeps columns by decreasing Hessian diagonal (``desc_act``, static groups)."""
 
 
 @dataclass
@@ -92,9 +106,11 @@ class Compressed:
     model: nn.Module
     quantized: dict[str, QuantizedWeight] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
+    embeddings: dict[str, QuantizedWeight] = field(default_factory=dict)
+    """int4 embedding tables (written as GatherBlockQuantized, a tied head as MatMulNBits)."""
 
 
-Compress = Callable[[nn.Module, Text, LoraSettings], Compressed]
+Compress = Callable[[nn.Module, Text, Settings], Compressed]
 """(a private copy of the model or of the base row's model, text, LoRA settings) -> result."""
 
 
@@ -105,12 +121,12 @@ def decoder_linears(model: nn.Module) -> list[str]:
             if isinstance(module, nn.Linear) and ".layers." in name]
 
 
-def _magnitude(model: nn.Module, _text: Text, _lora: LoraSettings) -> Compressed:
+def _magnitude(model: nn.Module, _text: Text, _settings: Settings) -> Compressed:
     prune_unstructured(model, dict.fromkeys(decoder_linears(model), 0.5))
     return Compressed(model)
 
 
-def _magnitude24(model: nn.Module, _text: Text, _lora: LoraSettings) -> Compressed:
+def _magnitude24(model: nn.Module, _text: Text, _settings: Settings) -> Compressed:
     names = decoder_linears(model)
     nm_masks(magnitude_scores(model, names), dict.fromkeys(names, (2, 4))).apply(model)
     return Compressed(model)
@@ -118,7 +134,7 @@ def _magnitude24(model: nn.Module, _text: Text, _lora: LoraSettings) -> Compress
 
 def _layerwise_prune(method: str, nm: tuple[int, int] | None) -> Compress:
     """SparseGPT or Wanda, block by block on the calibration blocks: 50% or N:M."""
-    def compress(model: nn.Module, text: Text, _lora: LoraSettings) -> Compressed:
+    def compress(model: nn.Module, text: Text, _settings: Settings) -> Compressed:
         targets = {name: PruneTarget(0.5, nm) for name in decoder_linears(model)}
         prune_layerwise(model, text.calibration, targets, method)  # type: ignore[arg-type]
         return Compressed(model)
@@ -132,17 +148,28 @@ def zero_masks(model: nn.Module, names: list[str]) -> MaskSet:
     return MaskSet({name: modules[name].weight.detach() != 0 for name in names})
 
 
+def int4_embeddings(model: nn.Module, settings: Settings) -> dict[str, QuantizedWeight]:
+    """Round the token embeddings (and so a tied LM head) in place, before GPTQ calibrates on
+    what the quantized model computes."""
+    if not settings.embedding_bits:
+        return {}
+    return {name: quantize_embedding(module, settings.embedding_bits, settings.embedding_group)
+            for name, module in model.named_modules() if isinstance(module, nn.Embedding)}
+
+
 def _int4(method: str, keep_zeros: bool = False, group_size: int = 128) -> Compress:
     """int4 weights (asymmetric, ``group_size`` per scale) of the decoder Linears, rounded to
-    nearest or by GPTQ, on the grid MatMulNBits stores (fake-quantized in torch);
-    ``keep_zeros``: pruned weights stay zero."""
-    def compress(model: nn.Module, text: Text, _lora: LoraSettings) -> Compressed:
+    nearest or by GPTQ, on the grid MatMulNBits stores (fake-quantized in torch), and of the
+    embedding (``Settings.embedding_group``); ``keep_zeros``: pruned weights stay zero."""
+    def compress(model: nn.Module, text: Text, settings: Settings) -> Compressed:
         names = decoder_linears(model)
         masks = zero_masks(model, names) if keep_zeros else None
+        embeddings = int4_embeddings(model, settings)
         result = quantize_layerwise(model, text.calibration,
                                     {name: QuantTarget(4, group_size) for name in names},
-                                    method, masks=masks)  # type: ignore[arg-type]
-        return Compressed(model, result.quantized)
+                                    method, masks=masks,  # type: ignore[arg-type]
+                                    act_order=settings.act_order)
+        return Compressed(model, result.quantized, embeddings=embeddings)
 
     return compress
 
@@ -155,12 +182,11 @@ def next_token_loss(model: nn.Module, inputs: Tensor, _labels: Tensor | None) ->
                                        inputs[:, 1:].reshape(-1))
 
 
-def lora_recover(model: nn.Module, text: Text, lora: LoraSettings) -> Compressed:
-    """LoRA on every decoder Linear over the frozen compressed model, trained on the training
-    blocks by next-token loss, merged, and the pruning masks (the zeros found before) put
-    back, since the merged low-rank update is dense."""
+def train_lora(model: nn.Module, text: Text, lora: Settings) -> tuple[AttachedAdapters,
+                                                                       dict[str, Any]]:
+    """LoRA on every decoder Linear over the frozen model, trained on the training blocks by
+    next-token loss; the adapters stay attached."""
     names = decoder_linears(model)
-    masks = zero_masks(model, names)
     attached = attach_adapters(model, [AdapterTarget(name, "lora", lora.rank, lora.alpha, 0.0)
                                        for name in names])
     config = TrainConfig(epochs=lora.epochs, lr=lora.lr, batch_size=lora.batch_size,
@@ -174,19 +200,38 @@ def lora_recover(model: nn.Module, text: Text, lora: LoraSettings) -> Compressed
         except StopIteration as stop:
             summary = stop.value
             break
+    attached.model.eval()
+    return attached, {
+        "trainable_params": attached.trainable, "optimizer_steps": summary.optimizer_steps,
+        "precision": summary.precision.used, "train_tokens": int(text.train.numel())}
+
+
+def lora_recover(model: nn.Module, text: Text, lora: Settings) -> Compressed:
+    """LoRA trained over the frozen compressed model, merged, and the pruning masks (the zeros
+    found before) put back, since the merged low-rank update is dense."""
+    masks = zero_masks(model, decoder_linears(model))
+    attached, figures = train_lora(model, text, lora)
     merged = merge_adapters(attached)
     masks.apply(merged)
-    return Compressed(merged, figures={
-        "trainable_params": attached.trainable, "optimizer_steps": summary.optimizer_steps,
-        "precision": summary.precision.used, "train_tokens": int(text.train.numel())})
+    return Compressed(merged, figures=figures)
 
 
-def _sparse24_int4_lora(model: nn.Module, text: Text, lora: LoraSettings) -> Compressed:
+def _sparse24_int4_lora(model: nn.Module, text: Text, lora: Settings) -> Compressed:
     """SparseGPT 2:4 (the base row), LoRA recovery, then GPTQ int4 keeping the 2:4 zeros:
     the weights end on the int4 grid, so the file holds exactly what was measured."""
     recovered = lora_recover(model, text, lora)
     quantized = _int4("gptq", keep_zeros=True)(recovered.model, text, lora)
-    return Compressed(quantized.model, quantized.quantized, recovered.figures)
+    return Compressed(quantized.model, quantized.quantized, recovered.figures,
+                      quantized.embeddings)
+
+
+def _sparse24_int4_qlora(model: nn.Module, text: Text, settings: Settings) -> Compressed:
+    """QLoRA-style: SparseGPT 2:4 (the base row), GPTQ int4 keeping the 2:4 zeros, then LoRA
+    trained over that frozen int4 base and kept beside it unmerged (small float matmuls next
+    to the MatMulNBits weights), so nothing is rounded after training."""
+    quantized = _int4("gptq", keep_zeros=True)(model, text, settings)
+    attached, figures = train_lora(quantized.model, text, settings)
+    return Compressed(attached.model, quantized.quantized, figures, quantized.embeddings)
 
 
 @dataclass(frozen=True)
@@ -211,11 +256,16 @@ ROWS: list[Row] = [
     Row("sparsegpt24_lora", lora_recover,
         "SparseGPT 2:4, then LoRA on the training text, merged, 2:4 masks re-applied",
         base="sparsegpt24"),
-    Row("rtn_int4", _int4("rtn"), "int4 g128 asymmetric, round to nearest, decoder Linears"),
-    Row("gptq_int4", _int4("gptq"), "int4 g128 asymmetric, GPTQ, decoder Linears"),
+    Row("rtn_int4", _int4("rtn"), "int4 g128 asymmetric, round to nearest, decoder Linears "
+        "(and the embedding: --embedding-bits)"),
+    Row("gptq_int4", _int4("gptq"), "int4 g128 asymmetric, GPTQ, decoder Linears (and the "
+        "embedding: --embedding-bits)"),
     Row("combined", _sparse24_int4_lora,
         "SparseGPT 2:4, LoRA recovery, then GPTQ int4 g128 keeping the zeros",
         base="sparsegpt24"),
+    Row("combined_qlora", _sparse24_int4_qlora,
+        "SparseGPT 2:4, GPTQ int4 g128 keeping the zeros, then LoRA over the int4 base, "
+        "kept unmerged beside it", base="sparsegpt24"),
 ]
 BYTES_KEYS = {"gptq_int4": "int4_bytes_ratio", "combined": "combined_bytes_ratio"}
 """Rows whose ONNX file's bytes against the dense float32 file the issue names."""
@@ -250,12 +300,15 @@ def ort_perplexity(path: Path, blocks: Tensor) -> float:
 
 
 def export_int4(compressed: Compressed, example: Tensor, path: Path) -> dict[str, Any]:
-    """Export the row's model and write its integer weights as MatMulNBits nodes."""
+    """Export the row's model and write its integer weights as MatMulNBits nodes (and its
+    int4 embeddings as GatherBlockQuantized lookups)."""
     export_onnx(compressed.model, example, path, opset=18)
     proto = onnx.load(str(path))
     written = write_matmul_nbits(proto, compressed.quantized)
+    tables = write_embedding_nbits(proto, compressed.embeddings)
     save_onnx(proto, path)
     return {"layers_written": f"{len(written)} of {len(compressed.quantized)}",
+            "embeddings_written": {name: len(nodes) for name, nodes in tables.items()},
             "onnx_bytes": onnx_file_bytes(path)}
 
 
@@ -286,9 +339,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", help="comma-separated rows to run in this order (default "
                         "all; a row's base row runs first): "
                         + ", ".join(row.name for row in ROWS))
-    parser.add_argument("--lora-rank", type=int, default=LoraSettings.rank)
-    parser.add_argument("--lora-lr", type=float, default=LoraSettings.lr)
-    parser.add_argument("--lora-epochs", type=int, default=LoraSettings.epochs)
+    parser.add_argument("--lora-rank", type=int, default=Settings.rank)
+    parser.add_argument("--lora-lr", type=float, default=Settings.lr)
+    parser.add_argument("--lora-epochs", type=int, default=Settings.epochs)
+    parser.add_argument("--embedding-bits", type=int, default=Settings.embedding_bits,
+                        choices=(0, 4, 8), help="int4 rows: bits of the token embedding (and "
+                        "tied LM head); 0 keeps it float32")
+    parser.add_argument("--embedding-group", type=int, default=Settings.embedding_group,
+                        help="int4 rows: group size of the token embedding's scales")
+    parser.add_argument("--no-act-order", dest="act_order", action="store_false",
+                        help="GPTQ in the columns' own order")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--repeats", type=int, default=10, help="timed onnxruntime runs")
     parser.add_argument("--dense-onnx", type=Path,
@@ -304,8 +364,10 @@ def main(argv: list[str] | None = None) -> int:
                          "(and pip install -c constraints.txt -e '.[llm]')")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    lora = LoraSettings(rank=args.lora_rank, alpha=2.0 * args.lora_rank, lr=args.lora_lr,
-                        epochs=args.lora_epochs)
+    lora = Settings(rank=args.lora_rank, alpha=2.0 * args.lora_rank, lr=args.lora_lr,
+                    epochs=args.lora_epochs, embedding_bits=args.embedding_bits,
+                    embedding_group=args.embedding_group,
+                    act_order=args.act_order)
     begun = time.perf_counter()
     loaded = open_model(gguf)
     model = loaded.module

@@ -7,6 +7,7 @@ from studio.core.pipeline.step import Need, Step
 from studio.core.pipeline.steps.adapters import AttachAdapters, MergeAdapters
 from studio.core.pipeline.steps.bn_recalibration import BnRecalibration
 from studio.core.pipeline.steps.drop_blocks import DropBlocks
+from studio.core.pipeline.steps.embedding_quantize import EmbeddingQuantize
 from studio.core.pipeline.steps.kv_cache import CacheExport
 from studio.core.pipeline.steps.layerwise_prune import LayerwisePrune
 from studio.core.pipeline.steps.layerwise_quantize import LayerwiseQuantize
@@ -29,6 +30,7 @@ STEPS: tuple[Step, ...] = (
     AttachAdapters(),
     Recover(),
     MergeAdapters(),
+    EmbeddingQuantize(),
     LayerwiseQuantize(),
     TorchQuantize(),
     OnnxQuantize(),

@@ -76,13 +76,14 @@ def stored_weight_bytes(decision: str | None, weights: int, out_channels: int, f
                         symmetric: bool = False) -> int:
     """Bytes the ONNX file spends on one layer's weight after the backend's ``decision``
     (:attr:`QuantPlan.decisions`): int8 with its scales and zero points (per output channel or
-    per tensor), n-bit MatMulNBits blocks of ``block_size`` inputs (:func:`nbits_bytes`),
+    per tensor), n-bit MatMulNBits blocks of ``block_size`` inputs (:func:`nbits_bytes`; an
+    int4 embedding table is stored the same way, and a tied head shares it),
     fp16, or the weight as it is."""
     if decision is None or decision.startswith("float"):
         return weights * float_bits // 8
     if decision == "fp16":
         return weights * 2
-    if "MatMulNBits" in decision:
+    if "MatMulNBits" in decision or "GatherBlockQuantized" in decision:
         bits = int(decision[3])  # "int4 weight-only (MatMulNBits)"
         rows = max(1, out_channels)
         return nbits_bytes(rows, -(-weights // rows), bits, block_size, symmetric)

@@ -38,6 +38,32 @@ transformers ``Conv1D`` of GPT-2-style models, a Linear with its weight transpos
 CONV_OPS = frozenset({"Conv", "ConvTranspose", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d",
                       "ConvTranspose2d", "ConvTranspose3d"})
 WEIGHTED_OPS = MATMUL_OPS | CONV_OPS
+EMBEDDING_OPS = frozenset({"Embedding"})
+"""Token tables of the torch tree: int4 ones (and int8 ones with ``weight_only``) are looked up
+block-quantized (``embedding_nbits``, done in torch before export; a tied LM head shares their
+integers)."""
+EMBEDDING_BITS = (4, 8)
+"""What onnxruntime's CPU ``GatherBlockQuantized`` looks up from a packed uint8 table."""
+
+
+def embedding_bits(weight_bits: str | None, weight_only: bool) -> int | None:
+    """Bits of a block-quantized token table for the plan's ``weight_bits`` (int8 only when
+    int8 means weight-only), or None when the table is not one."""
+    bits = {"int4": 4, "int2": 2, "int8": 8 if weight_only else None}.get(weight_bits or "")
+    return bits
+
+
+def embedding_group_problem(bits: int, group_size: int) -> str | None:
+    """Why ``GatherBlockQuantized`` cannot store a table at these settings, or None."""
+    if bits not in EMBEDDING_BITS:
+        return (f"int{bits} embeddings: onnxruntime's GatherBlockQuantized looks up int4 and "
+                "int8 only")
+    if group_size < 16 or group_size & (group_size - 1):
+        return (f"group size {group_size}: GatherBlockQuantized needs a power of two of at "
+                "least 16")
+    return None
+
+
 FLOAT_BITS = frozenset({"fp32", "fp16", "bf16"})
 NBITS = {"int4": 4, "int2": 2}
 
@@ -144,6 +170,13 @@ def plan_to_ort(tree_onnx: LayerTree, resolved_by_torch_name: Mapping[str, Resol
         bits = spec.weight_bits if spec is not None else None
         if bits != "fp16":
             not_fp16.append(node.name)
+        table_bits = embedding_bits(bits, weight_only) if node.op_type in EMBEDDING_OPS \
+            else None
+        if table_bits is not None and not spec.exclude:
+            problem = embedding_group_problem(table_bits, spec.group_size)
+            decisions[node.name] = f"float ({problem})" if problem else \
+                f"{bits} weight-only (GatherBlockQuantized)"
+            continue
         if node.op_type not in WEIGHTED_OPS or not node.weight_params:
             if spec is not None and (spec.exclude or bits in FLOAT_BITS):
                 float_other.append(node.name)

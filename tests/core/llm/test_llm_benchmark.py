@@ -12,7 +12,7 @@ import torch
 
 from benchmarks.llm import (
     ROWS,
-    LoraSettings,
+    Settings,
     Text,
     decoder_linears,
     export_int4,
@@ -20,12 +20,14 @@ from benchmarks.llm import (
     perplexity,
     run_order,
 )
+from studio.core.export.measure import count_ops
 from studio.core.models.loader import open_model
 
 
 def test_rows_run_after_their_base_and_unknown_rows_are_named() -> None:
     assert [row.name for row in run_order("combined,gptq_int4")] == [
         "sparsegpt24", "combined", "gptq_int4"]
+    assert [row.name for row in run_order("combined_qlora")] == ["sparsegpt24", "combined_qlora"]
     assert [row.name for row in run_order(None)] == [row.name for row in ROWS]
     with pytest.raises(SystemExit, match="unknown rows sparsegpt99"):
         run_order("sparsegpt50,sparsegpt99")
@@ -37,7 +39,7 @@ def test_combined_row_keeps_2_4_zeros_on_the_int4_grid(tiny_llama: Path, tmp_pat
     blocks = torch.randint(0, 256, (20, 24))
     text = Text(blocks[:4], blocks[4:12], blocks[12:])
     rows = {row.name: row for row in run_order("combined")}
-    lora = LoraSettings(rank=4, alpha=8.0, lr=1e-2)
+    lora = Settings(rank=4, alpha=8.0, lr=1e-2)
     base = rows["sparsegpt24"].compress(copy.deepcopy(model), text, lora).model
     result = rows["combined"].compress(copy.deepcopy(base), text, lora)
 
@@ -52,4 +54,31 @@ def test_combined_row_keeps_2_4_zeros_on_the_int4_grid(tiny_llama: Path, tmp_pat
     written = export_int4(result, text.held_out[:1], tmp_path / "combined.onnx")
     assert written["layers_written"] == f"{len(result.quantized)} of {len(result.quantized)}"
     assert ort_perplexity(tmp_path / "combined.onnx", text.held_out) == pytest.approx(
+        perplexity(result.model, text.held_out), rel=1e-4)
+
+
+def test_qlora_row_keeps_the_adapter_beside_the_int4_base(tiny_llama: Path,
+                                                          tmp_path: Path) -> None:
+    model = open_model(tiny_llama).module
+    torch.manual_seed(0)
+    blocks = torch.randint(0, 256, (20, 24))
+    text = Text(blocks[:4], blocks[4:12], blocks[12:])
+    rows = {row.name: row for row in run_order("combined_qlora")}
+    settings = Settings(rank=4, alpha=8.0, lr=1e-2)
+    base = rows["sparsegpt24"].compress(copy.deepcopy(model), text, settings).model
+    result = rows["combined_qlora"].compress(copy.deepcopy(base), text, settings)
+
+    modules = dict(result.model.named_modules())
+    for name, weight in result.quantized.items():
+        frozen = modules[f"{name}.base_layer"].weight.detach()
+        assert torch.equal(frozen, weight.dequantized())  # the trained base is the int4 one
+        assert int((frozen != 0).reshape(frozen.shape[0], -1, 4).sum(-1).max()) <= 2
+    assert list(result.embeddings) == ["model.model.embed_tokens"]
+    written = export_int4(result, text.held_out[:1], tmp_path / "qlora.onnx")
+    assert written["layers_written"] == f"{len(result.quantized)} of {len(result.quantized)}"
+    assert written["embeddings_written"] == {"model.model.embed_tokens": 2}
+    ops = count_ops(tmp_path / "qlora.onnx")
+    assert ops["MatMulNBits"] == len(result.quantized)
+    assert ops["MatMul"] >= 2 * len(result.quantized)  # each adapter's two float matmuls
+    assert ort_perplexity(tmp_path / "qlora.onnx", text.held_out) == pytest.approx(
         perplexity(result.model, text.held_out), rel=1e-4)

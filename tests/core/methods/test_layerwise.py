@@ -85,15 +85,31 @@ def test_sparsegpt_update_lowers_the_layer_output_error_against_the_same_mask(
         assert output_error(weight, pruned, x) < 0.9 * masked_only
 
 
-def test_gptq_error_is_below_round_to_nearest(model: torch.nn.Module) -> None:
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_error_is_below_round_to_nearest(model: torch.nn.Module, act_order: bool) -> None:
     for name in linear_names(model)[:3]:
         x = layer_inputs(model, name)
         weight = weight_matrix(model.get_submodule(name))
         for bits, symmetric in ((4, False), (4, True), (3, False)):
             rtn = rtn_quantize(weight, bits, 32, symmetric).dequantized()
             gptq = gptq_quantize(weight, hessian_of(model, name, x), bits, 32,
-                                 symmetric).dequantized()
+                                 symmetric, act_order=act_order).dequantized()
             assert output_error(weight, gptq, x) < output_error(weight, rtn, x)
+
+
+def test_act_order_keeps_each_group_on_its_grid_fitted_on_the_original_weights() -> None:
+    x = torch.randn(512, 64) * torch.linspace(0.1, 3.0, 64)  # unequal input energies
+    weight = torch.randn(16, 64)
+    hessian = 2 * x.t() @ x / len(x)
+    mask = torch.rand(16, 64) > 0.5
+    quantized = gptq_quantize(weight * mask, hessian, 4, 32, mask=mask, act_order=True)
+    rounded = rtn_quantize(weight * mask, 4, 32)
+    # static groups: each group's scale and zero point are round-to-nearest's, column order
+    # only decides where the errors go
+    assert torch.equal(quantized.scales, rounded.scales)
+    assert torch.equal(quantized.zeros, rounded.zeros)
+    assert (quantized.dequantized()[~mask] == 0).all()
+    assert not torch.equal(quantized.q, rounded.q)
 
 
 def test_quantized_weights_lie_on_their_group_grid() -> None:

@@ -113,8 +113,9 @@ def test_gptq_file_in_onnxruntime_matches_torch_fake_quant(tiny_bert: Path,
                              {}, {"weight_method": "gptq", "symmetric": True})
     module = workspace.loaded.module
     ids = torch.from_numpy(_ids(32, 1))
+    assert report["stages"]["gptq"]["act_order"] is True  # the default
     quantize_layerwise(module, ids, {n: QuantTarget(4, 16) for n in LINEARS}, "gptq",
-                       symmetric=True)
+                       symmetric=True, act_order=True)
     test = torch.from_numpy(_ids(4, 5))
     with torch.no_grad():
         expected = module(test)

@@ -93,11 +93,12 @@ def prune_layerwise(model: nn.Module, tokens: Tensor, targets: Mapping[str, Prun
 def quantize_layerwise(model: nn.Module, tokens: Tensor | None,
                        targets: Mapping[str, QuantTarget], method: QuantMethod = "gptq",
                        symmetric: bool = False, masks: MaskSet | None = None,
-                       batch_size: int = 8, check: Callable[[], None] | None = None
-                       ) -> LayerwiseResult:
+                       batch_size: int = 8, check: Callable[[], None] | None = None,
+                       act_order: bool = False) -> LayerwiseResult:
     """Put the weights of ``targets`` on their integer grids in place (the model then computes
     what the quantized file will: fake quantization) and return the integers. GPTQ needs
-    ``tokens``; round-to-nearest needs none. ``masks`` keeps pruned weights at zero."""
+    ``tokens``; round-to-nearest needs none. ``masks`` keeps pruned weights at zero;
+    ``act_order``: see :func:`gptq_quantize`."""
     result = LayerwiseResult()
 
     def apply(name: str, module: nn.Module, stats: LayerStats | None) -> None:
@@ -106,7 +107,7 @@ def quantize_layerwise(model: nn.Module, tokens: Tensor | None,
             else None
         if isinstance(stats, Hessian):
             quantized = gptq_quantize(weight, stats.matrix, target.bits, target.group_size,
-                                      symmetric, mask=mask)
+                                      symmetric, mask=mask, act_order=act_order)
         else:
             quantized = rtn_quantize(weight * mask if mask is not None else weight,
                                      target.bits, target.group_size, symmetric)

@@ -90,25 +90,44 @@ def rtn_quantize(weight: Tensor, bits: int = 4, group_size: int = 128,
 
 def gptq_quantize(weight: Tensor, hessian: Tensor, bits: int = 4, group_size: int = 128,
                   symmetric: bool = False, damping: float = 0.01,
-                  mask: Tensor | None = None) -> QuantizedWeight:
+                  mask: Tensor | None = None, act_order: bool = False) -> QuantizedWeight:
     """GPTQ over column blocks of one group each (the group's grid is fitted on its columns
     as updated by the blocks before it). ``mask`` (keep-mask of a pruned layer) holds pruned
-    weights at zero; their error is spread like any rounding error."""
+    weights at zero; their error is spread like any rounding error. ``act_order`` sweeps the
+    columns by decreasing Hessian diagonal (the inputs with the most energy first, while the
+    most columns are left to take their error; the reference's ``desc_act``) with every
+    group's grid fitted on the original weights beforehand (its ``static_groups``), so the
+    groups stay contiguous runs of inputs as MatMulNBits stores them."""
     _check(bits, group_size)
     w = weight.detach().float().clone()
-    upper = dampened_inverse_factor(hessian.float(), w, damping)
+    columns = w.shape[1]
+    order = torch.arange(columns)
+    if act_order:
+        order = torch.argsort(torch.diag(hessian), descending=True, stable=True)
+    fixed = [grid(w[:, start:start + group_size], bits, symmetric)
+             for start in range(0, columns, group_size)] if act_order else None
+    w = w[:, order]
+    h = hessian.float()[order][:, order]
+    kept_all = mask[:, order] if mask is not None else None
+    upper = dampened_inverse_factor(h, w, damping)
     q = torch.empty_like(w, dtype=torch.uint8)
-    scales, zeros = [], []
-    for start in range(0, w.shape[1], group_size):
-        end = min(start + group_size, w.shape[1])
-        scale, zero = grid(w[:, start:end], bits, symmetric)
+    scales = torch.empty(w.shape[0], -(-columns // group_size))
+    zeros = torch.empty_like(scales)
+    for start in range(0, columns, group_size):
+        end = min(start + group_size, columns)
+        groups = order[start:end] // group_size
+        if fixed is None:
+            scale, zero = grid(w[:, start:end], bits, symmetric)
+            scales[:, start // group_size], zeros[:, start // group_size] = scale, zero
         # Swept transposed ([columns, out]) so each column is contiguous: the same arithmetic
         # as on the [out, columns] block, several times faster on CPU (as in ``sparsegpt``).
         block = w[:, start:end].t().contiguous()
-        kept = mask[:, start:end].t().contiguous() if mask is not None else None
+        kept = kept_all[:, start:end].t().contiguous() if kept_all is not None else None
         inverse = upper[start:end, start:end]
         errors = torch.zeros_like(block)
         for column in range(end - start):
+            if fixed is not None:
+                scale, zero = fixed[int(groups[column])]
             values = block[column]
             integers = _round(values, scale, zero, bits)
             if kept is not None:
@@ -119,7 +138,10 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, bits: int = 4, group_size: in
             errors[column] = error
             q[:, start + column] = integers.to(torch.uint8)
         w[:, end:] -= errors.t().contiguous() @ upper[start:end, end:]
-        scales.append(scale)
-        zeros.append(zero)
-    return QuantizedWeight(q, torch.stack(scales, 1), torch.stack(zeros, 1).to(torch.uint8),
-                           bits, group_size, symmetric)
+    if fixed is not None:
+        scales = torch.stack([scale for scale, _ in fixed], 1)
+        zeros = torch.stack([zero for _, zero in fixed], 1)
+    restored = torch.empty_like(q)
+    restored[:, order] = q
+    return QuantizedWeight(restored, scales, zeros.to(torch.uint8), bits, group_size,
+                           symmetric)

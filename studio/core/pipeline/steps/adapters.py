@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from studio.core.errors import StudioError
+from studio.core.graph.tree import LayerTree
 from studio.core.jobs import Event, Log
 from studio.core.methods.adapters.peft_adapters import (
     AttachedAdapters,
@@ -19,10 +20,17 @@ from studio.core.methods.adapters.peft_adapters import (
     quantize_base,
     save_adapter,
 )
+from studio.core.methods.layerwise.apply import quantize_layerwise
+from studio.core.methods.pruning.masks import MaskSet
 from studio.core.methods.pruning.schedule import GradualPruner
 from studio.core.methods.quantization.qat import qat_bits_from_plan
 from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.step import Need, StageReport, Step
+from studio.core.pipeline.steps.layerwise_quantize import (
+    PREQUANTIZED,
+    LayerwiseQuantize,
+    gptq_targets,
+)
 from studio.core.plan.ort_rules import resolved_by_name
 from studio.core.plan.recipe import Recipe
 from studio.core.plan.stages import AdapterSection, QuantizeSection, TrainSection
@@ -63,8 +71,12 @@ class AttachAdapters(Step):
                               "adapter: lora on some layers")
         bits: dict[str, int] = {}
         if section.quantized_base:
-            bits = qat_bits_from_plan(model, resolved)[0]
+            blockwise = [] if section.merge else (yield from round_blockwise(context))
+            bits = {name: width for name, width in qat_bits_from_plan(model, resolved)[0].items()
+                    if name not in blockwise}
             quantize_base(model, bits)
+            bits |= {name: context.stages[LayerwiseQuantize.name][PREQUANTIZED][name].bits
+                     for name in blockwise}
         attached = attach_adapters(model, targets, context.settings(TrainSection).seed)
         context.adapters = (attached, context.after_step)
         context.after_step = None  # the base is frozen: its masks cannot change while training
@@ -102,6 +114,15 @@ class MergeAdapters(Step):
         if section.save_adapter:
             files = save_adapter(attached, context.out_dir)
             report["files"] = [path.name for path in files]
+        report["merged"] = section.merge
+        if not section.merge:  # the frozen base keeps its zeros: no masks to re-apply
+            context.adapters, context.after_step = None, masks
+            device = next(attached.model.parameters()).device
+            value = evaluate(attached.model, data.test, context.token, str(device),
+                             metric=data.metric, reference=context.backend.reference)
+            report["unmerged_metric"] = {"name": data.metric, "value": value}
+            yield Log(f"Adapters kept beside the base weights ({data.metric} {value:.4f})")
+            return None
         probe = data.test.tensors[0][:PARITY_SAMPLES]
         device = next(attached.model.parameters()).device
         with torch.no_grad():
@@ -124,6 +145,40 @@ class MergeAdapters(Step):
         yield Log(f"Adapters merged into the weights ({data.metric} {value:.4f}"
                   f"{', masks re-applied' if masks is not None else ''})")
         return None
+
+
+def round_blockwise(context: RunContext) -> Generator[Event, None, list[str]]:
+    """Round the Linear layers the plan stores block-wise (int4/int2 MatMulNBits) on that grid
+    before the adapters train over them (GPTQ from the calibration split when
+    ``quantize.weight_method`` is gptq, else to nearest); the quantize step writes these
+    integers into the file (as after the GPTQ step, which then has nothing left to do)."""
+    section = context.settings(QuantizeSection)
+    targets, _tied = gptq_targets(context)
+    if not targets:
+        return []
+    method = "gptq" if section.weight_method == "gptq" else "rtn"
+    model, tokens = context.model, context.task.calibration.tensors[0]
+    yield Log(f"Rounding {len(targets)} layers to their int grid ({method}) before the "
+              "adapters train over them")
+    masks = None
+    if context.sparse_layers:  # keep pruned weights at zero on the grid
+        masks = MaskSet({name: model.get_submodule(name).weight.detach() != 0
+                         for name in targets})
+    result = quantize_layerwise(model, tokens, targets, method, section.symmetric, masks,
+                                check=context.token.check, act_order=section.act_order)
+    context.stages[LayerwiseQuantize.name] = {
+        "layers": len(targets), "method": method, "before_adapters": True,
+        "samples": len(tokens) if method == "gptq" else 0,
+        "output_error": {name: round(e, 5) for name, e in result.errors.items()},
+        PREQUANTIZED: result.quantized}
+    return list(result.quantized)
+
+
+def adapter_nodes(tree: LayerTree) -> list[str]:
+    """The ONNX nodes computing adapters (under a ``lora_A``/``lora_B`` scope of peft)."""
+    return [node.name for node in tree.nodes if node.is_leaf and node.parent is not None
+            and any(f".{part}." in tree.nodes[node.parent].name + "."
+                    for part in ("lora_A", "lora_B", "lora_magnitude_vector"))]
 
 
 def _max_diff(before: Any, after: Any) -> float:

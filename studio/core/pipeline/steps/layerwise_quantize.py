@@ -75,7 +75,8 @@ class LayerwiseQuantize(Step):
 
     def applies(self, context: RunContext) -> bool:
         section = context.settings(QuantizeSection)
-        return section.weight_method == "gptq" and not section.qat
+        rounded = self.name in context.stages  # before unmerged adapters trained over it
+        return section.weight_method == "gptq" and not section.qat and not rounded
 
     def run(self, context: RunContext) -> Generator[Event, None, StageReport]:
         section, model = context.settings(QuantizeSection), context.model
@@ -90,7 +91,7 @@ class LayerwiseQuantize(Step):
             masks = MaskSet({name: model.get_submodule(name).weight.detach() != 0
                              for name in targets})
         result = quantize_layerwise(model, tokens, targets, "gptq", section.symmetric, masks,
-                                    check=context.token.check)
+                                    check=context.token.check, act_order=section.act_order)
         if tied:
             context.note(f"{', '.join(tied)}: weight tied to another layer (the embedding); "
                          "left to onnxruntime's rounding instead of GPTQ.")
@@ -99,6 +100,7 @@ class LayerwiseQuantize(Step):
                          "where GPTQ has no calibrated inputs; rounded to nearest.")
         errors = result.errors
         return {"layers": len(targets), "samples": len(tokens), "symmetric": section.symmetric,
+                "act_order": section.act_order,
                 "rounded_only": result.rounded_only, "tied": tied,
                 "output_error": {name: round(e, 5) for name, e in errors.items()},
                 PREQUANTIZED: result.quantized}

@@ -10,10 +10,13 @@ import onnx
 from studio.core.export.onnx_export import export_onnx
 from studio.core.graph.onnx_tree import build_onnx_tree
 from studio.core.jobs import Event, Log
+from studio.core.methods.quantization.ort_plan import keep_float
 from studio.core.methods.quantization.qat import qat_layers
 from studio.core.methods.quantization.qat_ort import convert_qat_to_ort_static
 from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.step import Need, StageReport, Step
+from studio.core.pipeline.steps.adapters import adapter_nodes
+from studio.core.pipeline.steps.embedding_quantize import EmbeddingQuantize, write_embeddings
 from studio.core.pipeline.steps.layerwise_quantize import (
     hold_prequantized,
     write_prequantized,
@@ -50,10 +53,19 @@ class TorchQuantize(Step):
         tree = build_onnx_tree(onnx.load(str(float_path), load_external_data=False),
                                "compressed", data_dir=float_path.parent)
         plan = quant_plan(context, tree, resolved)
+        adapters = adapter_nodes(tree)
+        if adapters:  # kept unmerged: small float matmuls beside their quantized base
+            plan = keep_float(plan, adapters, "adapter kept beside its base")
+            for node in adapters:
+                plan.matmul_nbits.pop(node, None)
+                plan.group_sizes.pop(node, None)
         held = hold_prequantized(context, float_path, plan)
         report = yield from quantize_file(context, float_path, plan, context.task.calibration,
                                           lambda: float_path.replace(context.model_path))
         if held:
             report["gptq"] = write_prequantized(context)["written"]
-        context.quantized = section.qat or bool(plan.mode) or bool(held)
+        embeddings = context.stages.get(EmbeddingQuantize.name)
+        if embeddings:
+            report["embeddings"] = write_embeddings(context)
+        context.quantized = section.qat or bool(plan.mode) or bool(held) or bool(embeddings)
         return report
