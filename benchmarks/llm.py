@@ -37,6 +37,7 @@ from torch.utils.data import TensorDataset
 from benchmarks.common import machine_info, write_json
 from benchmarks.transformer_text import training_sentences
 from studio.core.data.text import token_blocks
+from studio.core.export.kv_cache import compare_generation, export_with_cache
 from studio.core.export.measure import latency_ms, run_onnx, score_outputs
 from studio.core.export.onnx_export import export_onnx, onnx_file_bytes, save_onnx
 from studio.core.jobs import CancelToken
@@ -62,7 +63,7 @@ from studio.core.methods.quantization.embedding_nbits import (
     write_embedding_nbits,
 )
 from studio.core.methods.quantization.nbits_onnx import write_matmul_nbits
-from studio.core.models.generate import greedy_text
+from studio.core.models.generate import greedy_ids, greedy_text
 from studio.core.models.hf import load_tokenizer
 from studio.core.models.loader import open_model
 from studio.core.models.smollm2 import smollm2_gguf
@@ -316,6 +317,8 @@ def run_order(text: str | None) -> list[Row]:
     """The rows named (comma-separated; all when None) in the order given, each row's base
     row placed before it when it is not named before it."""
     by_name = {row.name: row for row in ROWS}
+    if text == "none":  # the dense figures alone (with --kv-cache, say)
+        return []
     names = [n.strip() for n in text.split(",") if n.strip()] if text else list(by_name)
     unknown = [name for name in names if name not in by_name]
     if unknown:
@@ -329,6 +332,19 @@ def run_order(text: str | None) -> list[Row]:
     return order
 
 
+def cached_generation(model: nn.Module, prompt: Tensor, args: argparse.Namespace
+                      ) -> dict[str, Any]:
+    """The dense model exported with its cache: greedy tokens against torch's, and ms per new
+    token with and without the cache at 1 and ``--threads`` onnxruntime threads."""
+    started = time.perf_counter()
+    path = export_with_cache(model.model, args.work / "dense-kv.onnx")
+    exported_s = time.perf_counter() - started
+    expected = greedy_ids(model, prompt, 20).tolist()
+    return {"export_s": round(exported_s, 1), **{
+        f"threads_{threads}": compare_generation(path, expected, len(prompt), threads).to_json()
+        for threads in sorted({1, args.threads})}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write the figures here (after every row)")
@@ -337,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration", type=int, default=32, help="calibration blocks")
     parser.add_argument("--train", type=int, default=64, help="LoRA training blocks")
     parser.add_argument("--rows", help="comma-separated rows to run in this order (default "
-                        "all; a row's base row runs first): "
+                        "all; none: no row; a row's base row runs first): "
                         + ", ".join(row.name for row in ROWS))
     parser.add_argument("--lora-rank", type=int, default=Settings.rank)
     parser.add_argument("--lora-lr", type=float, default=Settings.lr)
@@ -354,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dense-onnx", type=Path,
                         help="the dense file an earlier run of this benchmark exported (the "
                         "export takes minutes; its onnxruntime perplexity is measured again)")
+    parser.add_argument("--kv-cache", action="store_true",
+                        help="also export the dense model with its key/value cache and time "
+                        "greedy generation per new token with and without it")
     parser.add_argument("--work", type=Path, default=Path("benchmark-llm"),
                         help="folder for the ONNX files")
     args = parser.parse_args(argv)
@@ -404,6 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"dense ONNX: {figures['dense_onnx_bytes']:,} bytes, perplexity in onnxruntime "
           f"{figures['dense_ort_ppl']:.3f}")
     save()
+    if args.kv_cache:
+        figures["kv_cache"] = cached_generation(model, text.held_out[0][:64], args)
+        print(f"key/value cache: {figures['kv_cache']}")
+        save()
     kept: dict[str, nn.Module] = {}
     wanted_bases = {row.base for row in rows if row.base}
     for row in rows:
