@@ -34,7 +34,8 @@ def test_capabilities_pick_the_backend_and_its_steps(tiny_onnx):
     torch_steps = [s.name for s in steps_for(backend_class(demo).provides)]
     onnx_steps = [s.name for s in steps_for(backend_class(onnx_file).provides)]
     assert torch_steps == ["drop_blocks", "prune", "layerwise_prune", "bn_recalibration", "qat",
-                           "adapters", "recover", "merge_adapters", "gptq", "quantize",
+                           "adapters", "recover", "merge_adapters", "embedding_quantize", "gptq",
+                           "quantize",
                            "kv_cache"]
     assert onnx_steps == ["repair", "prune", "quantize"]
     runnable = [*steps_for(backend_class(demo).provides),
