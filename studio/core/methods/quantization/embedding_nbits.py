@@ -27,8 +27,11 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from studio.core.methods.layerwise.quantize import QuantizedWeight, rtn_quantize
-from studio.core.methods.quantization.nbits_onnx import fingerprint, pack_matmul_nbits
-from studio.core.methods.quantization.ort import drop_unused_initializers
+from studio.core.methods.quantization.nbits_onnx import (
+    fingerprint,
+    pack_matmul_nbits,
+    replace_nodes,
+)
 from studio.core.plan.ort_rules import embedding_group_problem
 
 
@@ -124,9 +127,5 @@ def write_embedding_nbits(model: onnx.ModelProto, weights: Mapping[str, Quantize
     used = {name for node in nodes for name in node.input}
     nodes = [n for n in nodes if not (n.op_type == "Transpose" and n.output[0] in transposed
                                       and n.output[0] not in used)]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    drop_unused_initializers(graph)
-    if written and not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    replace_nodes(model, nodes, bool(written))
     return written

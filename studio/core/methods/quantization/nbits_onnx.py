@@ -11,12 +11,15 @@ for asymmetric grids only, packed uint8 zero points [N, ceil(blocks / (8 / bits)
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from studio.core.export.onnx_export import save_onnx
 from studio.core.methods.layerwise.quantize import QuantizedWeight
 from studio.core.methods.quantization.ort import drop_unused_initializers, gemm_to_matmul
 
@@ -86,6 +89,17 @@ def matching_nodes(model: onnx.ModelProto, weights: Mapping[str, QuantizedWeight
     return found
 
 
+def replace_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto], contrib: bool) -> None:
+    """The main graph's nodes become ``nodes``; initializers nothing reads any more go, and
+    onnxruntime's contrib domain is declared when ``contrib`` nodes were written."""
+    graph = model.graph
+    del graph.node[:]
+    graph.node.extend(nodes)
+    drop_unused_initializers(graph)
+    if contrib and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
 def write_matmul_nbits(model: onnx.ModelProto, weights: Mapping[str, QuantizedWeight]
                        ) -> dict[str, str]:
     """Replace, in place, each MatMul whose constant weight equals a layer's dequantized
@@ -120,9 +134,16 @@ def write_matmul_nbits(model: onnx.ModelProto, weights: Mapping[str, QuantizedWe
             domain="com.microsoft", K=columns, N=outputs, bits=weight.bits,
             block_size=weight.group_size))
         written[layer] = nodes[-1].name
-    del graph.node[:]
-    graph.node.extend(nodes)
-    drop_unused_initializers(graph)
-    if written and not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    replace_nodes(model, nodes, bool(written))
     return written
+
+
+def write_into_file(path: Path, weights: Mapping[str, QuantizedWeight],
+                    writer: Callable[[onnx.ModelProto, Mapping[str, QuantizedWeight]], Any]
+                    ) -> tuple[Any, list[str]]:
+    """Integers made in torch written into the ONNX file at ``path`` by ``writer``; what it
+    wrote, and the layers it found no place for."""
+    model = onnx.load(str(path))
+    written = writer(model, weights)
+    save_onnx(model, path)
+    return written, sorted(set(weights) - set(written))

@@ -9,15 +9,14 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
-import onnx
 from torch import nn
 
-from studio.core.export.onnx_export import save_onnx
 from studio.core.jobs import Event, Log
 from studio.core.methods.quantization.embedding_nbits import (
     quantize_embedding,
     write_embedding_nbits,
 )
+from studio.core.methods.quantization.nbits_onnx import write_into_file
 from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.step import Need, StageReport, Step
 from studio.core.plan.ort_rules import EMBEDDING_OPS, embedding_bits, embedding_group_problem
@@ -69,12 +68,8 @@ def write_embeddings(context: RunContext) -> dict[str, list[str]]:
     """Store the rounded tables in the quantized file; the stage report keeps the nodes
     written instead of the tensors."""
     stage = context.stages[EmbeddingQuantize.name]
-    weights = stage.pop(ROUNDED)
-    path = context.model_path
-    model = onnx.load(str(path))
-    written = write_embedding_nbits(model, weights)
-    save_onnx(model, path)
-    missing = sorted(set(weights) - set(written))
+    written, missing = write_into_file(context.model_path, stage.pop(ROUNDED),
+                                       write_embedding_nbits)
     if missing:
         context.note(f"{', '.join(missing)}: the rounded table was not found as a lookup in "
                      "the exported file; kept as exported (float, on the int4 grid).")

@@ -13,12 +13,15 @@ from typing import Any
 import onnx
 from torch import nn
 
-from studio.core.export.onnx_export import save_onnx
 from studio.core.jobs import Event, Log
 from studio.core.methods.layerwise.apply import QuantTarget, quantize_layerwise
 from studio.core.methods.layerwise.blocks import is_linear
 from studio.core.methods.pruning.masks import MaskSet
-from studio.core.methods.quantization.nbits_onnx import matching_nodes, write_matmul_nbits
+from studio.core.methods.quantization.nbits_onnx import (
+    matching_nodes,
+    write_into_file,
+    write_matmul_nbits,
+)
 from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.step import Need, StageReport, Step
 from studio.core.plan.ort_rules import QuantPlan
@@ -126,12 +129,8 @@ def write_prequantized(context: RunContext) -> dict[str, Any]:
     """Write GPTQ's integers into the quantized file as MatMulNBits nodes; the stage report
     keeps what was written instead of the tensors."""
     stage = context.stages[LayerwiseQuantize.name]
-    weights = stage.pop(PREQUANTIZED)
-    path = context.model_path
-    model = onnx.load(str(path))
-    written = write_matmul_nbits(model, weights)
-    save_onnx(model, path)
-    missing = sorted(set(weights) - set(written))
+    written, missing = write_into_file(context.model_path, stage.pop(PREQUANTIZED),
+                                       write_matmul_nbits)
     if missing:
         context.note(f"{', '.join(missing)}: GPTQ's weights were not found in the exported "
                      "file (the layer is exported in another form); kept as exported.")
