@@ -7,10 +7,14 @@ The demo CNN is pruned once (the plan of ``demo-structured-kd.yaml``: half of ev
 convolution's output channels, magnitude importance); every variant then recovers a copy of the
 same pruned model for the same epochs, seeds, learning rate and batch size, with the loss the
 recover step builds from a ``distill`` section (:func:`build_distillation`), so the figures are
-those of real runs. Accuracy is measured on the demo's 1,000 test digits; CPU seconds per epoch
-are this process's CPU time (all threads) over the training alone. Ends with the issue's goal:
-does some variant beat plain fine-tuning by more than the seed spread at every epoch count?
-``--merge`` joins the files of runs split by variant (run side by side) and judges them together.
+those of real runs. Variants named ``fskd...`` start instead from the cut re-fitted to the
+teacher's features in closed form (few-sample KD: what the prune step's ``reconstruct`` does,
+on the calibration split; its CPU time is added to the run's); the others start from the bare
+cut, as a run with ``prune.reconstruct: false`` does. Accuracy is measured on the demo's 1,000
+test digits; CPU seconds per epoch are this process's CPU time (all threads) over the training
+alone. Ends with the issue's goal: does some variant beat plain fine-tuning by more than the
+seed spread at every epoch count? ``--merge`` joins the files of runs split by variant (run
+side by side) and judges them together.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -33,6 +37,7 @@ from studio.core.export.onnx_export import export_onnx
 from studio.core.jobs import CancelToken
 from studio.core.methods.distill.recovery import build_distillation
 from studio.core.methods.pruning import apply_plan_pruning
+from studio.core.methods.pruning.reconstruct_channels import reconstruct_channels
 from studio.core.plan.recipe import read_recipe
 from studio.core.plan.stages import DistillSection, FeaturePair, TeacherSource
 from studio.core.resources import resource_path
@@ -44,8 +49,24 @@ RECIPE = "demo-structured-kd.yaml"
 ONNX_TEACHER = "<onnx teacher>"
 
 
-def variants() -> dict[str, DistillSection | None]:
-    """Plain fine-tuning (None) and each distillation variant, as recipe sections."""
+class Variant(NamedTuple):
+    section: DistillSection | None
+    """The recover step's loss: None is plain fine-tuning (cross entropy)."""
+    reconstruct: bool = False
+    """Start from the cut re-fitted to the teacher's features (few-sample KD)."""
+
+
+def variants() -> dict[str, Variant]:
+    """Plain fine-tuning and each distillation variant: recipe sections and starting points."""
+    sections = _sections()
+    reconstructed = {"fskd": None, "fskd-logit-kd": sections["logit-kd-t2"],
+                     "fskd-feature-kd": sections["feature-kd"]}
+    return ({name: Variant(section) for name, section in sections.items()}
+            | {name: Variant(section, True) for name, section in reconstructed.items()})
+
+
+def _sections() -> dict[str, DistillSection | None]:
+    """Plain fine-tuning (None) and each distillation loss, as recipe sections."""
     return {
         "plain": None,
         "logit-kd": DistillSection(temperature=4.0, alpha=0.7),
@@ -82,16 +103,28 @@ def variants() -> dict[str, DistillSection | None]:
     }
 
 
-def pruned_demo() -> tuple[Workspace, nn.Module]:
-    """The demo workspace and its model with the recipe's plan applied (channels removed)."""
+def pruned_demo() -> tuple[Workspace, nn.Module, list[dict[str, Any]]]:
+    """The demo workspace, its model with the recipe's plan applied (channels removed) and the
+    cut groups (which channels each layer kept, for the re-fit)."""
     recipe = read_recipe(resource_path("recipes", RECIPE))
     workspace = open_workspace("demo")
     workspace.apply_recipe_plan(recipe, RECIPE)
     model = copy.deepcopy(workspace.loaded.module)
     assert model is not None and workspace.example is not None
-    apply_plan_pruning(model, workspace.tree, workspace.plan.resolve(workspace.tree),
-                       workspace.example.make_tensor(), None, "magnitude", False)
-    return workspace, model
+    result = apply_plan_pruning(model, workspace.tree, workspace.plan.resolve(workspace.tree),
+                                workspace.example.make_tensor(), None, "magnitude", False)
+    return workspace, model, result.report["structured"]["groups"]
+
+
+def reconstructed(pruned: nn.Module, original: nn.Module, groups: list[dict[str, Any]],
+                  data: TaskData) -> tuple[nn.Module, float, float]:
+    """A copy of the cut re-fitted as the prune step's ``reconstruct`` does; its test
+    accuracy before any training and the CPU seconds the re-fit took."""
+    model = copy.deepcopy(pruned)
+    cpu = time.process_time()
+    reconstruct_channels(model, original, groups, data.calibration.tensors[0])
+    cpu = time.process_time() - cpu
+    return model, evaluate(model, data.test), cpu
 
 
 def recover(section: DistillSection | None, pruned: nn.Module, original: nn.Module,
@@ -184,14 +217,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         return merge(args.merge, args.json, args.epochs)
     torch.manual_seed(0)
-    chosen = {name: section for name, section in variants().items()
+    chosen = {name: variant for name, variant in variants().items()
               if args.variants is None or name in args.variants
               or (name == "plain" and not args.no_plain)}
-    workspace, pruned = pruned_demo()
+    workspace, pruned, groups = pruned_demo()
     original = workspace.loaded.module
     assert original is not None and workspace.example is not None
     example = workspace.example.make_tensor()
     data = demo_task(train_samples=args.train_samples)
+    starts = {False: (pruned, evaluate(pruned, data.test), 0.0)}
+    if any(variant.reconstruct for variant in chosen.values()):
+        starts[True] = reconstructed(pruned, original, groups, data)
+        print(f"cut: accuracy {starts[False][1]:.4f}; re-fitted to the teacher's features: "
+              f"{starts[True][1]:.4f} in {starts[True][2]:.1f} CPU s", flush=True)
     section = read_recipe(resource_path("recipes", RECIPE)).train
     assert section is not None
     rows: dict[str, dict[str, Any]] = {}
@@ -199,20 +237,26 @@ def main(argv: list[str] | None = None) -> int:
         onnx_teacher = export_onnx(original, example, Path(folder) / "teacher.onnx")
         for name, variant in chosen.items():
             rows[name] = {}
+            start, start_accuracy, start_cpu = starts[variant.reconstruct]
             for epochs in args.epochs:
                 runs = []
                 for seed in args.seeds:
                     config = TrainConfig(epochs=epochs, lr=section.lr,
                                          batch_size=section.batch_size, seed=seed)
-                    run = recover(variant, pruned, original, data, config, example,
+                    run = recover(variant.section, start, original, data, config, example,
                                   Path(folder) / f"{name}-{epochs}-{seed}", onnx_teacher)
+                    run["cpu_s"] += start_cpu
                     runs.append({"seed": seed, **run})
                     print(f"{name:14s} epochs={epochs} seed={seed} "
                           f"accuracy={run['accuracy']:.4f} cpu_s={run['cpu_s']:.1f}",
                           flush=True)
                 rows[name][str(epochs)] = summarise(runs, epochs)
-                if variant is not None:
-                    rows[name][str(epochs)]["settings"] = variant.model_dump(mode="json")
+                rows[name][str(epochs)]["start"] = {
+                    "reconstructed": variant.reconstruct, "accuracy": start_accuracy,
+                    "cpu_s": round(start_cpu, 2)}
+                if variant.section is not None:
+                    rows[name][str(epochs)]["settings"] = variant.section.model_dump(
+                        mode="json")
                 if args.json:  # after every row: a long run stopped early keeps its figures
                     write_json(args.json, {
                         "benchmark": "distill", "machine": machine_info(),

@@ -197,8 +197,10 @@ class PruneSection(_Section):
     global_unstructured: bool = False
     """Rank unstructured weights across all layers together instead of layer by layer."""
     reconstruct: bool = True
-    """After cutting heads or FFN width, re-fit each cut block's output projection by least
-    squares to the uncompressed model's outputs on the calibration split (no labels needed)."""
+    """After a structured cut, re-fit by least squares against the uncompressed model's
+    outputs on the calibration split, no labels needed: a transformer's cut blocks' output
+    projections; after cut channels, every later Conv2d and Linear at the channels it kept
+    (few-sample knowledge distillation)."""
     bn_recalibration: bool = Field(
         default=False, description="after pruning, re-estimate every BatchNorm's running "
         "mean and variance on the calibration split (no labels, no training): recovers much "

@@ -39,9 +39,9 @@ class _Stop(Exception):
 
 
 @dataclass
-class _Stats:
-    """Normal-equation sums over the tokens of one sub-layer (per-batch products in float32,
-    summed and solved in float64)."""
+class NormalSums:
+    """Normal-equation sums over the rows (tokens, pixels) of one layer's fit (per-batch
+    products in float32, summed and solved in float64)."""
 
     gram: Tensor
     cross: Tensor
@@ -122,10 +122,10 @@ def _teacher_sums(teacher: nn.Module, blocks: Sequence[str],
 
 
 def _accumulate(student: nn.Module, block: str, batches: Sequence[tuple[Tensor, Tensor]],
-                references: Sequence[Tensor], check: Callable[[], None]) -> _Stats:
+                references: Sequence[Tensor], check: Callable[[], None]) -> NormalSums:
     dense: nn.Linear = student.get_submodule(block).dense
     width = dense.in_features + 1
-    stats = _Stats(torch.zeros(width, width, dtype=torch.float64),
+    stats = NormalSums(torch.zeros(width, width, dtype=torch.float64),
                    torch.zeros(width, dense.out_features, dtype=torch.float64))
     for (inputs, mask), reference in zip(batches, references, strict=True):
         check()
@@ -141,11 +141,14 @@ def _accumulate(student: nn.Module, block: str, batches: Sequence[tuple[Tensor, 
     return stats
 
 
-def _solve(stats: _Stats, current: Tensor, ridge: float) -> tuple[Tensor, float]:
-    """Least squares on the sums, pulled toward ``current`` ([W | b] transposed) by the ridge:
-    the solution and the squared error it leaves."""
+def solve_toward(stats: NormalSums, current: Tensor, ridge: float, bias_row: bool = True
+                 ) -> tuple[Tensor, float]:
+    """Least squares on the sums, pulled toward ``current`` ([W | b] transposed, or Wᵀ
+    without ``bias_row``) by the ridge, relative to the inputs' mean square: the solution
+    and the squared error it leaves."""
     gram = stats.gram
-    strength = ridge * (float(gram.diagonal()[:-1].mean()) or 1.0)
+    diagonal = gram.diagonal()[:-1] if bias_row else gram.diagonal()
+    strength = ridge * (float(diagonal.mean()) or 1.0)
     regular = gram + strength * torch.eye(len(gram), dtype=gram.dtype)
     solution = torch.linalg.solve(regular, stats.cross + strength * current)
     error = (float((solution * (gram @ solution)).sum()) - 2 * float((solution * stats.cross)
@@ -184,7 +187,7 @@ def reconstruct_outputs(student: nn.Module, teacher: nn.Module, blocks: Sequence
             dense: nn.Linear = student.get_submodule(block).dense
             bias = dense.bias if dense.bias is not None else torch.zeros(dense.out_features)
             current = torch.cat([dense.weight.T, bias[None]]).double()
-            solution, after_sq = _solve(stats, current, ridge)
+            solution, after_sq = solve_toward(stats, current, ridge)
             norm = stats.reference_sq or 1.0
             before = (stats.before_sq / norm) ** 0.5
             after = (after_sq / norm) ** 0.5
@@ -218,4 +221,5 @@ def reconstruct_pruned(student: nn.Module, teacher: nn.Module, attentions: Itera
             "tokens": int(real_tokens(inputs).bool().sum()), "layers": layers}
 
 
-__all__ = ["DEFAULT_RIDGE", "hf_output_blocks", "reconstruct_outputs", "reconstruct_pruned"]
+__all__ = ["DEFAULT_RIDGE", "NormalSums", "hf_output_blocks", "reconstruct_outputs",
+           "reconstruct_pruned", "solve_toward"]

@@ -1,6 +1,7 @@
 """Prune the torch model by the plan: channels (with torch-pruning's dependency graph), heads
 and FFN width, unstructured (one-shot or gradual AGP during recovery) and N:M; then re-fit the
-output projections of cut transformer blocks."""
+output projections of cut transformer blocks, and the layers after cut channels, against the
+uncompressed model."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from studio.core.graph.tree import LayerTree
 from studio.core.jobs import Event, Log
 from studio.core.methods.pruning import RETRACE_NOTE, apply_plan_pruning, partition_plan
 from studio.core.methods.pruning.reconstruct import reconstruct_pruned
+from studio.core.methods.pruning.reconstruct_channels import reconstruct_channels
 from studio.core.methods.pruning.schedule import GradualPruner, RigLPruner
 from studio.core.pipeline.context import RunContext
 from studio.core.pipeline.step import Need, StageReport, Step
@@ -103,6 +105,20 @@ class Prune(Step):
                 yield Log(f"Reconstruction: re-fitted {len(errors)} output projections on "
                           f"{rebuilt['tokens']} calibration tokens; mean relative error "
                           f"{sum(e['before'] for e in errors) / len(errors):.3f} -> "
+                          f"{sum(e['after'] for e in errors) / len(errors):.3f}")
+        groups = (report.get("structured") or {}).get("groups")
+        if section.reconstruct and groups:
+            context.token.check()
+            refitted = reconstruct_channels(model, workspace.loaded.module, groups,
+                                            data.calibration.tensors[0],
+                                            leave=[*partition.unstructured, *partition.nm],
+                                            check=context.token.check)
+            if refitted is not None:
+                report["reconstruct_channels"] = refitted
+                errors = refitted["layers"].values()
+                yield Log(f"Reconstruction: re-fitted {len(errors)} layers after the cut "
+                          f"channels on {refitted['samples']} calibration samples; mean relative "
+                          f"error {sum(e['before'] for e in errors) / len(errors):.3f} -> "
                           f"{sum(e['after'] for e in errors) / len(errors):.3f}")
         context.after_step = result.masks.hook(model) if result.masks.masks else None
         if gradual:

@@ -1,0 +1,117 @@
+"""Re-fitting a channel-cut CNN to its uncompressed original (few-sample KD): each layer's
+output comes closer to the teacher's at the channels it kept, the network's accuracy comes back
+before any training, the teacher is untouched, and layers a dense re-fit would spoil are left."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from studio.core.data.task import TaskData
+from studio.core.methods.pruning.reconstruct_channels import (
+    fitted_layers,
+    kept_outputs,
+    reconstruct_channels,
+)
+from studio.core.methods.pruning.structured import prune_channels
+from studio.core.train.loop import evaluate
+from studio.core.workspace import Workspace
+
+EXAMPLE = torch.zeros(1, 1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def cut(demo: Workspace) -> tuple[nn.Module, list[dict]]:
+    """The demo with half of every convolution's output channels cut (the head kept whole),
+    and the cut groups."""
+    model = copy.deepcopy(demo.loaded.module)
+    ratios = {node.name: 0.5 for node in demo.tree.nodes
+              if node.prunable and not node.name.startswith("head")}
+    return model, prune_channels(model, EXAMPLE, ratios).groups
+
+
+def test_kept_outputs_are_the_complement_of_the_removed_channels(
+        cut: tuple[nn.Module, list[dict]]) -> None:
+    model, groups = cut
+    kept = kept_outputs(groups)
+    for group in groups:
+        for name in group["layers"]:
+            assert sorted(set(kept[name]) | set(group["removed_channels"])) == list(
+                range(group["channels_before"]))
+            assert len(kept[name]) == model.get_submodule(name).weight.shape[0]
+
+
+def test_the_refit_brings_back_accuracy_and_leaves_the_teacher_alone(
+        demo: Workspace, task: TaskData, cut: tuple[nn.Module, list[dict]],
+        one_torch_thread: None) -> None:
+    teacher = demo.loaded.module
+    before_teacher = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = copy.deepcopy(cut[0])
+    accuracy_cut = evaluate(student, task.test)
+    report = reconstruct_channels(student, teacher, cut[1], task.calibration.tensors[0])
+    assert report is not None
+    layers = report["layers"]
+    # forward order, the head included: its input channels were cut
+    assert list(layers) == ["stem.0", "block1.0", "block2.0", "res.conv1.0", "res.conv2",
+                            "head.2"]
+    assert layers["stem.0"]["before"] < 1e-6  # its input is the image: nothing to correct
+    for name in ["block1.0", "block2.0", "res.conv1.0", "res.conv2", "head.2"]:
+        assert layers[name]["after"] < 0.8 * layers[name]["before"], name
+    accuracy = evaluate(student, task.test)
+    assert accuracy_cut < 0.5
+    assert accuracy > 0.9 > accuracy_cut + 0.3
+    assert all(torch.equal(v, before_teacher[k]) for k, v in teacher.state_dict().items())
+
+
+def test_each_layer_matches_the_teacher_at_its_kept_channels(
+        demo: Workspace, task: TaskData, cut: tuple[nn.Module, list[dict]],
+        one_torch_thread: None) -> None:
+    """The error the report gives is the real one: the student's block1 conv output on the
+    calibration samples against the teacher's at the kept channels, recomputed here over every
+    pixel (the report's is over the 4,096 positions per batch the fit drew)."""
+    teacher, student = demo.loaded.module, copy.deepcopy(cut[0])
+    kept = kept_outputs(cut[1])["block1.0"]
+    inputs = task.calibration.tensors[0]
+    report = reconstruct_channels(student, teacher, cut[1], inputs)
+    assert report is not None
+    seen: dict[str, torch.Tensor] = {}
+    for model, role in ((teacher, "teacher"), (student, "student")):
+        handle = model.block1[0].register_forward_hook(
+            lambda _m, _a, out, role=role: seen.__setitem__(role, out.detach()))
+        with torch.no_grad():
+            model.eval()(inputs)
+        handle.remove()
+    target = seen["teacher"][:, kept]
+    error = float((seen["student"] - target).norm() / target.norm())
+    assert error == pytest.approx(report["layers"]["block1.0"]["after"], rel=0.02)
+
+
+def test_masked_and_grouped_layers_are_left_as_they_are(
+        demo: Workspace, task: TaskData, cut: tuple[nn.Module, list[dict]],
+        one_torch_thread: None) -> None:
+    teacher, student = demo.loaded.module, copy.deepcopy(cut[0])
+    before = student.block2[0].weight.clone()
+    report = reconstruct_channels(student, teacher, cut[1], task.calibration.tensors[:1][0],
+                                  leave=["block2.0"])
+    assert report is not None
+    assert "block2.0" not in report["layers"]
+    assert report["skipped"]["block2.0"] == "kept sparse by unstructured or N:M pruning"
+    assert torch.equal(student.block2[0].weight, before)
+
+    class Depthwise(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.conv(x).mean((2, 3)))
+
+    model = Depthwise()
+    layers, skipped = fitted_layers(model, copy.deepcopy(model), {"conv": [0, 1, 2, 3]},
+                                    torch.zeros(1, 4, 5, 5))
+    assert [name for name, _ in layers] == ["head"]
+    assert skipped == {"conv": "a grouped convolution"}
