@@ -1,7 +1,8 @@
 """Each distillation variant against plain fine-tuning on the demo with 50% of channels cut.
 
     python -m benchmarks.distill [--json PATH] [--seeds 0 1 2] [--epochs 1 3] [--variants ...]
-                                 [--train-samples N] [--merge PART.json ...]
+                                 [--train-samples N] [--threads 1] [--merge PART.json ...]
+                                 [--model minilm --sentences 1000]
 
 The demo CNN is pruned once (the plan of ``demo-structured-kd.yaml``: half of every
 convolution's output channels, magnitude importance); every variant then recovers a copy of the
@@ -14,7 +15,8 @@ cut, as a run with ``prune.reconstruct: false`` does. Accuracy is measured on th
 test digits; CPU seconds per epoch are this process's CPU time (all threads) over the training
 alone. Ends with the issue's goal: does some variant beat plain fine-tuning by more than the
 seed spread at every epoch count? ``--merge`` joins the files of runs split by variant (run
-side by side) and judges them together.
+side by side) and judges them together. ``--model minilm``: the MiniLM rows instead
+(:mod:`benchmarks.distill_minilm`).
 """
 
 from __future__ import annotations
@@ -158,10 +160,11 @@ def recover(section: DistillSection | None, pruned: nn.Module, original: nn.Modu
     return {"accuracy": evaluate(model, data.test), "cpu_s": cpu, "wall_s": wall, **extra}
 
 
-def summarise(runs: list[dict[str, Any]], epochs: int) -> dict[str, Any]:
-    accuracies = [r["accuracy"] for r in runs]
+def summarise(runs: list[dict[str, Any]], epochs: int, metric: str = "accuracy"
+              ) -> dict[str, Any]:
+    accuracies = [r[metric] for r in runs]
     return {
-        "metric": "accuracy", "epochs": epochs, "seeds": len(runs),
+        "metric": metric, "epochs": epochs, "seeds": len(runs),
         "metric_mean": round(statistics.fmean(accuracies), 5),
         "metric_std": round(statistics.stdev(accuracies), 5) if len(runs) > 1 else 0.0,
         "cpu_s_per_epoch": round(statistics.fmean(r["cpu_s"] for r in runs) / epochs, 2),
@@ -170,15 +173,16 @@ def summarise(runs: list[dict[str, Any]], epochs: int) -> dict[str, Any]:
     }
 
 
-def goals(rows: dict[str, dict[str, Any]], epoch_counts: list[int]) -> dict[str, Any]:
-    """Per epoch count: the best variant, its margin over plain fine-tuning and the spread
-    (the larger of the two standard deviations); the goal holds when some variant's margin
-    passes the spread at every epoch count."""
+def goals(rows: dict[str, dict[str, Any]], epoch_counts: list[int], baseline: str = "plain"
+          ) -> dict[str, Any]:
+    """Per epoch count: the best variant, its margin over plain fine-tuning (``baseline``) and
+    the spread (the larger of the two standard deviations); the goal holds when some variant's
+    margin passes the spread at every epoch count."""
     verdict: dict[str, Any] = {}
-    if "plain" not in rows:
-        return {"goal": "not judged: plain fine-tuning was not run"}
+    if baseline not in rows:
+        return {"goal": f"not judged: {baseline} was not run"}
     winners: list[set[str]] = []
-    plain_rows = rows["plain"]
+    plain_rows = rows[baseline]
     for epochs in epoch_counts:
         beating = {}
         if str(epochs) not in plain_rows:
@@ -190,7 +194,7 @@ def goals(rows: dict[str, dict[str, Any]], epoch_counts: list[int]) -> dict[str,
             row = by_epochs[str(epochs)]
             margin = row["metric_mean"] - plain["metric_mean"]
             spread = max(row["metric_std"], plain["metric_std"])
-            if name != "plain" and margin > spread:
+            if name != baseline and margin > spread:
                 beating[name] = {"margin": round(margin, 5), "spread": round(spread, 5)}
         best = max((n for n in rows if str(epochs) in rows[n]),
                    key=lambda n: rows[n][str(epochs)]["metric_mean"])
@@ -213,9 +217,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-plain", action="store_true", help="leave plain fine-tuning out "
                         "(a part run beside one that has it; see --merge)")
     parser.add_argument("--merge", type=Path, nargs="+", help="join these part files")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (one: the CPU "
+                        "seconds are not inflated by threads spinning on a shared machine)")
+    parser.add_argument("--model", choices=("demo", "minilm"), default="demo",
+                        help="minilm: the MiniLM rows (benchmarks.distill_minilm; needs the "
+                        "[minilm] extra)")
+    parser.add_argument("--sentences", type=int, default=1000,
+                        help="minilm: unlabelled training sentences")
     args = parser.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.json, args.epochs)
+    torch.set_num_threads(args.threads)
+    if args.model == "minilm":
+        return _minilm(args)
     torch.manual_seed(0)
     chosen = {name: variant for name, variant in variants().items()
               if args.variants is None or name in args.variants
@@ -269,6 +283,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _minilm(args: argparse.Namespace) -> int:
+    """The MiniLM rows, judged against output matching from the bare cut."""
+    from benchmarks.distill_minilm import MODEL_KEY, minilm_rows
+
+    rows: dict[str, dict[str, Any]] = {}
+
+    def report_row(name: str, epochs: int, runs: list[dict[str, Any]]) -> None:
+        rows.setdefault(name, {})[str(epochs)] = summarise(runs, epochs, "cosine")
+        if args.json:
+            write_json(args.json, {"benchmark": "distill", "machine": machine_info(),
+                                   "models": {MODEL_KEY: {
+                                       "sentences": args.sentences, "baseline": "match",
+                                       "variants": rows,
+                                       "goal": goals(rows, args.epochs, "match")}}})
+
+    minilm_rows(args.seeds, args.epochs, args.sentences, args.variants, report_row)
+    for key, value in goals(rows, args.epochs, "match").items():
+        print(f"{key}: {value}")
+    return 0
+
+
 def merge(parts: list[Path], out: Path | None, epoch_counts: list[int]) -> int:
     """One file from part runs of the same model, the goal judged over all variants; a
     variant's rows join by epoch count (a later part's row replaces an earlier one's)."""
@@ -284,7 +319,7 @@ def merge(parts: list[Path], out: Path | None, epoch_counts: list[int]) -> int:
                 joined.setdefault(variant, {}).update(by_epochs)
     assert figures is not None
     for model in figures["models"].values():
-        model["goal"] = goals(model["variants"], epoch_counts)
+        model["goal"] = goals(model["variants"], epoch_counts, model.get("baseline", "plain"))
         for key, value in model["goal"].items():
             print(f"{key}: {value}")
     if out:

@@ -398,7 +398,7 @@ class ExportSection(_Section):
     """Batch size timed beside batch 1."""
     latency_repeats: int = Field(default=20, ge=1, le=10_000)
     """Timed runs per batch size (the median is reported)."""
-    kv_cache: bool = False
+    kv_cache: bool = Field(default=False, title="KV cache")
     """Causal LMs: also write ``model-kv.onnx``, the compressed model with its key/value cache
     for generating text (float weights), checked against torch's greedy tokens and timed per
     new token with and without the cache."""
