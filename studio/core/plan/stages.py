@@ -161,7 +161,7 @@ class TrainSection(_Section):
     """Recompute each block's activations in the backward pass instead of keeping them: less
     memory for about a third more time (transformer blocks; modules with batch norms are
     left as they are)."""
-    memory_limit_gb: float | None = Field(default=None, gt=0)
+    memory_limit_gb: float | None = Field(default=None, gt=0, title="Memory limit (GB)")
     """Refuse a run whose memory estimate (made on a real batch before training) is over this;
     None: the machine's memory (the GPU's on CUDA)."""
 
@@ -202,9 +202,10 @@ class PruneSection(_Section):
     projections; after cut channels, every later Conv2d and Linear at the channels it kept
     (few-sample knowledge distillation)."""
     bn_recalibration: bool = Field(
-        default=False, description="after pruning, re-estimate every BatchNorm's running "
-        "mean and variance on the calibration split (no labels, no training): recovers much "
-        "of what pruning lost when there is no fine-tuning")
+        default=False, title="BN recalibration",
+        description="after pruning, re-estimate every BatchNorm's running mean and variance "
+        "on the calibration split (no labels, no training): recovers much of what pruning lost "
+        "when there is no fine-tuning")
 
 
 class FeaturePair(_Section):
