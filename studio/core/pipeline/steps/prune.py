@@ -50,6 +50,15 @@ def _without_missing(model: nn.Module, tree: LayerTree, resolved: list[ResolvedS
             for node, spec in zip(tree.nodes, resolved, strict=True)]
 
 
+def _refit_log(layers: dict[str, dict[str, float]], what: str, on: str) -> Log:
+    """How far a least-squares re-fit brought the cut layers' outputs to the original's."""
+    errors = list(layers.values())
+    before = sum(e["before"] for e in errors) / len(errors)
+    after = sum(e["after"] for e in errors) / len(errors)
+    return Log(f"Reconstruction: re-fitted {len(errors)} {what} on {on}; mean relative error "
+               f"{before:.3f} -> {after:.3f}")
+
+
 class Prune(Step):
     name = "prune"
     settings = PruneSection
@@ -101,11 +110,8 @@ class Prune(Step):
                                          check=context.token.check)
             if rebuilt is not None:
                 report["reconstruct"] = rebuilt
-                errors = rebuilt["layers"].values()
-                yield Log(f"Reconstruction: re-fitted {len(errors)} output projections on "
-                          f"{rebuilt['tokens']} calibration tokens; mean relative error "
-                          f"{sum(e['before'] for e in errors) / len(errors):.3f} -> "
-                          f"{sum(e['after'] for e in errors) / len(errors):.3f}")
+                yield _refit_log(rebuilt["layers"], "output projections",
+                                 f"{rebuilt['tokens']} calibration tokens")
         groups = (report.get("structured") or {}).get("groups")
         if section.reconstruct and groups:
             context.token.check()
@@ -115,11 +121,8 @@ class Prune(Step):
                                             check=context.token.check)
             if refitted is not None:
                 report["reconstruct_channels"] = refitted
-                errors = refitted["layers"].values()
-                yield Log(f"Reconstruction: re-fitted {len(errors)} layers after the cut "
-                          f"channels on {refitted['samples']} calibration samples; mean relative "
-                          f"error {sum(e['before'] for e in errors) / len(errors):.3f} -> "
-                          f"{sum(e['after'] for e in errors) / len(errors):.3f}")
+                yield _refit_log(refitted["layers"], "layers after the cut channels",
+                                 f"{refitted['samples']} calibration samples")
         context.after_step = result.masks.hook(model) if result.masks.masks else None
         if gradual:
             steps = train.epochs * -(-len(data.train) // train.batch_size)
