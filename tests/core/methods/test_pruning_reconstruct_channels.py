@@ -89,17 +89,26 @@ def test_each_layer_matches_the_teacher_at_its_kept_channels(
     assert error == pytest.approx(report["layers"]["block1.0"]["after"], rel=0.02)
 
 
-def test_masked_and_grouped_layers_are_left_as_they_are(
+def test_masked_changed_and_grouped_layers_are_left_as_they_are(
         demo: Workspace, task: TaskData, cut: tuple[nn.Module, list[dict]],
         one_torch_thread: None) -> None:
     teacher, student = demo.loaded.module, copy.deepcopy(cut[0])
     before = student.block2[0].weight.clone()
-    report = reconstruct_channels(student, teacher, cut[1], task.calibration.tensors[:1][0],
+    report = reconstruct_channels(student, teacher, cut[1], task.calibration.tensors[0][:32],
                                   leave=["block2.0"])
     assert report is not None
     assert "block2.0" not in report["layers"]
     assert report["skipped"]["block2.0"] == "kept sparse by unstructured or N:M pruning"
     assert torch.equal(student.block2[0].weight, before)
+
+    # weights changed since the cut no longer tell which channels they are: left alone
+    changed = copy.deepcopy(cut[0])
+    with torch.no_grad():
+        changed.block1[0].weight.add_(0.01)
+    report = reconstruct_channels(changed, teacher, cut[1], task.calibration.tensors[0][:32])
+    assert report is not None
+    assert "block1.0" not in report["layers"] and "block2.0" in report["layers"]
+    assert report["skipped"]["block1.0"].startswith("its weights are not the original's")
 
     class Depthwise(nn.Module):
         def __init__(self) -> None:

@@ -101,11 +101,28 @@ def fitted_layers(student: nn.Module, teacher: nn.Module, kept: Mapping[str, lis
         outputs = original.weight.shape[0]
         channels = kept.get(name, list(range(outputs)) if module.weight.shape[0] == outputs
                             else None)
-        if channels is None:
+        if channels is None or len(channels) != module.weight.shape[0]:
             skipped[name] = "its outputs were cut by another method"
+            continue
+        if not _sliced_from(module.weight, original.weight, channels):
+            skipped[name] = ("its weights are not the original's at the channels it kept "
+                             "(changed since the cut)")
             continue
         layers.append((name, channels))
     return layers, skipped
+
+
+def _sliced_from(weight: Tensor, original: Tensor, channels: Sequence[int],
+                 rows: int = 8) -> bool:
+    """Whether ``weight`` still holds the original's values at ``channels``: a cut only slices,
+    so every value of a kept row is one of its original row's (checked on a few rows). Guards
+    against a wrong channel map or weights trained since the cut, which the re-fit would fit
+    to the wrong targets."""
+    for row in torch.linspace(0, len(weight) - 1, min(rows, len(weight))).long().tolist():
+        if not torch.isin(weight[row].detach().flatten(),
+                          original[channels[row]].detach().flatten()).all():
+            return False
+    return True
 
 
 def _rows(module: nn.Module, inputs: Tensor) -> Tensor:
