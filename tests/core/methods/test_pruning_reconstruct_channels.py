@@ -124,3 +124,91 @@ def test_masked_changed_and_grouped_layers_are_left_as_they_are(
                                     torch.zeros(1, 4, 5, 5))
     assert [name for name, _ in layers] == ["head"]
     assert skipped == {"conv": "a grouped convolution"}
+
+
+class _TinyLM(nn.Module):
+    """Embeddings, a cut MLP on the residual stream, an output layer tied to the embeddings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.up = nn.Linear(16, 32)
+        self.down = nn.Linear(32, 16)
+        self.out = nn.Linear(16, 50, bias=False)
+        self.out.weight = self.embed.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.embed(ids)
+        return self.out(hidden + self.down(torch.relu(self.up(hidden))))
+
+
+def test_a_layer_tied_to_another_is_left_alone(one_torch_thread: None) -> None:
+    """Re-fitting a tied output layer would change the input embeddings under every layer
+    already fitted (and the report would no longer tell the model's error)."""
+    torch.manual_seed(0)
+    teacher = _TinyLM().eval()
+    student = copy.deepcopy(teacher)
+    ids = torch.randint(0, 50, (64, 8))
+    groups = prune_channels(student, ids[:1], {"up": 0.5}).groups
+    embeddings = student.embed.weight.clone()
+    report = reconstruct_channels(student, teacher, groups, ids)
+    assert report is not None
+    assert "down" in report["layers"] and "out" not in report["layers"]
+    assert report["skipped"]["out"].startswith("its weight is tied to another layer's")
+    assert torch.equal(student.embed.weight, embeddings)
+
+
+def test_a_bfloat16_model_is_fitted_and_reported_as_a_float32_one(
+        one_torch_thread: None) -> None:
+    """A bf16 Gram matrix is too coarse to solve: the sums are taken in float32, so the fit and
+    the error it reports are those of the same model in float32."""
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+            self.mix = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+            self.fc = nn.Linear(16, 4, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.mix(torch.relu(self.conv(x)))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    teacher = Net().eval()
+    cut = copy.deepcopy(teacher)
+    groups = prune_channels(cut, torch.zeros(1, 3, 16, 16), {"conv": 0.5}).groups
+    inputs = torch.randn(128, 3, 16, 16)
+    errors = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        student = copy.deepcopy(cut).to(dtype)
+        report = reconstruct_channels(student, copy.deepcopy(teacher).to(dtype), groups,
+                                      inputs.to(dtype))
+        assert report is not None
+        errors[dtype] = report["layers"]["fc"]["after"]
+    assert errors[torch.bfloat16] == pytest.approx(errors[torch.float32], rel=0.05)
+
+
+def test_a_layer_the_original_does_not_call_is_left_alone(one_torch_thread: None) -> None:
+    """Targets exist only for layers the uncompressed model calls as modules (here it reaches
+    ``fc`` through ``F.linear``): the others are skipped with the reason, not a crash."""
+    class Net(nn.Module):
+        def __init__(self, functional: bool) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 4)
+            self.functional = functional
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            pooled = torch.relu(self.conv(x)).mean((2, 3))
+            return (nn.functional.linear(pooled, self.fc.weight, self.fc.bias)
+                    if self.functional else self.fc(pooled))
+
+    teacher = Net(functional=True).eval()
+    student = copy.deepcopy(teacher)
+    student.functional = False
+    groups = prune_channels(student, torch.zeros(1, 3, 8, 8), {"conv": 0.5}).groups
+    before = student.fc.weight.clone()
+    report = reconstruct_channels(student, teacher, groups, torch.randn(16, 3, 8, 8))
+    assert report is not None
+    assert report["skipped"]["fc"] == ("the uncompressed model does not call it once per "
+                                       "forward pass")
+    assert torch.equal(student.fc.weight, before)

@@ -85,6 +85,7 @@ def fitted_layers(student: nn.Module, teacher: nn.Module, kept: Mapping[str, lis
     students = dict(student.named_modules())
     layers: list[tuple[str, list[int]]] = []
     skipped: dict[str, str] = {}
+    tied = _tied_weights(student)
     for name, calls in _forward_order(student, example).items():
         module, original = students[name], teachers.get(name)
         reason = _why_not(module)
@@ -98,6 +99,10 @@ def fitted_layers(student: nn.Module, teacher: nn.Module, kept: Mapping[str, lis
             if name in kept or name in masked:
                 skipped[name] = reason
             continue
+        if id(module.weight) in tied:
+            skipped[name] = ("its weight is tied to another layer's, which a re-fit would "
+                             "change too")
+            continue
         outputs = original.weight.shape[0]
         channels = kept.get(name, list(range(outputs)) if module.weight.shape[0] == outputs
                             else None)
@@ -110,6 +115,16 @@ def fitted_layers(student: nn.Module, teacher: nn.Module, kept: Mapping[str, lis
             continue
         layers.append((name, channels))
     return layers, skipped
+
+
+def _tied_weights(model: nn.Module) -> set[int]:
+    """Ids of the parameters that more than one module holds (a language model's output
+    layer tied to its input embeddings): re-fitting one would silently change the other."""
+    holders: dict[int, int] = {}
+    for module in model.modules():
+        for parameter in module.parameters(recurse=False):
+            holders[id(parameter)] = holders.get(id(parameter), 0) + 1
+    return {key for key, count in holders.items() if count > 1}
 
 
 def _sliced_from(weight: Tensor, original: Tensor, channels: Sequence[int],
@@ -200,13 +215,16 @@ def _accumulate(student: nn.Module, name: str, position: int, batches: Sequence[
         check()
         rows = _student_rows(student, name, inputs)
         chosen = _chosen(len(rows), position, batch)
-        rows = rows if chosen is None else rows[chosen]
-        before = rows @ module.weight.reshape(len(module.weight), -1).T
+        # float32 products whatever the model's dtype (a bf16 Gram matrix is too coarse to
+        # solve), summed on the CPU in float64 wherever the model is (solve_toward's side)
+        rows = (rows if chosen is None else rows[chosen]).float()
+        target = target.float()
+        before = rows @ module.weight.reshape(len(module.weight), -1).T.float()
         if bias:
-            before = before + module.bias
-            rows = torch.cat([rows, torch.ones(len(rows), 1)], dim=1)
-        sums.gram += (rows.T @ rows).double()
-        sums.cross += rows.T.double() @ target.double()
+            before = before + module.bias.float()
+            rows = torch.cat([rows, rows.new_ones(len(rows), 1)], dim=1)
+        sums.gram += (rows.T @ rows).double().cpu()
+        sums.cross += (rows.T.double() @ target.double()).cpu()
         sums.target_sq += float((target.double() ** 2).sum())
         sums.before_sq += float(((before - target).double() ** 2).sum())
         sums.reference_sq += float((target.double() ** 2).sum())
@@ -237,11 +255,14 @@ def reconstruct_channels(student: nn.Module, teacher: nn.Module,
     with evaluating(student), evaluating(teacher):
         targets = _teacher_targets(teacher, layers, batches)
         for position, (name, _channels) in enumerate(layers):
+            if len(targets[position]) != len(batches):
+                skipped[name] = "the uncompressed model does not call it once per forward pass"
+                continue
             module = student.get_submodule(name)
             sums = _accumulate(student, name, position, batches, targets[position], check)
             flat = module.weight.reshape(len(module.weight), -1).T
             current = (torch.cat([flat, module.bias[None]]) if module.bias is not None
-                       else flat).double()
+                       else flat).double().cpu()
             solution, after_sq = solve_toward(sums, current, ridge, module.bias is not None)
             norm = sums.reference_sq or 1.0
             before, after = (sums.before_sq / norm) ** 0.5, (after_sq / norm) ** 0.5
