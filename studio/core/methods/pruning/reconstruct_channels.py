@@ -140,13 +140,29 @@ def _sliced_from(weight: Tensor, original: Tensor, channels: Sequence[int],
     return True
 
 
-def _rows(module: nn.Module, inputs: Tensor) -> Tensor:
-    """The layer's input as one row per output position: unfolded patches for a convolution."""
-    if isinstance(module, nn.Conv2d):
-        patches = nn.functional.unfold(inputs, module.kernel_size, module.dilation,
-                                       module.padding, module.stride)
-        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
-    return inputs.reshape(-1, inputs.shape[-1])
+def _rows(module: nn.Module, inputs: Tensor, position: int, batch: int) -> Tensor:
+    """The layer's input as one row per output position (unfolded patches for a convolution),
+    at the positions :func:`_chosen` draws. A convolution is unfolded one image at a time: the
+    whole batch's patches (kernel area times the input's size) never exist at once."""
+    if not isinstance(module, nn.Conv2d):
+        rows = inputs.reshape(-1, inputs.shape[-1])
+        chosen = _chosen(len(rows), position, batch)
+        return rows if chosen is None else rows[chosen]
+    per_image = 1
+    for size, kernel, padding, dilation, stride in zip(
+            inputs.shape[2:], module.kernel_size, module.padding, module.dilation,
+            module.stride, strict=True):
+        per_image *= (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    chosen = _chosen(len(inputs) * per_image, position, batch)
+    parts = []
+    for index, image in enumerate(inputs.split(1)):
+        patches = nn.functional.unfold(image, module.kernel_size, module.dilation,
+                                       module.padding, module.stride)[0].T
+        if chosen is not None:
+            inside = chosen[(chosen >= index * per_image) & (chosen < (index + 1) * per_image)]
+            patches = patches[inside - index * per_image]
+        parts.append(patches)
+    return torch.cat(parts)
 
 
 def _outputs(module: nn.Module, output: Tensor, channels: Sequence[int]) -> Tensor:
@@ -161,7 +177,7 @@ def _chosen(count: int, layer: int, batch: int) -> Tensor | None:
     if count <= ROWS_PER_BATCH:
         return None
     generator = torch.Generator().manual_seed(1_000_003 * layer + batch)
-    return torch.randperm(count, generator=generator)[:ROWS_PER_BATCH]
+    return torch.randperm(count, generator=generator)[:ROWS_PER_BATCH].sort().values
 
 
 def _teacher_targets(teacher: nn.Module, layers: Sequence[tuple[str, list[int]]],
@@ -186,12 +202,13 @@ def _teacher_targets(teacher: nn.Module, layers: Sequence[tuple[str, list[int]]]
     return targets
 
 
-def _student_rows(student: nn.Module, name: str, inputs: Tensor) -> Tensor:
+def _student_rows(student: nn.Module, name: str, inputs: Tensor, position: int, batch: int
+                  ) -> Tensor:
     seen: list[Tensor] = []
     module = student.get_submodule(name)
 
     def hook(_m: nn.Module, args: tuple) -> None:
-        seen.append(_rows(module, args[0].detach()))
+        seen.append(_rows(module, args[0].detach(), position, batch))
         raise _Stop
 
     handle = module.register_forward_pre_hook(hook)
@@ -213,11 +230,10 @@ def _accumulate(student: nn.Module, name: str, position: int, batches: Sequence[
                       torch.zeros(width, module.weight.shape[0], dtype=torch.float64))
     for batch, (inputs, target) in enumerate(zip(batches, targets, strict=True)):
         check()
-        rows = _student_rows(student, name, inputs)
-        chosen = _chosen(len(rows), position, batch)
+        rows = _student_rows(student, name, inputs, position, batch)
         # float32 products whatever the model's dtype (a bf16 Gram matrix is too coarse to
         # solve), summed on the CPU in float64 wherever the model is (solve_toward's side)
-        rows = (rows if chosen is None else rows[chosen]).float()
+        rows = rows.float()
         target = target.float()
         before = rows @ module.weight.reshape(len(module.weight), -1).T.float()
         if bias:
