@@ -288,6 +288,8 @@ def reconstruct_channels(student: nn.Module, teacher: nn.Module,
                 if module.bias is not None:
                     module.bias.copy_(solution[-1].to(module.bias.dtype))
             report[name] = {"before": before, "after": min(after, before)}
+    if not report:  # every candidate was left alone once the teacher had run
+        return None
     return {"ridge": ridge, "samples": len(inputs), "layers": report, "skipped": skipped}
 
 
