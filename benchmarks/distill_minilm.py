@@ -8,7 +8,8 @@ states, on unlabelled general English). Variants:
 - ``match``: output matching from the bare cut (``prune.reconstruct: false``);
 - ``fskd``: the cut blocks' output projections first re-fitted by least squares to the
   uncompressed model's block outputs on calibration sentences (``prune.reconstruct``, the
-  default: few-sample KD), then the same output matching.
+  default; the transformer form of few-sample KD, :mod:`studio.core.methods.pruning.reconstruct`,
+  not the channel re-fit the demo's ``fskd`` rows use), then the same output matching.
 
 Every run is ``run_workspace`` on the model folder with a recipe built here, the seeds changing
 the order of the training sentences; the metric is the run's own: mean cosine of the exported

@@ -200,7 +200,8 @@ class PruneSection(_Section):
     """After a structured cut, re-fit by least squares against the uncompressed model's
     outputs on the calibration split, no labels needed: a transformer's cut blocks' output
     projections; after cut channels, every later Conv2d and Linear at the channels it kept
-    (few-sample knowledge distillation)."""
+    (few-sample knowledge distillation; grouped, tied, masked, shared and very wide layers are
+    left as they are, with the reason in the report)."""
     bn_recalibration: bool = Field(
         default=False, title="BN recalibration",
         description="after pruning, re-estimate every BatchNorm's running mean and variance "

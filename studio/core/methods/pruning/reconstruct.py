@@ -149,7 +149,8 @@ def solve_toward(stats: NormalSums, current: Tensor, ridge: float, bias_row: boo
     gram = stats.gram
     diagonal = gram.diagonal()[:-1] if bias_row else gram.diagonal()
     strength = ridge * (float(diagonal.mean()) or 1.0)
-    regular = gram + strength * torch.eye(len(gram), dtype=gram.dtype)
+    regular = gram.clone()
+    regular.diagonal().add_(strength)  # no identity matrix the size of the Gram beside it
     solution = torch.linalg.solve(regular, stats.cross + strength * current)
     error = (float((solution * (gram @ solution)).sum()) - 2 * float((solution * stats.cross)
                                                                       .sum()) + stats.target_sq)

@@ -29,9 +29,18 @@ from studio.core.methods.pruning.reconstruct import NormalSums, solve_toward
 
 CHANNEL_RIDGE = 0.01
 """Pull toward the pruned weights, relative to the inputs' mean square."""
+MAX_INPUTS = 8192
+"""A layer with more inputs (kernel area times channels, or features) is left alone: its
+float64 Gram matrix and solve would cost gigabytes and minutes (VGG's first classifier layer
+has 25,088)."""
 ROWS_PER_BATCH = 4096
 """At most this many output positions (pixels, tokens) of a batch enter a layer's sums, drawn
 at random with a fixed seed, so a large image costs no more memory than a small one."""
+
+
+NOTHING_TO_CORRECT = 1e-6
+"""A layer whose output already equals the original's this closely (relative) is not counted
+as re-fitted: it comes before the cut."""
 
 
 class _Stop(Exception):
@@ -90,14 +99,16 @@ def fitted_layers(student: nn.Module, teacher: nn.Module, kept: Mapping[str, lis
         module, original = students[name], teachers.get(name)
         reason = _why_not(module)
         if reason is None and name in masked:
-            reason = "kept sparse by unstructured or N:M pruning"
+            reason = "sparse by unstructured or N:M pruning (now or as its schedule goes on)"
+        if reason is None and module.weight[0].numel() > MAX_INPUTS:
+            reason = (f"too wide to solve here ({module.weight[0].numel():,} inputs, at most "
+                      f"{MAX_INPUTS:,})")
         if reason is None and calls > 1:
             reason = "called more than once per forward pass"
         if reason is None and type(original) is not type(module):
             reason = "the uncompressed model has no layer of this name and kind"
         if reason is not None:
-            if name in kept or name in masked:
-                skipped[name] = reason
+            skipped[name] = reason
             continue
         if id(module.weight) in tied:
             skipped[name] = ("its weight is tied to another layer's, which a re-fit would "
@@ -257,8 +268,9 @@ def reconstruct_channels(student: nn.Module, teacher: nn.Module,
     structured report's cut groups; ``leave``: layers not to touch). A re-fit that would not
     lower a layer's error is skipped.
 
-    Returns the JSON-ready report (per layer, the relative error before and after its re-fit;
-    the layers left alone and why), or None when there is nothing to fit.
+    Returns the JSON-ready report (per layer that had something to correct, the relative error
+    before and after its re-fit, measured on the same samples; the layers left alone and why),
+    or None when there is nothing to fit.
     """
     if len(inputs) == 0:
         return None
@@ -282,15 +294,18 @@ def reconstruct_channels(student: nn.Module, teacher: nn.Module,
             solution, after_sq = solve_toward(sums, current, ridge, module.bias is not None)
             norm = sums.reference_sq or 1.0
             before, after = (sums.before_sq / norm) ** 0.5, (after_sq / norm) ** 0.5
+            if before <= NOTHING_TO_CORRECT:  # before the cut: its inputs are the original's
+                continue
             if after < before:
                 weights = solution[:flat.shape[0]].T.reshape(module.weight.shape)
                 module.weight.copy_(weights.to(module.weight.dtype))
                 if module.bias is not None:
                     module.bias.copy_(solution[-1].to(module.bias.dtype))
             report[name] = {"before": before, "after": min(after, before)}
-    if not report:  # every candidate was left alone once the teacher had run
+    if not report and not skipped:  # nothing to correct and nothing to say
         return None
     return {"ridge": ridge, "samples": len(inputs), "layers": report, "skipped": skipped}
 
 
-__all__ = ["CHANNEL_RIDGE", "fitted_layers", "kept_outputs", "reconstruct_channels"]
+__all__ = ["CHANNEL_RIDGE", "MAX_INPUTS", "fitted_layers", "kept_outputs",
+           "reconstruct_channels"]

@@ -121,6 +121,7 @@ class Prune(Step):
                                             check=context.token.check)
             if refitted is not None:
                 report["reconstruct_channels"] = refitted
+            if refitted is not None and refitted["layers"]:
                 yield _refit_log(refitted["layers"], "layers after the cut channels",
                                  f"{refitted['samples']} calibration samples")
         context.after_step = result.masks.hook(model) if result.masks.masks else None
