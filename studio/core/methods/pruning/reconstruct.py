@@ -49,6 +49,18 @@ class NormalSums:
     before_sq: float = 0.0
     reference_sq: float = 0.0
 
+    def __add__(self, other: NormalSums) -> NormalSums:
+        """The sums over both sets of rows (the sums are additive)."""
+        return NormalSums(self.gram + other.gram, self.cross + other.cross,
+                          self.target_sq + other.target_sq, self.before_sq + other.before_sq,
+                          self.reference_sq + other.reference_sq)
+
+    def squared_error(self, solution: Tensor) -> float:
+        """``|A·solution - target|²`` over these rows, from the sums alone."""
+        error = (float((solution * (self.gram @ solution)).sum())
+                 - 2 * float((solution * self.cross).sum()) + self.target_sq)
+        return max(error, 0.0)
+
 
 def hf_output_blocks(model: nn.Module, attentions: Iterable[str], ffns: Iterable[str]
                      ) -> list[str]:
@@ -152,9 +164,7 @@ def solve_toward(stats: NormalSums, current: Tensor, ridge: float, bias_row: boo
     regular = gram.clone()
     regular.diagonal().add_(strength)  # no identity matrix the size of the Gram beside it
     solution = torch.linalg.solve(regular, stats.cross + strength * current)
-    error = (float((solution * (gram @ solution)).sum()) - 2 * float((solution * stats.cross)
-                                                                      .sum()) + stats.target_sq)
-    return solution, max(error, 0.0)
+    return solution, stats.squared_error(solution)
 
 
 def _trimmed(inputs: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

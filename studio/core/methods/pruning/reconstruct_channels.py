@@ -232,14 +232,22 @@ def _student_rows(student: nn.Module, name: str, inputs: Tensor, position: int, 
     return seen[0]
 
 
+def _held_out(batches: int) -> list[int]:
+    """The batches kept out of the fit to judge it: the last quarter (one of two or three)."""
+    count = batches // 4 if batches >= 4 else min(1, batches - 1)
+    return list(range(batches - count, batches))
+
+
 def _accumulate(student: nn.Module, name: str, position: int, batches: Sequence[Tensor],
-                targets: Sequence[Tensor], check: Callable[[], None]) -> NormalSums:
+                targets: Sequence[Tensor], which: Iterable[int], check: Callable[[], None]
+                ) -> NormalSums:
     module = student.get_submodule(name)
     bias = module.bias is not None
     width = module.weight[0].numel() + bias
     sums = NormalSums(torch.zeros(width, width, dtype=torch.float64),
                       torch.zeros(width, module.weight.shape[0], dtype=torch.float64))
-    for batch, (inputs, target) in enumerate(zip(batches, targets, strict=True)):
+    for batch in which:
+        inputs, target = batches[batch], targets[batch]
         check()
         rows = _student_rows(student, name, inputs, position, batch)
         # float32 products whatever the model's dtype (a bf16 Gram matrix is too coarse to
@@ -265,12 +273,12 @@ def reconstruct_channels(student: nn.Module, teacher: nn.Module,
                          ) -> dict[str, Any] | None:
     """Re-fit ``student``'s Conv2d and Linear layers in forward order, in place, so each one's
     output on ``inputs`` matches ``teacher``'s at the channels it kept (``groups``: the
-    structured report's cut groups; ``leave``: layers not to touch). A re-fit that would not
-    lower a layer's error is skipped.
+    structured report's cut groups; ``leave``: layers not to touch).
 
-    Returns the JSON-ready report (per layer that had something to correct, the relative error
-    before and after its re-fit, measured on the same samples; the layers left alone and why),
-    or None when there is nothing to fit.
+    The last quarter of the batches is held out: a re-fit is kept only if it lowers the error
+    there, and is then solved again on every sample. Returns the JSON-ready report (per layer
+    that had something to correct, the relative error before and after its re-fit on the
+    held-out samples; the layers left alone and why), or None when there is nothing to fit.
     """
     if len(inputs) == 0:
         return None
@@ -279,6 +287,7 @@ def reconstruct_channels(student: nn.Module, teacher: nn.Module,
     if not layers:
         return None
     batches = list(inputs.split(batch_size))
+    held = _held_out(len(batches))
     report: dict[str, dict[str, float]] = {}
     with evaluating(student), evaluating(teacher):
         targets = _teacher_targets(teacher, layers, batches)
@@ -287,16 +296,23 @@ def reconstruct_channels(student: nn.Module, teacher: nn.Module,
                 skipped[name] = "the uncompressed model does not call it once per forward pass"
                 continue
             module = student.get_submodule(name)
-            sums = _accumulate(student, name, position, batches, targets[position], check)
+            fit = _accumulate(student, name, position, batches, targets[position],
+                              [b for b in range(len(batches)) if b not in held], check)
+            judge = _accumulate(student, name, position, batches, targets[position], held,
+                                check) if held else fit
             flat = module.weight.reshape(len(module.weight), -1).T
             current = (torch.cat([flat, module.bias[None]]) if module.bias is not None
                        else flat).double().cpu()
-            solution, after_sq = solve_toward(sums, current, ridge, module.bias is not None)
-            norm = sums.reference_sq or 1.0
-            before, after = (sums.before_sq / norm) ** 0.5, (after_sq / norm) ** 0.5
+            solution, _ = solve_toward(fit, current, ridge, module.bias is not None)
+            norm = judge.reference_sq or 1.0
+            before = (judge.before_sq / norm) ** 0.5
+            after = (judge.squared_error(solution) / norm) ** 0.5
             if before <= NOTHING_TO_CORRECT:  # before the cut: its inputs are the original's
                 continue
-            if after < before:
+            if after < before:  # judged on samples the fit did not see; then fit on all
+                if held:
+                    solution, _ = solve_toward(fit + judge, current, ridge,
+                                               module.bias is not None)
                 weights = solution[:flat.shape[0]].T.reshape(module.weight.shape)
                 module.weight.copy_(weights.to(module.weight.dtype))
                 if module.bias is not None:
@@ -304,7 +320,10 @@ def reconstruct_channels(student: nn.Module, teacher: nn.Module,
             report[name] = {"before": before, "after": min(after, before)}
     if not report and not skipped:  # nothing to correct and nothing to say
         return None
-    return {"ridge": ridge, "samples": len(inputs), "layers": report, "skipped": skipped}
+    judged = sum(len(batches[b]) for b in held)
+    return {"ridge": ridge, "samples": len(inputs), "layers": report, "skipped": skipped,
+            "error_on": (f"{judged} held-out calibration samples" if held
+                         else "the fitted samples (too few to hold some out)")}
 
 
 __all__ = ["CHANNEL_RIDGE", "MAX_INPUTS", "fitted_layers", "kept_outputs",
