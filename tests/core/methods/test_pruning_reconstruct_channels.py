@@ -229,3 +229,41 @@ def test_a_layer_too_wide_to_solve_is_left_alone(monkeypatch: pytest.MonkeyPatch
                                     torch.zeros(1, 8))
     assert [name for name, _ in layers] == ["0"]
     assert skipped == {"2": "too wide to solve here (32 inputs, at most 16)"}
+
+
+def test_layers_joined_through_a_concatenation_keep_their_own_channels(
+        one_torch_thread: None) -> None:
+    """``w(x) + cat(a(x), b(x))``: one cut group whose indices are w's; a and b each keep
+    their own share (b's shifted back by a's width), so the layer after them is re-fitted
+    against the right teacher channels and the output comes closer to the original's."""
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Conv2d(3, 16, 3, padding=1)
+            self.a = nn.Conv2d(3, 8, 3, padding=1)
+            self.b = nn.Conv2d(3, 8, 3, padding=1)
+            self.c = nn.Conv2d(16, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            joined = torch.relu(self.w(x) + torch.cat([self.a(x), self.b(x)], 1))
+            return self.fc(torch.relu(self.c(joined)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    teacher = Net().eval()
+    student = copy.deepcopy(teacher)
+    report = prune_channels(student, torch.zeros(1, 3, 8, 8), {"w": 0.5, "a": 0.5, "b": 0.5})
+    kept = kept_outputs(report.groups)
+    assert kept["w"] == [*kept["a"], *(8 + i for i in kept["b"])]
+    assert report.channels["a"] == [8, len(kept["a"])]
+    inputs = torch.randn(256, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    fresh = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        target = teacher(fresh)
+        cut_error = float((student(fresh) - target).norm() / target.norm())
+    refit = reconstruct_channels(student, teacher, report.groups, inputs)
+    assert refit is not None and refit["skipped"] == {}
+    assert set(refit["layers"]) == {"c", "fc"}
+    with torch.no_grad():
+        error = float((student(fresh) - target).norm() / target.norm())
+    assert error < 0.6 * cut_error, (cut_error, error)

@@ -51,9 +51,11 @@ def kept_outputs(groups: Iterable[Mapping[str, Any]]) -> dict[str, list[int]]:
     """Layer -> the teacher's output channels it kept, from the structured report's groups."""
     kept: dict[str, list[int]] = {}
     for group in groups:
-        removed = set(group["removed_channels"])
+        own, counts = group.get("removed_by_layer", {}), group.get("channels_by_layer", {})
         for name in group["layers"]:
-            kept[name] = [i for i in range(group["channels_before"]) if i not in removed]
+            removed = set(own.get(name, group["removed_channels"]))
+            count = counts.get(name, group["channels_before"])
+            kept[name] = [i for i in range(count) if i not in removed]
     return kept
 
 

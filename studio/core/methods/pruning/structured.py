@@ -69,7 +69,8 @@ class StructuredReport:
     """What structured pruning did; ``to_dict`` is JSON-ready."""
 
     groups: list[dict[str, Any]] = field(default_factory=list)
-    """Each cut group: layers, followers, ratio, channels before/after, removed indices."""
+    """Each cut group: layers, followers, ratio, channels before/after, removed indices (the
+    root's, and each layer's own with its channel count)."""
     skipped: list[dict[str, Any]] = field(default_factory=list)
     """Layers that asked for channel pruning and were left whole, with the reason."""
     channels: dict[str, list[int]] = field(default_factory=dict)
@@ -255,20 +256,40 @@ def _choose_cuts(model: nn.Module, graph: tp.DependencyGraph, asked: Mapping[str
     return cuts
 
 
-def _apply_cuts(graph: tp.DependencyGraph, cuts: list[_Cut], report: StructuredReport) -> None:
+def _removed_by_layer(group: tp.Group, graph: tp.DependencyGraph,
+                      names: Mapping[nn.Module, str]) -> dict[str, tuple[int, list[int]]]:
+    """Each cut layer's own (output channels before, removed indices): a layer joined to the
+    root through a concatenation has the root's indices shifted into its own range."""
+    own: dict[str, tuple[int, list[int]]] = {}
+    for dep, indices in group:
+        module = dep.target.module
+        if (isinstance(module, ROOT_TYPES) and module in names
+                and graph.is_out_channel_pruning_fn(dep.handler)):
+            own[names[module]] = (int(graph.get_out_channels(module)),
+                                  sorted(int(i) for i in indices))
+    return own
+
+
+def _apply_cuts(graph: tp.DependencyGraph, cuts: list[_Cut], report: StructuredReport,
+                names: Mapping[nn.Module, str]) -> None:
     for cut in cuts:
         group = graph.get_pruning_group(cut.root, cut.handler, cut.indices)
         if not graph.check_pruning_group(group):
             report.skipped.append({"layers": cut.info.layers,
                                    "reason": "would leave a layer without channels"})
             continue
+        own = _removed_by_layer(group, graph, names)
         group.prune()
         after = cut.info.channels - len(cut.indices)
-        report.groups.append({"layers": cut.info.layers, "followers": cut.info.followers,
-                              "ratio": cut.ratio, "channels_before": cut.info.channels,
-                              "channels_after": after, "removed_channels": cut.indices})
+        report.groups.append({
+            "layers": cut.info.layers, "followers": cut.info.followers, "ratio": cut.ratio,
+            "channels_before": cut.info.channels, "channels_after": after,
+            "removed_channels": cut.indices,
+            "removed_by_layer": {name: removed for name, (_, removed) in own.items()},
+            "channels_by_layer": {name: before for name, (before, _) in own.items()}})
         for name in cut.info.layers:
-            report.channels[name] = [cut.info.channels, after]
+            before, removed = own.get(name, (cut.info.channels, cut.indices))
+            report.channels[name] = [before, before - len(removed)]
 
 
 def prune_channels(model: nn.Module, example_inputs: Any, ratios: Mapping[str, float],
@@ -301,7 +322,8 @@ def prune_channels(model: nn.Module, example_inputs: Any, ratios: Mapping[str, f
         if scores:
             scorer = _GivenScores(model, scores, scorer)
         cuts = _choose_cuts(model, graph, asked, set(protect), scorer, report)
-        _apply_cuts(graph, cuts, report)
+        _apply_cuts(graph, cuts, report,
+                    {module: name for name, module in model.named_modules()})
     finally:
         if importance == "taylor":
             clear_gradients(model)
