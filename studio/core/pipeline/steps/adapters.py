@@ -20,8 +20,6 @@ from studio.core.methods.adapters.peft_adapters import (
     quantize_base,
     save_adapter,
 )
-from studio.core.methods.layerwise.apply import quantize_layerwise
-from studio.core.methods.pruning.masks import MaskSet
 from studio.core.methods.pruning.schedule import GradualPruner
 from studio.core.methods.quantization.qat import qat_bits_from_plan
 from studio.core.pipeline.context import RunContext
@@ -30,6 +28,7 @@ from studio.core.pipeline.steps.layerwise_quantize import (
     PREQUANTIZED,
     LayerwiseQuantize,
     gptq_targets,
+    round_targets,
 )
 from studio.core.plan.ort_rules import resolved_by_name
 from studio.core.plan.recipe import Recipe
@@ -157,15 +156,10 @@ def round_blockwise(context: RunContext) -> Generator[Event, None, list[str]]:
     if not targets:
         return []
     method = "gptq" if section.weight_method == "gptq" else "rtn"
-    model, tokens = context.model, context.task.calibration.tensors[0]
+    tokens = context.task.calibration.tensors[0]
     yield Log(f"Rounding {len(targets)} layers to their int grid ({method}) before the "
               "adapters train over them")
-    masks = None
-    if context.sparse_layers:  # keep pruned weights at zero on the grid
-        masks = MaskSet({name: model.get_submodule(name).weight.detach() != 0
-                         for name in targets})
-    result = quantize_layerwise(model, tokens, targets, method, section.symmetric, masks,
-                                check=context.token.check, act_order=section.act_order)
+    result = round_targets(context, targets, method)
     context.stages[LayerwiseQuantize.name] = {
         "layers": len(targets), "method": method, "before_adapters": True,
         "samples": len(tokens) if method == "gptq" else 0,

@@ -14,7 +14,11 @@ import onnx
 from torch import nn
 
 from studio.core.jobs import Event, Log
-from studio.core.methods.layerwise.apply import QuantTarget, quantize_layerwise
+from studio.core.methods.layerwise.apply import (
+    LayerwiseResult,
+    QuantTarget,
+    quantize_layerwise,
+)
 from studio.core.methods.layerwise.blocks import is_linear
 from studio.core.methods.pruning.masks import MaskSet
 from studio.core.methods.quantization.nbits_onnx import (
@@ -82,19 +86,14 @@ class LayerwiseQuantize(Step):
         return section.weight_method == "gptq" and not section.qat and not rounded
 
     def run(self, context: RunContext) -> Generator[Event, None, StageReport]:
-        section, model = context.settings(QuantizeSection), context.model
+        section = context.settings(QuantizeSection)
         targets, tied = gptq_targets(context)
         if not targets:
             return None
         tokens = context.task.calibration.tensors[0]
         yield Log(f"GPTQ: {len(targets)} Linear layers, block by block, on {len(tokens)} "
                   "calibration samples")
-        masks = None
-        if context.sparse_layers:  # keep pruned weights at zero on the grid
-            masks = MaskSet({name: model.get_submodule(name).weight.detach() != 0
-                             for name in targets})
-        result = quantize_layerwise(model, tokens, targets, "gptq", section.symmetric, masks,
-                                    check=context.token.check, act_order=section.act_order)
+        result = round_targets(context, targets, "gptq")
         if tied:
             context.note(f"{', '.join(tied)}: weight tied to another layer (the embedding); "
                          "left to onnxruntime's rounding instead of GPTQ.")
@@ -107,6 +106,20 @@ class LayerwiseQuantize(Step):
                 "rounded_only": result.rounded_only, "tied": tied,
                 "output_error": {name: round(e, 5) for name, e in errors.items()},
                 PREQUANTIZED: result.quantized}
+
+
+def round_targets(context: RunContext, targets: dict[str, QuantTarget], method: str
+                  ) -> LayerwiseResult:
+    """Round ``targets`` in place on their int grid (``gptq`` from the calibration split, or
+    ``rtn``), keeping the weights pruning zeroed at zero."""
+    section, model = context.settings(QuantizeSection), context.model
+    masks = None
+    if context.sparse_layers:
+        masks = MaskSet({name: model.get_submodule(name).weight.detach() != 0
+                         for name in targets})
+    return quantize_layerwise(model, context.task.calibration.tensors[0], targets, method,
+                              section.symmetric, masks, check=context.token.check,
+                              act_order=section.act_order)
 
 
 def hold_prequantized(context: RunContext, float_path: Path, plan: QuantPlan) -> dict[str, str]:
