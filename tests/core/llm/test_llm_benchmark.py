@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -33,15 +34,21 @@ def test_rows_run_after_their_base_and_unknown_rows_are_named() -> None:
         run_order("sparsegpt50,sparsegpt99")
 
 
-def test_combined_row_keeps_2_4_zeros_on_the_int4_grid(tiny_llama: Path, tmp_path: Path) -> None:
+def _after_sparsegpt24(tiny_llama: Path, name: str) -> tuple[Any, Text]:
+    """The row ``name`` run as the benchmark runs it, on the tiny LLaMA after the 2:4
+    SparseGPT row, with random token blocks (4 calibration, 8 training, 8 held out)."""
     model = open_model(tiny_llama).module
     torch.manual_seed(0)
     blocks = torch.randint(0, 256, (20, 24))
     text = Text(blocks[:4], blocks[4:12], blocks[12:])
-    rows = {row.name: row for row in run_order("combined")}
-    lora = Settings(rank=4, alpha=8.0, lr=1e-2)
-    base = rows["sparsegpt24"].compress(copy.deepcopy(model), text, lora).model
-    result = rows["combined"].compress(copy.deepcopy(base), text, lora)
+    rows = {row.name: row for row in run_order(name)}
+    settings = Settings(rank=4, alpha=8.0, lr=1e-2)
+    base = rows["sparsegpt24"].compress(copy.deepcopy(model), text, settings).model
+    return rows[name].compress(copy.deepcopy(base), text, settings), text
+
+
+def test_combined_row_keeps_2_4_zeros_on_the_int4_grid(tiny_llama: Path, tmp_path: Path) -> None:
+    result, text = _after_sparsegpt24(tiny_llama, "combined")
 
     modules = dict(result.model.named_modules())
     assert sorted(result.quantized) == sorted(decoder_linears(result.model))
@@ -59,14 +66,7 @@ def test_combined_row_keeps_2_4_zeros_on_the_int4_grid(tiny_llama: Path, tmp_pat
 
 def test_qlora_row_keeps_the_adapter_beside_the_int4_base(tiny_llama: Path,
                                                           tmp_path: Path) -> None:
-    model = open_model(tiny_llama).module
-    torch.manual_seed(0)
-    blocks = torch.randint(0, 256, (20, 24))
-    text = Text(blocks[:4], blocks[4:12], blocks[12:])
-    rows = {row.name: row for row in run_order("combined_qlora")}
-    settings = Settings(rank=4, alpha=8.0, lr=1e-2)
-    base = rows["sparsegpt24"].compress(copy.deepcopy(model), text, settings).model
-    result = rows["combined_qlora"].compress(copy.deepcopy(base), text, settings)
+    result, text = _after_sparsegpt24(tiny_llama, "combined_qlora")
 
     modules = dict(result.model.named_modules())
     for name, weight in result.quantized.items():
